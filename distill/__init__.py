@@ -1,0 +1,1 @@
+"""Flax BERT, teacher loading, fine-tuning and distillation."""

@@ -1,0 +1,280 @@
+"""BERT architectures: one frozen, hashable dataclass for teacher and students.
+
+`BertArch` has per-layer tuples (attention heads and FFN size of each layer), so
+a student may be heterogeneous. A layer's attention width is
+`num_heads[i] * head_size`, at most `hidden_size`. The architecture is also the
+core of an exported model's `config.json` (see `to_dict` / `to_hf_config`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from typing import Any
+
+from tasks.errors import UserError
+
+HEADS = ("classification", "regression", "tagging", "span", "none")
+
+
+class ArchError(UserError, ValueError):
+    """An invalid architecture; the message names the field."""
+
+
+@dataclasses.dataclass(frozen=True)
+class BertArch:
+    num_layers: int
+    hidden_size: int
+    head_size: int
+    num_heads: tuple[int, ...]
+    ffn_sizes: tuple[int, ...]
+    vocab_size: int = 30522
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+    initializer_range: float = 0.02
+    pad_token_id: int = 0
+
+    def __post_init__(self):
+        # Accept lists (from JSON) but store tuples so the arch stays hashable.
+        object.__setattr__(self, "num_heads", tuple(int(h) for h in self.num_heads))
+        object.__setattr__(self, "ffn_sizes", tuple(int(f) for f in self.ffn_sizes))
+        _check(self.num_layers >= 1, "num_layers", f"must be >= 1, got {self.num_layers}")
+        for field in ("hidden_size", "head_size", "vocab_size", "max_position_embeddings"):
+            value = getattr(self, field)
+            _check(isinstance(value, int) and value >= 1, field, f"must be a positive integer, got {value!r}")
+        _check(self.type_vocab_size >= 1, "type_vocab_size", f"must be >= 1, got {self.type_vocab_size}")
+        _check(
+            self.hidden_size % self.head_size == 0,
+            "head_size",
+            f"head size {self.head_size} does not divide hidden size {self.hidden_size}",
+        )
+        for field in ("num_heads", "ffn_sizes"):
+            values = getattr(self, field)
+            _check(
+                len(values) == self.num_layers,
+                field,
+                f"has {len(values)} entries for {self.num_layers} layers",
+            )
+        for i, heads in enumerate(self.num_heads):
+            _check(heads >= 1, "num_heads", f"layer {i} has {heads} heads; every layer needs >= 1")
+            _check(
+                heads * self.head_size <= self.hidden_size,
+                "num_heads",
+                f"layer {i}: {heads} heads x head size {self.head_size} = {heads * self.head_size}"
+                f" exceeds hidden size {self.hidden_size}",
+            )
+        for i, ffn in enumerate(self.ffn_sizes):
+            _check(ffn >= 1, "ffn_sizes", f"layer {i} has FFN size {ffn}; must be >= 1")
+        for field in ("hidden_dropout", "attention_dropout"):
+            value = getattr(self, field)
+            _check(0.0 <= value < 1.0, field, f"must be in [0, 1), got {value}")
+
+    # ------------------------------------------------------------------ build
+    @classmethod
+    def uniform(cls, num_layers: int, hidden_size: int, num_heads: int, ffn_size: int, **kw) -> BertArch:
+        """A homogeneous architecture; head size is hidden / heads unless given."""
+        if num_heads < 1 or hidden_size % num_heads:
+            raise ArchError(f"num_heads: {num_heads} heads do not divide hidden size {hidden_size}")
+        kw.setdefault("head_size", hidden_size // num_heads)
+        return cls(
+            num_layers=num_layers,
+            hidden_size=hidden_size,
+            num_heads=(num_heads,) * num_layers,
+            ffn_sizes=(ffn_size,) * num_layers,
+            **kw,
+        )
+
+    def replace(self, **changes) -> BertArch:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def attention_widths(self) -> tuple[int, ...]:
+        return tuple(h * self.head_size for h in self.num_heads)
+
+    @property
+    def is_uniform(self) -> bool:
+        return len(set(self.num_heads)) == 1 and len(set(self.ffn_sizes)) == 1
+
+    @property
+    def name(self) -> str:
+        """Short name: `4L-312` style plus the per-layer sizes when not default."""
+        parts = [f"{self.num_layers}L", str(self.hidden_size)]
+        heads = sorted(set(self.num_heads))
+        ffns = sorted(set(self.ffn_sizes))
+        parts.append("H" + ",".join(str(h) for h in self.num_heads) if len(heads) > 1 else f"H{heads[0]}")
+        parts.append("F" + ",".join(str(f) for f in self.ffn_sizes) if len(ffns) > 1 else f"F{ffns[0]}")
+        if self.head_size * self.num_heads[0] != self.hidden_size or len(heads) > 1:
+            parts.append(f"D{self.head_size}")
+        return "-".join(parts)
+
+    # --------------------------------------------------------------- counting
+    def num_params(self, head: str = "none", num_labels: int = 0) -> int:
+        """Exact parameter count of `BertForTask(self, head, num_labels)`."""
+        h = self.hidden_size
+        n = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
+        for width, ffn in zip(self.attention_widths, self.ffn_sizes):
+            n += 3 * (h * width + width)  # query, key, value
+            n += width * h + h + 2 * h  # attention output + LayerNorm
+            n += h * ffn + ffn + ffn * h + h + 2 * h  # FFN + LayerNorm
+        if has_pooler(head):
+            n += h * h + h
+        if head in ("classification", "regression", "tagging", "span"):
+            n += h * num_labels + num_labels
+        return n
+
+    def flops(self, seq_len: int, head: str = "none", num_labels: int = 0) -> int:
+        """Forward FLOPs (2 per multiply-add) of one example of length `seq_len`."""
+        h, t = self.hidden_size, seq_len
+        total = 0
+        for width, ffn in zip(self.attention_widths, self.ffn_sizes):
+            total += 2 * t * h * 3 * width  # qkv projections
+            total += 2 * 2 * t * t * width  # scores and weighted values
+            total += 2 * t * width * h  # attention output
+            total += 2 * 2 * t * h * ffn  # FFN
+        if has_pooler(head):
+            total += 2 * h * h
+        if head in ("tagging", "span"):
+            total += 2 * t * h * num_labels
+        elif head in ("classification", "regression"):
+            total += 2 * h * num_labels
+        return total
+
+    # ------------------------------------------------------------ (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["num_heads"] = list(self.num_heads)
+        d["ffn_sizes"] = list(self.ffn_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BertArch:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ArchError(f"unknown architecture fields {unknown}; valid: {sorted(names)}")
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> BertArch:
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_hf_config(cls, cfg: dict[str, Any]) -> BertArch:
+        """From a Hugging Face `BertConfig` dict (`config.json`)."""
+        if "bertnas" in cfg:  # our own export: exact per-layer sizes
+            return cls.from_dict(cfg["bertnas"]["arch"])
+        model_type = cfg.get("model_type", "bert")
+        if model_type != "bert":
+            raise ArchError(f"model_type: only BERT checkpoints are supported, got {model_type!r}")
+        act = cfg.get("hidden_act", "gelu")
+        if act not in ("gelu", "gelu_python"):
+            raise ArchError(f"hidden_act: only exact GELU is supported, got {act!r}")
+        pos = cfg.get("position_embedding_type", "absolute")
+        if pos != "absolute":
+            raise ArchError(f"position_embedding_type: only 'absolute' is supported, got {pos!r}")
+        layers, hidden, heads = cfg["num_hidden_layers"], cfg["hidden_size"], cfg["num_attention_heads"]
+        return cls.uniform(
+            layers,
+            hidden,
+            heads,
+            cfg["intermediate_size"],
+            vocab_size=cfg["vocab_size"],
+            max_position_embeddings=cfg.get("max_position_embeddings", 512),
+            type_vocab_size=cfg.get("type_vocab_size", 2),
+            layer_norm_eps=cfg.get("layer_norm_eps", 1e-12),
+            hidden_dropout=cfg.get("hidden_dropout_prob", 0.1),
+            attention_dropout=cfg.get("attention_probs_dropout_prob", 0.1),
+            initializer_range=cfg.get("initializer_range", 0.02),
+            pad_token_id=cfg.get("pad_token_id", 0) or 0,
+        )
+
+    def hf_padded_sizes(self) -> tuple[int, int]:
+        """(heads, intermediate size) of the uniform HF BERT that holds this arch.
+
+        HF BERT needs head size = hidden / heads and one FFN size for all
+        layers; smaller layers are padded with zero heads / zero neurons.
+        """
+        return self.hidden_size // self.head_size, max(self.ffn_sizes)
+
+    def to_hf_config(self) -> dict[str, Any]:
+        heads, ffn = self.hf_padded_sizes()
+        return {
+            "model_type": "bert",
+            "architectures": ["BertModel"],
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": heads,
+            "intermediate_size": ffn,
+            "hidden_act": "gelu",
+            "hidden_dropout_prob": self.hidden_dropout,
+            "attention_probs_dropout_prob": self.attention_dropout,
+            "max_position_embeddings": self.max_position_embeddings,
+            "type_vocab_size": self.type_vocab_size,
+            "initializer_range": self.initializer_range,
+            "layer_norm_eps": self.layer_norm_eps,
+            "pad_token_id": self.pad_token_id,
+            "position_embedding_type": "absolute",
+        }
+
+
+def has_pooler(head: str) -> bool:
+    """Sentence-level heads read the pooled [CLS] vector; token heads do not."""
+    return head in ("classification", "regression", "none")
+
+
+_NAME = re.compile(r"^(\d+)L-(\d+)((?:-[HFD][\d,]+)*)$")
+
+
+def parse_arch_name(name: str, base: BertArch | None = None) -> BertArch:
+    """`4L-312`, `6L-384-H6-F1536`, `4L-312-H12-F1200`, `3L-384-H4,6,8-D32`.
+
+    Defaults: heads = hidden / 64 (at least 1, and a divisor of hidden),
+    FFN = 4 x hidden, head size = hidden / heads. Vocabulary and positions come
+    from `base` (the teacher) when given.
+    """
+    m = _NAME.match(name.strip())
+    if not m:
+        raise ArchError(f"architecture name {name!r}: expected e.g. '4L-312' or '6L-384-H6-F1536'")
+    layers, hidden = int(m.group(1)), int(m.group(2))
+    opts = {}
+    for part in filter(None, m.group(3).split("-")):
+        values = tuple(int(v) for v in part[1:].split(","))
+        opts[part[0]] = values
+    heads = opts.get("H") or (_default_heads(hidden),)
+    ffn = opts.get("F") or (4 * hidden,)
+    head_size = opts["D"][0] if "D" in opts else hidden // max(heads)
+    expand = lambda v, field: v * layers if len(v) == 1 else v  # noqa: E731
+    shared = {}
+    if base is not None:
+        shared = {
+            k: getattr(base, k)
+            for k in ("vocab_size", "max_position_embeddings", "type_vocab_size", "layer_norm_eps", "pad_token_id")
+        }
+    return BertArch(
+        num_layers=layers,
+        hidden_size=hidden,
+        head_size=head_size,
+        num_heads=expand(heads, "H"),
+        ffn_sizes=expand(ffn, "F"),
+        **shared,
+    )
+
+
+def _default_heads(hidden: int) -> int:
+    for heads in (12, hidden // 64, 8, 6, 4, 3, 2, 1):
+        if heads >= 1 and hidden % heads == 0 and hidden // heads >= 16:
+            return heads
+    return 1
+
+
+def _check(ok: bool, field: str, problem: str) -> None:
+    if not ok:
+        raise ArchError(f"{field}: {problem}")

@@ -1,0 +1,226 @@
+"""One Flax (linen) BERT for teacher and students.
+
+Layers may differ in their number of heads and FFN size (see `BertArch`).
+The model returns logits plus, on request, every layer's hidden states and
+pre-softmax attention scores, which distillation needs.
+
+Parameter tree (HF names in `distill/hf.py` map onto it one to one):
+
+    embeddings/{word_embeddings,position_embeddings,token_type_embeddings,LayerNorm}
+    encoder/layer_{i}/attention/{qkv,output}   qkv kernel: (hidden, 3, heads, head_size)
+    encoder/layer_{i}/{attention_norm,intermediate,output,output_norm}
+    pooler/dense                                (sentence-level heads only)
+    classifier | qa_outputs                     (the task head)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from distill.config import HEADS, BertArch, has_pooler
+
+Dtype = Any
+
+
+@struct.dataclass
+class BertOutput:
+    """Logits and the intermediates distillation needs.
+
+    logits: (B, C) for sentence heads, (B, T, C) for tagging, (B, T, 2) for
+      span (start, end); None for head 'none'.
+    hidden_states: embeddings output then each layer's output, (B, T, hidden)
+      each, when requested.
+    attention_scores: each layer's scaled, pre-softmax, unmasked scores
+      (B, heads, T, T), when requested.
+    """
+
+    logits: jax.Array | None
+    sequence_output: jax.Array
+    pooled_output: jax.Array | None = None
+    hidden_states: tuple[jax.Array, ...] | None = None
+    attention_scores: tuple[jax.Array, ...] | None = None
+
+
+def _dense_init(arch: BertArch):
+    return nn.initializers.normal(stddev=arch.initializer_range)
+
+
+def _layer_norm(arch: BertArch, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=arch.layer_norm_eps, dtype=jnp.float32, name=name)
+
+
+class Embeddings(nn.Module):
+    arch: BertArch
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+        arch, init = self.arch, _dense_init(self.arch)
+        embed = lambda n, name: nn.Embed(n, arch.hidden_size, embedding_init=init, name=name)  # noqa: E731
+        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        x = (
+            embed(arch.vocab_size, "word_embeddings")(input_ids)
+            + embed(arch.max_position_embeddings, "position_embeddings")(positions)
+            + embed(arch.type_vocab_size, "token_type_embeddings")(token_type_ids)
+        )
+        x = _layer_norm(arch, "LayerNorm")(x)
+        x = nn.Dropout(arch.hidden_dropout)(x, deterministic=deterministic)
+        return x.astype(self.dtype)
+
+
+class SelfAttention(nn.Module):
+    arch: BertArch
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool, return_scores: bool):
+        arch = self.arch
+        qkv = nn.DenseGeneral(
+            (3, self.num_heads, arch.head_size), kernel_init=_dense_init(arch), dtype=self.dtype, name="qkv"
+        )(x)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, H)
+        use_dropout = not deterministic and arch.attention_dropout > 0
+        scores = None
+        if return_scores or use_dropout:
+            scores = jnp.einsum("btnh,bsnh->bnts", q, k) / jnp.sqrt(arch.head_size).astype(q.dtype)
+            masked = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+            probs = jax.nn.softmax(masked.astype(jnp.float32), axis=-1).astype(self.dtype)
+            probs = nn.Dropout(arch.attention_dropout)(probs, deterministic=deterministic)
+            context = jnp.einsum("bnts,bsnh->btnh", probs, v)
+        else:
+            context = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
+        out = nn.DenseGeneral(
+            arch.hidden_size, axis=(-2, -1), kernel_init=_dense_init(arch), dtype=self.dtype, name="output"
+        )(context)
+        return out, scores
+
+
+class Layer(nn.Module):
+    arch: BertArch
+    num_heads: int
+    ffn_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool, return_scores: bool):
+        arch, init = self.arch, _dense_init(self.arch)
+        dropout = nn.Dropout(arch.hidden_dropout)
+        attn, scores = SelfAttention(arch, self.num_heads, self.dtype, name="attention")(
+            x, mask, deterministic, return_scores
+        )
+        x = _layer_norm(arch, "attention_norm")(x + dropout(attn, deterministic=deterministic)).astype(self.dtype)
+        y = nn.Dense(self.ffn_size, kernel_init=init, dtype=self.dtype, name="intermediate")(x)
+        y = nn.gelu(y, approximate=False)
+        y = nn.Dense(arch.hidden_size, kernel_init=init, dtype=self.dtype, name="output")(y)
+        x = _layer_norm(arch, "output_norm")(x + dropout(y, deterministic=deterministic)).astype(self.dtype)
+        return x, scores
+
+
+class Encoder(nn.Module):
+    arch: BertArch
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool, output_hidden_states: bool, output_attentions: bool):
+        hidden, scores = [x], []
+        for i, (heads, ffn) in enumerate(zip(self.arch.num_heads, self.arch.ffn_sizes)):
+            x, s = Layer(self.arch, heads, ffn, self.dtype, name=f"layer_{i}")(
+                x, mask, deterministic, output_attentions
+            )
+            hidden.append(x)
+            scores.append(s)
+        return (
+            x,
+            tuple(hidden) if output_hidden_states else None,
+            tuple(scores) if output_attentions else None,
+        )
+
+
+class BertForTask(nn.Module):
+    """BERT encoder with a task head.
+
+    head: 'classification' (pooled [CLS] -> num_labels), 'regression'
+      (pooled -> 1), 'tagging' (each token -> num_labels), 'span' (each token
+      -> start/end logits) or 'none' (encoder and pooler only).
+    dtype: computation dtype (bfloat16 on accelerators); parameters and
+      LayerNorm statistics stay float32.
+    """
+
+    arch: BertArch
+    head: str = "none"
+    num_labels: int = 0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        token_type_ids=None,
+        attention_mask=None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BertOutput:
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; valid: {HEADS}")
+        arch, init = self.arch, _dense_init(self.arch)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        mask = attention_mask.astype(bool)
+        x = Embeddings(arch, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
+        x, hidden, scores = Encoder(arch, self.dtype, name="encoder")(
+            x, mask, deterministic, output_hidden_states, output_attentions
+        )
+        pooled = None
+        if has_pooler(self.head):
+            pooled = jnp.tanh(nn.Dense(arch.hidden_size, kernel_init=init, dtype=self.dtype, name="pooler")(x[:, 0]))
+        dropout = nn.Dropout(arch.hidden_dropout)
+        logits = None
+        if self.head in ("classification", "regression"):
+            logits = nn.Dense(self.num_labels, kernel_init=init, dtype=self.dtype, name="classifier")(
+                dropout(pooled, deterministic=deterministic)
+            )
+        elif self.head == "tagging":
+            logits = nn.Dense(self.num_labels, kernel_init=init, dtype=self.dtype, name="classifier")(
+                dropout(x, deterministic=deterministic)
+            )
+        elif self.head == "span":
+            logits = nn.Dense(2, kernel_init=init, dtype=self.dtype, name="qa_outputs")(x)
+        if logits is not None:
+            logits = logits.astype(jnp.float32)
+        return BertOutput(
+            logits=logits,
+            sequence_output=x,
+            pooled_output=pooled,
+            hidden_states=hidden,
+            attention_scores=scores,
+        )
+
+
+def build_model(arch: BertArch, head: str = "none", num_labels: int = 0, dtype: Dtype = jnp.float32) -> BertForTask:
+    if head == "regression":
+        num_labels = 1
+    elif head == "span":
+        num_labels = 2
+    return BertForTask(arch, head, num_labels, dtype)
+
+
+def init_params(model: BertForTask, rng: jax.Array, seq_len: int = 8) -> dict:
+    """Random parameters (a plain nested dict) for `model`."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return jax.jit(model.init)(rng, ids, ids, jnp.ones_like(ids))["params"]
+
+
+def abstract_params(model: BertForTask, seq_len: int = 8) -> dict:
+    """Shapes and dtypes of the parameters, without allocating them."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return jax.eval_shape(model.init, jax.random.key(0), ids, ids, ids)["params"]

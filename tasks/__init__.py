@@ -1,0 +1,1 @@
+"""Tasks: definitions, readers, features, batching and metrics."""
