@@ -1,1 +1,11 @@
-"""Tasks: definitions, readers, features, batching and metrics."""
+"""Tasks: definitions, readers, features, batching and metrics.
+
+- base.py: `Task` (frozen data) and the example records.
+- registry.py: `get_task(name)`, `TASKS`.
+- datafiles.py, readers.py (+ read_glue, read_conll, read_squad):
+  `resolve_data_dir`, `read_split(task, split, data_dir, limit=)`.
+- features.py: `encode(task, examples, tokenizer) -> Features`.
+- batching.py: `default_buckets`, `batches`, `num_batches`.
+- metrics.py (+ decode.py): metric registry, `evaluate`, `predict_labels`.
+- errors.py: `UserError`, `DataError`.
+"""

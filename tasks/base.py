@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tasks.errors import UserError
+
 KINDS = ("classification", "regression", "tagging", "span")
 READERS = ("glue_tsv", "conll", "squad")
 ENV_VARS = ("GLUE_DIR", "CONLL_DIR", "SQUAD_DIR")
@@ -137,11 +139,11 @@ class Task:
         return tuple(s for s, _ in self.files)
 
     def file_for(self, split: str) -> str:
-        """File name of `split`; ValueError listing the known splits."""
+        """File name of `split`; UserError listing the known splits."""
         for s, name in self.files:
             if s == split:
                 return name
-        raise ValueError(
+        raise UserError(
             f"task {self.name!r} has no split {split!r}; known: {', '.join(self.splits)}"
         )
 

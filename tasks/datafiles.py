@@ -61,6 +61,9 @@ def split_path(task: Task, split: str, data_dir: Path) -> Path:
     """Path of `split`'s file; DataError 'file not found' with a download hint."""
     path = Path(data_dir) / task.file_for(split)
     if not path.is_file():
+        nested = Path(data_dir) / task.data_subdir / task.file_for(split)
+        if task.data_subdir and nested.is_file():
+            raise DataError(path, f"file not found; did you mean the directory {nested.parent}?")
         raise DataError(
             path,
             f"file not found (the {task.name} {split} split); "

@@ -1,0 +1,272 @@
+"""Fine-tune a BERT teacher on a task, evaluate on dev, keep the best, cache it.
+
+`finetune(config, output_dir)` writes to `output_dir`: config.json,
+metrics.jsonl, tb/, results.json and `teacher/` (the best fine-tuned teacher
+in the Hugging Face layout). The result is also cached under
+`cache_root()/teachers/<task>-<key>`, keyed by (teacher weights, task, data
+files, settings), and later runs with the same key reuse it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from distill.modeling import init_params
+from distill.optim import OptimizerConfig
+from distill.runlog import RunLog, cache_root, config_key, file_fingerprint
+from distill.teacher import DEFAULT_TEACHER, LoadedBert, load_bert, save_bert
+from distill.train import TrainState, make_supervised_step, predict
+from tasks import metrics
+from tasks.batching import batches, default_buckets, num_batches
+from tasks.datafiles import resolve_data_dir, split_path
+from tasks.errors import UserError
+from tasks.features import encode
+from tasks.readers import read_split
+from tasks.registry import get_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    task: str = "sst2"
+    teacher: str = DEFAULT_TEACHER
+    """Directory, alias ('minilm') or Hub name of the pre-trained BERT."""
+    data_dir: str | None = None
+    """Folder with the task's files; None: $GLUE_DIR/<TASK> (see tasks.datafiles)."""
+    epochs: int = 3
+    max_steps: int = 0
+    """Stop after this many steps (0: run all epochs)."""
+    batch_size: int = 32
+    eval_batch_size: int = 128
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-4)
+    reinit_top_layers: int = 0
+    """Re-initialise the top k encoder layers (and the pooler) before training."""
+    eval_every: int = 0
+    """Evaluate on dev every this many steps, besides the end of each epoch (0: epochs only)."""
+    patience: int = 0
+    """Stop after this many evaluations without improvement (0: never)."""
+    train_limit: int | None = None
+    """Use only the first N training examples (smoke runs, tests)."""
+    dev_limit: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1 and self.max_steps < 1:
+            raise UserError("epochs: need epochs >= 1 or max_steps >= 1")
+        if self.batch_size < 1 or self.eval_batch_size < 1:
+            raise UserError("batch_size: must be >= 1")
+        if self.reinit_top_layers < 0:
+            raise UserError(f"reinit_top_layers: must be >= 0, got {self.reinit_top_layers}")
+
+    def cache_settings(self) -> dict[str, Any]:
+        """The settings that change the result (not where data or output live)."""
+        d = dataclasses.asdict(self)
+        for k in ("data_dir", "teacher", "eval_batch_size"):
+            d.pop(k)
+        return d
+
+
+def reinit_top(params: dict, fresh: dict, num_layers: int, k: int) -> dict:
+    """Replace the top `k` encoder layers (and the pooler) by fresh values."""
+    if k > num_layers:
+        raise UserError(f"reinit_top_layers: {k} exceeds the teacher's {num_layers} layers")
+    params = dict(params)
+    encoder = dict(params["encoder"])
+    for i in range(num_layers - k, num_layers):
+        encoder[f"layer_{i}"] = fresh["encoder"][f"layer_{i}"]
+    params["encoder"] = encoder
+    if k and "pooler" in params:
+        params["pooler"] = fresh["pooler"]
+    return params
+
+
+def _cache_dir(cfg: FinetuneConfig, teacher: LoadedBert, data_files: list[Path]) -> Path:
+    key = config_key(
+        {
+            "teacher": teacher.fingerprint(),
+            "data": file_fingerprint(*data_files),
+            "settings": cfg.cache_settings(),
+        }
+    )
+    return cache_root() / "teachers" / f"{cfg.task}-{key}"
+
+
+def evaluate_model(model, params, task, features, examples, batch_size: int) -> dict[str, float]:
+    """The task's dev metrics of a model, plus examples/s."""
+    t0 = time.perf_counter()
+    outputs = predict(
+        model, params, batches(features, batch_size), len(features), features.max_length
+    )
+    seconds = time.perf_counter() - t0
+    result = metrics.evaluate(task, features, examples, outputs)
+    result["examples"] = len(examples)
+    result["examples_per_second"] = len(examples) / max(seconds, 1e-9)
+    return result
+
+
+def finetune(cfg: FinetuneConfig, output_dir: str | Path, *, use_cache: bool = True) -> dict[str, Any]:
+    """Fine-tune `cfg.teacher` on `cfg.task`; returns the results dict."""
+    task = get_task(cfg.task)
+    data_dir = resolve_data_dir(task, cfg.data_dir)
+    out = Path(output_dir)
+    train_ex = read_split(task, "train", data_dir, limit=cfg.train_limit)
+    dev_ex = read_split(task, "dev", data_dir, limit=cfg.dev_limit)
+    teacher = load_bert(cfg.teacher, head=task.kind, num_labels=task.num_labels, seed=cfg.seed)
+    data_files = [split_path(task, s, data_dir) for s in ("train", "dev")]
+    cached = _cache_dir(cfg, teacher, data_files)
+    if use_cache and (cached / "results.json").is_file():
+        log.info("reusing the cached fine-tuned teacher %s", cached)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(cached, out, dirs_exist_ok=True)
+        return {**_read_json(cached / "results.json"), "cached": str(cached), "teacher_dir": str(out / "teacher")}
+
+    model = teacher.model
+    params = teacher.params
+    if cfg.reinit_top_layers:
+        fresh = init_params(model, jax.random.key(cfg.seed + 1))
+        params = reinit_top(params, fresh, teacher.arch.num_layers, cfg.reinit_top_layers)
+
+    t_enc = time.perf_counter()
+    train = encode(task, train_ex, teacher.tokenizer)
+    dev = encode(task, dev_ex, teacher.tokenizer)
+    log.info("encoded %d train / %d dev features in %.1fs", len(train), len(dev), time.perf_counter() - t_enc)
+    buckets = default_buckets(task.max_length)
+    per_epoch = num_batches(train, cfg.batch_size, buckets)
+    total = cfg.max_steps or per_epoch * cfg.epochs
+    epochs = math.ceil(total / per_epoch)
+    tx = cfg.optimizer.build(params, total, teacher.arch.num_layers)
+    state = TrainState.create(params, tx)
+    step_fn = make_supervised_step(model, tx, task.kind)
+    rng = jax.random.key(cfg.seed)
+
+    runlog = RunLog(out, {"finetune": cfg, "task": task.name, "teacher_dir": str(teacher.path), "total_steps": total})
+    best, best_metric, evals_since_best = None, -math.inf, 0
+    history = []
+    t_start = time.time()
+    train_seconds = 0.0
+    examples_seen = 0
+
+    def run_eval(step: int, epoch: float):
+        nonlocal best, best_metric, evals_since_best
+        result = evaluate_model(model, state.params, task, dev, dev_ex, cfg.eval_batch_size)
+        result["epoch"] = round(epoch, 3)
+        history.append({"step": step, **result})
+        runlog.log(step, result, prefix="dev_")
+        log.info("step %d epoch %.2f dev %s", step, epoch, _fmt(result))
+        score = result[task.metric]
+        if score > best_metric:
+            best_metric, evals_since_best = score, 0
+            best = {"step": step, **result}
+            save_bert(
+                out / "teacher",
+                teacher.arch,
+                jax.device_get(state.params),
+                teacher.tokenizer,
+                head=task.kind,
+                labels=task.labels,
+                extra={"task": task.name, "max_length": task.max_length, "dev": result, "source": cfg.teacher},
+            )
+        else:
+            evals_since_best += 1
+        return cfg.patience and evals_since_best >= cfg.patience
+
+    step, stop = 0, False
+    for epoch in range(epochs):
+        bar = tqdm(
+            batches(train, cfg.batch_size, buckets=buckets, shuffle=True, seed=cfg.seed, epoch=epoch),
+            total=min(per_epoch, total - step),
+            desc=f"{task.name} epoch {epoch + 1}/{epochs}",
+            unit="batch",
+            mininterval=2.0,
+        )
+        loss_sum = loss_count = 0.0
+        t_epoch = time.perf_counter()
+        for batch in bar:
+            state, m = step_fn(state, batch, rng)
+            step += 1
+            examples_seen += int(batch["weights"].sum())
+            if step % 50 == 0 or step == total:
+                m = jax.device_get(m)
+                loss_sum += float(m["loss_sum"])
+                loss_count += float(m["loss_count"])
+                if not np.isfinite(m["loss_sum"]):
+                    raise FloatingPointError(f"non-finite loss at step {step}; lower the learning rate")
+                speed = examples_seen / max(train_seconds + time.perf_counter() - t_epoch, 1e-9)
+                bar.set_postfix(loss=f"{m['loss_sum'] / max(m['loss_count'], 1):.4f}", ex_s=f"{speed:.0f}")
+                runlog.log(
+                    step,
+                    {
+                        "loss": float(m["loss_sum"] / max(m["loss_count"], 1)),
+                        "grad_norm": float(m["grad_norm"]),
+                        "learning_rate": float(cfg.optimizer.schedule_fn(total)(step)),
+                        "examples_per_second": speed,
+                    },
+                    prefix="train_",
+                )
+            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
+                train_seconds += time.perf_counter() - t_epoch
+                stop = run_eval(step, step / per_epoch)
+                t_epoch = time.perf_counter()
+            if step >= total or stop:
+                break
+        bar.close()
+        train_seconds += time.perf_counter() - t_epoch
+        if stop:
+            break
+        stop = run_eval(step, step / per_epoch)
+        if step >= total or stop:
+            break
+
+    results = {
+        "task": task.name,
+        "teacher": cfg.teacher,
+        "metric": task.metric,
+        "best": best,
+        "history": history,
+        "steps": step,
+        "train_examples": len(train_ex),
+        "train_examples_per_second": examples_seen / max(train_seconds, 1e-9),
+        "wall_seconds": time.time() - t_start,
+        "teacher_dir": str(out / "teacher"),
+        "num_params": teacher.arch.num_params(task.kind, task.num_labels),
+    }
+    runlog.results(results)
+    runlog.close()
+    if use_cache:
+        _store(out, cached)
+    return results
+
+
+def _store(out: Path, cached: Path) -> None:
+    """Copy the run's teacher and results into the cache, atomically."""
+    tmp = cached.with_name(f".{cached.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copytree(out / "teacher", tmp / "teacher")
+    for name in ("config.json", "results.json"):
+        shutil.copy2(out / name, tmp / name)
+    shutil.rmtree(cached, ignore_errors=True)
+    tmp.rename(cached)
+    log.info("cached the fine-tuned teacher at %s", cached)
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _fmt(result: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+

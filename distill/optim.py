@@ -1,0 +1,112 @@
+"""Optimizers and schedules, chosen by name from a frozen config.
+
+`OptimizerConfig.build(params, total_steps, num_layers)` returns an optax
+transformation with: gradient clipping, warm-up then decay, AdamW or LAMB
+(no weight decay on biases and LayerNorm), optional layer-wise learning-rate
+decay and frozen embeddings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import optax
+from flax import traverse_util
+
+from tasks.errors import UserError
+
+OPTIMIZERS = ("adamw", "lamb")
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    name: str = "adamw"
+    """'adamw' or 'lamb'."""
+    learning_rate: float = 1e-4
+    weight_decay: float = 0.01
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-6
+    schedule: str = "linear"
+    """Decay after warm-up: 'linear' (to 0), 'cosine' or 'constant'."""
+    warmup_ratio: float = 0.1
+    """Fraction of the total steps spent warming up linearly from 0."""
+    max_grad_norm: float = 1.0
+    """Global-norm gradient clipping; 0 disables it."""
+    layer_lr_decay: float = 1.0
+    """Layer-wise LR decay: layer i of L gets lr * decay**(L - i), embeddings decay**(L + 1)."""
+    freeze_embeddings: bool = False
+
+    def __post_init__(self):
+        if self.name not in OPTIMIZERS:
+            raise UserError(f"optimizer: unknown {self.name!r}; valid: {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise UserError(f"schedule: unknown {self.schedule!r}; valid: {', '.join(SCHEDULES)}")
+        if not self.learning_rate > 0:
+            raise UserError(f"learning_rate: must be > 0, got {self.learning_rate}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise UserError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 < self.layer_lr_decay <= 1:
+            raise UserError(f"layer_lr_decay: must be in (0, 1], got {self.layer_lr_decay}")
+
+    def schedule_fn(self, total_steps: int) -> optax.Schedule:
+        warmup = int(self.warmup_ratio * total_steps)
+        decay_steps = max(total_steps - warmup, 1)
+        peak = self.learning_rate
+        after = {
+            "linear": optax.linear_schedule(peak, 0.0, decay_steps),
+            "cosine": optax.cosine_decay_schedule(peak, decay_steps),
+            "constant": optax.constant_schedule(peak),
+        }[self.schedule]
+        return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), after], [max(warmup, 1)])
+
+    def build(self, params: Any, total_steps: int, num_layers: int) -> optax.GradientTransformation:
+        lr = self.schedule_fn(total_steps)
+        decay_mask = _decay_mask(params)
+        if self.name == "adamw":
+            opt = optax.adamw(lr, self.b1, self.b2, self.eps, weight_decay=self.weight_decay, mask=decay_mask)
+        else:
+            opt = optax.lamb(lr, self.b1, self.b2, self.eps, weight_decay=self.weight_decay, mask=decay_mask)
+        parts = [optax.clip_by_global_norm(self.max_grad_norm)] if self.max_grad_norm > 0 else []
+        parts.append(opt)
+        if self.layer_lr_decay < 1.0:
+            parts.append(scale_by_tree(layer_lr_scales(params, num_layers, self.layer_lr_decay)))
+        tx = optax.chain(*parts)
+        if self.freeze_embeddings:
+            labels = traverse_util.path_aware_map(
+                lambda path, _: "frozen" if path[0] == "embeddings" else "train", params
+            )
+            tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+        return tx
+
+
+def _decay_mask(params: Any) -> Any:
+    """Weight decay on matrices only: not on biases, LayerNorm scales, or LayerNorm biases."""
+    return traverse_util.path_aware_map(lambda path, _: path[-1] not in ("bias", "scale"), params)
+
+
+def layer_lr_scales(params: Any, num_layers: int, decay: float) -> Any:
+    """Per-parameter LR multipliers for layer-wise decay (the head and pooler get 1)."""
+
+    def scale(path, _):
+        if path[0] == "embeddings":
+            return decay ** (num_layers + 1)
+        if path[0] == "encoder":
+            layer = int(path[1].split("_")[1])
+            return decay ** (num_layers - layer)
+        return 1.0
+
+    return traverse_util.path_aware_map(scale, params)
+
+
+def scale_by_tree(scales: Any) -> optax.GradientTransformation:
+    """Multiply each update by a fixed per-parameter factor."""
+
+    def update(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * s, updates, scales), state
+
+    return optax.GradientTransformation(lambda _: optax.EmptyState(), update)

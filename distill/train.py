@@ -1,0 +1,98 @@
+"""Train state, pure train/eval steps and the prediction loop.
+
+Steps are module-level pure functions; fixed settings (model, optimizer, loss
+name) are bound with `functools.partial` and the result is jitted once with
+the state donated. The dropout key is `fold_in(rng, state.step)`, so no RNG
+is carried around the loop.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import struct
+
+from distill.losses import task_loss
+from distill.modeling import BertForTask
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+    @classmethod
+    def create(cls, params, tx: optax.GradientTransformation) -> TrainState:
+        return cls(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+
+
+def model_inputs(batch: dict) -> tuple:
+    return batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+
+
+def supervised_step(state: TrainState, batch: dict, rng: jax.Array, *, model: BertForTask, tx, kind: str):
+    """One step of fine-tuning on hard labels. Returns (state, metric sums)."""
+    loss_fn = task_loss(kind)
+    dropout_rng = jax.random.fold_in(rng, state.step)
+
+    def objective(params):
+        out = model.apply({"params": params}, *model_inputs(batch), deterministic=False, rngs={"dropout": dropout_rng})
+        total, count = loss_fn(out.logits, batch)
+        return total / jnp.maximum(count, 1.0), (total, count)
+
+    (_, (total, count)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss_sum": total,
+        "loss_count": count,
+        "grad_norm": optax.global_norm(grads),
+        "examples": jnp.sum(batch["weights"]),
+    }
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def make_supervised_step(model: BertForTask, tx, kind: str):
+    return jax.jit(functools.partial(supervised_step, model=model, tx=tx, kind=kind), donate_argnums=0)
+
+
+def logits_step(params, batch: dict, *, model: BertForTask):
+    return model.apply({"params": params}, *model_inputs(batch)).logits
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_logits(model: BertForTask):
+    return jax.jit(functools.partial(logits_step, model=model))
+
+
+def predict(model: BertForTask, params, batches: Iterable[dict], num_features: int, max_length: int):
+    """Logits for every feature, in feature order (rows of padding dropped).
+
+    Sentence heads give (N, C); token heads give (N, max_length, C) with
+    positions past each batch's length zero-filled; span heads return
+    (start_logits, end_logits), each (N, max_length).
+    """
+    fn = _jitted_logits(model)
+    out = None
+    for batch in batches:
+        logits = np.asarray(fn(params, batch))
+        idx = batch["index"]
+        keep = idx >= 0
+        if out is None:
+            shape = (num_features,) + ((max_length,) + logits.shape[2:] if logits.ndim == 3 else logits.shape[1:])
+            out = np.zeros(shape, np.float32)
+        if logits.ndim == 3:
+            out[idx[keep], : logits.shape[1]] = logits[keep]
+        else:
+            out[idx[keep]] = logits[keep]
+    if out is None:
+        raise ValueError("predict: no batches")
+    if model.head == "span":
+        return out[..., 0], out[..., 1]
+    return out

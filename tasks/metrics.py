@@ -1,0 +1,221 @@
+"""Metrics: pure functions `(predictions, references) -> float`, found by name.
+
+`METRICS[kind][name]` holds one function per metric a task kind reports:
+
+- classification: predictions and references are int class ids (N,);
+  accuracy, binary f1 (positive class 1, as GLUE's MRPC/QQP) and
+  matthews_corr (CoLA), all in [0, 1] (Matthews in [-1, 1]).
+- regression: float scores (N,); pearson and spearmanr (scipy.stats).
+- tagging: lists of IOB2 tag sequences; entity-level f1, precision and
+  recall from seqeval (default, conlleval-compatible mode).
+- span: predicted answer strings and, per question, the list of gold answer
+  strings; exact_match and f1 in percent (0-100), exactly as the official
+  SQuAD v1.1 evaluate script computes them.
+
+`evaluate(task, features, examples, outputs)` turns model outputs (in
+feature order) into the task's metrics, decoding them with tasks/decode.py;
+`predict_labels` (re-exported from there) gives readable predictions.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+import string
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+from scipy import stats
+from seqeval import metrics as seqeval_metrics
+
+from tasks.base import Task
+from tasks.decode import (
+    ClassPrediction,
+    class_predictions,
+    predict_labels,
+    score_predictions,
+    span_predictions,
+    tag_predictions,
+)
+from tasks.errors import UserError
+from tasks.features import Features
+
+MetricFn = Callable[[Sequence, Sequence], float]
+
+__all__ = [
+    "METRICS", "ClassPrediction", "MetricFn", "accuracy", "binary_f1", "entity_f1",
+    "entity_precision", "entity_recall", "evaluate", "get_metric", "matthews_corr",
+    "normalize_answer", "pearson", "predict_labels", "spearmanr", "squad_exact_match",
+    "squad_exact_match_score", "squad_f1", "squad_f1_score",
+]
+
+
+def _pair(predictions, references) -> tuple[np.ndarray, np.ndarray]:
+    p, r = np.asarray(predictions), np.asarray(references)
+    if p.shape != r.shape or p.ndim != 1:
+        raise ValueError(f"predictions {p.shape} and references {r.shape} must be equal 1-D shapes")
+    return p, r
+
+
+def accuracy(predictions, references) -> float:
+    """Fraction of predictions equal to the reference."""
+    p, r = _pair(predictions, references)
+    return float(np.mean(p == r)) if len(p) else 0.0
+
+
+def binary_f1(predictions, references) -> float:
+    """F1 of class 1 (0 when there is no true or predicted positive)."""
+    p, r = _pair(predictions, references)
+    tp = float(np.sum((p == 1) & (r == 1)))
+    denom = float(np.sum(p == 1) + np.sum(r == 1))
+    return 2 * tp / denom if denom else 0.0
+
+
+def matthews_corr(predictions, references) -> float:
+    """Matthews correlation (multi-class form, as sklearn); 0 if undefined."""
+    p, r = _pair(predictions, references)
+    classes = np.union1d(p, r)
+    pi, ri = np.searchsorted(classes, p), np.searchsorted(classes, r)
+    conf = np.zeros((len(classes), len(classes)), dtype=np.float64)
+    np.add.at(conf, (ri, pi), 1)
+    t, q = conf.sum(axis=1), conf.sum(axis=0)
+    c, s = np.trace(conf), conf.sum()
+    denom = np.sqrt((s * s - q @ q) * (s * s - t @ t))
+    return float((c * s - t @ q) / denom) if denom else 0.0
+
+
+def _correlation(fn, predictions, references) -> float:
+    p, r = _pair(predictions, references)
+    if len(p) < 2 or np.ptp(p) == 0 or np.ptp(r) == 0:
+        return 0.0  # undefined for constant inputs; scored as no correlation
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return float(fn(p.astype(np.float64), r.astype(np.float64))[0])
+
+
+def pearson(predictions, references) -> float:
+    """Pearson correlation (scipy.stats.pearsonr); 0 for constant inputs."""
+    return _correlation(stats.pearsonr, predictions, references)
+
+
+def spearmanr(predictions, references) -> float:
+    """Spearman rank correlation (scipy.stats.spearmanr); 0 for constant inputs."""
+    return _correlation(stats.spearmanr, predictions, references)
+
+
+def _tag_lists(predictions, references) -> tuple[list[list[str]], list[list[str]]]:
+    p, r = [list(x) for x in predictions], [list(x) for x in references]
+    if len(p) != len(r) or any(len(a) != len(b) for a, b in zip(p, r)):
+        raise ValueError("predicted and gold tag sequences must have equal lengths")
+    return p, r
+
+
+def entity_f1(predictions, references) -> float:
+    """seqeval entity-level F1 (IOB2 tags)."""
+    p, r = _tag_lists(predictions, references)
+    return float(seqeval_metrics.f1_score(r, p, zero_division=0))
+
+
+def entity_precision(predictions, references) -> float:
+    """seqeval entity-level precision."""
+    p, r = _tag_lists(predictions, references)
+    return float(seqeval_metrics.precision_score(r, p, zero_division=0))
+
+
+def entity_recall(predictions, references) -> float:
+    """seqeval entity-level recall."""
+    p, r = _tag_lists(predictions, references)
+    return float(seqeval_metrics.recall_score(r, p, zero_division=0))
+
+
+# --- SQuAD v1.1, as in the official evaluate-v1.1.py -------------------------
+
+
+def normalize_answer(s: str) -> str:
+    """Lower text and remove punctuation, articles and extra whitespace."""
+    s = s.lower()
+    s = "".join(ch for ch in s if ch not in set(string.punctuation))
+    s = re.sub(r"\b(a|an|the)\b", " ", s)
+    return " ".join(s.split())
+
+
+def squad_f1_score(prediction: str, ground_truth: str) -> float:
+    """Token-overlap F1 of one prediction against one answer (0-1)."""
+    pred = normalize_answer(prediction).split()
+    gold = normalize_answer(ground_truth).split()
+    common = collections.Counter(pred) & collections.Counter(gold)
+    same = sum(common.values())
+    if same == 0:
+        return 0.0
+    precision, recall = same / len(pred), same / len(gold)
+    return 2 * precision * recall / (precision + recall)
+
+
+def squad_exact_match_score(prediction: str, ground_truth: str) -> float:
+    """1.0 if the normalized strings are equal, else 0.0."""
+    return float(normalize_answer(prediction) == normalize_answer(ground_truth))
+
+
+def _squad_mean(fn, predictions, references) -> float:
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} questions")
+    if not len(predictions):
+        return 0.0
+    total = sum(max(fn(p, g) for g in golds) for p, golds in zip(predictions, references))
+    return 100.0 * total / len(predictions)
+
+
+def squad_exact_match(predictions, references) -> float:
+    """Percent of questions whose prediction matches some gold answer exactly."""
+    return _squad_mean(squad_exact_match_score, predictions, references)
+
+
+def squad_f1(predictions, references) -> float:
+    """Mean over questions of the best F1 against any gold answer, in percent."""
+    return _squad_mean(squad_f1_score, predictions, references)
+
+
+METRICS: dict[str, dict[str, MetricFn]] = {
+    "classification": {"accuracy": accuracy, "f1": binary_f1, "matthews_corr": matthews_corr},
+    "regression": {"pearson": pearson, "spearmanr": spearmanr},
+    "tagging": {"f1": entity_f1, "precision": entity_precision, "recall": entity_recall},
+    "span": {"exact_match": squad_exact_match, "f1": squad_f1},
+}
+"""Metric functions by task kind and name; names match tasks.base.KIND_METRICS."""
+
+
+def get_metric(kind: str, name: str) -> MetricFn:
+    """The metric `name` for tasks of `kind`; UserError listing valid names."""
+    table = METRICS.get(kind)
+    if table is None:
+        raise UserError(f"unknown task kind {kind!r}; valid kinds: {', '.join(METRICS)}")
+    if name not in table:
+        raise UserError(f"unknown {kind} metric {name!r}; valid metrics: {', '.join(table)}")
+    return table[name]
+
+
+def evaluate(task: Task, features: Features, examples: Sequence, outputs) -> dict[str, float]:
+    """The task's metrics (`task.metric_names`) for model `outputs` in feature order.
+
+    outputs: classification logits (N, C); regression scores (N,) or (N, 1);
+    tagging logits (N, L, C) with L >= the longest feature; span a pair
+    (start_logits, end_logits), each (N, L).
+    """
+    if task.kind in ("classification", "regression"):
+        if features.labels is None:
+            raise UserError(f"the {task.name} features have no gold labels to evaluate against")
+        if task.kind == "classification":
+            preds = class_predictions(task, features, outputs)
+        else:
+            preds = score_predictions(features, outputs)
+        refs = np.asarray(features.labels)
+    elif task.kind == "tagging":
+        preds = tag_predictions(task, features, examples, outputs)
+        refs = [list(e.tags) for e in examples]
+    else:
+        if not any(e.answers for e in examples):
+            raise UserError(f"the {task.name} examples have no gold answers to evaluate against")
+        preds = span_predictions(task, features, examples, outputs)
+        refs = [[text for text, _ in e.answers] or [""] for e in examples]
+    return {name: float(get_metric(task.kind, name)(preds, refs)) for name in task.metric_names}

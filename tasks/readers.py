@@ -1,0 +1,46 @@
+"""Reading a task's split from disk: `read_split` picks the reader by name.
+
+Every reader takes `(task, split, path, limit)` and returns examples
+(`TextExample`, `TaggingExample` or `SpanExample`); bad input raises a
+`DataError` naming the file (and the line where there is one).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+from tasks.base import SpanExample, TaggingExample, Task, TextExample
+from tasks.datafiles import resolve_data_dir, split_path
+from tasks.read_conll import read_conll
+from tasks.read_glue import read_glue_tsv
+from tasks.read_squad import read_squad
+
+Example = TextExample | TaggingExample | SpanExample
+
+READER_FNS: dict[str, Callable[..., list]] = {
+    "glue_tsv": read_glue_tsv,
+    "conll": read_conll,
+    "squad": read_squad,
+}
+"""Reader functions by `Task.reader` name, all `(task, split, path, limit)`."""
+
+__all__ = ["Example", "READER_FNS", "read_split", "resolve_data_dir"]
+
+
+def read_split(
+    task: Task,
+    split: str,
+    data_dir: str | os.PathLike | None = None,
+    *,
+    limit: int | None = None,
+) -> list[Example]:
+    """Examples of `split` ('train', 'dev', ...), at most `limit` of them.
+
+    `data_dir` is the folder holding the task's files; None resolves it from
+    the task's environment variable (see `resolve_data_dir`).
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    path = split_path(task, split, resolve_data_dir(task, data_dir))
+    return READER_FNS[task.reader](task, split, path, limit)

@@ -1,0 +1,115 @@
+"""batches(): fixed shapes, every feature once per epoch, reproducible order."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from task_data import GLUE, needs_data
+from tasks.batching import batch_plan, batches, default_buckets, num_batches
+from tasks.features import IGNORE, Features, encode
+from tasks.readers import read_split
+from tasks.registry import get_task
+
+
+def _features(kind: str = "classification", n: int = 103, max_length: int = 128, seed: int = 1) -> Features:
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(3, max_length + 1, size=n).astype(np.int32)
+    ids = [rng.integers(1, 1000, size=k).astype(np.int32) for k in lengths]
+    extra = {}
+    if kind == "classification":
+        extra["labels"] = rng.integers(0, 3, size=n).astype(np.int32)
+    elif kind == "tagging":
+        extra["labels"] = [rng.integers(0, 9, size=k).astype(np.int32) for k in lengths]
+    return Features(
+        kind=kind, max_length=max_length, input_ids=ids,
+        token_type_ids=[np.zeros(k, np.int32) for k in lengths], lengths=lengths,
+        example_index=np.arange(n, dtype=np.int32), **extra,
+    )
+
+
+def test_default_buckets():
+    assert default_buckets(128) == (16, 32, 48, 64, 96, 128)
+    for m in (7, 20, 64, 100, 384, 512):
+        b = default_buckets(m)
+        assert b[-1] == m and list(b) == sorted(set(b)) and 1 <= len(b) <= 6
+        assert all(x % 8 == 0 for x in b[:-1])
+    assert default_buckets(384) == (48, 96, 144, 192, 288, 384)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_shapes_and_coverage(shuffle):
+    f = _features()
+    buckets = default_buckets(128)
+    out = list(batches(f, 8, buckets=buckets, shuffle=shuffle, seed=3, epoch=2))
+    assert len(out) == num_batches(f, 8, buckets)
+    shapes = {b["input_ids"].shape for b in out}
+    assert len(shapes) <= len(buckets) and all(s[0] == 8 for s in shapes)
+    seen = np.concatenate([b["index"] for b in out])
+    assert sorted(seen[seen >= 0].tolist()) == list(range(len(f)))
+    for b in out:
+        length = b["input_ids"].shape[1]
+        for key in ("input_ids", "token_type_ids", "attention_mask", "labels", "index"):
+            assert b[key].dtype == np.int32
+        assert b["weights"].dtype == np.float32
+        real = b["index"] >= 0
+        assert (b["weights"] == real).all()
+        lengths = f.lengths[b["index"][real]]
+        assert (lengths <= length).all()
+        assert (lengths > max([x for x in buckets if x < length], default=0)).all()  # smallest bucket
+        assert (b["attention_mask"][real].sum(1) == lengths).all()
+        assert (b["labels"][real] == f.labels[b["index"][real]]).all()
+        assert not b["input_ids"][~real].any() and not b["labels"][~real].any()
+        row = int(np.flatnonzero(real)[0])
+        i = b["index"][row]
+        assert (b["input_ids"][row, : f.lengths[i]] == f.input_ids[i]).all()
+
+
+def test_shuffle_is_a_function_of_seed_and_epoch():
+    f = _features()
+
+    def order(**kw):
+        return [b["index"].tolist() for b in batches(f, 8, shuffle=True, **kw)]
+
+    assert order(seed=0, epoch=1) == order(seed=0, epoch=1)
+    assert order(seed=0, epoch=1) != order(seed=0, epoch=2)
+    assert order(seed=0, epoch=1) != order(seed=1, epoch=1)
+    resumed = [b["index"].tolist() for b in batches(f, 8, shuffle=True, seed=0, epoch=1, start=5)]
+    assert resumed == order(seed=0, epoch=1)[5:]
+    plain = [b["index"].tolist() for b in batches(f, 8)]
+    assert plain == [b["index"].tolist() for b in batches(f, 8, epoch=4)]  # no shuffle: fixed
+
+
+def test_tagging_and_span_keys():
+    f = _features("tagging", n=10)
+    for b in batches(f, 4):
+        real = b["index"] >= 0
+        assert b["labels"].shape == b["input_ids"].shape
+        assert (b["labels"][~real] == IGNORE).all()
+        assert (b["labels"][b["attention_mask"] == 0] == IGNORE).all()
+    span = _features("span", n=5)
+    span = Features(**{**span.__dict__, "start_positions": np.arange(5, dtype=np.int32),
+                       "end_positions": np.arange(5, dtype=np.int32) + 1})
+    (b,) = batches(span, 8, buckets=(128,))
+    assert "labels" not in b
+    assert b["start_positions"].tolist() == [0, 1, 2, 3, 4, 0, 0, 0]
+    assert b["end_positions"].tolist() == [1, 2, 3, 4, 5, 0, 0, 0]
+
+
+def test_bad_arguments():
+    f = _features()
+    with pytest.raises(ValueError, match="largest bucket"):
+        batch_plan(f, 8, buckets=(16, 64))
+    with pytest.raises(ValueError, match="increasing"):
+        batch_plan(f, 8, buckets=(64, 32, 128))
+    with pytest.raises(ValueError, match="batch_size"):
+        num_batches(f, 0)
+
+
+@needs_data
+def test_real_sst2_slice(tokenizer):
+    task = get_task("sst2")
+    f = encode(task, read_split(task, "dev", GLUE / "SST-2", limit=200), tokenizer)
+    out = list(batches(f, 32, shuffle=True))
+    assert len(out) == num_batches(f, 32) and all(b["input_ids"].shape[0] == 32 for b in out)
+    assert sum(int(b["weights"].sum()) for b in out) == 200
