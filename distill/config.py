@@ -113,7 +113,8 @@ class BertArch:
 
     # --------------------------------------------------------------- counting
     def num_params(self, head: str = "none", num_labels: int = 0) -> int:
-        """Exact parameter count of `BertForTask(self, head, num_labels)`."""
+        """Exact parameter count of `build_model(self, head, num_labels)`."""
+        num_labels = head_outputs(head, num_labels)
         h = self.hidden_size
         n = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
         for width, ffn in zip(self.attention_widths, self.ffn_sizes):
@@ -128,6 +129,7 @@ class BertArch:
 
     def flops(self, seq_len: int, head: str = "none", num_labels: int = 0) -> int:
         """Forward FLOPs (2 per multiply-add) of one example of length `seq_len`."""
+        num_labels = head_outputs(head, num_labels)
         h, t = self.hidden_size, seq_len
         total = 0
         for width, ffn in zip(self.attention_widths, self.ffn_sizes):
@@ -225,6 +227,11 @@ class BertArch:
         }
 
 
+def head_outputs(head: str, num_labels: int) -> int:
+    """Outputs of a task head, as `build_model` makes it: regression has 1, span 2 (start, end)."""
+    return {"regression": 1, "span": 2}.get(head, num_labels)
+
+
 def has_pooler(head: str) -> bool:
     """Sentence-level heads read the pooled [CLS] vector; token heads do not."""
     return head in ("classification", "regression", "none")
@@ -236,9 +243,10 @@ _NAME = re.compile(r"^(\d+)L-(\d+)((?:-[HFD][\d,]+)*)$")
 def parse_arch_name(name: str, base: BertArch | None = None) -> BertArch:
     """`4L-312`, `6L-384-H6-F1536`, `4L-312-H12-F1200`, `3L-384-H4,6,8-D32`.
 
-    Defaults: heads = hidden / 64 (at least 1, and a divisor of hidden),
-    FFN = 4 x hidden, head size = hidden / heads. Vocabulary and positions come
-    from `base` (the teacher) when given.
+    Defaults: 12 heads when they divide hidden with a head size >= 16 (as in
+    BERT, TinyBERT 4L-312 and MiniLM 384), else hidden / 64, 8, 6, 4, 3, 2 or 1
+    heads on the same terms; FFN = 4 x hidden; head size = hidden / heads.
+    Vocabulary and positions come from `base` (the teacher) when given.
     """
     m = _NAME.match(name.strip())
     if not m:

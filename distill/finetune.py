@@ -25,8 +25,8 @@ from distill.modeling import init_params
 from distill.optim import OptimizerConfig
 from distill.runlog import RunLog, cache_root, config_key, file_fingerprint
 from distill.teacher import DEFAULT_TEACHER, LoadedBert, load_bert, save_bert
-from distill.train import TrainState, make_supervised_step, predict
-from tasks import metrics
+from distill.evaluate import evaluate_model
+from distill.train import TrainState, make_supervised_step
 from tasks.batching import batches, default_buckets, num_batches
 from tasks.datafiles import resolve_data_dir, split_path
 from tasks.errors import UserError
@@ -100,19 +100,6 @@ def _cache_dir(cfg: FinetuneConfig, teacher: LoadedBert, data_files: list[Path])
         }
     )
     return cache_root() / "teachers" / f"{cfg.task}-{key}"
-
-
-def evaluate_model(model, params, task, features, examples, batch_size: int) -> dict[str, float]:
-    """The task's dev metrics of a model, plus examples/s."""
-    t0 = time.perf_counter()
-    outputs = predict(
-        model, params, batches(features, batch_size), len(features), features.max_length
-    )
-    seconds = time.perf_counter() - t0
-    result = metrics.evaluate(task, features, examples, outputs)
-    result["examples"] = len(examples)
-    result["examples_per_second"] = len(examples) / max(seconds, 1e-9)
-    return result
 
 
 def finetune(cfg: FinetuneConfig, output_dir: str | Path, *, use_cache: bool = True) -> dict[str, Any]:

@@ -12,7 +12,7 @@ weights and bias outputs GELU(0) = 0 into zero output weights).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from flax import traverse_util
@@ -130,32 +130,45 @@ def _need(ok: bool, path, shape, arch: BertArch) -> None:
 def from_hf(
     state: dict[str, np.ndarray],
     arch: BertArch,
-    init: dict[str, Any],
+    target: dict[str, Any],
     *,
+    init_fn: Callable[[], dict[str, Any]] | None = None,
     source: str = "checkpoint",
 ) -> tuple[dict[str, Any], list[str], list[str]]:
-    """Merge HF weights onto `init` (our tree). Returns (params, missing, unexpected).
+    """Fit HF weights onto our tree. Returns (params, missing, unexpected).
 
-    Heterogeneous students are stored padded (see module doc): the leading
-    heads / neurons of a padded tensor are taken when our layer is smaller
-    and the rest must be zero.
+    `target` gives the model's parameter shapes (arrays or
+    `jax.ShapeDtypeStruct`s). Parameters the checkpoint lacks (a new task head)
+    come from `init_fn()`, called only when something is missing. Heterogeneous
+    students are stored padded (see module doc): the leading heads / neurons
+    of a padded tensor are taken when our layer is smaller and the rest must
+    be zero.
     """
     flat, unexpected = _convert(state, arch)
-    target = traverse_util.flatten_dict(init)
+    target_flat = traverse_util.flatten_dict(target)
     merged, missing = {}, []
-    for path, ref in target.items():
+    for path, ref in target_flat.items():
         if path not in flat:
-            missing.append("/".join(path))
-            merged[path] = np.asarray(ref)
+            missing.append(path)
             continue
         value = _unpad(flat.pop(path), tuple(ref.shape), path, source)
         merged[path] = value.astype(ref.dtype)
     unexpected += ["/".join(p) for p in flat]  # converted but not in this model (e.g. another head)
     if missing:
-        log.warning("%s: %d parameters missing, left at their initial values: %s", source, len(missing), missing)
+        if init_fn is None:
+            raise WeightsError(f"{source}: missing weights {['/'.join(p) for p in missing]}")
+        fresh = traverse_util.flatten_dict(init_fn())
+        for path in missing:
+            merged[path] = np.asarray(fresh[path])
+        log.warning(
+            "%s: %d parameters missing, left at their initial values: %s",
+            source,
+            len(missing),
+            ["/".join(p) for p in missing],
+        )
     if unexpected:
         log.warning("%s: %d unexpected weights ignored: %s", source, len(unexpected), unexpected)
-    return traverse_util.unflatten_dict(merged), missing, unexpected
+    return traverse_util.unflatten_dict(merged), ["/".join(p) for p in missing], unexpected
 
 
 def _unpad(value: np.ndarray, shape: tuple[int, ...], path, source: str) -> np.ndarray:

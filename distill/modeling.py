@@ -15,6 +15,7 @@ Parameter tree (HF names in `distill/hf.py` map onto it one to one):
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -241,7 +242,15 @@ def build_model(arch: BertArch, head: str = "none", num_labels: int = 0, dtype: 
 def init_params(model: BertForTask, rng: jax.Array, seq_len: int = 8) -> dict:
     """Random parameters (a plain nested dict) for `model`."""
     ids = jnp.zeros((1, seq_len), jnp.int32)
-    return jax.jit(model.init)(rng, ids, ids, jnp.ones_like(ids))["params"]
+    return _jitted_init(model)(rng, ids, ids, jnp.ones_like(ids))["params"]
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(model: BertForTask):
+    # One jitted init per (equal) model: `jax.jit(model.init)` on a fresh but
+    # equal module misses jax's cache (bound methods compare by identity), and
+    # every `load_bert` builds a fresh module, so each load recompiled the init.
+    return jax.jit(model.init)
 
 
 def abstract_params(model: BertForTask, seq_len: int = 8) -> dict:

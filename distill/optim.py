@@ -61,7 +61,9 @@ class OptimizerConfig:
             "cosine": optax.cosine_decay_schedule(peak, decay_steps),
             "constant": optax.constant_schedule(peak),
         }[self.schedule]
-        return optax.join_schedules([optax.linear_schedule(0.0, peak, max(warmup, 1)), after], [max(warmup, 1)])
+        if warmup == 0:  # no warm-up: the first step already uses the peak rate
+            return after
+        return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
     def build(self, params: Any, total_steps: int, num_layers: int) -> optax.GradientTransformation:
         lr = self.schedule_fn(total_steps)

@@ -27,7 +27,7 @@ import numpy as np
 
 from distill.config import BertArch
 from distill.hf import from_hf, to_hf
-from distill.modeling import BertForTask, build_model, init_params
+from distill.modeling import BertForTask, abstract_params, build_model, init_params
 from tasks.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,9 @@ def load_tokenizer(path: Path):
     try:
         tok = AutoTokenizer.from_pretrained(str(path))
     except Exception:  # noqa: BLE001 - a bare vocab.txt without tokenizer_config
-        tok = BertTokenizerFast(vocab_file=str(path / "vocab.txt"))
+        # from_pretrained, not BertTokenizerFast(vocab_file=...): transformers 5
+        # ignores `vocab_file` and silently builds a 5-token, all-[UNK] tokenizer.
+        tok = BertTokenizerFast.from_pretrained(str(path))
     if not getattr(tok, "is_fast", False):
         raise TeacherError(f"{path}: a fast (Rust) tokenizer is needed; add tokenizer.json or vocab.txt")
     return tok
@@ -205,8 +207,13 @@ def load_bert(
         num_labels = meta.get("num_labels", 0)
     model = build_model(arch, head, num_labels)
     state = read_weights(path)
-    init = init_params(model, jax.random.key(seed))
-    params, _, _ = from_hf(state, arch, init, source=str(path))
+    params, _, _ = from_hf(
+        state,
+        arch,
+        abstract_params(model),
+        init_fn=lambda: init_params(model, jax.random.key(seed)),
+        source=str(path),
+    )
     tokenizer = load_tokenizer(path)
     if len(tokenizer) > arch.vocab_size:
         raise TeacherError(f"{path}: tokenizer has {len(tokenizer)} tokens but the model only {arch.vocab_size}")
