@@ -18,14 +18,16 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from distill.checkpoint import CheckpointConfig, Checkpointer
+from distill.evaluate import evaluate_model
 from distill.modeling import init_params
 from distill.optim import OptimizerConfig
 from distill.runlog import RunLog, cache_root, config_key, file_fingerprint
 from distill.teacher import DEFAULT_TEACHER, LoadedBert, load_bert, save_bert
-from distill.evaluate import evaluate_model
 from distill.train import TrainState, make_supervised_step
 from tasks.batching import batches, default_buckets, num_batches
 from tasks.datafiles import resolve_data_dir, split_path
@@ -59,6 +61,8 @@ class FinetuneConfig:
     train_limit: int | None = None
     """Use only the first N training examples (smoke runs, tests)."""
     dev_limit: int | None = None
+    checkpoint_every: int = 500
+    """Save a resumable checkpoint every this many steps (and at each evaluation)."""
     seed: int = 0
 
     def __post_init__(self):
@@ -72,7 +76,7 @@ class FinetuneConfig:
     def cache_settings(self) -> dict[str, Any]:
         """The settings that change the result (not where data or output live)."""
         d = dataclasses.asdict(self)
-        for k in ("data_dir", "teacher", "eval_batch_size"):
+        for k in ("data_dir", "teacher", "eval_batch_size", "checkpoint_every"):
             d.pop(k)
         return d
 
@@ -102,8 +106,29 @@ def _cache_dir(cfg: FinetuneConfig, teacher: LoadedBert, data_files: list[Path])
     return cache_root() / "teachers" / f"{cfg.task}-{key}"
 
 
-def finetune(cfg: FinetuneConfig, output_dir: str | Path, *, use_cache: bool = True) -> dict[str, Any]:
-    """Fine-tune `cfg.teacher` on `cfg.task`; returns the results dict."""
+@dataclasses.dataclass
+class Progress:
+    """Where a run is; saved as the checkpoint's JSON item, so resuming restores it."""
+
+    step: int = 0
+    best: dict | None = None
+    best_score: float = -math.inf
+    evals_since_best: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    examples_seen: int = 0
+    train_seconds: float = 0.0
+
+
+def finetune(
+    cfg: FinetuneConfig, output_dir: str | Path, *, use_cache: bool = True, resume: bool = False
+) -> dict[str, Any]:
+    """Fine-tune `cfg.teacher` on `cfg.task`; returns the results dict.
+
+    With `resume`, continues from the last complete checkpoint in
+    `output_dir/checkpoints` (same data order and learning rate). Without it,
+    an output directory that already holds checkpoints is refused rather than
+    overwritten.
+    """
     task = get_task(cfg.task)
     data_dir = resolve_data_dir(task, cfg.data_dir)
     out = Path(output_dir)
@@ -112,11 +137,13 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path, *, use_cache: bool = T
     teacher = load_bert(cfg.teacher, head=task.kind, num_labels=task.num_labels, seed=cfg.seed)
     data_files = [split_path(task, s, data_dir) for s in ("train", "dev")]
     cached = _cache_dir(cfg, teacher, data_files)
-    if use_cache and (cached / "results.json").is_file():
+    if use_cache and not resume and (cached / "results.json").is_file():
         log.info("reusing the cached fine-tuned teacher %s", cached)
         out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(cached, out, dirs_exist_ok=True)
         return {**_read_json(cached / "results.json"), "cached": str(cached), "teacher_dir": str(out / "teacher")}
+    if not resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
+        raise UserError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it or pick another --output")
 
     model = teacher.model
     params = teacher.params
@@ -136,25 +163,35 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path, *, use_cache: bool = T
     state = TrainState.create(params, tx)
     step_fn = make_supervised_step(model, tx, task.kind)
     rng = jax.random.key(cfg.seed)
+    lr_at = cfg.optimizer.schedule_fn(total)
+
+    ckpt = Checkpointer(out / "checkpoints", CheckpointConfig(every_steps=cfg.checkpoint_every))
+    progress = Progress()
+    if resume and ckpt.latest_step() is not None:
+        params, opt_state, meta = ckpt.restore(None, state.params, state.opt_state)
+        state = TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state)
+        progress = Progress(**meta)
+        log.info("resumed from %s at step %d", ckpt.directory, progress.step)
+    elif resume:
+        log.warning("%s: no checkpoint to resume from; starting from the beginning", ckpt.directory)
 
     runlog = RunLog(out, {"finetune": cfg, "task": task.name, "teacher_dir": str(teacher.path), "total_steps": total})
-    best, best_metric, evals_since_best = None, -math.inf, 0
-    history = []
     t_start = time.time()
-    train_seconds = 0.0
-    examples_seen = 0
 
-    def run_eval(step: int, epoch: float):
-        nonlocal best, best_metric, evals_since_best
+    def checkpoint(score=None):
+        ckpt.save(progress.step, state.params, state.opt_state, dataclasses.asdict(progress), score=score)
+
+    def run_eval() -> bool:
+        """Evaluate on dev, keep the best teacher; True when early stopping says stop."""
         result = evaluate_model(model, state.params, task, dev, dev_ex, cfg.eval_batch_size)
-        result["epoch"] = round(epoch, 3)
-        history.append({"step": step, **result})
-        runlog.log(step, result, prefix="dev_")
-        log.info("step %d epoch %.2f dev %s", step, epoch, _fmt(result))
+        result["epoch"] = round(progress.step / per_epoch, 3)
+        progress.history.append({"step": progress.step, **result})
+        runlog.log(progress.step, result, prefix="dev_")
+        log.info("step %d dev %s", progress.step, _fmt(result))
         score = result[task.metric]
-        if score > best_metric:
-            best_metric, evals_since_best = score, 0
-            best = {"step": step, **result}
+        if score > progress.best_score:
+            progress.best_score, progress.evals_since_best = score, 0
+            progress.best = {"step": progress.step, **result}
             save_bert(
                 out / "teacher",
                 teacher.arch,
@@ -165,65 +202,69 @@ def finetune(cfg: FinetuneConfig, output_dir: str | Path, *, use_cache: bool = T
                 extra={"task": task.name, "max_length": task.max_length, "dev": result, "source": cfg.teacher},
             )
         else:
-            evals_since_best += 1
-        return cfg.patience and evals_since_best >= cfg.patience
+            progress.evals_since_best += 1
+        checkpoint(score)
+        return bool(cfg.patience and progress.evals_since_best >= cfg.patience)
 
-    step, stop = 0, False
-    for epoch in range(epochs):
+    stop = progress.step >= total
+    for epoch in range(progress.step // per_epoch, epochs):
+        if stop:
+            break
+        first = progress.step - epoch * per_epoch
         bar = tqdm(
-            batches(train, cfg.batch_size, buckets=buckets, shuffle=True, seed=cfg.seed, epoch=epoch),
-            total=min(per_epoch, total - step),
+            batches(train, cfg.batch_size, buckets=buckets, shuffle=True, seed=cfg.seed, epoch=epoch, start=first),
+            initial=first,
+            total=min(per_epoch, total - epoch * per_epoch),
             desc=f"{task.name} epoch {epoch + 1}/{epochs}",
             unit="batch",
             mininterval=2.0,
         )
-        loss_sum = loss_count = 0.0
-        t_epoch = time.perf_counter()
+        t_last = time.perf_counter()
         for batch in bar:
             state, m = step_fn(state, batch, rng)
-            step += 1
-            examples_seen += int(batch["weights"].sum())
-            if step % 50 == 0 or step == total:
+            progress.step += 1
+            progress.examples_seen += int(batch["weights"].sum())
+            if progress.step % 50 == 0 or progress.step == total:
                 m = jax.device_get(m)
-                loss_sum += float(m["loss_sum"])
-                loss_count += float(m["loss_count"])
                 if not np.isfinite(m["loss_sum"]):
-                    raise FloatingPointError(f"non-finite loss at step {step}; lower the learning rate")
-                speed = examples_seen / max(train_seconds + time.perf_counter() - t_epoch, 1e-9)
-                bar.set_postfix(loss=f"{m['loss_sum'] / max(m['loss_count'], 1):.4f}", ex_s=f"{speed:.0f}")
+                    raise FloatingPointError(f"non-finite loss at step {progress.step}; lower the learning rate")
+                now = time.perf_counter()
+                progress.train_seconds += now - t_last
+                t_last = now
+                speed = progress.examples_seen / max(progress.train_seconds, 1e-9)
+                loss = float(m["loss_sum"] / max(m["loss_count"], 1))
+                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{speed:.0f}")
                 runlog.log(
-                    step,
+                    progress.step,
                     {
-                        "loss": float(m["loss_sum"] / max(m["loss_count"], 1)),
+                        "loss": loss,
                         "grad_norm": float(m["grad_norm"]),
-                        "learning_rate": float(cfg.optimizer.schedule_fn(total)(step)),
+                        "learning_rate": float(lr_at(progress.step)),
                         "examples_per_second": speed,
                     },
                     prefix="train_",
                 )
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < total:
-                train_seconds += time.perf_counter() - t_epoch
-                stop = run_eval(step, step / per_epoch)
-                t_epoch = time.perf_counter()
-            if step >= total or stop:
+            end_of_epoch = progress.step % per_epoch == 0 or progress.step >= total
+            if end_of_epoch or (cfg.eval_every and progress.step % cfg.eval_every == 0):
+                progress.train_seconds += time.perf_counter() - t_last
+                stop = run_eval() or progress.step >= total
+                t_last = time.perf_counter()
+            elif progress.step % cfg.checkpoint_every == 0:
+                checkpoint()
+            if stop:
                 break
         bar.close()
-        train_seconds += time.perf_counter() - t_epoch
-        if stop:
-            break
-        stop = run_eval(step, step / per_epoch)
-        if step >= total or stop:
-            break
+    ckpt.close()
 
     results = {
         "task": task.name,
         "teacher": cfg.teacher,
         "metric": task.metric,
-        "best": best,
-        "history": history,
-        "steps": step,
+        "best": progress.best,
+        "history": progress.history,
+        "steps": progress.step,
         "train_examples": len(train_ex),
-        "train_examples_per_second": examples_seen / max(train_seconds, 1e-9),
+        "train_examples_per_second": progress.examples_seen / max(progress.train_seconds, 1e-9),
         "wall_seconds": time.time() - t_start,
         "teacher_dir": str(out / "teacher"),
         "num_params": teacher.arch.num_params(task.kind, task.num_labels),

@@ -39,6 +39,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--dev-limit", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="retrain even if a cached teacher exists")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="save a resumable checkpoint every N steps")
     p.add_argument("-v", "--verbose", action="store_true")
     return p.parse_args(argv)
 
@@ -71,9 +73,10 @@ def main(argv=None) -> int:
         patience=args.patience,
         train_limit=args.train_limit,
         dev_limit=args.dev_limit,
+        checkpoint_every=args.checkpoint_every,
         seed=args.seed,
     )
-    results = finetune(cfg, args.output, use_cache=not args.no_cache)
+    results = finetune(cfg, args.output, use_cache=not args.no_cache, resume=args.resume)
     print(json.dumps({"best": results["best"], "teacher_dir": results["teacher_dir"]}))
     return 0
 

@@ -1,0 +1,119 @@
+"""Training checkpoints with Orbax (the only module that imports orbax).
+
+One `CheckpointManager` per run directory (`<run>/checkpoints`). Each step
+saves three items: `params` and `opt_state` (pytrees, saved asynchronously)
+and `meta` (JSON: step, epoch, batch position, best metric so far, the run's
+config and the teacher reference). Orbax writes each step to a temporary
+directory and renames it when complete, so a run killed at any point,
+including mid-save, restores from the last complete step. Kept: the last
+`keep` steps plus the best by dev metric.
+
+Restore order (as big_vision): the run's own checkpoints, then an explicit
+`--resume` path, then the initialisation given by the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers
+
+from tasks.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 500
+    """Save every this many steps (and at each evaluation and the end)."""
+    keep: int = 2
+    """How many of the latest checkpoints to keep (besides the best)."""
+    async_save: bool = True
+
+    def __post_init__(self):
+        if self.every_steps < 1 or self.keep < 1:
+            raise UserError("checkpoint: every_steps and keep must be >= 1")
+
+
+class Checkpointer:
+    """Save / restore (params, opt_state, meta) of a run."""
+
+    def __init__(self, directory: str | Path, cfg: CheckpointConfig = CheckpointConfig(), *, best_metric: str = "score"):
+        self.directory = Path(directory).absolute()
+        self.cfg = cfg
+        self._best_metric = best_metric
+        policy = checkpoint_managers.AnyPreservationPolicy(
+            [
+                checkpoint_managers.LatestN(cfg.keep),
+                checkpoint_managers.BestN(
+                    get_metric_fn=lambda m: m[best_metric], reverse=False, n=1, keep_checkpoints_without_metrics=False
+                ),
+            ]
+        )
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=policy,
+            enable_async_checkpointing=cfg.async_save,
+            create=True,
+            cleanup_tmp_directories=True,
+            best_fn=lambda m: m[best_metric],
+            best_mode="max",
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("params", "opt_state", "meta"))
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self._manager.best_step()
+
+    def all_steps(self) -> list[int]:
+        return list(self._manager.all_steps())
+
+    def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any], score: float | None = None) -> None:
+        metrics = {self._best_metric: float(score)} if score is not None else None
+        self._manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave(opt_state),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            metrics=metrics,
+            force=True,
+        )
+
+    def restore(self, step: int | None, params_like: Any, opt_state_like: Any) -> tuple[Any, Any, dict[str, Any]]:
+        """Restore `step` (None: the latest) onto the structure of the given trees."""
+        step = self.latest_step() if step is None else step
+        if step is None:
+            raise UserError(f"{self.directory}: no complete checkpoint to resume from")
+        abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
+        restored = self._manager.restore(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardRestore(abstract(params_like)),
+                opt_state=ocp.args.StandardRestore(abstract(opt_state_like)),
+                meta=ocp.args.JsonRestore(),
+            ),
+        )
+        return restored["params"], restored["opt_state"], dict(restored["meta"])
+
+    def restore_params(self, step: int | None, params_like: Any) -> Any:
+        """Only the parameters (e.g. the best step, for export)."""
+        step = self.latest_step() if step is None else step
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like)
+        restored = self._manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+        return restored["params"]
+
+    def wait(self) -> None:
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()
