@@ -52,7 +52,7 @@ def supervised_step(state: TrainState, batch: dict, rng: jax.Array, *, model: Be
     metrics = {
         "loss_sum": total,
         "loss_count": count,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
         "examples": jnp.sum(batch["weights"]),
     }
     return TrainState(state.step + 1, params, opt_state), metrics
