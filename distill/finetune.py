@@ -145,6 +145,11 @@ def finetune(
     if not resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         raise UserError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it or pick another --output")
 
+    if task.max_length > teacher.arch.max_position_embeddings:
+        raise UserError(
+            f"task {task.name} uses sequences of {task.max_length} tokens, but the teacher {cfg.teacher} "
+            f"has only {teacher.arch.max_position_embeddings} positions"
+        )
     model = teacher.model
     params = teacher.params
     if cfg.reinit_top_layers:

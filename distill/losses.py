@@ -25,27 +25,32 @@ IGNORE = -100
 def classification_loss(logits, batch):
     w = batch["weights"]
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["labels"].astype(jnp.int32))
-    return jnp.sum(ce * w), jnp.sum(w)
+    return _weighted_sum(ce, w), jnp.sum(w)
 
 
 def regression_loss(logits, batch):
     w = batch["weights"]
     err = logits[:, 0] - batch["labels"].astype(jnp.float32)
-    return jnp.sum(jnp.square(err) * w), jnp.sum(w)
+    return _weighted_sum(jnp.square(err), w), jnp.sum(w)
 
 
 def tagging_loss(logits, batch):
     labels = batch["labels"]
     valid = (labels != IGNORE) & (batch["weights"][:, None] > 0)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
-    return jnp.sum(ce * valid), jnp.sum(valid).astype(jnp.float32)
+    return _weighted_sum(ce, valid.astype(jnp.float32)), jnp.sum(valid).astype(jnp.float32)
 
 
 def span_loss(logits, batch):
     w = batch["weights"]
     start = optax.softmax_cross_entropy_with_integer_labels(logits[..., 0], batch["start_positions"])
     end = optax.softmax_cross_entropy_with_integer_labels(logits[..., 1], batch["end_positions"])
-    return jnp.sum(0.5 * (start + end) * w), jnp.sum(w)
+    return _weighted_sum(0.5 * (start + end), w), jnp.sum(w)
+
+
+def _weighted_sum(values, weights):
+    """Sum of values x weights; rows of weight 0 are dropped by `where`, so a NaN there cannot leak in."""
+    return jnp.sum(jnp.where(weights > 0, values * weights, 0.0))
 
 
 TASK_LOSSES: dict[str, LossFn] = {
