@@ -1,0 +1,72 @@
+"""Predictions of a saved model on raw text, as JSON-ready dicts.
+
+Input lines by task kind:
+  classification / regression   `text` or `text_a<TAB>text_b`
+  tagging                       whitespace-separated words
+  span                          `question<TAB>context`
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Iterable
+
+from distill.teacher import load_bert
+from distill.train import predict
+from tasks.base import SpanExample, TaggingExample, TextExample
+from tasks.batching import batches
+from tasks.decode import predict_labels
+from tasks.errors import UserError
+from tasks.features import encode
+from tasks.registry import get_task
+
+
+def _example(kind: str, i: int, line: str, pairs: bool, source: str):
+    fields = line.split("\t")
+    where = f"{source}:{i + 1}"
+    if kind == "tagging":
+        words = tuple(line.split())
+        return TaggingExample(str(i), words, ("O",) * len(words))
+    if kind == "span":
+        if len(fields) != 2:
+            raise UserError(f"{where}: expected `question<TAB>context`, got {len(fields)} field(s)")
+        return SpanExample(str(i), fields[0], fields[1])
+    if pairs and len(fields) != 2:
+        raise UserError(f"{where}: this task takes sentence pairs `text_a<TAB>text_b`, got {len(fields)} field(s)")
+    if not pairs and len(fields) != 1:
+        raise UserError(f"{where}: this task takes one sentence per line, got {len(fields)} tab-separated fields")
+    return TextExample(str(i), fields[0], fields[1] if pairs else None)
+
+
+def predict_lines(
+    model_dir: str | Path, lines: Iterable[str], *, task_name: str | None = None, batch_size: int = 64, source: str = "input"
+) -> list[dict[str, Any]]:
+    loaded = load_bert(model_dir)
+    name = task_name or loaded.meta.get("task")
+    if not name:
+        raise UserError(f"{model_dir}: config.json records no task; pass --task")
+    task = get_task(name)
+    texts = [line.rstrip("\n") for line in lines]
+    kept = [(i, t) for i, t in enumerate(texts) if t.strip()]
+    if not kept:
+        raise UserError(f"{source}: no input lines")
+    pairs = len(task.text_columns) == 2
+    examples = [_example(task.kind, i, t, pairs, source) for i, t in kept]
+    features = encode(task, examples, loaded.tokenizer)
+    outputs = predict(loaded.model, loaded.params, batches(features, batch_size), len(features), features.max_length)
+    preds = predict_labels(task, features, outputs, examples)
+    results = []
+    for (i, text), pred, ex in zip(kept, preds, examples):
+        record: dict[str, Any] = {"line": i + 1, "text": text}
+        if task.kind == "classification":
+            record["label"] = pred.label
+            record["probabilities"] = dict(zip(task.labels, pred.probabilities))
+        elif task.kind == "regression":
+            record["score"] = pred
+        elif task.kind == "tagging":
+            record["tags"] = list(pred)
+            record["words"] = list(ex.tokens)
+        else:
+            record["answer"] = pred
+        results.append(record)
+    return results
