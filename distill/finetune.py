@@ -10,6 +10,7 @@ files, settings), and later runs with the same key reuse it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import shutil
@@ -27,7 +28,7 @@ from distill.evaluate import evaluate_model
 from distill.modeling import init_params
 from distill.optim import OptimizerConfig
 from distill.runlog import RunLog, cache_root, config_key, file_fingerprint
-from distill.teacher import DEFAULT_TEACHER, LoadedBert, load_bert, save_bert
+from distill.teacher import DEFAULT_TEACHER, load_bert, resolve_model_dir, save_bert, weights_fingerprint
 from distill.train import TrainState, make_supervised_step
 from tasks.batching import batches, default_buckets, num_batches
 from tasks.datafiles import resolve_data_dir, split_path
@@ -95,10 +96,10 @@ def reinit_top(params: dict, fresh: dict, num_layers: int, k: int) -> dict:
     return params
 
 
-def _cache_dir(cfg: FinetuneConfig, teacher: LoadedBert, data_files: list[Path]) -> Path:
+def _cache_dir(cfg: FinetuneConfig, teacher_dir: Path, data_files: list[Path]) -> Path:
     key = config_key(
         {
-            "teacher": teacher.fingerprint(),
+            "teacher": weights_fingerprint(teacher_dir),
             "data": file_fingerprint(*data_files),
             "settings": cfg.cache_settings(),
         }
@@ -134,9 +135,9 @@ def finetune(
     out = Path(output_dir)
     train_ex = read_split(task, "train", data_dir, limit=cfg.train_limit)
     dev_ex = read_split(task, "dev", data_dir, limit=cfg.dev_limit)
-    teacher = load_bert(cfg.teacher, head=task.kind, num_labels=task.num_labels, seed=cfg.seed)
+    teacher_dir = resolve_model_dir(cfg.teacher)
     data_files = [split_path(task, s, data_dir) for s in ("train", "dev")]
-    cached = _cache_dir(cfg, teacher, data_files)
+    cached = _cache_dir(cfg, teacher_dir, data_files)
     if use_cache and not resume and (cached / "results.json").is_file():
         log.info("reusing the cached fine-tuned teacher %s", cached)
         out.mkdir(parents=True, exist_ok=True)
@@ -144,6 +145,7 @@ def finetune(
         return {**_read_json(cached / "results.json"), "cached": str(cached), "teacher_dir": str(out / "teacher")}
     if not resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
         raise UserError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it or pick another --output")
+    teacher = load_bert(teacher_dir, head=task.kind, num_labels=task.num_labels, seed=cfg.seed)
 
     if task.max_length > teacher.arch.max_position_embeddings:
         raise UserError(
@@ -295,8 +297,6 @@ def _store(out: Path, cached: Path) -> None:
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     return json.loads(path.read_text())
 
 

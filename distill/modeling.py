@@ -9,7 +9,7 @@ Parameter tree (HF names in `distill/hf.py` map onto it one to one):
     embeddings/{word_embeddings,position_embeddings,token_type_embeddings,LayerNorm}
     encoder/layer_{i}/attention/{qkv,output}   qkv kernel: (hidden, 3, heads, head_size)
     encoder/layer_{i}/{attention_norm,intermediate,output,output_norm}
-    pooler/dense                                (sentence-level heads only)
+    pooler                                      (sentence-level heads only)
     classifier | qa_outputs                     (the task head)
 """
 

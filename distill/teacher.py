@@ -93,9 +93,6 @@ class LoadedBert:
         """Our `bertnas` block of config.json ({} for a plain HF checkpoint)."""
         return self.hf_config.get("bertnas", {})
 
-    def fingerprint(self) -> str:
-        return weights_fingerprint(self.path)
-
 
 def resolve_model_dir(spec: str | os.PathLike) -> Path:
     """An alias, a directory, or a Hub name -> a local directory."""
