@@ -11,14 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Iterable
 
-from distill.teacher import load_bert
-from distill.train import predict
+from distill.evaluate import load_for_task, predict_features
 from tasks.base import SpanExample, TaggingExample, TextExample
-from tasks.batching import batches
 from tasks.decode import predict_labels
 from tasks.errors import UserError
 from tasks.features import encode
-from tasks.registry import get_task
 
 
 def _example(kind: str, i: int, line: str, pairs: bool, source: str):
@@ -41,11 +38,7 @@ def _example(kind: str, i: int, line: str, pairs: bool, source: str):
 def predict_lines(
     model_dir: str | Path, lines: Iterable[str], *, task_name: str | None = None, batch_size: int = 64, source: str = "input"
 ) -> list[dict[str, Any]]:
-    loaded = load_bert(model_dir)
-    name = task_name or loaded.meta.get("task")
-    if not name:
-        raise UserError(f"{model_dir}: config.json records no task; pass --task")
-    task = get_task(name)
+    loaded, task = load_for_task(model_dir, task_name)
     texts = [line.rstrip("\n") for line in lines]
     kept = [(i, t) for i, t in enumerate(texts) if t.strip()]
     if not kept:
@@ -53,7 +46,7 @@ def predict_lines(
     pairs = len(task.text_columns) == 2
     examples = [_example(task.kind, i, t, pairs, source) for i, t in kept]
     features = encode(task, examples, loaded.tokenizer)
-    outputs = predict(loaded.model, loaded.params, batches(features, batch_size), len(features), features.max_length)
+    outputs = predict_features(loaded.model, loaded.params, features, batch_size)
     preds = predict_labels(task, features, outputs, examples)
     results = []
     for (i, text), pred, ex in zip(kept, preds, examples):
