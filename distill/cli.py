@@ -37,3 +37,59 @@ def run(main: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def add_run_args(p, *, lr: float, epochs: int) -> None:
+    """Flags shared by the training tools: data, run directory, loop and optimizer."""
+    p.add_argument("--task", default="sst2", help="task name (sst2, stsb, conll2003, squad, mrpc, ...)")
+    p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
+    p.add_argument("--output", required=True, help="run directory")
+    p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    p.add_argument("--epochs", type=int, default=epochs)
+    p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: all epochs)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    p.add_argument("--weight-decay", type=float, default=0.01)
+    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--schedule", default="linear", choices=["linear", "cosine", "constant"])
+    p.add_argument("--optimizer", default="adamw", choices=["adamw", "lamb"])
+    p.add_argument("--max-grad-norm", type=float, default=1.0)
+    p.add_argument("--layer-lr-decay", type=float, default=1.0, help="layer-wise LR decay factor (1: off)")
+    p.add_argument("--freeze-embeddings", action="store_true")
+    p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps")
+    p.add_argument("--patience", type=int, default=0, help="early stopping after N evaluations without gain")
+    p.add_argument("--train-limit", type=int, default=None, help="first N training examples only")
+    p.add_argument("--dev-limit", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-cache", action="store_true", help="recompute instead of reusing cached results")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="save a resumable checkpoint every N steps")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def optimizer_from_args(args):
+    from distill.optim import OptimizerConfig
+
+    return OptimizerConfig(
+        name=args.optimizer,
+        learning_rate=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_ratio=args.warmup_ratio,
+        schedule=args.schedule,
+        max_grad_norm=args.max_grad_norm,
+        layer_lr_decay=args.layer_lr_decay,
+        freeze_embeddings=args.freeze_embeddings,
+    )
+
+
+def loop_from_args(args):
+    from distill.loop import LoopConfig
+
+    return LoopConfig(
+        epochs=args.epochs,
+        max_steps=args.max_steps,
+        batch_size=args.batch_size,
+        eval_every=args.eval_every,
+        patience=args.patience,
+        checkpoint_every=args.checkpoint_every,
+        seed=args.seed,
+    )

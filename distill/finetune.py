@@ -12,25 +12,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
-import numpy as np
-from tqdm.auto import tqdm
 
-from distill.checkpoint import CheckpointConfig, Checkpointer
 from distill.evaluate import evaluate_model
+from distill.loop import LoopConfig, fit, refuse_overwrite
 from distill.modeling import init_params
 from distill.optim import OptimizerConfig
 from distill.runlog import RunLog, cache_root, config_key, file_fingerprint
 from distill.teacher import DEFAULT_TEACHER, load_bert, resolve_model_dir, save_bert, weights_fingerprint
 from distill.train import TrainState, make_supervised_step
-from tasks.batching import batches, default_buckets, num_batches
 from tasks.datafiles import resolve_data_dir, split_path
 from tasks.errors import UserError
 from tasks.features import encode
@@ -67,12 +62,22 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        if self.epochs < 1 and self.max_steps < 1:
-            raise UserError("epochs: need epochs >= 1 or max_steps >= 1")
-        if self.batch_size < 1 or self.eval_batch_size < 1:
-            raise UserError("batch_size: must be >= 1")
+        self.loop()  # validates the loop settings
+        if self.eval_batch_size < 1:
+            raise UserError("eval_batch_size: must be >= 1")
         if self.reinit_top_layers < 0:
             raise UserError(f"reinit_top_layers: must be >= 0, got {self.reinit_top_layers}")
+
+    def loop(self) -> LoopConfig:
+        return LoopConfig(
+            epochs=self.epochs,
+            max_steps=self.max_steps,
+            batch_size=self.batch_size,
+            eval_every=self.eval_every,
+            patience=self.patience,
+            checkpoint_every=self.checkpoint_every,
+            seed=self.seed,
+        )
 
     def cache_settings(self) -> dict[str, Any]:
         """The settings that change the result (not where data or output live)."""
@@ -107,19 +112,6 @@ def _cache_dir(cfg: FinetuneConfig, teacher_dir: Path, data_files: list[Path]) -
     return cache_root() / "teachers" / f"{cfg.task}-{key}"
 
 
-@dataclasses.dataclass
-class Progress:
-    """Where a run is; saved as the checkpoint's JSON item, so resuming restores it."""
-
-    step: int = 0
-    best: dict | None = None
-    best_score: float = -math.inf
-    evals_since_best: int = 0
-    history: list = dataclasses.field(default_factory=list)
-    examples_seen: int = 0
-    train_seconds: float = 0.0
-
-
 def finetune(
     cfg: FinetuneConfig, output_dir: str | Path, *, use_cache: bool = True, resume: bool = False
 ) -> dict[str, Any]:
@@ -143,8 +135,7 @@ def finetune(
         out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(cached, out, dirs_exist_ok=True)
         return {**_read_json(cached / "results.json"), "cached": str(cached), "teacher_dir": str(out / "teacher")}
-    if not resume and (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir()):
-        raise UserError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it or pick another --output")
+    refuse_overwrite(out, resume)
     teacher = load_bert(teacher_dir, head=task.kind, num_labels=task.num_labels, seed=cfg.seed)
 
     if task.max_length > teacher.arch.max_position_embeddings:
@@ -162,106 +153,38 @@ def finetune(
     train = encode(task, train_ex, teacher.tokenizer)
     dev = encode(task, dev_ex, teacher.tokenizer)
     log.info("encoded %d train / %d dev features in %.1fs", len(train), len(dev), time.perf_counter() - t_enc)
-    buckets = default_buckets(task.max_length)
-    per_epoch = num_batches(train, cfg.batch_size, buckets)
-    total = cfg.max_steps or per_epoch * cfg.epochs
-    epochs = math.ceil(total / per_epoch)
+    loop = cfg.loop()
+    total, _ = loop.total_steps(train)
     tx = cfg.optimizer.build(params, total, teacher.arch.num_layers)
-    state = TrainState.create(params, tx)
     step_fn = make_supervised_step(model, tx, task.kind)
-    rng = jax.random.key(cfg.seed)
-    lr_at = cfg.optimizer.schedule_fn(total)
-
-    ckpt = Checkpointer(out / "checkpoints", CheckpointConfig(every_steps=cfg.checkpoint_every))
-    progress = Progress()
-    if resume and ckpt.latest_step() is not None:
-        params, opt_state, meta = ckpt.restore(None, state.params, state.opt_state)
-        state = TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state)
-        progress = Progress(**meta)
-        log.info("resumed from %s at step %d", ckpt.directory, progress.step)
-    elif resume:
-        log.warning("%s: no checkpoint to resume from; starting from the beginning", ckpt.directory)
-
     runlog = RunLog(out, {"finetune": cfg, "task": task.name, "teacher_dir": str(teacher.path), "total_steps": total})
     t_start = time.time()
 
-    def checkpoint(score=None):
-        ckpt.save(progress.step, state.params, state.opt_state, dataclasses.asdict(progress), score=score)
-
-    def run_eval() -> bool:
-        """Evaluate on dev, keep the best teacher; True when early stopping says stop."""
-        result = evaluate_model(model, state.params, task, dev, dev_ex, cfg.eval_batch_size)
-        result["epoch"] = round(progress.step / per_epoch, 3)
-        progress.history.append({"step": progress.step, **result})
-        runlog.log(progress.step, result, prefix="dev_")
-        log.info("step %d dev %s", progress.step, _fmt(result))
-        score = result[task.metric]
-        if score > progress.best_score:
-            progress.best_score, progress.evals_since_best = score, 0
-            progress.best = {"step": progress.step, **result}
-            save_bert(
-                out / "teacher",
-                teacher.arch,
-                jax.device_get(state.params),
-                teacher.tokenizer,
-                head=task.kind,
-                labels=task.labels,
-                extra={"task": task.name, "max_length": task.max_length, "dev": result, "source": cfg.teacher},
-            )
-        else:
-            progress.evals_since_best += 1
-        checkpoint(score)
-        return bool(cfg.patience and progress.evals_since_best >= cfg.patience)
-
-    stop = progress.step >= total
-    for epoch in range(progress.step // per_epoch, epochs):
-        if stop:
-            break
-        first = progress.step - epoch * per_epoch
-        bar = tqdm(
-            batches(train, cfg.batch_size, buckets=buckets, shuffle=True, seed=cfg.seed, epoch=epoch, start=first),
-            initial=first,
-            total=min(per_epoch, total - epoch * per_epoch),
-            desc=f"{task.name} epoch {epoch + 1}/{epochs}",
-            unit="batch",
-            mininterval=2.0,
+    def on_best(params, result):
+        save_bert(
+            out / "teacher",
+            teacher.arch,
+            jax.device_get(params),
+            teacher.tokenizer,
+            head=task.kind,
+            labels=task.labels,
+            extra={"task": task.name, "max_length": task.max_length, "dev": result, "source": cfg.teacher},
         )
-        t_last = time.perf_counter()
-        for batch in bar:
-            state, m = step_fn(state, batch, rng)
-            progress.step += 1
-            progress.examples_seen += int(batch["weights"].sum())
-            if progress.step % 50 == 0 or progress.step == total:
-                m = jax.device_get(m)
-                if not np.isfinite(m["loss_sum"]):
-                    raise FloatingPointError(f"non-finite loss at step {progress.step}; lower the learning rate")
-                now = time.perf_counter()
-                progress.train_seconds += now - t_last
-                t_last = now
-                speed = progress.examples_seen / max(progress.train_seconds, 1e-9)
-                loss = float(m["loss_sum"] / max(m["loss_count"], 1))
-                bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{speed:.0f}")
-                runlog.log(
-                    progress.step,
-                    {
-                        "loss": loss,
-                        "grad_norm": float(m["grad_norm"]),
-                        "learning_rate": float(lr_at(progress.step)),
-                        "examples_per_second": speed,
-                    },
-                    prefix="train_",
-                )
-            end_of_epoch = progress.step % per_epoch == 0 or progress.step >= total
-            if end_of_epoch or (cfg.eval_every and progress.step % cfg.eval_every == 0):
-                progress.train_seconds += time.perf_counter() - t_last
-                stop = run_eval() or progress.step >= total
-                t_last = time.perf_counter()
-            elif progress.step % cfg.checkpoint_every == 0:
-                checkpoint()
-            if stop:
-                break
-        bar.close()
-    ckpt.close()
+
+    _, progress = fit(
+        TrainState.create(params, tx),
+        lambda step: step_fn,
+        train,
+        loop,
+        out=out,
+        runlog=runlog,
+        lr_at=cfg.optimizer.schedule_fn(total),
+        evaluate=lambda p: evaluate_model(model, p, task, dev, dev_ex, cfg.eval_batch_size),
+        metric=task.metric,
+        on_best=on_best,
+        resume=resume,
+        desc=task.name,
+    )
 
     results = {
         "task": task.name,
@@ -298,8 +221,4 @@ def _store(out: Path, cached: Path) -> None:
 
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text())
-
-
-def _fmt(result: dict) -> str:
-    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
 

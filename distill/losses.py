@@ -66,3 +66,94 @@ def task_loss(kind: str) -> LossFn:
         return TASK_LOSSES[kind]
     except KeyError:
         raise ValueError(f"no task loss for {kind!r}; valid: {sorted(TASK_LOSSES)}") from None
+
+
+# --- Distillation losses --------------------------------------------------
+#
+# Prediction-layer losses take `(student_logits, teacher_logits, mask,
+# temperature)` and return (sum, count). `mask` weights the rows that count:
+# (B,) for sentence heads, (B, T) for token heads (tagging: every real token;
+# span: the start and end distributions over the real positions).
+
+
+def soft_cross_entropy(s, t, mask, temperature: float = 1.0):
+    """Cross-entropy of the student against the teacher's softened distribution, x T^2 (Hinton et al.)."""
+    p = jax.nn.softmax(t.astype(jnp.float32) / temperature, axis=-1)
+    ce = -jnp.sum(p * jax.nn.log_softmax(s.astype(jnp.float32) / temperature, axis=-1), axis=-1)
+    return _weighted_sum(ce * temperature**2, mask), jnp.sum(mask)
+
+
+def kl_divergence(s, t, mask, temperature: float = 1.0):
+    """KL(teacher || student) of the softened distributions, x T^2; 0 when they agree."""
+    log_p = jax.nn.log_softmax(t.astype(jnp.float32) / temperature, axis=-1)
+    log_q = jax.nn.log_softmax(s.astype(jnp.float32) / temperature, axis=-1)
+    kl = jnp.sum(jnp.exp(log_p) * (log_p - log_q), axis=-1)
+    return _weighted_sum(kl * temperature**2, mask), jnp.sum(mask)
+
+
+def logit_mse(s, t, mask, temperature: float = 1.0):
+    """Squared error between logits, summed over outputs (regression: the score)."""
+    del temperature
+    err = jnp.sum(jnp.square(s.astype(jnp.float32) - t.astype(jnp.float32)), axis=-1)
+    return _weighted_sum(err, mask), jnp.sum(mask)
+
+
+LOGIT_LOSSES = {"ce": soft_cross_entropy, "kl": kl_divergence, "mse": logit_mse}
+
+
+def logit_loss(name: str):
+    try:
+        return LOGIT_LOSSES[name]
+    except KeyError:
+        raise ValueError(f"no logit loss {name!r}; valid: {sorted(LOGIT_LOSSES)}") from None
+
+
+def prediction_distill_loss(kind: str, name: str, s_logits, t_logits, batch, temperature: float = 1.0):
+    """The prediction-layer distillation loss for a task kind; (sum, count).
+
+    classification: one distribution per example; regression: MSE on the
+    score; tagging: one distribution per real token; span: distributions of
+    the start and of the end over each example's real positions (averaged).
+    """
+    fn = logit_loss(name)
+    w = batch["weights"]
+    if kind in ("classification", "regression"):
+        return fn(s_logits, t_logits, w, temperature)
+    token_mask = batch["attention_mask"].astype(jnp.float32) * w[:, None]
+    if kind == "tagging":
+        return fn(s_logits, t_logits, token_mask, temperature)
+    if kind == "span":
+        # Positions past the sequence get a large negative logit in both models.
+        neg = jnp.where(token_mask[..., None] > 0, 0.0, -1e4)
+        s_pos = jnp.moveaxis(s_logits + neg, -1, 1)  # (B, 2, T)
+        t_pos = jnp.moveaxis(t_logits + neg, -1, 1)
+        total, _ = fn(s_pos, t_pos, jnp.repeat(w[:, None], 2, axis=1), temperature)
+        return 0.5 * total, jnp.sum(w)
+    raise ValueError(f"no distillation loss for task kind {kind!r}")
+
+
+# Intermediate ("match") losses take `(student, teacher, token_mask)` and
+# return (sum, count) with count = real elements compared.
+
+
+def hidden_mse(s, t, token_mask):
+    """MSE between hidden states (B, T, H) at the real tokens; widths must agree (project first)."""
+    err = jnp.mean(jnp.square(s.astype(jnp.float32) - t.astype(jnp.float32)), axis=-1)
+    return _weighted_sum(err, token_mask), jnp.sum(token_mask)
+
+
+def attention_mse(s, t, token_mask):
+    """MSE between pre-softmax attention scores (B, N, T, T) over real (query, key) pairs.
+
+    Head counts that differ are compared as the mean over heads. Scores are
+    clipped to [-1e4, 1e4] so a masked -inf never makes a NaN.
+    """
+    if s.shape[1] != t.shape[1]:
+        s, t = jnp.mean(s, axis=1, keepdims=True), jnp.mean(t, axis=1, keepdims=True)
+    pair = token_mask[:, :, None] * token_mask[:, None, :]  # (B, T, T)
+    clip = lambda x: jnp.clip(x.astype(jnp.float32), -1e4, 1e4)  # noqa: E731
+    err = jnp.mean(jnp.square(clip(s) - clip(t)), axis=1)  # (B, T, T)
+    return _weighted_sum(err, pair), jnp.sum(pair)
+
+
+MATCH_LOSSES = {"hidden_mse": hidden_mse, "attention_mse": attention_mse}

@@ -19,6 +19,7 @@ from flax import struct
 
 from distill.losses import task_loss
 from distill.modeling import BertForTask
+from distill.objective import PROJ, LossConfig, TeacherOutputs, distill_loss, teacher_forward
 
 
 @struct.dataclass
@@ -60,6 +61,75 @@ def supervised_step(state: TrainState, batch: dict, rng: jax.Array, *, model: Be
 
 def make_supervised_step(model: BertForTask, tx, kind: str):
     return jax.jit(functools.partial(supervised_step, model=model, tx=tx, kind=kind), donate_argnums=0)
+
+
+def train_step(
+    state: TrainState,
+    batch: dict,
+    rng: jax.Array,
+    teacher: TeacherOutputs | Any,
+    *,
+    model: BertForTask,
+    teacher_model: BertForTask | None,
+    tx,
+    kind: str,
+    loss_cfg: LossConfig,
+    layer_map: tuple[int, ...],
+    stage: str = "all",
+):
+    """One distillation step; only the student (and its hidden projection) is trained.
+
+    `teacher` is either the teacher's cached outputs for this batch
+    (`TeacherOutputs`: the teacher never runs) or the teacher's parameters
+    (it runs forward, without dropout or gradient, on the batch). Returns
+    (state, metrics) with each loss term as an unweighted sum and count.
+    """
+    if not isinstance(teacher, TeacherOutputs):
+        teacher = teacher_forward(teacher_model, teacher, batch, loss_cfg, layer_map)
+    dropout_rng = jax.random.fold_in(rng, state.step)
+    need_hidden = stage != "prediction" and bool(loss_cfg.hidden_weight or loss_cfg.embedding_weight)
+    need_scores = stage != "prediction" and bool(loss_cfg.attention_weight)
+
+    def objective(params):
+        student_params = {k: v for k, v in params.items() if k != PROJ}
+        out = model.apply(
+            {"params": student_params},
+            *model_inputs(batch),
+            deterministic=False,
+            output_hidden_states=need_hidden,
+            output_attentions=need_scores,
+            rngs={"dropout": dropout_rng},
+        )
+        return distill_loss(
+            params.get(PROJ), out, teacher, batch, kind=kind, cfg=loss_cfg, layer_map=layer_map, stage=stage
+        )
+
+    (total, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss_sum": total * jnp.sum(batch["weights"]),
+        "loss_count": jnp.sum(batch["weights"]),
+        "grad_norm": optax.tree.norm(grads),
+        "examples": jnp.sum(batch["weights"]),
+        **{f"{k}_sum": s for k, (s, _) in terms.items()},
+        **{f"{k}_count": c for k, (_, c) in terms.items()},
+    }
+    return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def make_train_step(model, teacher_model, tx, kind: str, loss_cfg: LossConfig, layer_map: tuple[int, ...], stage: str):
+    fn = functools.partial(
+        train_step,
+        model=model,
+        teacher_model=teacher_model,
+        tx=tx,
+        kind=kind,
+        loss_cfg=loss_cfg,
+        layer_map=tuple(layer_map),
+        stage=stage,
+    )
+    return jax.jit(fn, donate_argnums=0)
 
 
 def logits_step(params, batch: dict, *, model: BertForTask):

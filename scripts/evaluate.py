@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import _paths  # noqa: F401  (before any package import)
 from distill import cli
 
 

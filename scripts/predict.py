@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 
+import _paths  # noqa: F401  (before any package import)
 from distill import cli
 
 

@@ -226,3 +226,24 @@ def write_squad(directory: Path, doc: dict | None = None) -> Path:
     for name in ("train-v1.1.json", "dev-v1.1.json"):
         (directory / name).write_text(text)
     return directory
+
+
+def write_task_teacher(directory: Path, task_name: str, *, seed: int = 0) -> Path:
+    """A random tiny teacher saved as if fine-tuned on `task_name` (its head and labels, `task` in config)."""
+    import jax
+
+    from distill.config import BertArch
+    from distill.modeling import build_model, init_params
+    from distill.teacher import save_bert
+    from tasks.registry import get_task
+
+    directory = Path(directory)
+    task = get_task(task_name)
+    tok = make_tokenizer(directory.parent / f".{directory.name}-vocab")
+    arch = BertArch.uniform(2, 36, 3, 37, vocab_size=len(tok), max_position_embeddings=task.max_length)
+    params = init_params(build_model(arch, task.kind, task.num_labels), jax.random.key(seed))
+    labels = task.labels if task.kind in ("classification", "tagging") else ()
+    return save_bert(
+        directory, arch, jax.device_get(params), tok, head=task.kind, labels=labels,
+        extra={"task": task.name, "max_length": task.max_length},
+    )

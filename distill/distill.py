@@ -1,0 +1,262 @@
+"""Distil a fine-tuned teacher into a compact student for one task.
+
+`distill(config, output_dir)`:
+  1. gets a fine-tuned teacher: a directory fine-tuned on this task is used
+     as is; otherwise (e.g. `minilm`) the teacher is fine-tuned first,
+     through `finetune`'s cache;
+  2. reads and encodes the task's data, plus augmented copies (optional);
+  3. has the teacher label the training features once (`teacher_outputs`,
+     cached on disk, so later runs and search trials skip it);
+  4. initialises the student from the teacher (`init`) and distils it
+     (`objective`, `train.train_step`, `loop.fit`), evaluating on dev;
+  5. exports the best student to `output_dir/export` (`export`).
+
+The run directory gets config.json, metrics.jsonl, tb/, checkpoints/ and
+results.json (dev scores of teacher and student, sizes, FLOPs, and the wall
+time of each stage).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from distill.augment import AugmentConfig, augment
+from distill.config import BertArch, parse_arch_name
+from distill.evaluate import evaluate_model
+from distill.export import export_model
+from distill.finetune import FinetuneConfig, finetune
+from distill.init import InitConfig, check_compatible, init_from_teacher, teacher_layers
+from distill.loop import LoopConfig, fit, refuse_overwrite
+from distill.modeling import build_model
+from distill.objective import PROJ, LossConfig, init_projection
+from distill.optim import OptimizerConfig
+from distill.runlog import RunLog
+from distill.teacher import DEFAULT_TEACHER, LoadedBert, load_bert, weights_fingerprint
+from distill.teacher_outputs import cached_teacher_outputs
+from distill.train import TrainState, make_train_step
+from tasks.base import Task
+from tasks.batching import batches, default_buckets
+from tasks.datafiles import resolve_data_dir
+from tasks.errors import UserError
+from tasks.features import Features, encode
+from tasks.readers import read_split
+from tasks.registry import get_task
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    task: str = "sst2"
+    teacher: str = DEFAULT_TEACHER
+    """A teacher fine-tuned on the task (directory), or a pre-trained one (fine-tuned first)."""
+    student: str = "4L-312"
+    """Architecture name ('4L-312', '6L-384-H6-F1536') or a JSON file (BertArch or an exported config.json)."""
+    data_dir: str | None = None
+    init: InitConfig = InitConfig()
+    loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig()
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=2e-4)
+    loop: LoopConfig = LoopConfig(epochs=3)
+    eval_batch_size: int = 128
+    train_limit: int | None = None
+    """Use only the first N training examples (smoke runs, tests)."""
+    dev_limit: int | None = None
+    teacher_epochs: int = 2
+    """Epochs of teacher fine-tuning when the teacher is not yet fine-tuned on the task."""
+
+
+@dataclasses.dataclass
+class Stage:
+    """Wall time of the run's stages, in seconds."""
+
+    teacher: float = 0.0
+    encode: float = 0.0
+    augment: float = 0.0
+    labelling: float = 0.0
+    init: float = 0.0
+    distill: float = 0.0
+
+
+def resolve_student(spec: str, teacher: BertArch) -> BertArch:
+    """A student architecture from a short name or a JSON file; vocabulary and positions follow the teacher."""
+    path = Path(spec)
+    if spec.endswith(".json") or path.is_file():
+        if not path.is_file():
+            raise UserError(f"{spec}: student architecture file not found")
+        try:
+            d = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(f"{path}: not valid JSON ({e})") from None
+        try:
+            if "bertnas" in d or "model_type" in d:
+                return BertArch.from_hf_config(d)
+            return BertArch.from_dict(d)
+        except (KeyError, TypeError) as e:
+            raise UserError(f"{path}: not a student architecture ({e!r} missing or invalid)") from None
+    return parse_arch_name(spec, base=teacher)
+
+
+def fine_tuned_teacher(cfg: DistillConfig, task: Task, out: Path) -> tuple[LoadedBert, float]:
+    """Load the teacher; fine-tune it first unless it already is fine-tuned on this task."""
+    t0 = time.perf_counter()
+    teacher = load_bert(cfg.teacher)
+    if teacher.meta.get("task") == task.name and teacher.head == task.kind and teacher.num_labels == task.num_labels:
+        return teacher, time.perf_counter() - t0
+    log.info("teacher %s is not fine-tuned on %s: fine-tuning it first", cfg.teacher, task.name)
+    ft = FinetuneConfig(
+        task=task.name,
+        teacher=cfg.teacher,
+        data_dir=cfg.data_dir,
+        epochs=cfg.teacher_epochs,
+        train_limit=cfg.train_limit,
+        dev_limit=cfg.dev_limit,
+        seed=cfg.loop.seed,
+    )
+    result = finetune(ft, out / "teacher_finetune")
+    return load_bert(result["teacher_dir"]), time.perf_counter() - t0
+
+
+def _original_flags(features: Features, num_original: int) -> np.ndarray:
+    return (features.example_index < num_original).astype(np.float32)
+
+
+def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False, use_cache: bool = True) -> dict[str, Any]:
+    """Distil `cfg.teacher` into `cfg.student` on `cfg.task`; returns the results dict (also in results.json)."""
+    task = get_task(cfg.task)
+    data_dir = resolve_data_dir(task, cfg.data_dir)
+    out = Path(output_dir)
+    refuse_overwrite(out, resume)
+    train_ex = read_split(task, "train", data_dir, limit=cfg.train_limit)
+    dev_ex = read_split(task, "dev", data_dir, limit=cfg.dev_limit)
+    times = Stage()
+    teacher, times.teacher = fine_tuned_teacher(dataclasses.replace(cfg, data_dir=str(data_dir)), task, out)
+    student = resolve_student(cfg.student, teacher.arch)
+    if cfg.init.method == "teacher":
+        check_compatible(student, teacher.arch, cfg.init)
+    layer_map = teacher_layers(cfg.loss.layer_map, teacher.arch.num_layers, student.num_layers)
+
+    t0 = time.perf_counter()
+    if cfg.augment.copies:
+        embeddings = np.asarray(teacher.params["embeddings"]["word_embeddings"]["embedding"])
+        extra = augment(task, train_ex, teacher.tokenizer, embeddings, cfg.augment)
+        times.augment = time.perf_counter() - t0
+    else:
+        extra = []
+    t0 = time.perf_counter()
+    train = encode(task, list(train_ex) + list(extra), teacher.tokenizer)
+    dev = encode(task, dev_ex, teacher.tokenizer)
+    times.encode = time.perf_counter() - t0
+    log.info("%d train features (%d augmented examples), %d dev", len(train), len(extra), len(dev))
+    original = _original_flags(train, len(train_ex))
+
+    hidden_layers = cfg.loss.teacher_hidden_layers(layer_map)
+    online = bool(cfg.loss.attention_weight)  # attention scores are too big to cache: run the teacher
+    cache = None
+    if not online:
+        cache = cached_teacher_outputs(
+            teacher.model,
+            teacher.params,
+            train,
+            teacher_key=weights_fingerprint(teacher.path),
+            task=task.name,
+            hidden_layers=hidden_layers,
+            batch_size=cfg.eval_batch_size,
+            use_cache=use_cache,
+        )
+        times.labelling = cache.seconds
+    teacher_dev = evaluate_model(teacher.model, teacher.params, task, dev, dev_ex, cfg.eval_batch_size)
+    log.info("teacher dev %s=%.4f", task.metric, teacher_dev[task.metric])
+
+    t0 = time.perf_counter()
+    model = build_model(student, task.kind, task.num_labels)
+    sample = batches(train, 32, buckets=default_buckets(train.max_length), shuffle=True, seed=cfg.loop.seed)
+    params = init_from_teacher(
+        student, teacher, head=task.kind, num_labels=task.num_labels, cfg=cfg.init, batches=sample, seed=cfg.loop.seed
+    )
+    proj = init_projection(student.hidden_size, teacher.arch.hidden_size, cfg.loss)
+    if proj is not None:
+        params = {**params, PROJ: proj}
+    times.init = time.perf_counter() - t0
+
+    total, _ = cfg.loop.total_steps(train)
+    tx = cfg.optimizer.build(params, total, student.num_layers)
+    steps = {
+        stage: make_train_step(model, teacher.model, tx, task.kind, cfg.loss, layer_map, stage)
+        for stage in sorted({cfg.loss.stage_at(0, total), cfg.loss.stage_at(total - 1, total)})
+    }
+
+    def prepare(batch):
+        if cfg.augment.copies:
+            batch["original"] = np.where(batch["index"] >= 0, original[np.maximum(batch["index"], 0)], 0.0)
+        return batch, ((teacher.params,) if online else (cache.gather(batch, hidden_layers),))
+
+    def student_params(params):
+        return {k: v for k, v in params.items() if k != PROJ}
+
+    summary: dict[str, Any] = {}
+
+    def on_best(params, result):
+        extra_meta = {"dev": result, "teacher": str(teacher.path), "teacher_dev": teacher_dev}
+        summary.update(
+            export_model(out / "export", student, jax.device_get(student_params(params)), teacher.tokenizer, task, extra=extra_meta)
+        )
+
+    runlog = RunLog(
+        out,
+        {"distill": cfg, "student_arch": student.to_dict(), "teacher_dir": str(teacher.path), "layer_map": layer_map, "total_steps": total},
+    )
+    t0 = time.perf_counter()
+    _, progress = fit(
+        TrainState.create(params, tx),
+        lambda step: steps[cfg.loss.stage_at(step, total)],
+        train,
+        cfg.loop,
+        out=out,
+        runlog=runlog,
+        lr_at=cfg.optimizer.schedule_fn(total),
+        evaluate=lambda p: evaluate_model(model, student_params(p), task, dev, dev_ex, cfg.eval_batch_size),
+        metric=task.metric,
+        on_best=on_best,
+        prepare=prepare,
+        resume=resume,
+        desc=f"{task.name} {student.name}",
+    )
+    times.distill = time.perf_counter() - t0
+    if not summary and (out / "export").is_dir():  # resumed after the best was exported
+        summary = {"path": str(out / "export")}
+    teacher_score, student_score = teacher_dev[task.metric], (progress.best or {}).get(task.metric)
+    results = {
+        "task": task.name,
+        "metric": task.metric,
+        "teacher_dir": str(teacher.path),
+        "teacher_dev": teacher_dev,
+        "student": student.name,
+        "student_arch": student.to_dict(),
+        "best": progress.best,
+        "history": progress.history,
+        "retained": None if student_score is None else student_score / teacher_score,
+        "gap": None if student_score is None else teacher_score - student_score,
+        "student_params": student.num_params(task.kind, task.num_labels),
+        "teacher_params": teacher.arch.num_params(task.kind, task.num_labels),
+        "student_flops": student.flops(task.max_length // 2, task.kind, task.num_labels),
+        "teacher_flops": teacher.arch.flops(task.max_length // 2, task.kind, task.num_labels),
+        "layer_map": list(layer_map),
+        "train_features": len(train),
+        "augmented_examples": len(extra),
+        "steps": progress.step,
+        "train_examples_per_second": progress.examples_seen / max(progress.train_seconds, 1e-9),
+        "seconds": dataclasses.asdict(times),
+        "export": summary,
+    }
+    runlog.results(results)
+    runlog.close()
+    return results

@@ -1,0 +1,182 @@
+"""Export a distilled student for serving, and load it back in one call.
+
+Modeled on levanter's `export_lm_to_hf`: a small function that writes only what
+serving needs (config.json, float32 model.safetensors, tokenizer files) in the
+Hugging Face BERT layout, so transformers' PyTorch `AutoModelFor...` classes
+load it too. No training imports: optimizer state and training checkpoints
+never reach this module, let alone the exported directory.
+
+config.json is a `BertConfig` plus our `bertnas` block (exact student arch,
+head, labels, task, max_length and the caller's `extra`). Heterogeneous
+students are stored padded to uniform HF shapes with zero heads / neurons
+(see `distill.hf`), so the file holds more elements than the model has
+parameters; the summary reports both.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import traverse_util
+
+from distill.config import BertArch
+from distill.hf import WeightsError, from_hf
+from distill.modeling import abstract_params, build_model
+from distill.teacher import WEIGHTS, LoadedBert, TeacherError, load_tokenizer, read_config, read_weights, save_bert
+from tasks.base import Task
+from tasks.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Keys of the `bertnas` block that export_model writes itself; `extra` may not override them.
+RESERVED = ("arch", "head", "num_labels", "labels", "task", "max_length")
+
+# HF `architectures[0]` -> our head, for config.json files without a `bertnas` block.
+HF_HEADS = {
+    "BertForSequenceClassification": "classification",
+    "BertForTokenClassification": "tagging",
+    "BertForQuestionAnswering": "span",
+    "BertModel": "none",
+}
+
+
+def export_model(
+    out_dir: str | os.PathLike,
+    arch: BertArch,
+    params: dict[str, Any],
+    tokenizer,
+    task: Task,
+    *,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a servable model directory for `task`; returns a JSON-ready summary.
+
+    <out_dir> gets config.json, model.safetensors (parameters only, float32)
+    and the tokenizer files, written atomically (an existing directory is
+    replaced whole). `params` may be jax or numpy arrays of any float dtype.
+    Summary: path, arch, task, num_params (the model's real parameters),
+    stored_params (elements in the file; more than num_params for a padded
+    heterogeneous arch), weight_bytes (model.safetensors), bytes_per_param
+    (weight_bytes / num_params) and total_bytes (the whole directory).
+    """
+    check_params(params, arch, task.kind, task.num_labels)
+    _check_tokenizer(tokenizer, arch)
+    meta = _meta(task, extra)
+    host = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
+    labels = task.labels if task.kind in ("classification", "tagging") else ()
+    out = save_bert(out_dir, arch, host, tokenizer, head=task.kind, labels=labels, extra=meta)
+    summary = _summary(out, arch, task)
+    log.info(
+        "exported %s (%s params, %.2f bytes/param) to %s",
+        arch.name,
+        f"{summary['num_params']:,}",
+        summary["bytes_per_param"],
+        out,
+    )
+    return summary
+
+
+def check_params(params: dict[str, Any], arch: BertArch, head: str, num_labels: int) -> None:
+    """WeightsError naming each missing, unexpected or mis-shaped parameter of `build_model(arch, head, num_labels)`."""
+    expected = traverse_util.flatten_dict(abstract_params(build_model(arch, head, num_labels)))
+    got = traverse_util.flatten_dict(params)
+    problems = [f"missing {'/'.join(p)}" for p in expected if p not in got]
+    problems += [f"unexpected {'/'.join(p)}" for p in got if p not in expected]
+    for path, ref in expected.items():
+        if path in got and tuple(np.shape(got[path])) != tuple(ref.shape):
+            problems.append(f"{'/'.join(path)} has shape {tuple(np.shape(got[path]))}, expected {tuple(ref.shape)}")
+    if not problems:
+        return
+    hint = " (pass variables['params'], not the whole variables dict)" if set(params) == {"params"} else ""
+    shown = "; ".join(problems[:8]) + (f"; ... {len(problems) - 8} more" if len(problems) > 8 else "")
+    raise WeightsError(f"parameters do not fit {arch.name} with a {head} head ({num_labels} outputs){hint}: {shown}")
+
+
+def _check_tokenizer(tokenizer, arch: BertArch) -> None:
+    if len(tokenizer) > arch.vocab_size:
+        raise UserError(f"tokenizer has {len(tokenizer)} tokens but {arch.name} only {arch.vocab_size} embeddings")
+
+
+def _meta(task: Task, extra: dict[str, Any] | None) -> dict[str, Any]:
+    extra = dict(extra or {})
+    clash = sorted(set(extra) & set(RESERVED))
+    if clash:
+        raise UserError(f"export extra: keys {clash} are written by the exporter itself; reserved: {list(RESERVED)}")
+    try:
+        json.dumps(extra)
+    except TypeError as e:
+        raise UserError(f"export extra: not JSON-serialisable ({e})") from None
+    return {"task": task.name, "max_length": task.max_length, **extra}
+
+
+def _summary(out: Path, arch: BertArch, task: Task) -> dict[str, Any]:
+    num_params = arch.num_params(task.kind, task.num_labels)
+    weight_bytes = (out / WEIGHTS).stat().st_size
+    return {
+        "path": str(out),
+        "arch": arch.name,
+        "task": task.name,
+        "num_params": num_params,
+        "stored_params": stored_params(out / WEIGHTS),
+        "weight_bytes": weight_bytes,
+        "bytes_per_param": weight_bytes / num_params,
+        "total_bytes": sum(f.stat().st_size for f in out.rglob("*") if f.is_file()),
+    }
+
+
+def stored_params(weights_file: Path) -> int:
+    """Number of tensor elements in a safetensors file (read from its header only)."""
+    from safetensors import safe_open
+
+    with safe_open(str(weights_file), framework="numpy") as f:
+        return sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())
+
+
+def load_export(path: str | os.PathLike) -> LoadedBert:
+    """Load an exported (or any saved BERT) directory in our Flax API, head and labels from config.json.
+
+    Strict, unlike `load_bert` with a new head: a weight the model needs but
+    the directory lacks is an error, never a random initialisation.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        raise TeacherError(f"{path}: not a model directory (config.json, model.safetensors, tokenizer files)")
+    cfg = read_config(path)
+    try:
+        arch = BertArch.from_hf_config(cfg)
+    except (KeyError, TypeError) as e:
+        raise TeacherError(f"{path / 'config.json'}: not a BERT config ({e!r} missing or invalid)") from None
+    except UserError as e:
+        raise TeacherError(f"{path / 'config.json'}: {e}") from None
+    head, num_labels = config_head(cfg)
+    model = build_model(arch, head, num_labels)
+    params, _, _ = from_hf(read_weights(path), arch, abstract_params(model), source=str(path))
+    tokenizer = load_tokenizer(path)
+    _check_tokenizer(tokenizer, arch)
+    log.info("loaded %s (%s, head=%s, %d outputs) from %s", path.name, arch.name, head, model.num_labels, path)
+    return LoadedBert(arch, head, model.num_labels, params, tokenizer, path, cfg)
+
+
+def config_head(cfg: dict[str, Any]) -> tuple[str, int]:
+    """(head, num_labels) from our `bertnas` block, else from HF's `architectures` and `id2label`."""
+    meta = cfg.get("bertnas")
+    if meta:
+        return meta.get("head", "none"), meta.get("num_labels", 0)
+    names = cfg.get("architectures") or ["BertModel"]
+    head = HF_HEADS.get(names[0])
+    if head is None:
+        raise TeacherError(f"config.json: cannot tell the task head of {names[0]!r}; supported: {list(HF_HEADS)}")
+    if head == "span":
+        return head, 2
+    if head == "none":
+        return head, 0
+    n = len(cfg.get("id2label") or {}) or int(cfg.get("num_labels", 2))
+    if head == "classification" and (cfg.get("problem_type") == "regression" or n == 1):
+        return "regression", 1
+    return head, n

@@ -1,0 +1,526 @@
+"""Initialise a student's parameters from a (fine-tuned) teacher's.
+
+A student layer copies a teacher layer (`teacher_layers`: a uniform,
+TinyBERT-style map, the first or last layers, or an explicit list) and keeps
+the teacher's most useful parts of it:
+
+  heads   the top-N heads of the layer, by first-order Taylor importance on
+          task data (`importance_scores`, Michel et al. 2019), by weight norm
+          (`weight_scores`) or simply the first N; kept heads stay in order.
+          A smaller head size keeps the head's most useful dimensions: one
+          index set for q and k, one for v and the output projection.
+  ffn     the top-F neurons of the layer, scored the same ways.
+  hidden  'slice' keeps the top hidden dimensions (by mean |activation| or
+          LayerNorm scale); 'project' maps every hidden axis onto the top
+          principal directions of the teacher's word embeddings.
+
+Dropping a part that contributes nothing (a dead head, neuron or head
+dimension) is exact: the student then computes what the teacher does.
+The surgery runs in numpy; the result is a plain nested dict of float32 numpy
+arrays with exactly the shapes of `build_model(student, head, num_labels)`.
+Parameters the teacher cannot supply (a task head for another label set) come
+from the student's random init and are logged.
+
+Scores have the structure `{"heads": [(N_i,) per teacher layer], "ffn": [(F_i,) ...], "hidden": (h,)}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import itertools
+import logging
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from distill.config import ArchError, BertArch, has_pooler
+from distill.modeling import BertForTask, abstract_params, build_model, init_params
+from tasks.errors import UserError
+
+log = logging.getLogger(__name__)
+
+METHODS = ("teacher", "random")
+LAYER_MAPS = ("uniform", "first", "last")
+SELECTIONS = ("importance", "norm", "first")
+HIDDEN_METHODS = ("slice", "project")
+NORMS = ("LayerNorm", "attention_norm", "output_norm")
+Scores = dict[str, Any]
+
+
+@dataclasses.dataclass(frozen=True)
+class InitConfig:
+    """How to initialise a student.
+
+    method: 'teacher' (copy and shrink the teacher) or 'random'.
+    layers: 'uniform', 'first', 'last', or the 0-based teacher layer of each
+      student layer (a tuple, or a string such as '0,2,5'; repeats allowed).
+    heads / ffn: which heads / FFN neurons to keep: 'importance' (gradient x
+      weight on task data), 'norm' (weight norms) or 'first'.
+    hidden: 'slice' (keep the top hidden dimensions) or 'project' (PCA of the
+      teacher's word embeddings).
+    importance_batches: batches of task data used for importance scores.
+    """
+
+    method: str = "teacher"
+    layers: str | tuple[int, ...] = "uniform"
+    heads: str = "importance"
+    ffn: str = "importance"
+    hidden: str = "slice"
+    importance_batches: int = 8
+
+    def __post_init__(self):
+        _choice("method", self.method, METHODS)
+        object.__setattr__(self, "layers", _parse_layers(self.layers))
+        _choice("heads", self.heads, SELECTIONS)
+        _choice("ffn", self.ffn, SELECTIONS)
+        _choice("hidden", self.hidden, HIDDEN_METHODS)
+        n = self.importance_batches
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UserError(f"importance_batches: must be a positive integer, got {n!r}")
+
+    @property
+    def needs_importance(self) -> bool:
+        """Whether `init_student` wants `importance_scores` (else weight norms suffice)."""
+        return self.method == "teacher" and "importance" in (self.heads, self.ffn)
+
+
+def _choice(field: str, value: Any, valid: tuple[str, ...]) -> None:
+    if value not in valid:
+        raise UserError(f"{field}: {value!r} is not valid; valid: {', '.join(valid)}")
+
+
+def _parse_layers(layers: Any) -> str | tuple[int, ...]:
+    if isinstance(layers, str):
+        if layers in LAYER_MAPS:
+            return layers
+        try:
+            layers = tuple(int(v) for v in layers.split(","))
+        except ValueError:
+            raise UserError(
+                f"layers: {layers!r} is not valid; valid: {', '.join(LAYER_MAPS)} or teacher layer indices "
+                f"such as '0,2,5'"
+            ) from None
+    try:
+        entries = tuple(layers)
+    except TypeError:
+        raise UserError(f"layers: {layers!r} is not valid; valid: {', '.join(LAYER_MAPS)} or a list of ints") from None
+    bad = [v for v in entries if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0]
+    if bad or not entries:
+        raise UserError(f"layers: explicit map {entries!r} needs integers >= 0 (0-based teacher layers), got {bad!r}")
+    return tuple(int(v) for v in entries)
+
+
+# ---------------------------------------------------------------------- layer map
+def teacher_layers(cfg_layers: str | tuple[int, ...], teacher_layers: int, student_layers: int) -> tuple[int, ...]:
+    """The 0-based teacher layer each student layer copies.
+
+    'uniform': student layer j takes teacher layer ceil((j + 1) * T / S) - 1,
+    so the last student layer copies the last teacher layer and each student
+    layer stands for the block of teacher layers ending there (TinyBERT's
+    g(m) = m * T / S, rounded up when S does not divide T: 6 -> 4 gives
+    (1, 2, 4, 5)). 'first' / 'last': the first / last S layers. An explicit
+    map needs one entry per student layer, each < T; it may repeat layers.
+    """
+    t, s = teacher_layers, student_layers
+    if isinstance(cfg_layers, str) and cfg_layers not in LAYER_MAPS:
+        cfg_layers = _parse_layers(cfg_layers)
+    if not isinstance(cfg_layers, str):
+        entries = tuple(cfg_layers)
+        if len(entries) != s:
+            raise ArchError(f"layers: explicit map {entries} has {len(entries)} entries for {s} student layers")
+        out = [v for v in entries if not 0 <= v < t]
+        if out:
+            raise ArchError(f"layers: explicit map {entries} has indices {out} outside the teacher's 0..{t - 1}")
+        return tuple(int(v) for v in entries)
+    if s > t:
+        raise ArchError(
+            f"num_layers: the student has {s} layers but the teacher only {t}; "
+            f"layers={cfg_layers!r} needs student <= teacher (an explicit map may repeat layers)"
+        )
+    if cfg_layers == "first":
+        return tuple(range(s))
+    if cfg_layers == "last":
+        return tuple(range(t - s, t))
+    return tuple(-(-(j + 1) * t // s) - 1 for j in range(s))
+
+
+def check_compatible(student: BertArch, teacher: BertArch, cfg: InitConfig = InitConfig()) -> None:
+    """Raise `ArchError` naming the field when `cfg` cannot take `student` out of `teacher`."""
+    if cfg.method != "teacher":
+        return
+    for field in ("vocab_size", "type_vocab_size"):
+        s, t = getattr(student, field), getattr(teacher, field)
+        if s != t:
+            raise ArchError(f"{field}: the student has {s}, the teacher {t}; initialising from the teacher needs equal")
+    if student.max_position_embeddings > teacher.max_position_embeddings:
+        raise ArchError(
+            f"max_position_embeddings: the student has {student.max_position_embeddings}, more than the "
+            f"teacher's {teacher.max_position_embeddings}"
+        )
+    for field in ("hidden_size", "head_size"):
+        s, t = getattr(student, field), getattr(teacher, field)
+        if s > t:
+            raise ArchError(f"{field}: the student's {s} exceeds the teacher's {t}")
+    mapping = teacher_layers(cfg.layers, teacher.num_layers, student.num_layers)
+    for j, i in enumerate(mapping):
+        if student.num_heads[j] > teacher.num_heads[i]:
+            raise ArchError(
+                f"num_heads: student layer {j} has {student.num_heads[j]} heads but its teacher layer {i} "
+                f"only {teacher.num_heads[i]}"
+            )
+        if student.ffn_sizes[j] > teacher.ffn_sizes[i]:
+            raise ArchError(
+                f"ffn_sizes: student layer {j} has FFN size {student.ffn_sizes[j]} but its teacher layer {i} "
+                f"only {teacher.ffn_sizes[i]}"
+            )
+
+
+# ------------------------------------------------------------------------ scores
+def _layer(params: dict, i: int) -> dict:
+    return params["encoder"][f"layer_{i}"]
+
+
+def _np(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def weight_scores(params: dict, arch: BertArch) -> Scores:
+    """Scores from the weights alone.
+
+    heads: ||W_o[n]||_F x ||v slice of head n||_F (qkv kernel and bias);
+    ffn: ||intermediate column j (with its bias)|| x ||output row j||;
+    hidden: sum of |scale| over every LayerNorm.
+    """
+    heads, ffn = [], []
+    hidden = np.abs(_np(params["embeddings"]["LayerNorm"]["scale"]))
+    for i in range(arch.num_layers):
+        layer = _layer(params, i)
+        qkv, wo = layer["attention"]["qkv"], _np(layer["attention"]["output"]["kernel"])
+        v = np.concatenate([_np(qkv["kernel"])[:, 2], _np(qkv["bias"])[None, 2]], axis=0)  # (h + 1, N, D)
+        heads.append(np.sqrt(np.sum(wo**2, axis=(1, 2)) * np.sum(v**2, axis=(0, 2))))
+        w_in = np.concatenate([_np(layer["intermediate"]["kernel"]), _np(layer["intermediate"]["bias"])[None]], 0)
+        w_out = _np(layer["output"]["kernel"])
+        ffn.append(np.sqrt(np.sum(w_in**2, axis=0) * np.sum(w_out**2, axis=1)))
+        hidden = hidden + np.abs(_np(layer["attention_norm"]["scale"])) + np.abs(_np(layer["output_norm"]["scale"]))
+    return {"heads": heads, "ffn": ffn, "hidden": hidden}
+
+
+def _importance_step(model: BertForTask, loss_fn: Callable, params: dict, batch: dict):
+    """One batch's |gradient x weight| per head and FFN neuron, and hidden |activation| sums."""
+
+    def loss(p):
+        out = model.apply(
+            {"params": p},
+            batch["input_ids"],
+            batch["token_type_ids"],
+            batch["attention_mask"],
+            deterministic=True,
+            output_hidden_states=True,
+        )
+        total, count = loss_fn(out.logits, batch)
+        return total, (count, out.hidden_states)
+
+    grads, (count, hidden) = jax.grad(loss, has_aux=True)(params)
+    heads, ffn = [], []
+    for i in range(model.arch.num_layers):
+        w, g = _layer(params, i), _layer(grads, i)
+        wo, go = w["attention"]["output"]["kernel"], g["attention"]["output"]["kernel"]
+        heads.append(jnp.abs(jnp.sum(wo * go, axis=(1, 2))))
+        ffn.append(jnp.abs(jnp.sum(w["output"]["kernel"] * g["output"]["kernel"], axis=1)))
+    mask = batch["attention_mask"].astype(jnp.float32)[..., None]
+    act = sum(jnp.sum(jnp.abs(x.astype(jnp.float32)) * mask, axis=(0, 1)) for x in hidden)
+    tokens = jnp.sum(mask) * len(hidden)
+    return heads, ffn, act, tokens, count
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_importance_step(model: BertForTask, loss_fn: Callable):
+    # One compiled step per (equal) model and loss, as `modeling._jitted_init` does for the init.
+    return jax.jit(functools.partial(_importance_step, model, loss_fn))
+
+
+def importance_scores(
+    model: BertForTask,
+    params: dict,
+    batches: Iterable[dict],
+    loss_fn: Callable,
+    *,
+    max_batches: int | None = None,
+) -> Scores:
+    """First-order Taylor importance of heads and FFN neurons on task data.
+
+    Head n of layer i scores |sum_{D,h} W_o[n] * dL/dW_o[n]| (= |dL/dm_n| for a
+    mask m_n scaling the head's output), FFN neuron j |sum_h W_out[j] *
+    dL/dW_out[j]|; both are taken in absolute value per batch, summed over the
+    batches and divided by the loss count (examples, or tokens for tagging).
+    `loss_fn(logits, batch) -> (sum, count)` (e.g. `losses.task_loss(kind)`).
+    hidden: the mean |activation| of each hidden dimension over the embeddings
+    output and every layer's output, over real (unmasked) tokens.
+    """
+    if max_batches is not None:
+        batches = itertools.islice(batches, max_batches)
+    step = _jitted_importance_step(model, loss_fn)
+    params = jax.device_put(params)  # once, not with every batch
+    arch = model.arch
+    heads = [np.zeros(n) for n in arch.num_heads]
+    ffn = [np.zeros(f) for f in arch.ffn_sizes]
+    act, tokens, count, seen = np.zeros(arch.hidden_size), 0.0, 0.0, 0
+    for batch in batches:
+        b_heads, b_ffn, b_act, b_tokens, b_count = step(params, {k: jnp.asarray(v) for k, v in batch.items()})
+        for i in range(arch.num_layers):
+            heads[i] += _np(b_heads[i])
+            ffn[i] += _np(b_ffn[i])
+        act += _np(b_act)
+        tokens += float(b_tokens)
+        count += float(b_count)
+        seen += 1
+    if not seen:
+        raise UserError("importance scores: no batches of task data")
+    scale = 1.0 / count if count > 0 else 1.0
+    return {
+        "heads": [h * scale for h in heads],
+        "ffn": [f * scale for f in ffn],
+        "hidden": act / max(tokens, 1.0),
+    }
+
+
+# ---------------------------------------------------------------------- surgery
+def top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores (earlier index first on ties), in increasing order."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return np.sort(np.argsort(-scores, kind="stable")[:k])
+
+
+def _select(method: str, scores: np.ndarray, k: int) -> np.ndarray:
+    return np.arange(k) if method == "first" else top_indices(scores, k)
+
+
+def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
+    """`top_indices` of each row of a 2-D score array: (rows, k)."""
+    return np.stack([top_indices(row, k) for row in scores])
+
+
+def _shrink_layer(layer: dict, heads: np.ndarray, ffn: np.ndarray, head_size: int) -> dict:
+    """A teacher layer with only `heads`, `head_size` dims of each and `ffn` neurons (hidden axes untouched)."""
+    qkv_k = _np(layer["attention"]["qkv"]["kernel"])[:, :, heads]  # (h, 3, N, D)
+    qkv_b = _np(layer["attention"]["qkv"]["bias"])[:, heads]  # (3, N, D)
+    wo = _np(layer["attention"]["output"]["kernel"])[heads]  # (N, D, h)
+    d_t = qkv_k.shape[-1]
+    if head_size < d_t:
+        full = np.concatenate([qkv_k, qkv_b[None]], axis=0)  # bias as the weight of a constant input
+        norms = np.sqrt(np.sum(full**2, axis=0))  # (3, N, D)
+        qk = _top_rows(norms[0] * norms[1], head_size)  # (N, D_s)
+        v = _top_rows(norms[2] * np.sqrt(np.sum(wo**2, axis=2)), head_size)
+        index = np.stack([qk, qk, v])  # (3, N, D_s)
+        qkv_k = np.take_along_axis(qkv_k, index[None], axis=3)
+        qkv_b = np.take_along_axis(qkv_b, index, axis=2)
+        wo = np.take_along_axis(wo, v[:, :, None], axis=1)
+        # The student divides q.k by sqrt(D_s), the teacher by sqrt(D_t): rescale q so each
+        # student score is the teacher's score over the kept dimensions.
+        q_scale = np.sqrt(head_size / d_t)
+        qkv_k[:, 0] *= q_scale
+        qkv_b[0] *= q_scale
+    return {
+        "attention": {
+            "qkv": {"kernel": qkv_k, "bias": qkv_b},
+            "output": {"kernel": wo, "bias": _np(layer["attention"]["output"]["bias"])},
+        },
+        "attention_norm": _copy(layer["attention_norm"]),
+        "intermediate": {
+            "kernel": _np(layer["intermediate"]["kernel"])[:, ffn],
+            "bias": _np(layer["intermediate"]["bias"])[ffn],
+        },
+        "output": {"kernel": _np(layer["output"]["kernel"])[ffn], "bias": _np(layer["output"]["bias"])},
+        "output_norm": _copy(layer["output_norm"]),
+    }
+
+
+def _copy(tree: dict) -> dict:
+    return jax.tree_util.tree_map(_np, tree)
+
+
+def pca_projection(embeddings: np.ndarray, k: int) -> np.ndarray:
+    """The top-k principal directions of the (centred) rows of `embeddings`: (hidden, k), orthonormal columns.
+
+    From the eigenvectors of the (hidden, hidden) covariance, so a large
+    vocabulary costs no more than one pass over the matrix; each column's sign
+    makes its largest entry positive, so the result is deterministic.
+    """
+    e = _np(embeddings)
+    if not 1 <= k <= e.shape[1]:
+        raise ArchError(f"hidden_size: cannot project {e.shape[1]} hidden dims onto {k}")
+    e = e - e.mean(axis=0, keepdims=True)
+    values, vectors = np.linalg.eigh(e.T @ e)
+    p = vectors[:, np.argsort(-values, kind="stable")[:k]]
+    signs = np.sign(p[np.argmax(np.abs(p), axis=0), np.arange(k)])
+    return p * np.where(signs == 0, 1.0, signs)
+
+
+def _hidden_role(path: tuple[str, ...]) -> str:
+    """Which axes of a parameter are hidden: 'in' (first), 'out' (last), 'in_out', 'norm' or 'none'."""
+    parent, name = path[-2], path[-1]
+    if name == "embedding":
+        return "out"
+    if parent in NORMS:
+        return "norm"
+    if parent == "pooler":
+        return "in_out" if name == "kernel" else "out"
+    if parent == "output":  # attention/output (N, D, h) and the FFN output (F, h)
+        return "out"
+    if parent in ("qkv", "intermediate", "classifier", "qa_outputs"):
+        return "in" if name == "kernel" else "none"
+    raise ValueError(f"no hidden-axis rule for parameter {'/'.join(path)}")
+
+
+def _slice_hidden(x: np.ndarray, role: str, keep: np.ndarray) -> np.ndarray:
+    if role in ("in", "in_out"):
+        x = np.take(x, keep, axis=0)
+    if role in ("out", "in_out", "norm"):
+        x = np.take(x, keep, axis=-1)
+    return x
+
+
+def _project_hidden(x: np.ndarray, role: str, p: np.ndarray) -> np.ndarray:
+    if role == "norm":
+        return (p * p).T @ x  # each student dim: its squared-loading weighted mean of the teacher's
+    if role in ("in", "in_out"):
+        x = np.tensordot(p, x, axes=(0, 0))
+    if role in ("out", "in_out"):
+        x = x @ p
+    return x
+
+
+def _map_hidden(tree: dict, fn: Callable[[np.ndarray, str], np.ndarray]) -> dict:
+    flat = traverse_util.flatten_dict(tree)
+    return traverse_util.unflatten_dict({path: fn(x, _hidden_role(path)) for path, x in flat.items()})
+
+
+def _head_parts(teacher_params: dict, student_head: str, num_labels: int, teacher_head: str | None) -> dict:
+    """The pooler and task head the student can take from the teacher (still at teacher hidden size)."""
+    out = {}
+    if has_pooler(student_head) and "pooler" in teacher_params:
+        out["pooler"] = _copy(teacher_params["pooler"])
+    name = {"span": "qa_outputs", "none": None}.get(student_head, "classifier")
+    same_kind = teacher_head is None or teacher_head == student_head
+    if name and same_kind and name in teacher_params:
+        if np.shape(teacher_params[name]["kernel"])[-1] == num_labels:
+            out[name] = _copy(teacher_params[name])
+    return out
+
+
+def init_student(
+    student: BertArch,
+    teacher_arch: BertArch,
+    teacher_params: dict,
+    *,
+    head: str,
+    num_labels: int,
+    cfg: InitConfig = InitConfig(),
+    scores: Scores | None = None,
+    seed: int = 0,
+    teacher_head: str | None = None,
+) -> dict:
+    """Student parameters for `build_model(student, head, num_labels)`, from the teacher's.
+
+    `scores` (from `importance_scores`) rank heads and FFN neurons for
+    'importance' and hidden dims for 'slice'; without them weight norms
+    (`weight_scores`) stand in. `teacher_head`, when given, must equal `head`
+    for the teacher's task head to be reused (its label count must match in
+    any case). Returns float32 numpy arrays.
+    """
+    model = build_model(student, head, num_labels)
+    target = abstract_params(model)
+    if cfg.method == "random":
+        log.info("init %s: random (seed %d)", student.name, seed)
+        return jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), init_params(model, jax.random.key(seed)))
+    check_compatible(student, teacher_arch, cfg)
+    mapping = teacher_layers(cfg.layers, teacher_arch.num_layers, student.num_layers)
+    norms = weight_scores(teacher_params, teacher_arch)
+    if scores is None and cfg.needs_importance:
+        log.warning("init: no importance scores given; ranking heads and FFN neurons by weight norms instead")
+    ranked = scores if scores is not None else norms
+    by = {"importance": ranked, "norm": norms, "first": norms}  # 'first' ignores its scores
+
+    emb = _copy(teacher_params["embeddings"])
+    emb["position_embeddings"]["embedding"] = emb["position_embeddings"]["embedding"][: student.max_position_embeddings]
+    tree: dict[str, Any] = {"embeddings": emb, "encoder": {}}
+    for j, i in enumerate(mapping):
+        heads = _select(cfg.heads, by[cfg.heads]["heads"][i], student.num_heads[j])
+        ffn = _select(cfg.ffn, by[cfg.ffn]["ffn"][i], student.ffn_sizes[j])
+        tree["encoder"][f"layer_{j}"] = _shrink_layer(_layer(teacher_params, i), heads, ffn, student.head_size)
+    tree.update(_head_parts(teacher_params, head, model.num_labels, teacher_head))
+
+    h_t, h_s = teacher_arch.hidden_size, student.hidden_size
+    if h_s < h_t and cfg.hidden == "slice":
+        keep = top_indices(ranked["hidden"], h_s)
+        tree = _map_hidden(tree, lambda x, role: _slice_hidden(x, role, keep))
+    elif h_s < h_t:
+        p = pca_projection(teacher_params["embeddings"]["word_embeddings"]["embedding"], h_s)
+        tree = _map_hidden(tree, lambda x, role: _project_hidden(x, role, p))
+
+    flat, want = traverse_util.flatten_dict(tree), traverse_util.flatten_dict(target)
+    missing = [path for path in want if path not in flat]
+    if missing:
+        fresh = traverse_util.flatten_dict(init_params(model, jax.random.key(seed)))
+        flat.update({path: fresh[path] for path in missing})
+        parts = sorted({p[0] for p in missing})
+        log.warning("init: %s left at their random init (the teacher has none that fit)", parts)
+    out = {}
+    for path, ref in want.items():
+        value = np.asarray(flat[path], dtype=np.float32)
+        if value.shape != tuple(ref.shape):
+            raise AssertionError(f"init: {'/'.join(path)} has shape {value.shape}, the student needs {ref.shape}")
+        out[path] = value
+    log.info(
+        "init %s from %s: layers %s, hidden %s%s, heads %s %s%s, ffn %s %s",
+        student.name,
+        teacher_arch.name,
+        mapping,
+        f"{h_t}->{h_s} " if h_s < h_t else "",
+        cfg.hidden if h_s < h_t else "kept",
+        cfg.heads,
+        [f"{n}/{teacher_arch.num_heads[i]}" for n, i in zip(student.num_heads, mapping)],
+        f" of size {teacher_arch.head_size}->{student.head_size}" if student.head_size < teacher_arch.head_size else "",
+        cfg.ffn,
+        [f"{f}/{teacher_arch.ffn_sizes[i]}" for f, i in zip(student.ffn_sizes, mapping)],
+    )
+    return traverse_util.unflatten_dict(out)
+
+
+def init_from_teacher(
+    student: BertArch,
+    teacher: Any,
+    *,
+    head: str,
+    num_labels: int,
+    cfg: InitConfig = InitConfig(),
+    batches: Iterable[dict] | None = None,
+    seed: int = 0,
+) -> dict:
+    """`init_student` from a `LoadedBert`, with importance scores from `batches` when `cfg` wants them.
+
+    Importance needs a teacher with a task head (fine-tuned) and labelled
+    batches; without either, weight norms stand in (and a warning says so).
+    """
+    scores = None
+    if cfg.needs_importance and batches is not None and teacher.head != "none":
+        from distill.losses import task_loss
+
+        scores = importance_scores(
+            teacher.model, teacher.params, batches, task_loss(teacher.head), max_batches=cfg.importance_batches
+        )
+    return init_student(
+        student,
+        teacher.arch,
+        teacher.params,
+        head=head,
+        num_labels=num_labels,
+        cfg=cfg,
+        scores=scores,
+        seed=seed,
+        teacher_head=teacher.head,
+    )

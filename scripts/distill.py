@@ -1,0 +1,106 @@
+"""Distil a BERT teacher into a compact student for one task.
+
+  python scripts/distill.py --task sst2 --teacher minilm --student 4L-312 --output runs/sst2-4L-312
+
+--teacher is a directory fine-tuned on the task, or a pre-trained model
+(`minilm`, a directory, a Hub name) that is fine-tuned first (cached).
+--student is a name (4L-312, 6L-384-H6-F1536, 3L-384-H4,6,8-D32) or a JSON
+file. The best student (by dev metric) is exported to OUTPUT/export: a
+Hugging Face BERT directory our Flax API and transformers both load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import _paths  # noqa: F401  (before any package import)
+from distill import cli
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli.add_run_args(p, lr=2e-4, epochs=3)
+    p.add_argument("--teacher", default="minilm", help="fine-tuned teacher directory, or a pre-trained one")
+    p.add_argument("--teacher-epochs", type=int, default=2, help="epochs when the teacher must be fine-tuned first")
+    p.add_argument("--student", default="4L-312", help="architecture name or JSON file")
+    g = p.add_argument_group("initialisation")
+    g.add_argument("--init", default="teacher", choices=["teacher", "random"])
+    g.add_argument("--layers", default="uniform", help="teacher layers for the student: uniform, first, last or 0,2,3,5")
+    g.add_argument("--heads", default="importance", choices=["importance", "norm", "first"])
+    g.add_argument("--ffn", default="importance", choices=["importance", "norm", "first"])
+    g.add_argument("--hidden", default="slice", choices=["slice", "project"], help="how to reduce the hidden size")
+    g = p.add_argument_group("losses")
+    g.add_argument("--logit-loss", default="ce", choices=["ce", "kl", "mse"])
+    g.add_argument("--logit-weight", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--hard-weight", type=float, default=0.0, help="task loss on gold labels")
+    g.add_argument("--hidden-weight", type=float, default=0.0)
+    g.add_argument("--attention-weight", type=float, default=0.0, help="> 0 runs the teacher online")
+    g.add_argument("--embedding-weight", type=float, default=0.0)
+    g.add_argument("--layer-map", default="uniform", help="teacher layer matched by each student layer")
+    g.add_argument("--two-stage", action="store_true", help="TinyBERT: intermediate losses first, then prediction")
+    g.add_argument("--intermediate-ratio", type=float, default=0.5)
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--augment", type=int, default=0, help="augmented copies per training example")
+    g.add_argument("--augment-prob", type=float, default=0.4, help="probability of replacing each word")
+    g.add_argument("--augment-neighbours", type=int, default=15)
+    return p.parse_args(argv)
+
+
+def _layers(value: str):
+    if value in ("uniform", "first", "last"):
+        return value
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        from tasks.errors import UserError
+
+        raise UserError(f"--layers/--layer-map: expected uniform, first, last or e.g. 0,2,3,5; got {value!r}") from None
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.verbose)
+    from distill.augment import AugmentConfig
+    from distill.distill import DistillConfig, distill
+    from distill.init import InitConfig
+    from distill.objective import LossConfig
+
+    cfg = DistillConfig(
+        task=args.task,
+        teacher=args.teacher,
+        student=args.student,
+        data_dir=args.data_dir,
+        init=InitConfig(
+            method=args.init, layers=_layers(args.layers), heads=args.heads, ffn=args.ffn, hidden=args.hidden
+        ),
+        loss=LossConfig(
+            logits=args.logit_loss,
+            logit_weight=args.logit_weight,
+            temperature=args.temperature,
+            hard_weight=args.hard_weight,
+            hidden_weight=args.hidden_weight,
+            attention_weight=args.attention_weight,
+            embedding_weight=args.embedding_weight,
+            layer_map=_layers(args.layer_map),
+            two_stage=args.two_stage,
+            intermediate_ratio=args.intermediate_ratio,
+        ),
+        augment=AugmentConfig(
+            copies=args.augment, replace_prob=args.augment_prob, neighbours=args.augment_neighbours, seed=args.seed
+        ),
+        optimizer=cli.optimizer_from_args(args),
+        loop=cli.loop_from_args(args),
+        train_limit=args.train_limit,
+        dev_limit=args.dev_limit,
+        teacher_epochs=args.teacher_epochs,
+    )
+    results = distill(cfg, args.output, resume=args.resume, use_cache=not args.no_cache)
+    keys = ("task", "student", "best", "teacher_dev", "gap", "student_params", "seconds", "export")
+    print(json.dumps({k: results[k] for k in keys}))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)
