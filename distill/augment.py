@@ -303,7 +303,7 @@ def augment(task: Task, examples: Sequence, tokenizer, word_embeddings: np.ndarr
     if cfg.copies == 0 or not examples:
         return []
     words = {core for e in examples for w in _example_words(e) if (core := eligible_core(w)) is not None}
-    table = NeighbourTable.build(tokenizer, word_embeddings, cfg.neighbours, words)
+    table = NeighbourTable.build(tokenizer, word_embeddings, cfg.neighbours, sorted(words))
     recase = table.lower
     out: list = []
     changed = 0

@@ -104,6 +104,12 @@ class Checkpointer:
         )
         return restored["params"], restored["opt_state"], dict(restored["meta"])
 
+    def restore_meta(self, step: int | None) -> dict[str, Any]:
+        """Only the JSON item (progress, settings) of `step` (None: the latest)."""
+        step = self.latest_step() if step is None else step
+        restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(restored["meta"])
+
     def restore_params(self, step: int | None, params_like: Any) -> Any:
         """Only the parameters (e.g. the best step, for export)."""
         step = self.latest_step() if step is None else step

@@ -19,6 +19,7 @@ time of each stage).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import time
@@ -31,16 +32,18 @@ import numpy as np
 from distill.augment import AugmentConfig, augment
 from distill.config import BertArch, parse_arch_name
 from distill.evaluate import evaluate_model
-from distill.export import export_model
+from distill.export import export_model, export_summary
 from distill.finetune import FinetuneConfig, finetune
-from distill.init import InitConfig, check_compatible, init_from_teacher, teacher_layers
+from distill.checkpoint import Checkpointer
+from distill.init import InitConfig, check_compatible, hidden_map, importance_scores, init_student, teacher_layers
 from distill.loop import LoopConfig, fit, refuse_overwrite
 from distill.modeling import build_model
 from distill.objective import PROJ, LossConfig, init_projection
+from distill.losses import task_loss
 from distill.optim import OptimizerConfig
-from distill.runlog import RunLog
+from distill.runlog import RunLog, config_key
 from distill.teacher import DEFAULT_TEACHER, LoadedBert, load_bert, weights_fingerprint
-from distill.teacher_outputs import cached_teacher_outputs
+from distill.teacher_outputs import cached_teacher_outputs, features_fingerprint
 from distill.train import TrainState, make_train_step
 from tasks.base import Task
 from tasks.batching import batches, default_buckets
@@ -105,7 +108,9 @@ def resolve_student(spec: str, teacher: BertArch) -> BertArch:
     return parse_arch_name(spec, base=teacher)
 
 
-def fine_tuned_teacher(cfg: DistillConfig, task: Task, out: Path) -> tuple[LoadedBert, float]:
+def fine_tuned_teacher(
+    cfg: DistillConfig, task: Task, out: Path, *, resume: bool = False, use_cache: bool = True
+) -> tuple[LoadedBert, float]:
     """Load the teacher; fine-tune it first unless it already is fine-tuned on this task."""
     t0 = time.perf_counter()
     teacher = load_bert(cfg.teacher)
@@ -121,12 +126,65 @@ def fine_tuned_teacher(cfg: DistillConfig, task: Task, out: Path) -> tuple[Loade
         dev_limit=cfg.dev_limit,
         seed=cfg.loop.seed,
     )
-    result = finetune(ft, out / "teacher_finetune")
+    result = finetune(ft, out / "teacher_finetune", resume=resume, use_cache=use_cache)
     return load_bert(result["teacher_dir"]), time.perf_counter() - t0
 
 
-def _original_flags(features: Features, num_original: int) -> np.ndarray:
-    return (features.example_index < num_original).astype(np.float32)
+def loss_layer_map(cfg: DistillConfig, teacher: BertArch, student: BertArch) -> tuple[int, ...]:
+    """Teacher layer matched by each student layer (only intermediate losses use it)."""
+    if not cfg.loss.intermediate:
+        return ()
+    spec = cfg.loss.layer_map
+    if spec is None:
+        spec = cfg.init.layers if cfg.init.method == "teacher" else "uniform"
+    return teacher_layers(spec, teacher.num_layers, student.num_layers)
+
+
+def training_features(cfg: DistillConfig, task: Task, teacher: LoadedBert, train_ex, times: Stage):
+    """Encoded training features (originals, then augmented copies) and the originals' flags."""
+    t0 = time.perf_counter()
+    extra = []
+    if cfg.augment.copies:
+        embeddings = np.asarray(teacher.params["embeddings"]["word_embeddings"]["embedding"])
+        extra = augment(task, train_ex, teacher.tokenizer, embeddings, cfg.augment)
+        times.augment = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    train = encode(task, list(train_ex) + list(extra), teacher.tokenizer)
+    times.encode = time.perf_counter() - t0
+    original = (train.example_index < len(train_ex)).astype(np.float32)
+    log.info("%d train features (%d augmented examples)", len(train), len(extra))
+    return train, original, len(extra)
+
+
+def student_init(cfg: DistillConfig, task: Task, teacher: LoadedBert, student: BertArch, train: Features) -> dict:
+    """The student's train-time parameters: the model's, plus the hidden projection when a loss needs it."""
+    scores = None
+    if cfg.init.needs_importance:
+        sample = batches(train, 32, buckets=default_buckets(train.max_length), shuffle=True, seed=cfg.loop.seed)
+        sample = itertools.islice(sample, cfg.init.importance_batches)
+        scores = importance_scores(teacher.model, teacher.params, sample, task_loss(task.kind))
+    params = init_student(
+        student, teacher.arch, teacher.params, head=task.kind, num_labels=task.num_labels,
+        cfg=cfg.init, scores=scores, seed=cfg.loop.seed,
+    )
+    start = hidden_map(student, teacher.arch, teacher.params, cfg.init, scores)
+    proj = init_projection(student.hidden_size, teacher.arch.hidden_size, cfg.loss, None if start is None else start.T)
+    return params if proj is None else {**params, PROJ: proj}
+
+
+def student_params(params: dict) -> dict:
+    """The student model's parameters (without the train-time projection)."""
+    return {k: v for k, v in params.items() if k != PROJ}
+
+
+def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
+    """What defines a run: resuming under another key is refused (see `loop.fit`)."""
+    settings = dataclasses.asdict(cfg)
+    for k in ("data_dir", "eval_batch_size", "teacher"):
+        settings.pop(k)
+    for k in ("eval_every", "patience", "checkpoint_every", "log_every"):
+        settings["loop"].pop(k)
+    return config_key({"settings": settings, "teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train)})
 
 
 def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False, use_cache: bool = True) -> dict[str, Any]:
@@ -138,53 +196,32 @@ def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False,
     train_ex = read_split(task, "train", data_dir, limit=cfg.train_limit)
     dev_ex = read_split(task, "dev", data_dir, limit=cfg.dev_limit)
     times = Stage()
-    teacher, times.teacher = fine_tuned_teacher(dataclasses.replace(cfg, data_dir=str(data_dir)), task, out)
+    teacher, times.teacher = fine_tuned_teacher(
+        dataclasses.replace(cfg, data_dir=str(data_dir)), task, out, resume=resume, use_cache=use_cache
+    )
     student = resolve_student(cfg.student, teacher.arch)
     if cfg.init.method == "teacher":
         check_compatible(student, teacher.arch, cfg.init)
-    layer_map = teacher_layers(cfg.loss.layer_map, teacher.arch.num_layers, student.num_layers)
-
-    t0 = time.perf_counter()
-    if cfg.augment.copies:
-        embeddings = np.asarray(teacher.params["embeddings"]["word_embeddings"]["embedding"])
-        extra = augment(task, train_ex, teacher.tokenizer, embeddings, cfg.augment)
-        times.augment = time.perf_counter() - t0
-    else:
-        extra = []
-    t0 = time.perf_counter()
-    train = encode(task, list(train_ex) + list(extra), teacher.tokenizer)
+    layer_map = loss_layer_map(cfg, teacher.arch, student)
+    train, original, num_augmented = training_features(cfg, task, teacher, train_ex, times)
     dev = encode(task, dev_ex, teacher.tokenizer)
-    times.encode = time.perf_counter() - t0
-    log.info("%d train features (%d augmented examples), %d dev", len(train), len(extra), len(dev))
-    original = _original_flags(train, len(train_ex))
+    teacher_params = jax.device_put(teacher.params)  # once, not with every batch
 
     hidden_layers = cfg.loss.teacher_hidden_layers(layer_map)
     online = bool(cfg.loss.attention_weight)  # attention scores are too big to cache: run the teacher
     cache = None
     if not online:
         cache = cached_teacher_outputs(
-            teacher.model,
-            teacher.params,
-            train,
-            teacher_key=weights_fingerprint(teacher.path),
-            task=task.name,
-            hidden_layers=hidden_layers,
-            batch_size=cfg.eval_batch_size,
-            use_cache=use_cache,
+            teacher.model, teacher_params, train, teacher_key=weights_fingerprint(teacher.path), task=task.name,
+            hidden_layers=hidden_layers, batch_size=cfg.eval_batch_size, use_cache=use_cache,
         )
         times.labelling = cache.seconds
-    teacher_dev = evaluate_model(teacher.model, teacher.params, task, dev, dev_ex, cfg.eval_batch_size)
+    teacher_dev = evaluate_model(teacher.model, teacher_params, task, dev, dev_ex, cfg.eval_batch_size)
     log.info("teacher dev %s=%.4f", task.metric, teacher_dev[task.metric])
 
     t0 = time.perf_counter()
     model = build_model(student, task.kind, task.num_labels)
-    sample = batches(train, 32, buckets=default_buckets(train.max_length), shuffle=True, seed=cfg.loop.seed)
-    params = init_from_teacher(
-        student, teacher, head=task.kind, num_labels=task.num_labels, cfg=cfg.init, batches=sample, seed=cfg.loop.seed
-    )
-    proj = init_projection(student.hidden_size, teacher.arch.hidden_size, cfg.loss)
-    if proj is not None:
-        params = {**params, PROJ: proj}
+    params = student_init(cfg, task, teacher, student, train)
     times.init = time.perf_counter() - t0
 
     total, _ = cfg.loop.total_steps(train)
@@ -195,27 +232,24 @@ def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False,
     }
 
     def prepare(batch):
-        if cfg.augment.copies:
+        if num_augmented:
             batch["original"] = np.where(batch["index"] >= 0, original[np.maximum(batch["index"], 0)], 0.0)
-        return batch, ((teacher.params,) if online else (cache.gather(batch, hidden_layers),))
+        return batch, ((teacher_params,) if online else (cache.gather(batch, hidden_layers),))
 
-    def student_params(params):
-        return {k: v for k, v in params.items() if k != PROJ}
+    export_dir = out / "export"
+    export_meta = {"teacher": str(teacher.path), "teacher_dev": teacher_dev}
 
-    summary: dict[str, Any] = {}
-
-    def on_best(params, result):
-        extra_meta = {"dev": result, "teacher": str(teacher.path), "teacher_dev": teacher_dev}
-        summary.update(
-            export_model(out / "export", student, jax.device_get(student_params(params)), teacher.tokenizer, task, extra=extra_meta)
-        )
+    def on_best(params, best):
+        export_model(export_dir, student, jax.device_get(student_params(params)), teacher.tokenizer, task,
+                     extra={"dev": best, **export_meta})
 
     runlog = RunLog(
         out,
-        {"distill": cfg, "student_arch": student.to_dict(), "teacher_dir": str(teacher.path), "layer_map": layer_map, "total_steps": total},
+        {"distill": cfg, "student_arch": student.to_dict(), "teacher_dir": str(teacher.path),
+         "layer_map": layer_map, "total_steps": total},
     )
     t0 = time.perf_counter()
-    _, progress = fit(
+    state, progress = fit(
         TrainState.create(params, tx),
         lambda step: steps[cfg.loss.stage_at(step, total)],
         train,
@@ -227,13 +261,16 @@ def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False,
         metric=task.metric,
         on_best=on_best,
         prepare=prepare,
+        # Two stages: the dev metric means nothing before the prediction stage.
+        evaluate_from=int(cfg.loss.intermediate_ratio * total) if cfg.loss.two_stage else 0,
+        run_key=run_key(cfg, teacher, train),
         resume=resume,
         desc=f"{task.name} {student.name}",
     )
     times.distill = time.perf_counter() - t0
-    if not summary and (out / "export").is_dir():  # resumed after the best was exported
-        summary = {"path": str(out / "export")}
-    teacher_score, student_score = teacher_dev[task.metric], (progress.best or {}).get(task.metric)
+    summary = ensure_export(export_dir, out, student, task, state.params, progress.best, teacher.tokenizer, export_meta)
+    teacher_score = teacher_dev[task.metric]
+    student_score = (progress.best or {}).get(task.metric)
     results = {
         "task": task.name,
         "metric": task.metric,
@@ -243,7 +280,7 @@ def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False,
         "student_arch": student.to_dict(),
         "best": progress.best,
         "history": progress.history,
-        "retained": None if student_score is None else student_score / teacher_score,
+        "retained": student_score / teacher_score if student_score is not None and teacher_score else None,
         "gap": None if student_score is None else teacher_score - student_score,
         "student_params": student.num_params(task.kind, task.num_labels),
         "teacher_params": teacher.arch.num_params(task.kind, task.num_labels),
@@ -251,7 +288,7 @@ def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False,
         "teacher_flops": teacher.arch.flops(task.max_length // 2, task.kind, task.num_labels),
         "layer_map": list(layer_map),
         "train_features": len(train),
-        "augmented_examples": len(extra),
+        "augmented_examples": num_augmented,
         "steps": progress.step,
         "train_examples_per_second": progress.examples_seen / max(progress.train_seconds, 1e-9),
         "seconds": dataclasses.asdict(times),
@@ -260,3 +297,21 @@ def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False,
     runlog.results(results)
     runlog.close()
     return results
+
+
+def ensure_export(export_dir: Path, out: Path, student: BertArch, task: Task, params_like, best, tokenizer, meta) -> dict:
+    """The export holds `best`: after a resume it may not (killed between export and checkpoint), so re-export it."""
+    if best is None:
+        return {}
+    recorded = None
+    if (export_dir / "config.json").is_file():
+        recorded = json.loads((export_dir / "config.json").read_text()).get("bertnas", {}).get("dev", {}).get("step")
+    if recorded != best["step"]:
+        log.warning("export %s does not hold the best step %d; re-exporting it from its checkpoint", export_dir, best["step"])
+        ckpt = Checkpointer(out / "checkpoints")
+        try:
+            params = ckpt.restore_params(best["step"], params_like)
+        finally:
+            ckpt.close()
+        export_model(export_dir, student, jax.device_get(student_params(params)), tokenizer, task, extra={"dev": best, **meta})
+    return export_summary(export_dir, student, task)

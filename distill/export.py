@@ -71,7 +71,7 @@ def export_model(
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
     labels = task.labels if task.kind in ("classification", "tagging") else ()
     out = save_bert(out_dir, arch, host, tokenizer, head=task.kind, labels=labels, extra=meta)
-    summary = _summary(out, arch, task)
+    summary = export_summary(out, arch, task)
     log.info(
         "exported %s (%s params, %.2f bytes/param) to %s",
         arch.name,
@@ -115,7 +115,7 @@ def _meta(task: Task, extra: dict[str, Any] | None) -> dict[str, Any]:
     return {"task": task.name, "max_length": task.max_length, **extra}
 
 
-def _summary(out: Path, arch: BertArch, task: Task) -> dict[str, Any]:
+def export_summary(out: Path, arch: BertArch, task: Task) -> dict[str, Any]:
     num_params = arch.num_params(task.kind, task.num_labels)
     weight_bytes = (out / WEIGHTS).stat().st_size
     return {

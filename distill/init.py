@@ -412,6 +412,26 @@ def _head_parts(teacher_params: dict, student_head: str, num_labels: int, teache
     return out
 
 
+def hidden_map(
+    student: BertArch, teacher_arch: BertArch, teacher_params: dict, cfg: InitConfig = InitConfig(), scores=None
+) -> np.ndarray | None:
+    """The (teacher hidden, student hidden) matrix M of the init: student features ~= teacher features @ M.
+
+    'slice': M[keep[i], i] = 1; 'project': the PCA basis. None when the widths
+    are equal or the init is random. Distillation starts its learned
+    student-to-teacher projection at M.T, so hidden-state losses begin small.
+    """
+    h_t, h_s = teacher_arch.hidden_size, student.hidden_size
+    if cfg.method == "random" or h_s >= h_t:
+        return None
+    if cfg.hidden == "project":
+        return pca_projection(teacher_params["embeddings"]["word_embeddings"]["embedding"], h_s)
+    ranked = scores if scores is not None else weight_scores(teacher_params, teacher_arch)
+    m = np.zeros((h_t, h_s), np.float32)
+    m[top_indices(ranked["hidden"], h_s), np.arange(h_s)] = 1.0
+    return m
+
+
 def init_student(
     student: BertArch,
     teacher_arch: BertArch,
@@ -459,7 +479,7 @@ def init_student(
         keep = top_indices(ranked["hidden"], h_s)
         tree = _map_hidden(tree, lambda x, role: _slice_hidden(x, role, keep))
     elif h_s < h_t:
-        p = pca_projection(teacher_params["embeddings"]["word_embeddings"]["embedding"], h_s)
+        p = hidden_map(student, teacher_arch, teacher_params, cfg, scores)
         tree = _map_hidden(tree, lambda x, role: _project_hidden(x, role, p))
 
     flat, want = traverse_util.flatten_dict(tree), traverse_util.flatten_dict(target)

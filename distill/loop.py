@@ -79,6 +79,8 @@ class Progress:
     history: list = dataclasses.field(default_factory=list)
     examples_seen: int = 0
     train_seconds: float = 0.0
+    run_key: str = ""
+    """A hash of the settings that define the run; a resume with other settings is refused."""
 
 
 def refuse_overwrite(out: Path, resume: bool) -> None:
@@ -100,6 +102,8 @@ def fit(
     metric: str,
     on_best: Callable[[Any, dict], None],
     prepare: Callable[[dict], tuple[dict, tuple]] = lambda batch: (batch, ()),
+    evaluate_from: int = 0,
+    run_key: str = "",
     resume: bool = False,
     desc: str = "train",
 ) -> tuple[TrainState, Progress]:
@@ -111,14 +115,24 @@ def fit(
     (e.g. the teacher's outputs for the batch) and returns (state, metrics)
     with metrics `loss_sum`, `loss_count`, `grad_norm` and optional
     `<term>_sum` / `<term>_count` pairs, each logged as a mean.
+    `on_best(params, best)` gets `best` = {"step", metrics...}. Evaluations
+    (and early stopping) start at step `evaluate_from`. `run_key` identifies
+    the run's settings: resuming a checkpoint saved under another key fails.
     """
     buckets = default_buckets(train.max_length)
     total, per_epoch = cfg.total_steps(train)
     epochs = math.ceil(total / per_epoch)
     rng = jax.random.key(cfg.seed)
     ckpt = Checkpointer(out / "checkpoints", CheckpointConfig(every_steps=cfg.checkpoint_every))
-    progress = Progress()
+    progress = Progress(run_key=run_key)
     if resume and ckpt.latest_step() is not None:
+        meta = ckpt.restore_meta(None)
+        if meta.get("run_key", "") != run_key:
+            ckpt.close()
+            raise UserError(
+                f"{out}: its checkpoints come from a run with other settings (config, teacher or data); "
+                "resume with the same command, or pick another --output"
+            )
         params, opt_state, meta = ckpt.restore(None, state.params, state.opt_state)
         state = TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state)
         progress = Progress(**meta)
@@ -141,7 +155,7 @@ def fit(
         if improved:
             progress.best_score, progress.evals_since_best = score, 0
             progress.best = {"step": progress.step, **result}
-            on_best(state.params, result)
+            on_best(state.params, progress.best)
         else:
             progress.evals_since_best += 1
         # Only a new best carries a score, so the checkpoint kept as best is
@@ -149,7 +163,7 @@ def fit(
         checkpoint(score if improved else None)
         return bool(cfg.patience and progress.evals_since_best >= cfg.patience)
 
-    stop = progress.step >= total
+    stop = progress.step >= total or bool(cfg.patience and progress.evals_since_best >= cfg.patience)
     try:
         for epoch in range(progress.step // per_epoch, epochs):
             if stop:
@@ -175,7 +189,8 @@ def fit(
                     t_last = now
                     _log_train(runlog, bar, progress, jax.device_get(m), float(lr_at(progress.step)))
                 end_of_epoch = progress.step % per_epoch == 0 or progress.step >= total
-                if end_of_epoch or (cfg.eval_every and progress.step % cfg.eval_every == 0):
+                due = end_of_epoch or (cfg.eval_every and progress.step % cfg.eval_every == 0)
+                if due and (progress.step >= evaluate_from or progress.step >= total):
                     progress.train_seconds += time.perf_counter() - t_last
                     stop = run_eval() or progress.step >= total
                     t_last = time.perf_counter()

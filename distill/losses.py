@@ -112,7 +112,7 @@ def prediction_distill_loss(kind: str, name: str, s_logits, t_logits, batch, tem
     """The prediction-layer distillation loss for a task kind; (sum, count).
 
     classification: one distribution per example; regression: MSE on the
-    score; tagging: one distribution per real token; span: distributions of
+    score; tagging: one distribution per tagged token; span: distributions of
     the start and of the end over each example's real positions (averaged).
     """
     fn = logit_loss(name)
@@ -121,6 +121,9 @@ def prediction_distill_loss(kind: str, name: str, s_logits, t_logits, batch, tem
         return fn(s_logits, t_logits, w, temperature)
     token_mask = batch["attention_mask"].astype(jnp.float32) * w[:, None]
     if kind == "tagging":
+        # The tokens that carry a tag (each word's first piece), as in fine-tuning.
+        if "labels" in batch:
+            token_mask = token_mask * (batch["labels"] != IGNORE)
         return fn(s_logits, t_logits, token_mask, temperature)
     if kind == "span":
         # Positions past the sequence get a large negative logit in both models.

@@ -46,8 +46,9 @@ class LossConfig:
     hidden_weight: float = 0.0
     attention_weight: float = 0.0
     embedding_weight: float = 0.0
-    layer_map: str | tuple[int, ...] = "uniform"
-    """Teacher layer (0-based) matched by each student layer: 'uniform', 'first', 'last' or explicit."""
+    layer_map: str | tuple[int, ...] | None = None
+    """Teacher layer (0-based) matched by each student layer: 'uniform', 'first', 'last', explicit,
+    or None: the layers the student was initialised from (uniform for a random init)."""
     two_stage: bool = False
     """TinyBERT's schedule: intermediate terms first, then prediction terms."""
     intermediate_ratio: float = 0.5
@@ -120,12 +121,19 @@ def teacher_forward(model, params, batch: dict, cfg: LossConfig, layer_map: tupl
     return jax.lax.stop_gradient(TeacherOutputs(out.logits, hidden, attention))
 
 
-def init_projection(student_hidden: int, teacher_hidden: int, cfg: LossConfig) -> dict[str, Any] | None:
-    """The learned student-to-teacher width projection, when an intermediate hidden loss needs one."""
+def init_projection(student_hidden: int, teacher_hidden: int, cfg: LossConfig, start=None) -> dict[str, Any] | None:
+    """The learned student-to-teacher width projection, when an intermediate hidden loss needs one.
+
+    `start` (student, teacher) is its initial kernel, e.g. the transpose of
+    the init's hidden map (`init.hidden_map`); default: the identity on the
+    first dimensions.
+    """
     if student_hidden == teacher_hidden or not (cfg.hidden_weight or cfg.embedding_weight):
         return None
-    eye = jnp.eye(student_hidden, teacher_hidden, dtype=jnp.float32)
-    return {"kernel": eye, "bias": jnp.zeros((teacher_hidden,), jnp.float32)}
+    kernel = jnp.eye(student_hidden, teacher_hidden, dtype=jnp.float32) if start is None else jnp.asarray(start)
+    if kernel.shape != (student_hidden, teacher_hidden):
+        raise ValueError(f"projection start has shape {kernel.shape}, expected {(student_hidden, teacher_hidden)}")
+    return {"kernel": kernel.astype(jnp.float32), "bias": jnp.zeros((teacher_hidden,), jnp.float32)}
 
 
 def distill_loss(

@@ -38,7 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     g.add_argument("--hidden-weight", type=float, default=0.0)
     g.add_argument("--attention-weight", type=float, default=0.0, help="> 0 runs the teacher online")
     g.add_argument("--embedding-weight", type=float, default=0.0)
-    g.add_argument("--layer-map", default="uniform", help="teacher layer matched by each student layer")
+    g.add_argument(
+        "--layer-map", default=None, help="teacher layer matched by each student layer (default: those of --layers)"
+    )
     g.add_argument("--two-stage", action="store_true", help="TinyBERT: intermediate losses first, then prediction")
     g.add_argument("--intermediate-ratio", type=float, default=0.5)
     g = p.add_argument_group("augmentation")
@@ -48,8 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _layers(value: str):
-    if value in ("uniform", "first", "last"):
+def _layers(value: str | None):
+    if value is None or value in ("uniform", "first", "last"):
         return value
     try:
         return tuple(int(v) for v in value.split(","))

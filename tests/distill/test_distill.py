@@ -156,6 +156,8 @@ def test_fine_tunes_an_untuned_teacher_first_stsb_with_two_stages(tmp_path):
     train = [r for r in records if "train_loss" in r]
     assert "train_attention" in train[0] and "train_logits" not in train[0]  # stage 1: intermediate only
     assert "train_logits" in train[-1] and "train_attention" not in train[-1]  # stage 2: prediction only
+    dev = [r["step"] for r in records if "dev_pearson" in r]
+    assert dev and min(dev) >= results["steps"] // 2  # no evaluation (nor early stopping) in stage 1
 
 
 def test_tagging_student(tmp_path):
@@ -186,6 +188,10 @@ def test_bad_student_and_overwrite_errors(sst2, tmp_path):
     with pytest.raises(UserError, match="--resume"):
         distill(config(teacher, data, loop=LoopConfig(max_steps=2, batch_size=16)), tmp_path / "d")
     assert (tmp_path / "d" / "export" / "model.safetensors").is_file()  # nothing lost
+    other = config(teacher, data, optimizer=OptimizerConfig(learning_rate=1e-3),
+                   loop=LoopConfig(max_steps=2, batch_size=16, checkpoint_every=1))
+    with pytest.raises(UserError, match="other settings"):
+        distill(other, tmp_path / "d", resume=True)
 
 
 def test_exported_student_loads_in_transformers(sst2_run):

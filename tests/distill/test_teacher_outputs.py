@@ -73,7 +73,7 @@ def test_disk_cache_is_reused_and_keyed_by_features(setup, monkeypatch, tmp_path
     params = init_params(model, jax.random.key(0))
     features = data["sst2"]
     first = cached_teacher_outputs(model, params, features, teacher_key="t1", task="sst2", hidden_layers=(1, 2))
-    assert first.seconds > 0
+    assert first.seconds > 0 and isinstance(first.hidden[1], np.memmap)  # read back from the entry
     entries = list((tmp_path / "outputs").iterdir())
     assert len(entries) == 1 and entries[0].name.startswith("sst2-")
 
