@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 from helpers import write_conll, write_sst2, write_stsb, write_task_teacher, write_tiny_teacher
 
 from distill.augment import AugmentConfig
 from distill.checkpoint import Checkpointer
-from distill.distill import DistillConfig, distill, resolve_student
+from distill.distill import DistillConfig, distill, ensure_export, resolve_student
 from distill.evaluate import predict_features
 from distill.export import load_export
 from distill.finetune import FinetuneConfig, finetune
@@ -113,6 +114,27 @@ def test_export_holds_the_best_student_and_matches_its_checkpoint(sst2_run, sst2
     assert ckpt.best_step() == results["best"]["step"]
     student = {k: v for k, v in restored.items() if k != PROJ}
     np.testing.assert_array_equal(predict_features(loaded.model, student, dev), exported)
+
+
+def test_export_is_redone_when_it_misses_the_best_step(sst2_run, tmp_path):
+    """A run killed between exporting a new best and checkpointing it must not end with a stale export."""
+    import shutil
+
+    cfg, out, results = sst2_run
+    run = tmp_path / "copy"
+    shutil.copytree(out, run)
+    config_file = run / "export" / "config.json"
+    meta = json.loads(config_file.read_text())
+    meta["bertnas"]["dev"]["step"] = -1  # as if the export came from another step
+    config_file.write_text(json.dumps(meta))
+    loaded = load_export(out / "export")
+    like = {**abstract_params(loaded.model), PROJ: {"kernel": np.zeros((24, 36)), "bias": np.zeros(36)}}
+    summary = ensure_export(run / "export", run, loaded.arch, get_task("sst2"), like, results["best"], loaded.tokenizer, {})
+    assert json.loads(config_file.read_text())["bertnas"]["dev"]["step"] == results["best"]["step"]
+    assert summary["num_params"] == results["student_params"]
+    again = load_export(run / "export")
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_teacher_outputs_are_cached_across_runs(sst2_run, sst2, tmp_path, monkeypatch):
