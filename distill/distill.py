@@ -22,9 +22,11 @@ import dataclasses
 import itertools
 import json
 import logging
+import os
+import pickle
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -41,7 +43,7 @@ from distill.modeling import build_model
 from distill.objective import PROJ, LossConfig, init_projection
 from distill.losses import task_loss
 from distill.optim import OptimizerConfig
-from distill.runlog import RunLog, config_key
+from distill.runlog import RunLog, cache_root, config_key
 from distill.teacher import DEFAULT_TEACHER, LoadedBert, load_bert, weights_fingerprint
 from distill.teacher_outputs import cached_teacher_outputs, features_fingerprint
 from distill.train import TrainState, make_train_step
@@ -50,7 +52,7 @@ from tasks.batching import batches, default_buckets
 from tasks.datafiles import resolve_data_dir
 from tasks.errors import UserError
 from tasks.features import Features, encode
-from tasks.readers import read_split
+from tasks.readers import read_split, split_off
 from tasks.registry import get_task
 
 log = logging.getLogger(__name__)
@@ -73,6 +75,9 @@ class DistillConfig:
     train_limit: int | None = None
     """Use only the first N training examples (smoke runs, tests)."""
     dev_limit: int | None = None
+    validation: int = 0
+    """Hold out this many training examples (a fixed seeded draw) and evaluate and select on them
+    instead of dev, which then stays unseen (architecture search does this)."""
     teacher_epochs: int = 2
     """Epochs of teacher fine-tuning when the teacher is not yet fine-tuned on the task."""
 
@@ -158,11 +163,7 @@ def training_features(cfg: DistillConfig, task: Task, teacher: LoadedBert, train
 
 def student_init(cfg: DistillConfig, task: Task, teacher: LoadedBert, student: BertArch, train: Features) -> dict:
     """The student's train-time parameters: the model's, plus the hidden projection when a loss needs it."""
-    scores = None
-    if cfg.init.needs_importance:
-        sample = batches(train, 32, buckets=default_buckets(train.max_length), shuffle=True, seed=cfg.loop.seed)
-        sample = itertools.islice(sample, cfg.init.importance_batches)
-        scores = importance_scores(teacher.model, teacher.params, sample, task_loss(task.kind))
+    scores = cached_importance(cfg, task, teacher, train) if cfg.init.needs_importance else None
     params = init_student(
         student, teacher.arch, teacher.params, head=task.kind, num_labels=task.num_labels,
         cfg=cfg.init, scores=scores, seed=cfg.loop.seed,
@@ -170,6 +171,31 @@ def student_init(cfg: DistillConfig, task: Task, teacher: LoadedBert, student: B
     start = hidden_map(student, teacher.arch, teacher.params, cfg.init, scores)
     proj = init_projection(student.hidden_size, teacher.arch.hidden_size, cfg.loss, None if start is None else start.T)
     return params if proj is None else {**params, PROJ: proj}
+
+
+def cached_importance(cfg: DistillConfig, task: Task, teacher: LoadedBert, train: Features):
+    """The teacher's head / FFN / hidden importance on task data, cached on disk like its outputs
+    (every search trial initialises from the same scores)."""
+    key = config_key({
+        "teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train),
+        "seed": cfg.loop.seed, "batches": cfg.init.importance_batches,
+    })
+    path = cache_root() / "importance" / f"{task.name}-{key}.pkl"
+    if path.is_file():
+        try:
+            with open(path, "rb") as fh:
+                return pickle.load(fh)
+        except (OSError, pickle.UnpicklingError, EOFError) as e:
+            log.warning("%s: unreadable importance cache (%s); recomputing", path, e)
+    sample = batches(train, 32, buckets=default_buckets(train.max_length), shuffle=True, seed=cfg.loop.seed)
+    sample = itertools.islice(sample, cfg.init.importance_batches)
+    scores = importance_scores(teacher.model, teacher.params, sample, task_loss(task.kind))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        pickle.dump(jax.device_get(scores), fh)
+    os.replace(tmp, path)
+    return scores
 
 
 def student_params(params: dict) -> dict:
@@ -187,14 +213,38 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
     return config_key({"settings": settings, "teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train)})
 
 
-def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False, use_cache: bool = True) -> dict[str, Any]:
-    """Distil `cfg.teacher` into `cfg.student` on `cfg.task`; returns the results dict (also in results.json)."""
+def read_data(cfg: DistillConfig, task: Task, data_dir) -> tuple[list, list, str]:
+    """(training examples, evaluation examples, evaluation split name): dev, or a validation slice of train."""
+    train_ex = read_split(task, "train", data_dir, limit=cfg.train_limit)
+    if not cfg.validation:
+        return train_ex, read_split(task, "dev", data_dir, limit=cfg.dev_limit), "dev"
+    if cfg.validation >= len(train_ex):
+        raise UserError(f"validation: cannot hold out {cfg.validation} of the {len(train_ex)} training examples")
+    return (*split_off(train_ex, cfg.validation), "validation")
+
+
+def distill(
+    cfg: DistillConfig,
+    output_dir: str | Path,
+    *,
+    resume: bool = False,
+    use_cache: bool = True,
+    report: Callable[[int, dict, dict | None], None] | None = None,
+    teacher_eval: dict | None = None,
+) -> dict[str, Any]:
+    """Distil `cfg.teacher` into `cfg.student` on `cfg.task`; returns the results dict (also in results.json).
+
+    `report(step, result, best)` is called after each evaluation, once its
+    checkpoint and (on a new best, `best["step"] == step`) export are written:
+    a search trial reports to Ray Tune there, and its scheduler may stop the run.
+    `teacher_eval`: the teacher's metrics on the evaluation split when the caller
+    already has them (search trials), so the teacher is not evaluated again.
+    """
     task = get_task(cfg.task)
     data_dir = resolve_data_dir(task, cfg.data_dir)
     out = Path(output_dir)
     refuse_overwrite(out, resume)
-    train_ex = read_split(task, "train", data_dir, limit=cfg.train_limit)
-    dev_ex = read_split(task, "dev", data_dir, limit=cfg.dev_limit)
+    train_ex, dev_ex, eval_split = read_data(cfg, task, data_dir)
     times = Stage()
     teacher, times.teacher = fine_tuned_teacher(
         dataclasses.replace(cfg, data_dir=str(data_dir)), task, out, resume=resume, use_cache=use_cache
@@ -216,8 +266,8 @@ def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False,
             hidden_layers=hidden_layers, batch_size=cfg.eval_batch_size, use_cache=use_cache,
         )
         times.labelling = cache.seconds
-    teacher_dev = evaluate_model(teacher.model, teacher_params, task, dev, dev_ex, cfg.eval_batch_size)
-    log.info("teacher dev %s=%.4f", task.metric, teacher_dev[task.metric])
+    teacher_dev = teacher_eval or evaluate_model(teacher.model, teacher_params, task, dev, dev_ex, cfg.eval_batch_size)
+    log.info("teacher %s %s=%.4f", eval_split, task.metric, teacher_dev[task.metric])
 
     t0 = time.perf_counter()
     model = build_model(student, task.kind, task.num_labels)
@@ -237,7 +287,7 @@ def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False,
         return batch, ((teacher_params,) if online else (cache.gather(batch, hidden_layers),))
 
     export_dir = out / "export"
-    export_meta = {"teacher": str(teacher.path), "teacher_dev": teacher_dev}
+    export_meta = {"teacher": str(teacher.path), "teacher_dev": teacher_dev, "eval_split": eval_split}
 
     def on_best(params, best):
         export_model(export_dir, student, jax.device_get(student_params(params)), teacher.tokenizer, task,
@@ -261,6 +311,7 @@ def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False,
         metric=task.metric,
         on_best=on_best,
         prepare=prepare,
+        on_eval=report,
         # Two stages: the dev metric means nothing before the prediction stage.
         evaluate_from=int(cfg.loss.intermediate_ratio * total) if cfg.loss.two_stage else 0,
         run_key=run_key(cfg, teacher, train),
@@ -274,6 +325,7 @@ def distill(cfg: DistillConfig, output_dir: str | Path, *, resume: bool = False,
     results = {
         "task": task.name,
         "metric": task.metric,
+        "eval_split": eval_split,
         "teacher_dir": str(teacher.path),
         "teacher_dev": teacher_dev,
         "student": student.name,

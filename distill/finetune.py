@@ -130,6 +130,10 @@ def finetune(
     teacher_dir = resolve_model_dir(cfg.teacher)
     data_files = [split_path(task, s, data_dir) for s in ("train", "dev")]
     cached = _cache_dir(cfg, teacher_dir, data_files)
+    if resume and (out / "results.json").is_file() and (out / "teacher" / "config.json").is_file():
+        # A finished run: resuming it changes nothing (and keeps the teacher's bytes, which keys depend on).
+        log.info("%s: already finished; nothing to resume", out)
+        return {**_read_json(out / "results.json"), "teacher_dir": str(out / "teacher")}
     if use_cache and not resume and (cached / "results.json").is_file():
         log.info("reusing the cached fine-tuned teacher %s", cached)
         out.mkdir(parents=True, exist_ok=True)

@@ -102,6 +102,7 @@ def fit(
     metric: str,
     on_best: Callable[[Any, dict], None],
     prepare: Callable[[dict], tuple[dict, tuple]] = lambda batch: (batch, ()),
+    on_eval: Callable[[int, dict, dict | None], None] | None = None,
     evaluate_from: int = 0,
     run_key: str = "",
     resume: bool = False,
@@ -115,7 +116,9 @@ def fit(
     (e.g. the teacher's outputs for the batch) and returns (state, metrics)
     with metrics `loss_sum`, `loss_count`, `grad_norm` and optional
     `<term>_sum` / `<term>_count` pairs, each logged as a mean.
-    `on_best(params, best)` gets `best` = {"step", metrics...}. Evaluations
+    `on_best(params, best)` gets `best` = {"step", metrics...}; after each
+    evaluation's checkpoint, `on_eval(step, result, best)` with `best` as for `on_best` (e.g. a
+    search trial's report, which may stop the run there). Evaluations
     (and early stopping) start at step `evaluate_from`. `run_key` identifies
     the run's settings: resuming a checkpoint saved under another key fails.
     """
@@ -161,6 +164,9 @@ def fit(
         # Only a new best carries a score, so the checkpoint kept as best is
         # `progress.best` (ties go to the earlier step, as in the export).
         checkpoint(score if improved else None)
+        if on_eval is not None:
+            ckpt.wait()  # the caller may end the process (a stopped search trial): no half-written save
+            on_eval(progress.step, result, progress.best)
         return bool(cfg.patience and progress.evals_since_best >= cfg.patience)
 
     stop = progress.step >= total or bool(cfg.patience and progress.evals_since_best >= cfg.patience)

@@ -93,3 +93,15 @@ class RunLog:
         self._file.close()
         if self._tb is not None:
             self._tb.close()
+
+
+def enable_compilation_cache() -> Path:
+    """Persist XLA compilations under `cache_root()/jax`, so repeated shapes (search trials) compile once."""
+    import jax
+
+    path = cache_root() / "jax"
+    path.mkdir(parents=True, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", str(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return path

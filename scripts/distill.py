@@ -24,6 +24,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--teacher", default="minilm", help="fine-tuned teacher directory, or a pre-trained one")
     p.add_argument("--teacher-epochs", type=int, default=2, help="epochs when the teacher must be fine-tuned first")
     p.add_argument("--student", default="4L-312", help="architecture name or JSON file")
+    p.add_argument(
+        "--validation", type=int, default=0,
+        help="hold out N training examples and select on them instead of dev (dev stays unseen)",
+    )
     g = p.add_argument_group("initialisation")
     g.add_argument("--init", default="teacher", choices=["teacher", "random"])
     g.add_argument("--layers", default="uniform", help="teacher layers for the student: uniform, first, last or 0,2,3,5")
@@ -96,6 +100,7 @@ def main(argv=None) -> int:
         loop=cli.loop_from_args(args),
         train_limit=args.train_limit,
         dev_limit=args.dev_limit,
+        validation=args.validation,
         teacher_epochs=args.teacher_epochs,
     )
     results = distill(cfg, args.output, resume=args.resume, use_cache=not args.no_cache)

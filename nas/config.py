@@ -1,0 +1,98 @@
+"""The search's settings: one frozen dataclass, written to the output directory.
+
+`SearchConfig` names everything a search depends on (task, teacher, space,
+budget, per-trial training, constraints, Ray resources); `smoke(cfg)` turns
+any config into the end-to-end smoke run (a small data slice, 4 tiny trials).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from distill.teacher import DEFAULT_TEACHER
+from nas.cost import Constraints
+from tasks.errors import UserError
+
+ALGORITHMS = ("tpe", "nsga2", "random")
+SCHEDULERS = ("asha", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchConfig:
+    task: str = "sst2"
+    teacher: str = DEFAULT_TEACHER
+    """A teacher fine-tuned on the task, or a pre-trained one (fine-tuned first, through the cache)."""
+    data_dir: str | None = None
+    space: str = "default"
+    """A preset name (see `nas.space.PRESETS`) or a .json / .yaml file."""
+    num_samples: int = 24
+    """Candidates to try (the time budget may end the search earlier)."""
+    budget_minutes: float = 60.0
+    """Wall-clock bound of the whole run, teacher fine-tuning included."""
+    trial_steps: int = 600
+    """Distillation steps of a candidate that is not stopped early."""
+    evals_per_trial: int = 3
+    """Validation evaluations per candidate: the early-stopping scheduler's rungs."""
+    batch_size: int = 32
+    validation: int = 2000
+    """Training examples held out to compare candidates; dev only reports the final front."""
+    augment: int = 0
+    """Augmented copies per training example for every trial (labelled once, through the cache)."""
+    constraints: Constraints = Constraints()
+    algorithm: str = "tpe"
+    """Optuna sampler: multi-objective TPE, NSGA-II, or random."""
+    scheduler: str = "asha"
+    reduction_factor: int = 3
+    address: str | None = None
+    """Ray cluster address ('auto', 'ray://...'); None starts a local Ray."""
+    cpus_per_trial: float = 0
+    """0: all the CPUs of a node (one trial at a time on a laptop)."""
+    gpus_per_trial: float = 0
+    storage_path: str | None = None
+    """Where Ray keeps trial results and checkpoints (shared FS or cloud URI); default OUTPUT/ray."""
+    teacher_epochs: int = 2
+    train_limit: int | None = None
+    dev_limit: int | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.algorithm not in ALGORITHMS:
+            raise UserError(f"algorithm: {self.algorithm!r} is not one of {list(ALGORITHMS)}")
+        if self.scheduler not in SCHEDULERS:
+            raise UserError(f"scheduler: {self.scheduler!r} is not one of {list(SCHEDULERS)}")
+        for name in ("num_samples", "trial_steps", "evals_per_trial", "batch_size", "teacher_epochs"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name}: must be >= 1, got {getattr(self, name)}")
+        if self.evals_per_trial > self.trial_steps:
+            raise UserError(f"evals_per_trial: {self.evals_per_trial} evaluations need >= as many trial_steps")
+        if self.budget_minutes <= 0:
+            raise UserError(f"budget_minutes: must be > 0, got {self.budget_minutes}")
+        if self.validation < 1:
+            raise UserError("validation: the search needs held-out training examples (>= 1) to compare candidates")
+        if self.cpus_per_trial < 0 or self.gpus_per_trial < 0:
+            raise UserError("cpus_per_trial / gpus_per_trial: must be >= 0")
+        if self.reduction_factor < 2:
+            raise UserError(f"reduction_factor: must be >= 2, got {self.reduction_factor}")
+        if self.augment < 0:
+            raise UserError(f"augment: must be >= 0, got {self.augment}")
+
+    @property
+    def eval_every(self) -> int:
+        return max(1, self.trial_steps // self.evals_per_trial)
+
+
+def smoke(cfg: SearchConfig) -> SearchConfig:
+    """The smoke run: teacher fine-tuned on a small slice, 4 tiny candidates, a few steps each."""
+    return dataclasses.replace(
+        cfg,
+        space=cfg.space if cfg.space != "default" else "smoke",
+        num_samples=4,
+        trial_steps=24,
+        evals_per_trial=2,
+        validation=64,
+        train_limit=448,
+        dev_limit=128,
+        teacher_epochs=1,
+        budget_minutes=min(cfg.budget_minutes, 10.0),
+        augment=0,
+    )

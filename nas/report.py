@@ -1,0 +1,95 @@
+"""What a search leaves behind: the trial table, the Pareto front, the plot and the leaderboard.
+
+Rows are plain dicts, one per trial (see `COLUMNS`); `pareto_front` keeps the
+trained candidates that no other candidate beats on both the metric (higher is
+better) and the measured batch-1 latency (lower is better).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+from distill.runlog import write_json
+
+COLUMNS = (
+    "trial_id", "status", "arch", "params", "flops", "latency_ms", "batch_latency_ms", "speedup",
+    "val_metric", "dev_metric", "steps", "seconds", "learning_rate", "temperature", "hard_weight",
+    "hidden_weight", "init_layers", "pareto", "export", "error",
+)
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def pareto_front(rows: list[dict], metric: str = "val_metric", cost: str = "latency_ms") -> list[dict]:
+    """Rows not dominated on (metric up, cost down), best metric first; rows without both values never qualify."""
+    ok = [r for r in rows if r.get("status") in ("completed", "stopped") and _finite(r.get(metric)) and _finite(r.get(cost))]
+
+    def dominated(r):
+        return any(
+            o[metric] >= r[metric] and o[cost] <= r[cost] and (o[metric] > r[metric] or o[cost] < r[cost]) for o in ok
+        )
+
+    return sorted((r for r in ok if not dominated(r)), key=lambda r: (-r[metric], r[cost]))
+
+
+def write_table(out: Path, rows: list[dict], summary: dict) -> None:
+    """`results.csv` (one line per trial) and `results.json` (the summary plus every row)."""
+    with open(out / "results.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=COLUMNS, extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _cell(r.get(k)) for k in COLUMNS})
+    write_json(out / "results.json", {**summary, "trials": rows})
+
+
+def _cell(v):
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else f"{v:.6g}"
+    return "" if v is None else v
+
+
+def plot(path: Path, rows: list[dict], front: list[dict], teacher: dict, metric_name: str) -> None:
+    """Metric against batch-1 latency: every trained candidate, the front highlighted, the teacher marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    pts = [r for r in rows if _finite(r.get("val_metric")) and _finite(r.get("latency_ms"))]
+    ax.scatter([r["latency_ms"] for r in pts], [r["val_metric"] for r in pts], c="0.6", s=18, label="candidates")
+    if front:
+        ax.plot([r["latency_ms"] for r in front], [r["val_metric"] for r in front], "o-", c="C0", label="Pareto front")
+        for r in front:
+            ax.annotate(r["arch"], (r["latency_ms"], r["val_metric"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    if _finite(teacher.get("latency_ms")) and _finite(teacher.get("val_metric")):
+        ax.scatter([teacher["latency_ms"]], [teacher["val_metric"]], marker="*", s=160, c="C3", label="teacher", zorder=3)
+    ax.set_xscale("log")
+    ax.set_xlabel("latency, batch 1 (ms, log scale)")
+    ax.set_ylabel(f"validation {metric_name}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def leaderboard(front: list[dict], teacher: dict, metric_name: str) -> str:
+    """The Pareto front as a short text table (printed at the end of a search)."""
+    lines = [
+        f"{'model':<34} {'params':>8} {'ms (b=1)':>9} {'speedup':>8} {'val ' + metric_name:>14} {'dev ' + metric_name:>14}",
+    ]
+
+    def line(name, r):
+        speed = f"{r['speedup']:.2f}x" if _finite(r.get("speedup")) else "-"
+        dev = f"{r['dev_metric']:.4f}" if _finite(r.get("dev_metric")) else "-"
+        val = f"{r['val_metric']:.4f}" if _finite(r.get("val_metric")) else "-"
+        return f"{name:<34} {r['params'] / 1e6:>7.2f}M {r['latency_ms']:>9.2f} {speed:>8} {val:>14} {dev:>14}"
+
+    lines.append(line("teacher", {**teacher, "speedup": 1.0}))
+    lines += [line(r["arch"], r) for r in front]
+    return "\n".join(lines)

@@ -1,0 +1,260 @@
+"""The architecture search space, as data (after HAT's `space0.yml`).
+
+A `SearchSpace` holds one tuple of choices per dimension: the number of
+layers, the hidden size, the attention heads and FFN size of each layer, plus
+the distillation knobs (learning rate, temperature, loss weights, layer map).
+`sample(trial, teacher)` is an Optuna define-by-run function that only samples:
+first the layer count and the hidden size, then each layer's heads and FFN size
+(`heads_0`, `ffn_0`, ... for the sampled layers only; one `heads` and one `ffn`
+when `heterogeneous` is False), then the knobs. It returns a JSON-friendly dict
+that `arch(sample, teacher)` turns into the student `BertArch` and
+`knobs(sample)` into the distillation settings.
+
+Optuna naming. Optuna rejects a parameter name whose choice list changes
+between trials, and a layer may only take heads with heads * head_size <=
+hidden. So the heads of a layer are drawn from the choices that fit the
+sampled hidden size, under a name that is unique to that filtered list: the
+plain name (`heads_0`) when every choice fits, else the name plus the largest
+fitting choice (`heads_0@max4`). The filtered list is exactly the choices
+<= hidden / head_size, so its largest member identifies it, and hidden sizes
+with the same list share one parameter (TPE learns across them). A dimension
+with a single choice is constant: it is not suggested, only returned.
+
+Checks that need no teacher run on construction (`SpaceError` naming the
+field); `validate(teacher)` checks the space against the teacher.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from distill.config import BertArch
+from tasks.errors import UserError
+
+# distill.init.LAYER_MAPS (not imported: that module pulls in JAX).
+LAYER_MAPS = ("uniform", "first", "last")
+INT_FIELDS = ("layers", "hidden", "heads", "ffn")
+FLOAT_FIELDS = ("learning_rate", "temperature", "hard_weight", "hidden_weight")
+KNOBS = (*FLOAT_FIELDS, "init_layers")
+
+
+class SpaceError(UserError, ValueError):
+    """An invalid search space; the message names the field (and the file when read from one)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSpace:
+    name: str = "custom"
+    layers: tuple[int, ...] = (1, 2, 3, 4)  # choices for the number of layers
+    hidden: tuple[int, ...] = (128, 192, 256, 320, 384)  # hidden size choices
+    heads: tuple[int, ...] = (2, 4, 6, 8, 12)  # attention heads per layer (choices)
+    ffn: tuple[int, ...] = (256, 512, 768, 1024, 1536)  # FFN size per layer (choices)
+    head_size: int = 0  # 0: the teacher's head size
+    heterogeneous: bool = True  # sample heads and FFN per layer; False: one value for all layers
+    learning_rate: tuple[float, ...] = (1e-4, 2e-4, 3e-4)
+    temperature: tuple[float, ...] = (1.0,)
+    hard_weight: tuple[float, ...] = (0.5,)
+    hidden_weight: tuple[float, ...] = (0.0,)
+    init_layers: tuple[str, ...] = ("uniform",)  # distill.init layer maps: 'uniform', 'first', 'last'
+
+    def __post_init__(self):
+        for field in (*INT_FIELDS, *FLOAT_FIELDS, "init_layers"):
+            values = _as_tuple(field, getattr(self, field))
+            if field in INT_FIELDS:
+                values = tuple(_int(field, v) for v in values)
+            elif field in FLOAT_FIELDS:
+                values = tuple(_float(field, v) for v in values)
+            object.__setattr__(self, field, values)
+            dup = sorted({v for v in values if values.count(v) > 1})
+            _check(not dup, field, f"duplicate choices {dup}")
+        _check(isinstance(self.name, str) and bool(self.name), "name", f"must be a non-empty string, got {self.name!r}")
+        het = self.heterogeneous
+        _check(isinstance(het, bool), "heterogeneous", f"must be true or false, got {het!r}")
+        hs = self.head_size
+        _check(not isinstance(hs, bool) and isinstance(hs, int) and hs >= 0, "head_size",
+               f"must be an integer >= 0 (0: the teacher's), got {hs!r}")
+        _check(all(v > 0 for v in self.learning_rate), "learning_rate", f"must be > 0, got {self.learning_rate}")
+        _check(all(v > 0 for v in self.temperature), "temperature", f"must be > 0, got {self.temperature}")
+        for field in ("hard_weight", "hidden_weight"):
+            _check(all(v >= 0 for v in getattr(self, field)), field, f"must be >= 0, got {getattr(self, field)}")
+        bad = [v for v in self.init_layers if v not in LAYER_MAPS]
+        _check(not bad, "init_layers", f"{bad} not valid; valid: {', '.join(LAYER_MAPS)}")
+
+    # --------------------------------------------------------------- teacher
+    def resolved_head_size(self, teacher: BertArch) -> int:
+        return self.head_size or teacher.head_size
+
+    def validate(self, teacher: BertArch) -> None:
+        """Raise `SpaceError` naming the field where the space does not fit `teacher`."""
+        hs = self.resolved_head_size(teacher)
+        _check(hs <= teacher.head_size, "head_size", f"{hs} exceeds the teacher's head size {teacher.head_size}")
+        for field, limit, what in (
+            ("layers", teacher.num_layers, "{} layers"),
+            ("hidden", teacher.hidden_size, "hidden size {}"),
+            ("ffn", max(teacher.ffn_sizes), "largest FFN size {}"),
+            ("heads", max(teacher.num_heads), "largest head count {}"),
+        ):
+            for v in getattr(self, field):
+                _check(v <= limit, field, f"{v} exceeds the teacher's {what.format(limit)}")
+        for h in self.hidden:
+            _check(h % hs == 0, "hidden", f"{h} is not a multiple of the head size {hs}")
+            _check(bool(self._fitting_heads(h, hs)), "heads",
+                   f"no choice in {list(self.heads)} fits hidden {h} (at most {h // hs} heads of size {hs})")
+
+    def size(self, teacher: BertArch) -> int:
+        """The number of distinct student architectures in the space."""
+        hs, n = self.resolved_head_size(teacher), 0
+        for h in self.hidden:
+            per_layer = len(self._fitting_heads(h, hs)) * len(self.ffn)
+            n += sum(per_layer**layers if self.heterogeneous else per_layer for layers in self.layers)
+        return n
+
+    def _fitting_heads(self, hidden: int, head_size: int) -> tuple[int, ...]:
+        return tuple(h for h in self.heads if h * head_size <= hidden)
+
+    # -------------------------------------------------------------- sampling
+    def sample(self, trial: Any, teacher: BertArch) -> dict[str, Any]:
+        """Optuna define-by-run: sample one student and its knobs (no computation)."""
+        layers = int(_pick(trial, "layers", self.layers))
+        hidden = int(_pick(trial, "hidden", self.hidden))
+        fit = self._fitting_heads(hidden, self.resolved_head_size(teacher))
+        _check(bool(fit), "heads", f"no choice fits hidden {hidden}; call validate(teacher) first")
+        suffix = "" if len(fit) == len(self.heads) else f"@max{max(fit)}"
+        names = [f"_{i}" for i in range(layers)] if self.heterogeneous else [""]
+        heads = [int(_pick(trial, f"heads{n}{suffix}", fit)) for n in names]
+        ffn = [int(_pick(trial, f"ffn{n}", self.ffn)) for n in names]
+        if not self.heterogeneous:
+            heads, ffn = heads * layers, ffn * layers
+        out: dict[str, Any] = {"layers": layers, "hidden": hidden, "heads": heads, "ffn": ffn}
+        for field in FLOAT_FIELDS:
+            out[field] = float(_pick(trial, field, getattr(self, field)))
+        out["init_layers"] = str(_pick(trial, "init_layers", self.init_layers))
+        return out
+
+    def arch(self, sample: dict[str, Any], teacher: BertArch) -> BertArch:
+        """The student of `sample`; vocabulary, positions and the rest come from the teacher."""
+        return teacher.replace(
+            num_layers=int(sample["layers"]),
+            hidden_size=int(sample["hidden"]),
+            head_size=self.resolved_head_size(teacher),
+            num_heads=tuple(int(h) for h in sample["heads"]),
+            ffn_sizes=tuple(int(f) for f in sample["ffn"]),
+        )
+
+    @staticmethod
+    def knobs(sample: dict[str, Any]) -> dict[str, Any]:
+        """The distillation settings of `sample`: learning rate, temperature, weights, layer map."""
+        return {k: sample[k] for k in KNOBS}
+
+    # ------------------------------------------------------------- (de)serialise
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Any, source: str = "search space") -> SearchSpace:
+        if not isinstance(d, dict):
+            raise SpaceError(f"{source}: expected a mapping of search space fields, got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise SpaceError(f"{source}: unknown search space field(s) {unknown}; valid: {', '.join(names)}")
+        try:
+            return cls(**d)
+        except SpaceError as e:
+            raise SpaceError(f"{source}: {e}") from None
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SearchSpace:
+        """Read a `.json`, `.yaml` or `.yml` file; the name defaults to the file's stem."""
+        path = Path(path)
+        suffix = path.suffix.lower()
+        if suffix not in (".json", ".yaml", ".yml"):
+            raise SpaceError(f"{path}: a search space file must end in .json, .yaml or .yml")
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise SpaceError(f"{path}: cannot read the search space file ({e.strerror or e})") from None
+        try:
+            d = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
+        except (json.JSONDecodeError, yaml.YAMLError) as e:
+            raise SpaceError(f"{path}: malformed {'JSON' if suffix == '.json' else 'YAML'}: {e}") from None
+        if isinstance(d, dict):
+            d.setdefault("name", path.stem)
+        return cls.from_dict(d, source=str(path))
+
+
+def _pick(trial: Any, name: str, choices: tuple) -> Any:
+    """A single choice is a constant (not suggested); else a categorical suggestion."""
+    return choices[0] if len(choices) == 1 else trial.suggest_categorical(name, list(choices))
+
+
+def _as_tuple(field: str, value: Any) -> tuple:
+    values = (value,) if isinstance(value, (str, int, float)) else value
+    try:
+        values = tuple(values)
+    except TypeError:
+        raise SpaceError(f"{field}: expected a list of choices, got {value!r}") from None
+    _check(bool(values), field, "empty choice list")
+    return values
+
+
+def _int(field: str, v: Any) -> int:
+    ok = not isinstance(v, bool) and isinstance(v, int) and v >= 1
+    _check(ok, field, f"choices must be positive integers, got {v!r}")
+    return int(v)
+
+
+def _float(field: str, v: Any) -> float:
+    # YAML 1.1 reads `1e-4` (no dot) as a string, so numeric strings are accepted.
+    try:
+        f = float(v) if not isinstance(v, bool) else math.nan
+    except (TypeError, ValueError):
+        f = math.nan
+    _check(math.isfinite(f), field, f"choices must be finite numbers, got {v!r}")
+    return f
+
+
+def _check(ok: bool, field: str, problem: str) -> None:
+    if not ok:
+        raise SpaceError(f"{field}: {problem}")
+
+
+_DEFAULT = SearchSpace(
+    name="default",
+    layers=(2, 3, 4),
+    hidden=(128, 192, 256, 320, 384),
+    heads=(2, 4, 6, 8, 12),
+    ffn=(384, 512, 768, 1024, 1536),
+    learning_rate=(1e-4, 2e-4, 3e-4),
+    temperature=(1.0, 2.0),
+)
+PRESETS: dict[str, SearchSpace] = {
+    # For a MiniLM-sized teacher: 6 layers, hidden 384, 12 heads of 32, FFN 1536.
+    "default": _DEFAULT,
+    # The same sizes, one heads / FFN value shared by all layers.
+    "uniform": dataclasses.replace(_DEFAULT, name="uniform", heterogeneous=False),
+    # `--smoke-test` with a MiniLM-sized teacher: small, fast candidates.
+    "smoke": dataclasses.replace(
+        _DEFAULT, name="smoke", layers=(1, 2), hidden=(64, 128), heads=(1, 2), ffn=(64, 128), learning_rate=(1e-3,)
+    ),
+    # For tiny test teachers (2 layers, hidden 36, head size 12, FFN 37).
+    "tiny": dataclasses.replace(
+        _DEFAULT, name="tiny", layers=(1, 2), hidden=(24, 36), heads=(1, 2, 3), ffn=(16, 37), learning_rate=(1e-3,)
+    ),
+}
+
+
+def get_space(spec: str | Path) -> SearchSpace:
+    """A preset name (`default`, `uniform`, `smoke`, `tiny`) or the path of a .json / .yaml file."""
+    if str(spec) in PRESETS:
+        return PRESETS[str(spec)]
+    if Path(spec).suffix.lower() in (".json", ".yaml", ".yml") or Path(spec).exists():
+        return SearchSpace.from_file(spec)
+    presets = ", ".join(sorted(PRESETS))
+    raise SpaceError(f"unknown search space {str(spec)!r}; presets: {presets}, or a .json/.yaml/.yml file")

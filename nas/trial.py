@@ -1,0 +1,151 @@
+"""One search trial, run by Ray Tune in a worker process: cost check, then distillation.
+
+`run_trial(config, setup)` turns the sampled config into a student, measures
+its cost on the worker's device (cached per architecture and device), and
+either rejects it (a constraint is broken: nothing is trained) or distils it
+with `distill.distill` on the held-out-validation setup the driver prepared.
+The teacher's outputs come from the driver's cache: no teacher forward here.
+After every evaluation the trial reports to Tune (so the scheduler can stop
+it) with the best exported student so far as the trial's checkpoint.
+
+An exception or a non-finite loss fails the trial (Tune records the error)
+and the search goes on.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from pathlib import Path
+
+from distill.config import BertArch
+from distill.distill import DistillConfig, distill
+from distill.runlog import enable_compilation_cache, write_json
+from nas.cost import Constraints, CostModel
+from nas.space import SearchSpace
+
+REJECTED = -1.0
+"""The metric value reported for a rejected candidate (worse than any trained one)."""
+OBJECTIVE_LATENCY = "objective_latency_ms"
+"""The latency Optuna minimises: the measured one, or a huge value for a rejected or failed candidate,
+so that it never looks non-dominated (its real latency stays in `latency_ms`)."""
+WORST_LATENCY = 1e9
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialSetup:
+    """Everything a trial needs besides its sampled config (pickled to the workers)."""
+
+    base: DistillConfig
+    """Teacher already fine-tuned, data and validation slice fixed, loop = one trial's budget."""
+    space: SearchSpace
+    teacher_arch: BertArch
+    head: str
+    num_labels: int
+    seq_len: int
+    constraints: Constraints
+    metric: str
+    """The name reported to Tune, e.g. `val_accuracy`."""
+    task_metric: str
+    cache_root: str
+    teacher_eval: dict
+    """The teacher's metrics on the validation slice (measured once by the driver)."""
+
+
+def trial_distill_config(setup: TrialSetup, sample: dict, student_file: str) -> DistillConfig:
+    """The distillation settings of one candidate: the base config with the sampled knobs."""
+    base = setup.base
+    return dataclasses.replace(
+        base,
+        student=student_file,
+        optimizer=dataclasses.replace(base.optimizer, learning_rate=float(sample["learning_rate"])),
+        loss=dataclasses.replace(
+            base.loss,
+            temperature=float(sample["temperature"]),
+            hard_weight=float(sample["hard_weight"]),
+            hidden_weight=float(sample["hidden_weight"]),
+        ),
+        init=dataclasses.replace(base.init, layers=sample["init_layers"]),
+    )
+
+
+def candidate_cost(setup: TrialSetup, arch: BertArch):
+    """Analytic size and measured latency of `arch` and its speedup over the teacher (this device)."""
+    model = CostModel(setup.head, setup.num_labels, setup.seq_len)
+    return model.cost(arch).with_speedup(model.cost(setup.teacher_arch))
+
+
+def _trial_dir(ctx) -> Path:
+    """The trial's directory in the search's storage when that is a local (or shared) file system, so a
+    resumed search finds the trial's own checkpoints; else the worker's local trial directory."""
+    try:
+        storage = ctx.get_storage()
+        if storage.storage_filesystem.type_name == "local":
+            return Path(storage.trial_fs_path)
+    except Exception:  # noqa: BLE001 (an older or newer Ray without this internal API)
+        pass
+    return Path(ctx.get_trial_dir())
+
+
+def run_trial(config: dict, setup: TrialSetup) -> None:
+    from ray import tune
+
+    os.environ.setdefault("BERTNAS_CACHE", setup.cache_root)
+    # Trials may share a GPU with each other and the driver: allocate on demand (read at JAX's first use).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    enable_compilation_cache()
+    trial_dir = _trial_dir(tune.get_context())
+    arch = setup.space.arch(config, setup.teacher_arch)
+    t0 = time.perf_counter()
+    cost = candidate_cost(setup, arch)
+    info = {
+        "cost_seconds": time.perf_counter() - t0,
+        "arch": arch.name,
+        "params": cost.params,
+        "flops": cost.flops,
+        "latency_ms": cost.latency_ms,
+        "batch_latency_ms": cost.batch_latency_ms,
+        "speedup": cost.speedup,
+    }
+    violations = setup.constraints.violations(cost)
+    if violations:
+        tune.report({
+            setup.metric: REJECTED, OBJECTIVE_LATENCY: WORST_LATENCY, "status": "rejected",
+            "reason": "; ".join(violations), "step": 0, **info,
+        })
+        return
+
+    out = trial_dir / "run"
+    out.mkdir(parents=True, exist_ok=True)
+    student_file = out / "student.json"
+    write_json(student_file, arch.to_dict())
+    cfg = trial_distill_config(setup, config, str(student_file))
+    resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+
+    last: dict = {}
+
+    def report(step: int, result: dict, best: dict | None) -> None:
+        improved = best is not None and best["step"] == step
+        metrics = {
+            setup.metric: best[setup.task_metric] if best is not None else REJECTED,
+            OBJECTIVE_LATENCY: cost.latency_ms if best is not None else WORST_LATENCY,
+            "current": result[setup.task_metric],
+            "step": step,
+            "status": "running",
+            **info,
+        }
+        checkpoint = tune.Checkpoint.from_directory(str(out / "export")) if improved else None
+        if step >= cfg.loop.max_steps:
+            # The final report waits until distill() has written its results and export: the
+            # scheduler may stop the trial at any report, which would cut them short.
+            last.update(metrics=metrics, checkpoint=checkpoint)
+            return
+        tune.report(metrics, checkpoint=checkpoint)
+
+    distill(cfg, out, resume=resume, report=report, teacher_eval=setup.teacher_eval)
+    if last:
+        final = last["checkpoint"]
+        if final is not None:  # the export may have been redone from the best checkpoint: report it now
+            final = tune.Checkpoint.from_directory(str(out / "export"))
+        tune.report({**last["metrics"], "status": "completed"}, checkpoint=final)

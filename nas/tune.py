@@ -1,0 +1,334 @@
+"""Architecture search for one task with Ray Tune: `search(config, output_dir)`.
+
+  1. the teacher is fine-tuned on the task (or taken from the cache);
+  2. a validation slice is carved from the training set (candidates are
+     compared on it; dev only reports the final front), the teacher labels
+     the rest once into the on-disk cache that every trial reads;
+  3. the teacher's latency is measured at the task's typical length;
+  4. Ray Tune runs the trials (`nas.trial.run_trial`): Optuna samples the
+     space (multi-objective: validation metric up, latency down), ASHA stops
+     weak candidates after their first evaluations, a failed trial is
+     recorded and the search goes on;
+  5. the Pareto front is evaluated on dev and exported to `OUTPUT/export/`,
+     with `results.csv`, `results.json`, `pareto.png` and a leaderboard.
+
+Local by default (Ray on this machine's CPUs); `address='auto'` or
+`$RAY_ADDRESS` joins a cluster. `search(..., resume=True)` continues an
+interrupted search with Tuner.restore: finished trials are not re-run.
+This package is the only one that imports ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from distill.augment import AugmentConfig
+from distill.distill import DistillConfig, Stage, cached_importance, fine_tuned_teacher, read_data, training_features
+from distill.evaluate import evaluate_dir, evaluate_model
+from distill.loop import LoopConfig
+from distill.objective import LossConfig
+from distill.optim import OptimizerConfig
+from distill.runlog import cache_root, enable_compilation_cache, to_jsonable, write_json
+from distill.config import BertArch
+from distill.teacher import read_config, resolve_model_dir, weights_fingerprint
+from distill.teacher_outputs import cached_teacher_outputs
+from nas import report
+from nas.config import SearchConfig
+from nas.cost import Constraints, CostModel, typical_length
+from nas.space import SearchSpace, get_space
+from nas.trial import OBJECTIVE_LATENCY, REJECTED, TrialSetup, run_trial
+from tasks.datafiles import resolve_data_dir
+from tasks.errors import UserError
+from tasks.features import encode
+from tasks.readers import read_split
+from tasks.registry import get_task
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "search"
+CONFIG_FILE = "search_config.json"
+
+
+@dataclasses.dataclass
+class Sampler:
+    """Optuna define-by-run space for OptunaSearch: only samples (picklable, so Tuner.restore works)."""
+
+    space: SearchSpace
+    teacher_arch: Any
+
+    def __call__(self, trial) -> dict:
+        return self.space.sample(trial, self.teacher_arch)
+
+
+def save_config(out: Path, cfg: SearchConfig) -> None:
+    write_json(out / CONFIG_FILE, to_jsonable(cfg))
+
+
+def load_config(out: Path) -> SearchConfig:
+    path = Path(out) / CONFIG_FILE
+    if not path.is_file():
+        raise UserError(f"{out}: no {CONFIG_FILE}; not a search output directory")
+    d = json.loads(path.read_text())
+    d["constraints"] = Constraints(**d["constraints"])
+    return SearchConfig(**d)
+
+
+def base_distill_config(cfg: SearchConfig, data_dir: Path) -> DistillConfig:
+    """What every trial shares: data, validation slice, one trial's training budget."""
+    return DistillConfig(
+        task=cfg.task,
+        teacher=cfg.teacher,
+        data_dir=str(data_dir),
+        loss=LossConfig(hard_weight=0.5),
+        augment=AugmentConfig(copies=cfg.augment, seed=cfg.seed),
+        optimizer=OptimizerConfig(learning_rate=2e-4),
+        loop=LoopConfig(
+            epochs=1, max_steps=cfg.trial_steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
+            checkpoint_every=cfg.eval_every, log_every=min(50, cfg.eval_every), seed=cfg.seed,
+        ),
+        train_limit=cfg.train_limit,
+        dev_limit=cfg.dev_limit,
+        validation=cfg.validation,
+        teacher_epochs=cfg.teacher_epochs,
+    )
+
+
+def search(cfg: SearchConfig, output_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
+    """Run (or, with `resume`, continue) a search; returns the summary also written to results.json."""
+    start = time.time()
+    out = Path(output_dir).resolve()
+    if resume:
+        cfg = load_config(out)
+    elif (out / CONFIG_FILE).exists():
+        raise UserError(f"{out}: holds an earlier search; pass --resume to continue it or pick another --output")
+    task = get_task(cfg.task)
+    space = get_space(cfg.space)
+    data_dir = Path(resolve_data_dir(task, cfg.data_dir)).resolve()
+    # An invalid space fails here, before any fine-tuning or trial.
+    space.validate(BertArch.from_hf_config(read_config(resolve_model_dir(cfg.teacher))))
+    if cfg.storage_path and "://" not in cfg.storage_path:
+        cfg = dataclasses.replace(cfg, storage_path=str(Path(cfg.storage_path).resolve()))
+    if not resume:
+        # At most a tenth of the training set is held out (2,000 would be 35% of STS-B).
+        n_train = len(read_split(task, "train", data_dir, limit=cfg.train_limit))
+        cfg = dataclasses.replace(cfg, validation=max(1, min(cfg.validation, n_train // 10)))
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(out, cfg)
+    init_ray(cfg)
+    enable_compilation_cache()
+    seconds: dict[str, float] = {}
+
+    # 1. teacher, 2. validation slice and labelling, 3. teacher cost
+    base = base_distill_config(cfg, data_dir)
+    teacher, seconds["teacher"] = fine_tuned_teacher(base, task, out, resume=resume)
+    space.validate(teacher.arch)
+    base = dataclasses.replace(base, teacher=str(Path(teacher.path).resolve()))  # trials run in other dirs
+    t0 = time.perf_counter()
+    train_ex, val_ex, _ = read_data(base, task, data_dir)
+    train, _, _ = training_features(base, task, teacher, train_ex, Stage())
+    cache = cached_teacher_outputs(
+        teacher.model, teacher.params, train, teacher_key=weights_fingerprint(teacher.path), task=task.name,
+        hidden_layers=(), batch_size=base.eval_batch_size,
+    )
+    seconds["labelling"] = cache.seconds
+    cached_importance(base, task, teacher, train)  # every trial initialises from these scores
+    seconds["data_and_importance"] = time.perf_counter() - t0 - cache.seconds
+    seq_len = typical_length(train.lengths)
+    t0 = time.perf_counter()
+    teacher_cost = CostModel(task.kind, task.num_labels, seq_len).cost(teacher.arch)
+    dev_result = evaluate_dir(teacher.path, task.name, data_dir=str(data_dir), limit=cfg.dev_limit)
+    val_features = encode(task, val_ex, teacher.tokenizer)
+    val_result = evaluate_model(teacher.model, teacher.params, task, val_features, val_ex, base.eval_batch_size)
+    seconds["teacher_cost_and_eval"] = time.perf_counter() - t0
+    teacher_row = {
+        "arch": teacher.arch.name, "params": teacher_cost.params, "flops": teacher_cost.flops,
+        "latency_ms": teacher_cost.latency_ms, "batch_latency_ms": teacher_cost.batch_latency_ms,
+        "val_metric": val_result[task.metric], "dev_metric": dev_result[task.metric], "path": str(teacher.path),
+    }
+    log.info("teacher %s: dev %s %.4f, %.2f ms at batch 1, length %d", teacher.arch.name, task.metric,
+             teacher_row["dev_metric"], teacher_cost.latency_ms, seq_len)
+
+    # 4. the trials
+    metric = f"val_{task.metric}"
+    setup = TrialSetup(
+        base=base, space=space, teacher_arch=teacher.arch, head=task.kind, num_labels=task.num_labels,
+        seq_len=seq_len, constraints=cfg.constraints, metric=metric, task_metric=task.metric,
+        cache_root=str(cache_root().resolve()), teacher_eval=val_result,
+    )
+    remaining = cfg.budget_minutes * 60 - (time.time() - start) - 60  # a minute for the front's export
+    t0 = time.perf_counter()
+    grid = _run_tune(cfg, setup, out, resume=resume, time_budget_s=max(remaining, 30.0))
+    seconds["trials"] = time.perf_counter() - t0
+
+    # 5. results, front, exports
+    t0 = time.perf_counter()
+    rows = [_row(r, setup) for r in grid]
+    front = report.pareto_front(rows)
+    _export_front(out, front, task.name, data_dir, cfg.dev_limit)
+    for r in front:
+        r["pareto"] = True
+        if r.get("speedup") is None and r.get("latency_ms"):
+            r["speedup"] = teacher_cost.latency_ms / r["latency_ms"]
+    seconds["export"] = time.perf_counter() - t0
+    for r in rows:
+        r.pop("_checkpoint", None)
+    seconds["total"] = time.time() - start
+    summary = {
+        "task": task.name,
+        "metric": task.metric,
+        "space": space.to_dict(),
+        "seq_len": seq_len,
+        "teacher": teacher_row,
+        "pareto": [r["trial_id"] for r in front],
+        "candidates": sum(r["status"] in ("completed", "stopped") for r in rows),
+        "counts": {
+            s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped", "rejected", "failed", "not_started")
+        },
+        "seconds": seconds,
+    }
+    report.write_table(out, rows, summary)
+    report.plot(out / "pareto.png", rows, front, teacher_row, task.metric)
+    board = report.leaderboard(front, teacher_row, task.metric)
+    (out / "leaderboard.txt").write_text(board + "\n")
+    print(board, flush=True)
+    return summary
+
+
+def _run_tune(cfg: SearchConfig, setup: TrialSetup, out: Path, *, resume: bool, time_budget_s: float):
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    init_ray(cfg)
+    cpus = cfg.cpus_per_trial or max(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"])
+    trainable = tune.with_resources(
+        tune.with_parameters(run_trial, setup=setup), {"cpu": cpus, "gpu": cfg.gpus_per_trial}
+    )
+    storage = cfg.storage_path or str(out / "ray")
+    path = f"{storage.rstrip('/')}/{EXPERIMENT}"
+    if resume and tune.Tuner.can_restore(path):
+        log.info("resuming the search in %s", path)
+        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
+        return tuner.fit()
+    if resume:
+        log.warning("%s: nothing to restore; starting the trials from the beginning", path)
+    sampler = _sampler(cfg)
+    searcher = OptunaSearch(
+        space=Sampler(setup.space, setup.teacher_arch), metric=[setup.metric, OBJECTIVE_LATENCY], mode=["max", "min"],
+        sampler=sampler,
+    )
+    if cfg.scheduler == "asha":
+        # Rungs in training steps (epoch ends add evaluations, so iterations would drift); max_t is one
+        # past the last step so that ASHA never cuts a trial short at its final report (results, export).
+        scheduler = ASHAScheduler(
+            time_attr="step", metric=setup.metric, mode="max", max_t=cfg.trial_steps + 1,
+            grace_period=cfg.eval_every, reduction_factor=cfg.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    tuner = tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_samples, time_budget_s=time_budget_s,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=0, fail_fast=False),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=setup.metric, checkpoint_score_order="max"
+            ),
+            verbose=1,
+        ),
+    )
+    return tuner.fit()
+
+
+def trial_dirname(trial) -> str:
+    return f"trial_{trial.trial_id}"
+
+
+def init_ray(cfg: SearchConfig) -> None:
+    """Join the cluster at `cfg.address` / $RAY_ADDRESS, else start a private local Ray (never a stray one
+    that happens to run on this machine). Called before JAX starts its threads (Ray forks)."""
+    import ray
+
+    if not ray.is_initialized():
+        address = cfg.address or os.environ.get("RAY_ADDRESS") or "local"
+        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+
+
+def _sampler(cfg: SearchConfig):
+    import optuna
+
+    if cfg.algorithm == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=cfg.seed)
+    if cfg.algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(8, max(2, cfg.num_samples // 3)))
+
+
+def _row(result, setup: TrialSetup) -> dict:
+    """One trial's line of results.csv, from its Tune result."""
+    config, m = result.config or {}, result.metrics or {}
+    arch = setup.space.arch(config, setup.teacher_arch)
+    row = {
+        "trial_id": m.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
+        "arch": arch.name,
+        "params": m.get("params", arch.num_params(setup.head, setup.num_labels)),
+        "flops": m.get("flops", arch.flops(setup.seq_len, setup.head, setup.num_labels)),
+        "latency_ms": m.get("latency_ms"),
+        "batch_latency_ms": m.get("batch_latency_ms"),
+        "speedup": m.get("speedup"),
+        "steps": m.get("step", 0),
+        "seconds": m.get("time_total_s"),
+        **{k: config.get(k) for k in ("learning_rate", "temperature", "hard_weight", "hidden_weight", "init_layers")},
+        "pareto": False,
+        "error": None,
+    }
+    score = m.get(setup.metric)
+    if result.error is not None:
+        row["status"], row["error"] = "failed", _error_line(result.error)
+    elif not m:
+        row["status"], row["error"] = "not_started", "the search ended (budget or interruption) before it ran"
+    elif m.get("status") == "rejected":
+        row["status"], row["error"] = "rejected", m.get("reason")
+    elif score is None or score == REJECTED or not math.isfinite(score):
+        row["status"], row["error"] = "failed", "no finite validation score"
+    else:
+        row["status"] = "completed" if m.get("step", 0) >= setup.base.loop.max_steps else "stopped"
+    row["val_metric"] = score if row["status"] in ("completed", "stopped") else None
+    best = result.get_best_checkpoint(setup.metric, "max") if result.best_checkpoints else result.checkpoint
+    row["checkpoint"] = best.path if best is not None else None
+    row["_checkpoint"] = best  # the Checkpoint (with its file system); dropped before writing
+    return row
+
+
+def _error_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    cause = [t for t in text if "Error" in t or "error" in t]
+    return (cause[-1] if cause else (text[-1] if text else type(error).__name__))[:300]
+
+
+def _export_front(out: Path, front: list[dict], task: str, data_dir: Path, dev_limit: int | None) -> None:
+    """Copy each front member's best export to OUTPUT/export/<rank>-<arch> and score it on dev."""
+    root = out / "export"
+    if root.exists():
+        shutil.rmtree(root)
+    for i, r in enumerate(front):
+        if r.get("_checkpoint") is None:
+            continue
+        dest = root / f"{i + 1:02d}-{r['arch']}"
+        r["_checkpoint"].to_directory(str(dest))
+        r["export"] = str(dest)
+        r["dev_metric"] = evaluate_dir(dest, task, data_dir=str(data_dir), limit=dev_limit)[get_task(task).metric]

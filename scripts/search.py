@@ -1,0 +1,87 @@
+"""Search compact students for one task: `python scripts/search.py --task sst2 --output runs/search-sst2`.
+
+Fine-tunes the teacher (or reuses the cached one), runs a Ray Tune search
+over student architectures (local Ray on this machine by default; `--address
+auto` or $RAY_ADDRESS joins a cluster), and writes to --output: the config,
+results.csv / results.json (every trial), pareto.png, leaderboard.txt and the
+Pareto-front students in export/ (loadable by evaluate.py and predict.py).
+
+  python scripts/search.py --task sst2 --smoke-test --output runs/smoke
+  python scripts/search.py --resume runs/search-sst2
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+# The driver shares the accelerator with the trials: no up-front grab of most of its memory.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+
+import _paths  # noqa: F401  (before any package import)
+from distill import cli
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--teacher", default="minilm", help="fine-tuned teacher directory, or a pre-trained one")
+    p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
+    p.add_argument("--output", default=None, help="output directory (default runs/search-<task>)")
+    p.add_argument("--resume", metavar="DIR", default=None, help="continue the interrupted search in DIR")
+    p.add_argument("--smoke-test", action="store_true", help="tiny end-to-end run: data slice, 4 small trials")
+    p.add_argument("--space", default="default", help="preset (default, uniform, smoke, tiny) or a .yaml/.json file")
+    p.add_argument("--num-samples", type=int, default=24, help="candidates to try")
+    p.add_argument("--budget-minutes", type=float, default=60.0, help="bound on the whole run's wall time")
+    p.add_argument("--trial-steps", type=int, default=600, help="distillation steps of a full trial")
+    p.add_argument("--evals-per-trial", type=int, default=3, help="validation evaluations (scheduler rungs)")
+    p.add_argument("--validation", type=int, default=2000, help="training examples held out to compare candidates")
+    p.add_argument("--augment", type=int, default=0, help="augmented copies per training example")
+    p.add_argument("--max-latency-ms", type=float, default=None, help="skip candidates slower than this (batch 1)")
+    p.add_argument("--min-speedup", type=float, default=None, help="skip candidates less than this much faster")
+    p.add_argument("--max-params", type=int, default=None, help="skip candidates with more parameters")
+    p.add_argument("--algorithm", default="tpe", choices=["tpe", "nsga2", "random"])
+    p.add_argument("--scheduler", default="asha", choices=["asha", "none"])
+    p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:10001); default local")
+    p.add_argument("--cpus-per-trial", type=float, default=0, help="0: a whole node's CPUs")
+    p.add_argument("--gpus-per-trial", type=float, default=0)
+    p.add_argument("--storage-path", default=None, help="Ray results storage (shared FS or URI); default OUTPUT/ray")
+    p.add_argument("--teacher-epochs", type=int, default=2)
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--dev-limit", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cli.setup_logging(args.verbose)
+    from nas.config import SearchConfig, smoke
+    from nas.cost import Constraints
+    from nas.tune import search
+
+    if args.resume:
+        summary = search(None, args.resume, resume=True)
+    else:
+        cfg = SearchConfig(
+            task=args.task, teacher=args.teacher, data_dir=args.data_dir, space=args.space,
+            num_samples=args.num_samples, budget_minutes=args.budget_minutes, trial_steps=args.trial_steps,
+            evals_per_trial=args.evals_per_trial, validation=args.validation, augment=args.augment,
+            constraints=Constraints(
+                max_latency_ms=args.max_latency_ms, min_speedup=args.min_speedup, max_params=args.max_params
+            ),
+            algorithm=args.algorithm, scheduler=args.scheduler, address=args.address,
+            cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, storage_path=args.storage_path,
+            teacher_epochs=args.teacher_epochs, train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed,
+        )
+        if args.smoke_test:
+            cfg = smoke(cfg)
+        summary = search(cfg, args.output or f"runs/search-{args.task}")
+    print(json.dumps({k: summary[k] for k in ("task", "metric", "candidates", "counts", "pareto", "seconds")}))
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,155 @@
+"""nas/cost.py: typical length, exact params, real latency, the latency cache, constraints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+import jax
+import numpy as np
+import pytest
+
+import nas.cost
+from distill.config import BertArch
+from distill.modeling import build_model, init_params
+from distill.runlog import cache_root
+from nas.cost import Constraints, Cost, CostModel, device_name, measure_latency, typical_length
+from tasks.features import Features
+
+HETERO = BertArch(
+    num_layers=2, hidden_size=36, head_size=12, num_heads=(1, 3), ffn_sizes=(20, 37),
+    vocab_size=101, max_position_embeddings=16,
+)
+TINY = BertArch.uniform(2, 36, 3, 37, vocab_size=101, max_position_embeddings=16)
+
+
+def _features(lengths, max_length):
+    ids = [np.ones(n, np.int32) for n in lengths]
+    return Features("classification", max_length, ids, ids, np.asarray(lengths, np.int32),
+                    np.arange(len(lengths), dtype=np.int32))
+
+
+@pytest.fixture
+def fake_measure(monkeypatch):
+    """Replace the real measurement by a counter; latency grows with batch size."""
+    calls = []
+
+    def fake(arch, head, num_labels, seq_len, batch_size, **kw):
+        calls.append((arch.name, head, num_labels, seq_len, batch_size))
+        return 1.0 + batch_size, 2.0 + batch_size
+
+    monkeypatch.setattr(nas.cost, "measure_latency", fake)
+    return calls
+
+
+def test_typical_length():
+    lengths = np.arange(1, 101)
+    assert typical_length(lengths) == 96  # 95th percentile 95.05 -> 96
+    assert typical_length(lengths, percentile=50) == 56  # 50.5 -> 51 -> 56
+    assert typical_length(lengths, multiple=1) == 96
+    assert typical_length(lengths, max_length=90) == 90
+    assert typical_length([3, 3, 3]) == 8
+    assert typical_length(_features(list(range(1, 101)), 128)) == 96
+    assert typical_length(_features(list(range(1, 101)), 90)) == 90  # clamped to features.max_length
+    with pytest.raises(ValueError):
+        typical_length([])
+
+
+def test_params_match_built_model(fake_measure):
+    cost = CostModel("classification", 3, 7, batch_size=4).cost(HETERO)
+    params = init_params(build_model(HETERO, "classification", 3), jax.random.key(0), 7)
+    assert cost.params == sum(x.size for x in jax.tree_util.tree_leaves(params))
+    assert cost.flops == HETERO.flops(7, "classification", 3) > 0
+    assert cost.arch == HETERO.name and cost.seq_len == 7
+    assert (cost.latency_ms, cost.latency_ms_p95, cost.batch_latency_ms) == (2.0, 3.0, 5.0)
+    assert cost.throughput == pytest.approx(4 * 1000 / 5.0)
+    assert cost.speedup is None
+    teacher = Cost("t", 10, 10, 7, 6.0, 7.0, 8.0, 4000.0)
+    assert cost.with_speedup(teacher).speedup == pytest.approx(3.0)
+    json.dumps(cost.to_dict())
+
+
+def test_measure_latency_real():
+    median, p95 = measure_latency(TINY, "classification", 3, 7, 2, repeats=3, warmup=1)
+    assert 0 < median <= p95 and math.isfinite(p95)
+    with pytest.raises(ValueError):
+        measure_latency(TINY, "classification", 3, 17, 2)  # longer than max positions
+
+
+def test_bigger_model_is_slower():
+    small = BertArch.uniform(1, 36, 3, 37, vocab_size=101, max_position_embeddings=32)
+    big = BertArch.uniform(4, 96, 3, 384, vocab_size=101, max_position_embeddings=32)
+    assert big.flops(32, "classification", 2) >= 4 * small.flops(32, "classification", 2)
+    small_ms, _ = measure_latency(small, "classification", 2, 32, 32, repeats=5, warmup=2)
+    big_ms, _ = measure_latency(big, "classification", 2, 32, 32, repeats=5, warmup=2)
+    assert big_ms > small_ms
+
+
+def test_cost_model_real_measurement_writes_cache():
+    model = CostModel("tagging", 5, 7, batch_size=2, repeats=2)
+    cost = model.cost(TINY)
+    assert cost.latency_ms > 0 and cost.batch_latency_ms > 0 and cost.throughput > 0
+    assert model.cache_path == cache_root() / "latency" / f"{device_name()}.json"
+    data = json.loads(model.cache_path.read_text())
+    assert len(data["entries"]) == 2 and data["device"] == device_name()
+    assert os.sep not in device_name()
+
+
+def test_cache_reuse_and_keys(fake_measure, tmp_path):
+    path = tmp_path / "lat.json"
+    model = CostModel("classification", 2, 7, batch_size=4, cache_path=path)
+    first = model.cost(TINY)
+    assert len(fake_measure) == 2  # batch 1 and batch 4
+    assert model.cost(TINY) == first and len(fake_measure) == 2
+    assert CostModel("classification", 2, 7, batch_size=4, cache_path=path).cost(TINY) == first
+    assert len(fake_measure) == 2  # a new model on the same file reuses it
+    CostModel("classification", 2, 8, batch_size=4, cache_path=path).cost(TINY)
+    assert len(fake_measure) == 4  # another length is another key
+    CostModel("classification", 2, 7, batch_size=8, cache_path=path).cost(TINY)
+    assert len(fake_measure) == 5  # batch 1 is shared, batch 8 is new
+    CostModel("classification", 2, 7, batch_size=4, cache_path=path).cost(TINY.replace(vocab_size=102))
+    assert len(fake_measure) == 7  # same name, different arch
+    CostModel("regression", 0, 7, batch_size=4, cache_path=path).cost(TINY)
+    assert len(fake_measure) == 9
+    assert len(json.loads(path.read_text())["entries"]) == 9
+
+
+def test_concurrent_writers_merge(fake_measure, tmp_path):
+    path = tmp_path / "lat.json"
+    a = CostModel("classification", 2, 7, batch_size=4, cache_path=path)
+    b = CostModel("classification", 2, 7, batch_size=4, cache_path=path)  # both read an empty file
+    a.cost(TINY)
+    b.cost(HETERO)
+    assert len(json.loads(path.read_text())["entries"]) == 4
+    b.cost(TINY)  # b finds a's entries in the file
+    assert len(fake_measure) == 4
+
+
+@pytest.mark.parametrize("text", ["{not json", "[1, 2]", '{"entries": 3}', "", '{"entries": {"k": 3}}'])
+def test_corrupt_cache_is_ignored(fake_measure, tmp_path, text, caplog):
+    path = tmp_path / "lat.json"
+    path.write_text(text)
+    with caplog.at_level("WARNING", logger="nas.cost"):
+        CostModel("classification", 2, 7, batch_size=4, cache_path=path)
+    assert ("ignoring unreadable latency cache" in caplog.text) == ("k" not in text)
+    cost = CostModel("classification", 2, 7, batch_size=4, cache_path=path).cost(TINY)
+    assert cost.latency_ms == 2.0 and len(fake_measure) == 2
+    assert len(json.loads(path.read_text())["entries"]) == 2  # rewritten, valid again
+
+
+def test_constraints():
+    cost = Cost("4L-312", 14_500_000, 1, 7, 3.1, 3.5, 20.0, 1600.0, speedup=3.2)
+    assert Constraints().violations(cost) == []
+    assert Constraints(max_latency_ms=4, min_speedup=3, max_params=15_000_000).violations(cost) == []
+    assert Constraints(max_latency_ms=2.0, min_speedup=5, max_params=10_000_000).violations(cost) == [
+        "latency 3.1 ms > --max-latency-ms 2",
+        "speedup 3.2x < --min-speedup 5",
+        "params 14.5M > --max-params 10M",
+    ]
+    with pytest.raises(ValueError, match="--min-speedup"):
+        Constraints(min_speedup=2).violations(dataclasses.replace(cost, speedup=None))
+    for bad in ({"max_latency_ms": -1.0}, {"min_speedup": 0}, {"max_params": -5}, {"max_params": "10M"}):
+        with pytest.raises(ValueError, match="--max|--min"):
+            Constraints(**bad)

@@ -1,0 +1,309 @@
+"""End-to-end searches with Ray Tune on a tiny teacher and synthetic SST-2-style data.
+
+One search (module fixture) backs several checks: outputs, Pareto exports that
+load and score on dev, the validation slice, teacher outputs labelled once.
+Separate runs cover a failing candidate, resume after a finished search, a
+SIGKILLed search resumed by the script, and bad input.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import write_sst2, write_tiny_teacher
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("search")
+    data = write_sst2(root / "data", n_train=300, n_dev=40)
+    teacher = write_tiny_teacher(root / "teacher")
+    cache = root / "cache"
+    return {"root": root, "data": data, "teacher": teacher, "cache": cache}
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    yield
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _cfg(env, **kw):
+    from nas.config import SearchConfig
+
+    base = dict(
+        task="sst2", teacher=str(env["teacher"]), data_dir=str(env["data"]), space="tiny", num_samples=4,
+        trial_steps=12, evals_per_trial=2, validation=40, teacher_epochs=1, algorithm="random", seed=0,
+    )
+    return SearchConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def searched(env, ray_local):
+    from nas.tune import search
+
+    os.environ["BERTNAS_CACHE"] = str(env["cache"])  # shared by this module's searches (the teacher is reused)
+    out = env["root"] / "out"
+    summary = search(_cfg(env), out)
+    return out, summary
+
+
+def _rows(out: Path) -> list[dict]:
+    with open(out / "results.csv") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_search_writes_every_output(searched, env):
+    from distill.config import BertArch
+    from nas.space import get_space
+
+    out, summary = searched
+    for name in ("search_config.json", "results.csv", "results.json", "pareto.png", "leaderboard.txt"):
+        assert (out / name).is_file(), name
+    rows = _rows(out)
+    assert len(rows) == 4 and summary["candidates"] == 4
+    assert all(r["status"] in ("completed", "stopped") for r in rows)
+    space = get_space("tiny")
+    teacher = json.loads((out / "results.json").read_text())["teacher"]
+    assert teacher["latency_ms"] > 0 and 0 <= teacher["dev_metric"] <= 1
+    for r in json.loads((out / "results.json").read_text())["trials"]:
+        arch = BertArch.from_dict(json.loads((out / "ray" / "search").glob(f"*{r['trial_id']}*").__next__()
+                                           .joinpath("run", "student.json").read_text()))
+        assert arch.name == r["arch"]
+        assert r["params"] == arch.num_params("classification", 2)
+        assert arch.num_layers in space.layers and arch.hidden_size in space.hidden
+        assert r["latency_ms"] > 0 and r["speedup"] == pytest.approx(teacher["latency_ms"] / r["latency_ms"], rel=0.5)
+        assert 0 <= r["val_metric"] <= 1
+    assert (out / "ray" / "search").is_dir()  # Ray's own results and TensorBoard files
+
+
+def test_pareto_front_is_exported_and_scores_on_dev(searched, env):
+    from distill.evaluate import evaluate_dir
+    from distill.export import load_export
+    from nas.report import pareto_front
+
+    out, summary = searched
+    trials = json.loads((out / "results.json").read_text())["trials"]
+    front = [t for t in trials if t["pareto"]]
+    assert front and [t["trial_id"] for t in front] == summary["pareto"]
+    assert [t["trial_id"] for t in pareto_front(trials)] == summary["pareto"]
+    exports = sorted((out / "export").iterdir())
+    assert len(exports) == len(front)
+    for t, d in zip(front, exports):
+        assert Path(t["export"]) == d
+        loaded = load_export(d)
+        assert loaded.arch.name == t["arch"]
+        dev = evaluate_dir(d, "sst2", data_dir=str(env["data"]))
+        assert dev["accuracy"] == pytest.approx(t["dev_metric"])
+        assert not list(d.rglob("*opt*")), "an export holds no optimizer state"
+    # No trial dominates a front member.
+    for f in front:
+        assert not any(t["val_metric"] > f["val_metric"] and t["latency_ms"] < f["latency_ms"] for t in trials)
+
+
+def test_trials_select_on_validation_and_reuse_the_teacher_labels(searched):
+    out, _ = searched
+    runs = sorted((out / "ray" / "search").glob("*/run/results.json"))
+    assert len(runs) == 4
+    for path in runs:
+        res = json.loads(path.read_text())
+        assert res["eval_split"] == "validation"
+        assert res["best"]["examples"] == 30  # --validation 40, capped at a tenth of the 300 training examples
+        assert res["seconds"]["labelling"] == 0.0, "the driver labelled the training set once; trials read the cache"
+        assert res["seconds"]["teacher"] < 30, "trials reuse the fine-tuned teacher"
+
+
+def test_failing_candidates_are_recorded_and_the_search_goes_on(env, ray_local, tmp_path):
+    """A learning rate of 1e30 makes the loss non-finite: those trials fail, the others finish."""
+    from nas.space import PRESETS
+    from nas.tune import search
+
+    os.environ["BERTNAS_CACHE"] = str(env["cache"])  # (restored by the autouse cache fixture)
+    space = dataclasses.replace(PRESETS["tiny"], learning_rate=(1e-3, 1e30))
+    space_file = tmp_path / "space.json"
+    space_file.write_text(json.dumps(space.to_dict()))
+    summary = search(_cfg(env, space=str(space_file), num_samples=5), tmp_path / "out")
+    rows = _rows(tmp_path / "out")
+    failed = [r for r in rows if r["status"] == "failed"]
+    good = [r for r in rows if r["status"] in ("completed", "stopped")]
+    assert len(rows) == 5 and failed and good
+    assert all(float(r["learning_rate"]) == 1e30 for r in failed)
+    assert all("non-finite" in r["error"] for r in failed)
+    assert summary["counts"]["failed"] == len(failed)
+    assert all(Path(r["export"]).is_dir() for r in rows if r["pareto"] == "True")
+
+
+def test_resume_of_a_finished_search_reruns_nothing(searched, env, monkeypatch):
+    from nas.tune import search
+
+    monkeypatch.setenv("BERTNAS_CACHE", str(env["cache"]))  # the search's own cache: nothing is recomputed
+
+    out, summary = searched
+    before = {p: p.stat().st_mtime for p in (out / "ray" / "search").glob("*/run/results.json")}
+    again = search(None, out, resume=True)
+    after = {p: p.stat().st_mtime for p in (out / "ray" / "search").glob("*/run/results.json")}
+    assert before == after
+    assert again["pareto"] == summary["pareto"]
+    assert len(_rows(out)) == 4
+
+
+def test_bad_input_fails_before_any_trial(env, tmp_path):
+    from nas.space import PRESETS, SpaceError
+    from nas.tune import search
+    from tasks.errors import UserError
+
+    big = dataclasses.replace(PRESETS["tiny"], hidden=(36, 48))
+    space_file = tmp_path / "big.json"
+    space_file.write_text(json.dumps(big.to_dict()))
+    with pytest.raises(SpaceError, match="hidden"):
+        search(_cfg(env, space=str(space_file)), tmp_path / "a")
+    assert not (tmp_path / "a" / "ray").exists()
+    out = tmp_path / "b"
+    out.mkdir()
+    (out / "search_config.json").write_text("{}")
+    with pytest.raises(UserError, match="--resume"):
+        search(_cfg(env), out)
+    r = subprocess.run(
+        [sys.executable, "scripts/search.py", "--task", "nope", "--output", str(tmp_path / "c")],
+        cwd=ROOT, capture_output=True, text=True,
+    )
+    assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
+
+
+def _terminated(out: Path) -> set[str]:
+    """Trials that Tune's last saved experiment state records as finished."""
+    states = sorted((out / "ray" / "search").glob("experiment_state-*.json"))
+    if not states:
+        return set()
+    try:
+        data = json.loads(states[-1].read_text())
+    except (json.JSONDecodeError, OSError):  # being written
+        return set()
+    trials = [json.loads(t[0]) for t in data["trial_data"]]
+    return {t["trial_id"] for t in trials if t["status"] == "TERMINATED"}
+
+
+def test_sigkilled_search_resumes_and_finishes(env, tmp_path):
+    """Kill the whole search (driver and its local Ray) after its first trial, then `--resume`."""
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "scripts/search.py", "--task", "sst2", "--teacher", str(env["teacher"]),
+        "--data-dir", str(env["data"]), "--space", "tiny", "--num-samples", "3", "--trial-steps", "12",
+        "--evals-per-trial", "2", "--validation", "40", "--teacher-epochs", "1", "--algorithm", "random",
+        "--output", str(out),
+    ]
+    child_env = {**os.environ, "BERTNAS_CACHE": str(env["cache"]), "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and not _terminated(out):
+            assert proc.poll() is None, "the search ended before it could be killed"
+            time.sleep(0.5)
+        assert _terminated(out), "no trial finished in time"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
+        proc.wait()
+    finished = _terminated(out)
+    stamps = {t: (out / "ray" / "search" / f"trial_{t}" / "run" / "results.json").stat().st_mtime for t in finished}
+    r = subprocess.run(
+        [sys.executable, "scripts/search.py", "--resume", str(out)], cwd=ROOT, env=child_env,
+        capture_output=True, text=True, timeout=600,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = _rows(out)
+    assert len(rows) == 3 and all(row["status"] in ("completed", "stopped") for row in rows), rows
+    for t, stamp in stamps.items():
+        path = out / "ray" / "search" / f"trial_{t}" / "run" / "results.json"
+        assert path.stat().st_mtime == stamp, f"finished trial {t} was re-run"
+    assert {r["trial_id"] for r in rows} >= finished
+    assert (out / "pareto.png").is_file() and any((out / "export").iterdir())
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_dashboard(ray_bin: str, address: str, env: dict, head: subprocess.Popen) -> None:
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        assert head.poll() is None, "ray start --head exited"
+        r = subprocess.run([ray_bin, "job", "list", f"--address={address}"], env=env, capture_output=True, timeout=60)
+        if r.returncode == 0:
+            return
+        time.sleep(2)
+    raise AssertionError("the Ray head's job server did not come up")
+
+
+def test_search_as_a_ray_job_on_a_local_cluster(env, tmp_path):
+    """`ray start --head`, then `ray job submit --working-dir . -- python scripts/search.py --smoke-test ...`."""
+    import ray
+
+    ray.shutdown()  # this process's own Ray (earlier tests) holds the default agent ports
+    ray_bin = str(Path(sys.executable).with_name("ray"))
+    temp = Path("/tmp") / f"rayt{os.getpid()}"  # short: Ray's socket paths have a length limit
+    port, dash = _free_port(), _free_port()
+    import secrets
+
+    # Ray's token authentication, with a token of this test's own (never ~/.ray/auth_token).
+    child_env = {
+        **os.environ, "BERTNAS_CACHE": str(env["cache"]), "RAY_ADDRESS": "",
+        "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+    }
+    # `--block` keeps the head's processes in one process group that the test alone stops (`ray stop`
+    # would stop every Ray on the machine, including this test process's own).
+    start = [ray_bin, "start", "--head", "--block", f"--port={port}", f"--dashboard-port={dash}",
+             "--dashboard-host=127.0.0.1", "--num-cpus=2", f"--temp-dir={temp}", "--include-dashboard=true",
+             "--disable-usage-stats", f"--dashboard-agent-listen-port={_free_port()}",
+             f"--dashboard-agent-grpc-port={_free_port()}", f"--metrics-export-port={_free_port()}",
+             f"--runtime-env-agent-port={_free_port()}"]
+    head = subprocess.Popen(start, env=child_env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out = tmp_path / "job-out"
+    address = f"http://127.0.0.1:{dash}"
+    try:
+        _wait_for_dashboard(ray_bin, address, child_env, head)
+        for _ in range(30):  # the job server answers before its agent can take jobs
+            r = subprocess.run(
+                [ray_bin, "job", "submit", f"--address={address}", "--working-dir", ".", "--",
+                 "python", "scripts/search.py", "--smoke-test", "--task", "sst2", "--teacher", str(env["teacher"]),
+                 "--data-dir", str(env["data"]), "--space", "tiny", "--output", str(out)],
+                cwd=ROOT, env=child_env, capture_output=True, text=True, timeout=600,
+            )
+            if "No available agent" not in r.stderr:
+                break
+            time.sleep(2)
+        assert r.returncode == 0 and "succeeded" in r.stdout.lower(), (r.stdout[-3000:], r.stderr[-3000:])
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.killpg(head.pid, sig)
+            except ProcessLookupError:
+                break
+            time.sleep(3)
+        head.wait()
+    rows = _rows(out)
+    assert len(rows) == 4 and all(row["status"] in ("completed", "stopped") for row in rows)
+    assert (out / "pareto.png").is_file() and any((out / "export").iterdir())
+    summary = json.loads((out / "results.json").read_text())
+    assert summary["counts"]["completed"] + summary["counts"]["stopped"] == 4
