@@ -221,7 +221,7 @@ def _run_tune(cfg: SearchConfig, setup: TrialSetup, out: Path, *, resume: bool, 
         return tuner.fit()
     if resume:
         log.warning("%s: nothing to restore; starting the trials from the beginning", path)
-    sampler = _sampler(cfg)
+    sampler = make_sampler(cfg)
     searcher = OptunaSearch(
         space=Sampler(setup.space, setup.teacher_arch), metric=[setup.metric, OBJECTIVE_LATENCY], mode=["max", "min"],
         sampler=sampler,
@@ -268,11 +268,12 @@ def init_ray(cfg: SearchConfig) -> None:
         ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
 
 
-def _sampler(cfg: SearchConfig):
+def make_sampler(cfg: SearchConfig):
     import optuna
 
     if cfg.algorithm == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=cfg.seed)
+        # The default population (50) would exceed a typical search: generations would never turn over.
+        return optuna.samplers.NSGAIISampler(population_size=max(4, min(50, cfg.num_samples // 3)), seed=cfg.seed)
     if cfg.algorithm == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
     return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(8, max(2, cfg.num_samples // 3)))

@@ -1,0 +1,63 @@
+"""SearchConfig checks, the smoke variant, the saved config round trip and the Optuna sampler choice."""
+
+from __future__ import annotations
+
+
+import optuna
+import pytest
+
+from nas.config import SearchConfig, smoke
+from nas.cost import Constraints
+from tasks.errors import UserError
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"algorithm": "grid"}, "algorithm"),
+        ({"scheduler": "pbt"}, "scheduler"),
+        ({"num_samples": 0}, "num_samples"),
+        ({"trial_steps": 0}, "trial_steps"),
+        ({"evals_per_trial": 7, "trial_steps": 5}, "evals_per_trial"),
+        ({"budget_minutes": 0}, "budget_minutes"),
+        ({"validation": 0}, "validation"),
+        ({"cpus_per_trial": -1}, "cpus_per_trial"),
+        ({"reduction_factor": 1}, "reduction_factor"),
+        ({"augment": -1}, "augment"),
+    ],
+)
+def test_invalid_settings_name_the_field(changes, field):
+    with pytest.raises(UserError, match=field):
+        SearchConfig(**changes)
+
+
+def test_eval_every_splits_the_trial_into_its_evaluations():
+    assert SearchConfig(trial_steps=600, evals_per_trial=3).eval_every == 200
+    assert SearchConfig(trial_steps=7, evals_per_trial=2).eval_every == 3
+
+
+def test_smoke_is_small_and_keeps_the_users_task_and_space():
+    cfg = smoke(SearchConfig(task="stsb", space="tiny", budget_minutes=60))
+    assert (cfg.task, cfg.space, cfg.num_samples, cfg.teacher_epochs) == ("stsb", "tiny", 4, 1)
+    assert cfg.train_limit and cfg.train_limit <= 512 and cfg.budget_minutes <= 10
+    assert smoke(SearchConfig()).space == "smoke"
+
+
+def test_saved_config_round_trips(tmp_path):
+    from nas.tune import load_config, save_config
+
+    cfg = SearchConfig(task="stsb", constraints=Constraints(min_speedup=5.0, max_params=10_000_000), seed=3)
+    save_config(tmp_path, cfg)
+    assert load_config(tmp_path) == cfg
+    with pytest.raises(UserError, match="not a search output"):
+        load_config(tmp_path / "elsewhere")
+
+
+def test_sampler_choice():
+    from nas.tune import make_sampler
+
+    assert isinstance(make_sampler(SearchConfig(algorithm="tpe")), optuna.samplers.TPESampler)
+    assert isinstance(make_sampler(SearchConfig(algorithm="random")), optuna.samplers.RandomSampler)
+    nsga = make_sampler(SearchConfig(algorithm="nsga2", num_samples=24))
+    assert isinstance(nsga, optuna.samplers.NSGAIISampler)
+    assert nsga._population_size <= 24 // 2  # generations turn over within the search
