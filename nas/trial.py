@@ -144,8 +144,5 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         tune.report(metrics, checkpoint=checkpoint)
 
     distill(cfg, out, resume=resume, report=report, teacher_eval=setup.teacher_eval)
-    if last:
-        final = last["checkpoint"]
-        if final is not None:  # the export may have been redone from the best checkpoint: report it now
-            final = tune.Checkpoint.from_directory(str(out / "export"))
-        tune.report({**last["metrics"], "status": "completed"}, checkpoint=final)
+    if last:  # the checkpoint names the export directory: what is there now (maybe redone) is persisted
+        tune.report({**last["metrics"], "status": "completed"}, checkpoint=last["checkpoint"])

@@ -129,7 +129,6 @@ def search(cfg: SearchConfig, output_dir: str | Path, *, resume: bool = False) -
     # 1. teacher, 2. validation slice and labelling, 3. teacher cost
     base = base_distill_config(cfg, data_dir)
     teacher, seconds["teacher"] = fine_tuned_teacher(base, task, out, resume=resume)
-    space.validate(teacher.arch)
     base = dataclasses.replace(base, teacher=str(Path(teacher.path).resolve()))  # trials run in other dirs
     t0 = time.perf_counter()
     train_ex, val_ex, _ = read_data(base, task, data_dir)
@@ -175,8 +174,6 @@ def search(cfg: SearchConfig, output_dir: str | Path, *, resume: bool = False) -
     _export_front(out, front, task.name, data_dir, cfg.dev_limit)
     for r in front:
         r["pareto"] = True
-        if r.get("speedup") is None and r.get("latency_ms"):
-            r["speedup"] = teacher_cost.latency_ms / r["latency_ms"]
     seconds["export"] = time.perf_counter() - t0
     for r in rows:
         r.pop("_checkpoint", None)
@@ -208,7 +205,6 @@ def _run_tune(cfg: SearchConfig, setup: TrialSetup, out: Path, *, resume: bool, 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
-    init_ray(cfg)
     cpus = cfg.cpus_per_trial or max(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"])
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup), {"cpu": cpus, "gpu": cfg.gpus_per_trial}
@@ -227,8 +223,8 @@ def _run_tune(cfg: SearchConfig, setup: TrialSetup, out: Path, *, resume: bool, 
         sampler=sampler,
     )
     if cfg.scheduler == "asha":
-        # Rungs in training steps (epoch ends add evaluations, so iterations would drift); max_t is one
-        # past the last step so that ASHA never cuts a trial short at its final report (results, export).
+        # Rungs in training steps (epoch ends add evaluations, so iterations would drift). A trial sends
+        # its final report only once distill() has finished (see run_trial), so a stop there cuts nothing.
         scheduler = ASHAScheduler(
             time_attr="step", metric=setup.metric, mode="max", max_t=cfg.trial_steps + 1,
             grace_period=cfg.eval_every, reduction_factor=cfg.reduction_factor,
