@@ -50,6 +50,14 @@ class SearchConfig:
     gpus_per_trial: float = 0
     storage_path: str | None = None
     """Where Ray keeps trial results and checkpoints (shared FS or cloud URI); default OUTPUT/ray."""
+    target_speedup: float = 5.0
+    """The final student: the most accurate candidate at least this much faster than the teacher."""
+    final_steps: int = 20000
+    """Training steps of the final student, fewer if the budget ends first (0: no final training)."""
+    final_augment: int = 4
+    """Augmented copies per training example for the final student."""
+    final_share: float = 0.45
+    """Share of the budget left after the teacher and labelling that is kept for the final student."""
     teacher_epochs: int = 2
     train_limit: int | None = None
     dev_limit: int | None = None
@@ -73,6 +81,12 @@ class SearchConfig:
             raise UserError("cpus_per_trial / gpus_per_trial: must be >= 0")
         if self.reduction_factor < 2:
             raise UserError(f"reduction_factor: must be >= 2, got {self.reduction_factor}")
+        if self.final_steps < 0 or self.final_augment < 0:
+            raise UserError("final_steps / final_augment: must be >= 0")
+        if not 0 <= self.final_share < 1:
+            raise UserError(f"final_share: must be in [0, 1), got {self.final_share}")
+        if self.target_speedup <= 0:
+            raise UserError(f"target_speedup: must be > 0, got {self.target_speedup}")
         if self.augment < 0:
             raise UserError(f"augment: must be >= 0, got {self.augment}")
 
@@ -95,4 +109,6 @@ def smoke(cfg: SearchConfig) -> SearchConfig:
         teacher_epochs=1,
         budget_minutes=min(cfg.budget_minutes, 10.0),
         augment=0,
+        final_steps=48,
+        final_augment=1,
     )

@@ -15,9 +15,12 @@ from distill.runlog import write_json
 
 COLUMNS = (
     "trial_id", "status", "arch", "params", "flops", "latency_ms", "batch_latency_ms", "speedup",
-    "val_metric", "dev_metric", "steps", "seconds", "learning_rate", "temperature", "hard_weight",
+    "val_metric", "dev_metric", "steps", "steps_per_second", "seconds", "learning_rate", "temperature", "hard_weight",
     "hidden_weight", "init_layers", "pareto", "export", "error",
 )
+
+
+TRAINED = ("completed", "stopped", "final")
 
 
 def _finite(x) -> bool:
@@ -26,7 +29,7 @@ def _finite(x) -> bool:
 
 def pareto_front(rows: list[dict], metric: str = "val_metric", cost: str = "latency_ms") -> list[dict]:
     """Rows not dominated on (metric up, cost down), best metric first; rows without both values never qualify."""
-    ok = [r for r in rows if r.get("status") in ("completed", "stopped") and _finite(r.get(metric)) and _finite(r.get(cost))]
+    ok = [r for r in rows if r.get("status") in TRAINED and _finite(r.get(metric)) and _finite(r.get(cost))]
 
     def dominated(r):
         return any(
@@ -66,6 +69,10 @@ def plot(path: Path, rows: list[dict], front: list[dict], teacher: dict, metric_
         ax.plot([r["latency_ms"] for r in front], [r["val_metric"] for r in front], "o-", c="C0", label="Pareto front")
         for r in front:
             ax.annotate(r["arch"], (r["latency_ms"], r["val_metric"]), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    final = [r for r in pts if r.get("status") == "final"]
+    if final:
+        ax.scatter([r["latency_ms"] for r in final], [r["val_metric"] for r in final], marker="D", s=50, c="C2",
+                   label="final student", zorder=3)
     if _finite(teacher.get("latency_ms")) and _finite(teacher.get("val_metric")):
         ax.scatter([teacher["latency_ms"]], [teacher["val_metric"]], marker="*", s=160, c="C3", label="teacher", zorder=3)
     ax.set_xscale("log")
@@ -91,5 +98,5 @@ def leaderboard(front: list[dict], teacher: dict, metric_name: str) -> str:
         return f"{name:<34} {r['params'] / 1e6:>7.2f}M {r['latency_ms']:>9.2f} {speed:>8} {val:>14} {dev:>14}"
 
     lines.append(line("teacher", {**teacher, "speedup": 1.0}))
-    lines += [line(r["arch"], r) for r in front]
+    lines += [line(r["arch"] + (" (final)" if r.get("status") == "final" else ""), r) for r in front]
     return "\n".join(lines)

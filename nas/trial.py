@@ -124,9 +124,15 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
 
     last: dict = {}
+    first: list = []  # (step, time) of the first report: training speed is measured from there (compiled)
 
     def report(step: int, result: dict, best: dict | None) -> None:
         improved = best is not None and best["step"] == step
+        now = time.perf_counter()
+        first[:] = first or [(step, now)]
+        speed = {}
+        if step > first[0][0]:  # steps per second, evaluations included (what the final training will see)
+            speed["steps_per_second"] = (step - first[0][0]) / (now - first[0][1])
         metrics = {
             setup.metric: best[setup.task_metric] if best is not None else REJECTED,
             OBJECTIVE_LATENCY: cost.latency_ms if best is not None else WORST_LATENCY,
@@ -134,6 +140,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             "step": step,
             "status": "running",
             **info,
+            **speed,
         }
         checkpoint = tune.Checkpoint.from_directory(str(out / "export")) if improved else None
         if step >= cfg.loop.max_steps:

@@ -9,8 +9,12 @@
      space (multi-objective: validation metric up, latency down), ASHA stops
      weak candidates after their first evaluations, a failed trial is
      recorded and the search goes on;
-  5. the Pareto front is evaluated on dev and exported to `OUTPUT/export/`,
-     with `results.csv`, `results.json`, `pareto.png` and a leaderboard.
+  5. the most accurate candidate at least `target_speedup` times faster than
+     the teacher is trained again, longer and on augmented data, in the
+     time the trials left (`nas.final`);
+  6. the Pareto front (the final student included) is evaluated on dev and
+     exported to `OUTPUT/export/`, with `results.csv`, `results.json`,
+     `pareto.png` and a leaderboard.
 
 Local by default (Ray on this machine's CPUs); `address='auto'` or
 `$RAY_ADDRESS` joins a cluster. `search(..., resume=True)` continues an
@@ -43,6 +47,7 @@ from distill.teacher_outputs import cached_teacher_outputs
 from nas import report
 from nas.config import SearchConfig
 from nas.cost import Constraints, CostModel, typical_length
+from nas.final import train_final
 from nas.space import SearchSpace, get_space
 from nas.trial import OBJECTIVE_LATENCY, REJECTED, TrialSetup, run_trial
 from tasks.datafiles import resolve_data_dir
@@ -162,14 +167,28 @@ def search(cfg: SearchConfig, output_dir: str | Path, *, resume: bool = False) -
         seq_len=seq_len, constraints=cfg.constraints, metric=metric, task_metric=task.metric,
         cache_root=str(cache_root().resolve()), teacher_eval=val_result,
     )
-    remaining = cfg.budget_minutes * 60 - (time.time() - start) - 60  # a minute for the front's export
+    deadline = start + cfg.budget_minutes * 60 - 60  # a minute for the front's export
+    remaining = deadline - time.time()
+    if cfg.final_steps:
+        remaining *= 1 - cfg.final_share  # the rest trains the chosen candidate (step 5)
     t0 = time.perf_counter()
     grid = _run_tune(cfg, setup, out, resume=resume, time_budget_s=max(remaining, 30.0))
     seconds["trials"] = time.perf_counter() - t0
-
-    # 5. results, front, exports
-    t0 = time.perf_counter()
     rows = [_row(r, setup) for r in grid]
+
+    # 5. the chosen candidate, trained longer on augmented data
+    final = None
+    if cfg.final_steps:
+        t0 = time.perf_counter()
+        final = train_final(cfg, setup, rows, out, deadline=deadline, resume=resume)
+        seconds["final"] = time.perf_counter() - t0
+        if final is not None:
+            source = next(r for r in rows if r["trial_id"] == final["from_trial"])
+            final = {**{k: source[k] for k in _INHERITED}, **final}
+            rows.append(final)
+
+    # 6. results, front, exports
+    t0 = time.perf_counter()
     front = report.pareto_front(rows)
     _export_front(out, front, task.name, data_dir, cfg.dev_limit)
     for r in front:
@@ -177,6 +196,7 @@ def search(cfg: SearchConfig, output_dir: str | Path, *, resume: bool = False) -
     seconds["export"] = time.perf_counter() - t0
     for r in rows:
         r.pop("_checkpoint", None)
+        r.pop("_config", None)
     seconds["total"] = time.time() - start
     summary = {
         "task": task.name,
@@ -185,6 +205,7 @@ def search(cfg: SearchConfig, output_dir: str | Path, *, resume: bool = False) -
         "seq_len": seq_len,
         "teacher": teacher_row,
         "pareto": [r["trial_id"] for r in front],
+        "final": final,
         "candidates": sum(r["status"] in ("completed", "stopped") for r in rows),
         "counts": {
             s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped", "rejected", "failed", "not_started")
@@ -250,6 +271,12 @@ def _run_tune(cfg: SearchConfig, setup: TrialSetup, out: Path, *, resume: bool, 
     return tuner.fit()
 
 
+_INHERITED = (  # what the final run shares with the trial of its candidate
+    "params", "flops", "latency_ms", "batch_latency_ms", "speedup",
+    "learning_rate", "temperature", "hard_weight", "hidden_weight", "init_layers",
+)
+
+
 def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
@@ -288,6 +315,7 @@ def _row(result, setup: TrialSetup) -> dict:
         "batch_latency_ms": m.get("batch_latency_ms"),
         "speedup": m.get("speedup"),
         "steps": m.get("step", 0),
+        "steps_per_second": m.get("steps_per_second"),
         "seconds": m.get("time_total_s"),
         **{k: config.get(k) for k in ("learning_rate", "temperature", "hard_weight", "hidden_weight", "init_layers")},
         "pareto": False,
@@ -308,6 +336,7 @@ def _row(result, setup: TrialSetup) -> dict:
     best = result.get_best_checkpoint(setup.metric, "max") if result.best_checkpoints else result.checkpoint
     row["checkpoint"] = best.path if best is not None else None
     row["_checkpoint"] = best  # the Checkpoint (with its file system); dropped before writing
+    row["_config"] = config  # the sampled candidate, for the final training; dropped before writing
     return row
 
 
@@ -323,9 +352,12 @@ def _export_front(out: Path, front: list[dict], task: str, data_dir: Path, dev_l
     if root.exists():
         shutil.rmtree(root)
     for i, r in enumerate(front):
-        if r.get("_checkpoint") is None:
-            continue
         dest = root / f"{i + 1:02d}-{r['arch']}"
-        r["_checkpoint"].to_directory(str(dest))
+        if r.get("export_dir"):  # the final run's export
+            shutil.copytree(r["export_dir"], dest)
+        elif r.get("_checkpoint") is not None:
+            r["_checkpoint"].to_directory(str(dest))
+        else:
+            continue
         r["export"] = str(dest)
         r["dev_metric"] = evaluate_dir(dest, task, data_dir=str(data_dir), limit=dev_limit)[get_task(task).metric]

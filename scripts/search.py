@@ -5,6 +5,9 @@ over student architectures (local Ray on this machine by default; `--address
 auto` or $RAY_ADDRESS joins a cluster), and writes to --output: the config,
 results.csv / results.json (every trial), pareto.png, leaderboard.txt and the
 Pareto-front students in export/ (loadable by evaluate.py and predict.py).
+The most accurate candidate at least --target-speedup times faster than the
+teacher is then trained again, longer and on augmented data, in the time the
+trials left (final/); it joins the front.
 
   python scripts/search.py --task sst2 --smoke-test --output runs/smoke
   python scripts/search.py --resume runs/search-sst2
@@ -41,6 +44,12 @@ def parse_args(argv=None):
     p.add_argument("--max-latency-ms", type=float, default=None, help="skip candidates slower than this (batch 1)")
     p.add_argument("--min-speedup", type=float, default=None, help="skip candidates less than this much faster")
     p.add_argument("--max-params", type=int, default=None, help="skip candidates with more parameters")
+    p.add_argument("--target-speedup", type=float, default=5.0,
+                   help="final student: the most accurate candidate at least this much faster than the teacher")
+    p.add_argument("--final-steps", type=int, default=20000,
+                   help="training steps of the final student, fewer if the budget ends first (0: none)")
+    p.add_argument("--final-augment", type=int, default=4, help="augmented copies per example for the final student")
+    p.add_argument("--final-share", type=float, default=0.45, help="share of the budget kept for the final student")
     p.add_argument("--algorithm", default="tpe", choices=["tpe", "nsga2", "random"])
     p.add_argument("--scheduler", default="asha", choices=["asha", "none"])
     p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:10001); default local")
@@ -74,12 +83,16 @@ def main(argv=None) -> int:
             ),
             algorithm=args.algorithm, scheduler=args.scheduler, address=args.address,
             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, storage_path=args.storage_path,
-            teacher_epochs=args.teacher_epochs, train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed,
+            target_speedup=args.target_speedup, final_steps=args.final_steps, final_augment=args.final_augment,
+            final_share=args.final_share, teacher_epochs=args.teacher_epochs, train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed,
         )
         if args.smoke_test:
             cfg = smoke(cfg)
         summary = search(cfg, args.output or f"runs/search-{args.task}")
-    print(json.dumps({k: summary[k] for k in ("task", "metric", "candidates", "counts", "pareto", "seconds")}))
+    brief = {k: summary[k] for k in ("task", "metric", "candidates", "counts", "pareto", "seconds")}
+    final = summary.get("final")
+    brief["final"] = {k: final.get(k) for k in ("arch", "speedup", "val_metric", "dev_metric", "steps", "export")} if final else None
+    print(json.dumps(brief))
     return 0
 
 

@@ -50,6 +50,7 @@ def _cfg(env, **kw):
     base = dict(
         task="sst2", teacher=str(env["teacher"]), data_dir=str(env["data"]), space="tiny", num_samples=4,
         trial_steps=12, evals_per_trial=2, validation=40, teacher_epochs=1, algorithm="random", seed=0,
+        final_steps=0,
     )
     return SearchConfig(**{**base, **kw})
 
@@ -60,13 +61,14 @@ def searched(env, ray_local):
 
     os.environ["BERTNAS_CACHE"] = str(env["cache"])  # shared by this module's searches (the teacher is reused)
     out = env["root"] / "out"
-    summary = search(_cfg(env), out)
+    summary = search(_cfg(env, final_steps=20, final_augment=1, target_speedup=1.0), out)
     return out, summary
 
 
-def _rows(out: Path) -> list[dict]:
+def _rows(out: Path, final: bool = False) -> list[dict]:
+    """results.csv's trial rows (and the final student's with `final`)."""
     with open(out / "results.csv") as fh:
-        return list(csv.DictReader(fh))
+        return [r for r in csv.DictReader(fh) if final or r["status"] != "final"]
 
 
 def test_search_writes_every_output(searched, env):
@@ -83,6 +85,8 @@ def test_search_writes_every_output(searched, env):
     teacher = json.loads((out / "results.json").read_text())["teacher"]
     assert teacher["latency_ms"] > 0 and 0 <= teacher["dev_metric"] <= 1
     for r in json.loads((out / "results.json").read_text())["trials"]:
+        if r["status"] == "final":
+            continue
         arch = BertArch.from_dict(json.loads((out / "ray" / "search").glob(f"*{r['trial_id']}*").__next__()
                                            .joinpath("run", "student.json").read_text()))
         assert arch.name == r["arch"]
@@ -115,6 +119,31 @@ def test_pareto_front_is_exported_and_scores_on_dev(searched, env):
     # No trial dominates a front member.
     for f in front:
         assert not any(t["val_metric"] > f["val_metric"] and t["latency_ms"] < f["latency_ms"] for t in trials)
+
+
+def test_chosen_candidate_is_trained_again_on_augmented_data(searched, env):
+    from distill.export import load_export
+
+    out, summary = searched
+    final = summary["final"]
+    trials = json.loads((out / "results.json").read_text())["trials"]
+    source = next(t for t in trials if t["trial_id"] == final["from_trial"])
+    trained = [t for t in trials if t["status"] in ("completed", "stopped")]
+    # target_speedup 1: the most accurate candidate at least as fast as the teacher (else the fastest one).
+    fast = [t for t in trained if t["speedup"] >= 1.0]
+    expected = max(fast, key=lambda t: (t["val_metric"], t["speedup"])) if fast else max(trained, key=lambda t: t["speedup"])
+    assert source["trial_id"] == expected["trial_id"]
+    assert final["status"] == "final" and final["arch"] == source["arch"] and final["steps"] == 20
+    assert final["latency_ms"] == source["latency_ms"] and final["learning_rate"] == source["learning_rate"]
+    assert final["augmented_examples"] == 270  # one copy of each of the 270 training examples left
+    plan = json.loads((out / "final" / "plan.json").read_text())
+    assert plan["steps"] == 20 and plan["trial_id"] == source["trial_id"]
+    run = json.loads((out / "final" / "run" / "results.json").read_text())
+    assert run["eval_split"] == "validation" and run["best"][summary["metric"]] == final["val_metric"]
+    assert load_export(out / "final" / "run" / "export").arch.name == source["arch"]
+    assert ("final" in summary["pareto"]) == final["pareto"]
+    if final["pareto"]:
+        assert Path(final["export"]).parent == out / "export"
 
 
 def test_trials_select_on_validation_and_reuse_the_teacher_labels(searched):
@@ -155,12 +184,14 @@ def test_resume_of_a_finished_search_reruns_nothing(searched, env, monkeypatch):
     monkeypatch.setenv("BERTNAS_CACHE", str(env["cache"]))  # the search's own cache: nothing is recomputed
 
     out, summary = searched
-    before = {p: p.stat().st_mtime for p in (out / "ray" / "search").glob("*/run/results.json")}
+    runs = [*(out / "ray" / "search").glob("*/run/results.json"), out / "final" / "run" / "results.json"]
+    before = {p: p.stat().st_mtime for p in runs}
     again = search(None, out, resume=True)
-    after = {p: p.stat().st_mtime for p in (out / "ray" / "search").glob("*/run/results.json")}
+    after = {p: p.stat().st_mtime for p in runs}
     assert before == after
     assert again["pareto"] == summary["pareto"]
-    assert len(_rows(out)) == 4
+    assert again["final"]["val_metric"] == summary["final"]["val_metric"]
+    assert len(_rows(out)) == 4 and len(_rows(out, final=True)) == 5
 
 
 def test_bad_input_fails_before_any_trial(env, tmp_path):
@@ -206,7 +237,7 @@ def test_sigkilled_search_resumes_and_finishes(env, tmp_path):
         sys.executable, "scripts/search.py", "--task", "sst2", "--teacher", str(env["teacher"]),
         "--data-dir", str(env["data"]), "--space", "tiny", "--num-samples", "3", "--trial-steps", "12",
         "--evals-per-trial", "2", "--validation", "40", "--teacher-epochs", "1", "--algorithm", "random",
-        "--output", str(out),
+        "--final-steps", "0", "--output", str(out),
     ]
     child_env = {**os.environ, "BERTNAS_CACHE": str(env["cache"]), "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True,

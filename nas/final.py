@@ -1,0 +1,158 @@
+"""The search's last stage: train the chosen candidate properly (AutoTinyBERT's "further training").
+
+Trials train each candidate for a few hundred steps: enough to rank
+architectures, not to reach their accuracy. `train_final` takes the most
+accurate candidate that is at least `target_speedup` times faster than the
+teacher (by the trials' validation scores and measured latencies) and distils
+it again with the knobs its trial used, augmented data (labelled once, through
+the cache) and as many steps as the time left allows, measured from the
+trial's own training speed.
+
+The plan (candidate, knobs, steps) is written to `OUTPUT/final/plan.json`
+before training, so a resumed search continues the same run from its
+checkpoints instead of planning another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from pathlib import Path
+
+from distill.augment import AugmentConfig
+from distill.distill import (
+    Stage, distill, fine_tuned_teacher, loss_layer_map, read_data, resolve_student, training_features,
+)
+from distill.runlog import write_json
+from distill.teacher import weights_fingerprint
+from distill.teacher_outputs import cached_teacher_outputs
+from nas.trial import TrialSetup, trial_distill_config
+from tasks.registry import get_task
+
+log = logging.getLogger(__name__)
+
+PLAN = "plan.json"
+EVALS = 10
+"""Validation evaluations of the final run (the best one is exported)."""
+MIN_STEPS = 50
+
+
+def choose(rows: list[dict], target_speedup: float) -> dict | None:
+    """The most accurate trained candidate with speedup >= `target_speedup` (ties: the faster); when none
+    is that fast, the fastest trained candidate. None when nothing was trained."""
+    trained = [r for r in rows if r["status"] in ("completed", "stopped") and _finite(r.get("val_metric"))]
+    if not trained:
+        return None
+    fast = [r for r in trained if _finite(r.get("speedup")) and r["speedup"] >= target_speedup]
+    if fast:
+        return max(fast, key=lambda r: (r["val_metric"], r["speedup"]))
+    log.warning("no trained candidate is %.3gx faster than the teacher: training the fastest one", target_speedup)
+    return max(trained, key=lambda r: (r.get("speedup") or 0.0, r["val_metric"]))
+
+
+def steps_per_second(row: dict) -> float | None:
+    """The candidate's training speed in its trial (evaluations included); else a lower bound from its wall time."""
+    if _finite(row.get("steps_per_second")) and row["steps_per_second"] > 0:
+        return row["steps_per_second"]
+    if row.get("steps") and _finite(row.get("seconds")) and row["seconds"] > 0:
+        return row["steps"] / row["seconds"]
+    return None
+
+
+def plan_steps(max_steps: int, seconds_left: float, speed: float | None, margin: float = 0.9) -> int:
+    """Steps that fit in `seconds_left` at `speed` steps/s (with a margin), at most `max_steps`."""
+    if speed is None:
+        return max_steps
+    return max(0, min(max_steps, int(seconds_left * speed * margin)))
+
+
+def train_final(cfg, setup: TrialSetup, rows: list[dict], out: Path, *, deadline: float, resume: bool) -> dict | None:
+    """Plan (or, on resume, re-read the plan of) the final run and train it; returns its row for the results,
+    or None when there is nothing to train or no time left."""
+    root = out / "final"
+    plan_file = root / PLAN
+    if resume and plan_file.is_file():
+        plan = json.loads(plan_file.read_text())
+        log.info("final training: resuming the planned run of %s (%d steps)", plan["arch"], plan["steps"])
+    else:
+        chosen = choose(rows, cfg.target_speedup)
+        if chosen is None:
+            log.warning("final training skipped: no candidate was trained")
+            return None
+        root.mkdir(parents=True, exist_ok=True)
+        write_json(root / "student.json", setup.space.arch(chosen["_config"], setup.teacher_arch).to_dict())
+        dcfg = final_config(cfg, setup, chosen, max_steps=cfg.final_steps, student_file=str(root / "student.json"))
+        t0 = time.perf_counter()
+        label_seconds = _label(dcfg, root)  # before planning: labelling the augmented copies may take minutes
+        seconds_left = deadline - time.time() - 30  # the front's export and dev evaluation follow
+        steps = plan_steps(cfg.final_steps, seconds_left, steps_per_second(chosen))
+        if steps < min(MIN_STEPS, cfg.final_steps):
+            log.warning("final training skipped: %.0f s left in the budget", seconds_left)
+            return None
+        plan = {
+            "trial_id": chosen["trial_id"], "arch": chosen["arch"], "config": chosen["_config"], "steps": steps,
+            "steps_per_second": steps_per_second(chosen), "seconds_left": seconds_left,
+            "prepare_seconds": time.perf_counter() - t0, "labelling_seconds": label_seconds,
+        }
+        write_json(plan_file, plan)
+        log.info("final training: %s (trial %s, val %.4f, %.2fx) for %d steps, augment %d", chosen["arch"],
+                 chosen["trial_id"], chosen["val_metric"], chosen["speedup"], steps, cfg.final_augment)
+    dcfg = final_config(cfg, setup, plan, max_steps=plan["steps"], student_file=str(root / "student.json"))
+    run = root / "run"
+    ckpts = run / "checkpoints"
+    t0 = time.perf_counter()
+    done = run / "results.json"
+    if resume and done.is_file() and json.loads(done.read_text()).get("steps", 0) >= plan["steps"]:
+        result = json.loads(done.read_text())  # finished before the interruption: nothing to redo
+    else:
+        result = distill(dcfg, run, resume=ckpts.is_dir() and any(ckpts.iterdir()), teacher_eval=setup.teacher_eval)
+    best = result["best"] or {}
+    return {
+        "trial_id": "final",
+        "status": "final",
+        "from_trial": plan["trial_id"],
+        "arch": result["student"],
+        "config": plan["config"],
+        "val_metric": best.get(setup.task_metric),
+        "steps": result["steps"],
+        "seconds": time.perf_counter() - t0,
+        "train_examples_per_second": result["train_examples_per_second"],
+        "augmented_examples": result["augmented_examples"],
+        "labelling_seconds": plan.get("labelling_seconds"),
+        "export_dir": str(run / "export"),
+        "pareto": False,
+        "error": None,
+    }
+
+
+def final_config(cfg, setup: TrialSetup, chosen: dict, *, max_steps: int, student_file: str):
+    """The candidate's trial settings with augmentation and a longer schedule."""
+    dcfg = trial_distill_config(setup, chosen.get("_config") or chosen["config"], student_file)
+    every = max(1, max_steps // EVALS)
+    return dataclasses.replace(
+        dcfg,
+        augment=AugmentConfig(copies=cfg.final_augment, seed=cfg.seed),
+        loop=dataclasses.replace(dcfg.loop, max_steps=max_steps, eval_every=every, checkpoint_every=every),
+    )
+
+
+def _label(dcfg, root: Path) -> float:
+    """Augment and label the final run's training data into the cache (distill() then reads it); seconds."""
+    task = get_task(dcfg.task)
+    teacher, _ = fine_tuned_teacher(dcfg, task, root)  # the search's teacher, fine-tuned already: loaded
+    student = resolve_student(dcfg.student, teacher.arch)
+    train_ex, _, _ = read_data(dcfg, task, dcfg.data_dir)
+    train, _, _ = training_features(dcfg, task, teacher, train_ex, Stage())
+    cache = cached_teacher_outputs(
+        teacher.model, teacher.params, train, teacher_key=weights_fingerprint(teacher.path), task=task.name,
+        hidden_layers=dcfg.loss.teacher_hidden_layers(loss_layer_map(dcfg, teacher.arch, student)),
+        batch_size=dcfg.eval_batch_size,
+    )
+    return cache.seconds
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
