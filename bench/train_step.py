@@ -20,31 +20,18 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import jax
-import numpy as np
 
+from bench.common import SHAPES, hf_bert_kwargs, make_batch
 from distill.config import BertArch
 from distill.modeling import build_model, init_params
 from distill.optim import OptimizerConfig
 from distill.train import TrainState, make_supervised_step
-
-SHAPES = {
-    "teacher": (6, 384, 12, 1536),
-    "base": (12, 768, 12, 3072),
-    "student": (4, 312, 12, 1200),
-}
-
-
-def _batch(batch: int, seq: int, vocab: int) -> dict:
-    rng = np.random.default_rng(0)
-    return {
-        "input_ids": rng.integers(1000, vocab, (batch, seq)).astype(np.int32),
-        "token_type_ids": np.zeros((batch, seq), np.int32),
-        "attention_mask": np.ones((batch, seq), np.int32),
-        "labels": rng.integers(0, 2, batch).astype(np.int32),
-        "weights": np.ones(batch, np.float32),
-    }
 
 
 def time_ours(arch: BertArch, batch: dict, steps: int) -> float:
@@ -71,7 +58,7 @@ def time_torch(arch: BertArch, batch: dict, steps: int) -> float | None:
     except ImportError:
         return None
     torch.set_num_threads(os.cpu_count() or 1)
-    cfg = BertConfig(**{k: v for k, v in arch.to_hf_config().items() if k not in ("model_type", "architectures")})
+    cfg = BertConfig(**hf_bert_kwargs(arch))
     model = BertForSequenceClassification(cfg).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-6, weight_decay=0.01)
     inputs = {k: torch.from_numpy(batch[k]).long() for k in ("input_ids", "token_type_ids", "attention_mask")}
@@ -109,7 +96,7 @@ def main() -> None:
     args = p.parse_args()
     arch = BertArch.uniform(*SHAPES[args.shape])
     if args.side:  # child process: one side, one shape
-        batch = _batch(args.batch, args.seq[0], arch.vocab_size)
+        batch = make_batch(args.batch, args.seq[0], arch.vocab_size)
         fn = time_ours if args.side == "ours" else time_torch
         print(json.dumps({"seconds_per_step": fn(arch, batch, args.steps)}))
         return

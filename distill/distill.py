@@ -23,7 +23,6 @@ import itertools
 import json
 import logging
 import os
-import pickle
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -180,22 +179,32 @@ def cached_importance(cfg: DistillConfig, task: Task, teacher: LoadedBert, train
         "teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train),
         "seed": cfg.loop.seed, "batches": cfg.init.importance_batches,
     })
-    path = cache_root() / "importance" / f"{task.name}-{key}.pkl"
+    path = cache_root() / "importance" / f"{task.name}-{key}.npz"
     if path.is_file():
         try:
-            with open(path, "rb") as fh:
-                return pickle.load(fh)
-        except (OSError, pickle.UnpicklingError, EOFError) as e:
+            return _read_scores(path)
+        except (OSError, ValueError, KeyError) as e:
             log.warning("%s: unreadable importance cache (%s); recomputing", path, e)
     sample = batches(train, 32, buckets=default_buckets(train.max_length), shuffle=True, seed=cfg.loop.seed)
     sample = itertools.islice(sample, cfg.init.importance_batches)
-    scores = importance_scores(teacher.model, teacher.params, sample, task_loss(task.kind))
+    scores = jax.device_get(importance_scores(teacher.model, teacher.params, sample, task_loss(task.kind)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as fh:
-        pickle.dump(jax.device_get(scores), fh)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    arrays = {f"{k}_{i}": np.asarray(a) for k in ("heads", "ffn") for i, a in enumerate(scores[k])}
+    np.savez(tmp, hidden=np.asarray(scores["hidden"]), **arrays)
     os.replace(tmp, path)
     return scores
+
+
+def _read_scores(path: Path) -> dict:
+    """Importance scores saved by `cached_importance` (plain arrays: nothing is unpickled)."""
+    with np.load(path, allow_pickle=False) as z:
+        layers = sum(1 for k in z.files if k.startswith("heads_"))
+        return {
+            "heads": [z[f"heads_{i}"] for i in range(layers)],
+            "ffn": [z[f"ffn_{i}"] for i in range(layers)],
+            "hidden": z["hidden"],
+        }
 
 
 def student_params(params: dict) -> dict:

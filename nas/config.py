@@ -52,7 +52,7 @@ class SearchConfig:
     """Where Ray keeps trial results and checkpoints (shared FS or cloud URI); default OUTPUT/ray."""
     target_speedup: float = 5.0
     """The final student: the most accurate candidate at least this much faster than the teacher."""
-    final_steps: int = 20000
+    final_steps: int = 40000
     """Training steps of the final student, fewer if the budget ends first (0: no final training)."""
     final_augment: int = 4
     """Augmented copies per training example for the final student."""

@@ -36,7 +36,12 @@ def pareto_front(rows: list[dict], metric: str = "val_metric", cost: str = "late
             o[metric] >= r[metric] and o[cost] <= r[cost] and (o[metric] > r[metric] or o[cost] < r[cost]) for o in ok
         )
 
-    return sorted((r for r in ok if not dominated(r)), key=lambda r: (-r[metric], r[cost]))
+    front, seen = [], set()
+    for r in sorted((r for r in ok if not dominated(r)), key=lambda r: (-r[metric], r[cost])):
+        if (r.get("arch"), r[metric], r[cost]) not in seen:  # the same candidate sampled twice: listed once
+            seen.add((r.get("arch"), r[metric], r[cost]))
+            front.append(r)
+    return front
 
 
 def write_table(out: Path, rows: list[dict], summary: dict) -> None:

@@ -107,9 +107,19 @@ def base_distill_config(cfg: SearchConfig, data_dir: Path) -> DistillConfig:
 
 
 def search(cfg: SearchConfig, output_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
-    """Run (or, with `resume`, continue) a search; returns the summary also written to results.json."""
-    start = time.time()
+    """Run (or, with `resume`, continue) a search; returns the summary also written to results.json.
+    Ctrl+C stops it (KeyboardInterrupt) with everything needed to resume it saved."""
     out = Path(output_dir).resolve()
+    try:
+        return _search(cfg, out, resume=resume)
+    except KeyboardInterrupt:
+        if (out / CONFIG_FILE).is_file():
+            log.warning("search interrupted; continue it with: python scripts/search.py --resume %s", out)
+        raise
+
+
+def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
+    start = time.time()
     if resume:
         cfg = load_config(out)
     elif (out / CONFIG_FILE).exists():
@@ -226,6 +236,9 @@ def _run_tune(cfg: SearchConfig, setup: TrialSetup, out: Path, *, resume: bool, 
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    # Ctrl+C raises KeyboardInterrupt here, as anywhere else in the search: Tune's own handler would return
+    # a partial result as if the search had ended. Its state on disk resumes either way (`--resume`).
+    os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     cpus = cfg.cpus_per_trial or max(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"])
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, setup=setup), {"cpu": cpus, "gpu": cfg.gpus_per_trial}

@@ -46,7 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--max-params", type=int, default=None, help="skip candidates with more parameters")
     p.add_argument("--target-speedup", type=float, default=5.0,
                    help="final student: the most accurate candidate at least this much faster than the teacher")
-    p.add_argument("--final-steps", type=int, default=20000,
+    p.add_argument("--final-steps", type=int, default=40000,
                    help="training steps of the final student, fewer if the budget ends first (0: none)")
     p.add_argument("--final-augment", type=int, default=4, help="augmented copies per example for the final student")
     p.add_argument("--final-share", type=float, default=0.45, help="share of the budget kept for the final student")

@@ -46,3 +46,16 @@ def test_speed_from_the_trial_or_a_lower_bound():
     assert steps_per_second({"steps_per_second": 12.5, "steps": 600, "seconds": 100.0}) == 12.5
     assert steps_per_second({"steps_per_second": None, "steps": 200, "seconds": 50.0}) == pytest.approx(4.0)
     assert steps_per_second({"steps": 0, "seconds": None}) is None
+
+
+def test_pareto_front_lists_a_candidate_sampled_twice_once():
+    from nas.report import pareto_front
+
+    rows = [
+        {"trial_id": "a", "status": "stopped", "arch": "3L-128", "val_metric": 0.87, "latency_ms": 0.4},
+        {"trial_id": "b", "status": "stopped", "arch": "3L-128", "val_metric": 0.87, "latency_ms": 0.4},
+        {"trial_id": "c", "status": "completed", "arch": "2L-384", "val_metric": 0.92, "latency_ms": 0.6},
+        {"trial_id": "d", "status": "completed", "arch": "2L-256", "val_metric": 0.86, "latency_ms": 0.5},
+        {"trial_id": "final", "status": "final", "arch": "2L-384", "val_metric": 0.95, "latency_ms": 0.6},
+    ]
+    assert [r["trial_id"] for r in pareto_front(rows)] == ["final", "a"]

@@ -267,6 +267,38 @@ def test_sigkilled_search_resumes_and_finishes(env, tmp_path):
     assert (out / "pareto.png").is_file() and any((out / "export").iterdir())
 
 
+def test_ctrl_c_stops_the_search_and_resume_finishes_it(env, tmp_path):
+    """SIGINT (Ctrl+C) after the first trial: exit 130 with the resume command, nothing trained after it."""
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, "scripts/search.py", "--task", "sst2", "--teacher", str(env["teacher"]),
+        "--data-dir", str(env["data"]), "--space", "tiny", "--num-samples", "3", "--trial-steps", "12",
+        "--evals-per-trial", "2", "--validation", "40", "--teacher-epochs", "1", "--algorithm", "random",
+        "--final-steps", "10", "--final-augment", "1", "--output", str(out),
+    ]
+    child_env = {**os.environ, "BERTNAS_CACHE": str(env["cache"]), "RAY_ADDRESS": ""}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and not _terminated(out):
+            assert proc.poll() is None, "the search ended before it could be interrupted"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)  # the driver only, as a terminal's Ctrl+C reaches it first
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert f"--resume {out}" in stderr and "Traceback" not in stderr
+    assert not (out / "results.csv").exists()  # written once the search ends
+    r = subprocess.run([sys.executable, "scripts/search.py", "--resume", str(out)], cwd=ROOT, env=child_env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert len(_rows(out)) == 3 and json.loads((out / "results.json").read_text())["final"]["steps"] == 10
+
+
 def _free_port() -> int:
     import socket
 

@@ -1,0 +1,567 @@
+"""Accelerator benchmark: BERT train-step model FLOPs utilisation (MFU), and Flax vs PyTorch.
+
+  python3 bench/accelerator.py --out bench/results/accelerator.json   # on a GPU (or TPU) machine
+  python bench/accelerator.py --quick --force --out /tmp/acc.json     # tiny shapes, any backend
+
+Without a GPU or TPU it prints one line saying so, writes {"skipped": reason}
+to --out and exits 0; `--force` runs it anyway (on CPU: a smoke test).
+
+What runs (sequence 128; once --budget-s is spent, the cases left are
+skipped and say so; bfloat16 cases come before float32 ones):
+- peak: a jitted N x N x N matmul (N = 8192) in bfloat16 and float32;
+- train: our Flax step (`distill.train.make_supervised_step`: forward,
+  backward, global-norm clipping, AdamW; classification head, dropout on)
+  on the BERT-base shape (12L-768, 12 heads, FFN 3072), batch 128 and 32;
+- infer: forward only, deterministic, on BERT-base, the teacher (6L-384,
+  FFN 1536) and a student (4L-312, FFN 1200) shape, batch 128 and 1;
+- last, one bfloat16 train step whose dropout key is `unsafe_rbg` instead
+  of threefry (key train/base/b128/bfloat16/rbg): what dropout RNG costs;
+- the same train and infer cases with transformers'
+  `BertForSequenceClassification` (random init, eager; AdamW, fused on CUDA,
+  and `clip_grad_norm_`; inference in `torch.inference_mode`), if torch is
+  installed; ratio = our examples/s over PyTorch's.
+
+Precision. bfloat16 training keeps float32 master weights and optimizer
+state: our model is built with `dtype=bfloat16` (every matmul casts its
+float32 kernel and input to bfloat16; LayerNorm, softmax, logits and loss
+stay float32); PyTorch runs the forward under `torch.autocast(bfloat16)`.
+bfloat16 inference stores the weights in bfloat16 on both sides (our params
+cast once, `model.to(torch.bfloat16)`). float32 matmuls use TF32 on both
+sides: it is JAX's default on Ampere and newer GPUs, and PyTorch is set to
+match with `torch.set_float32_matmul_precision("high")`.
+
+Timing: each framework runs in its own child process, JAX first, then
+PyTorch, never both on the device at once (JAX does not preallocate). Each
+case is compiled (first call, reported as first_call_s), warmed up, then
+timed as the median of repeats of back-to-back steps, with
+`jax.block_until_ready` / `torch.cuda.synchronize` before each clock read.
+
+Model FLOPs: `BertArch.flops(seq, "classification", 2)` per example forward
+(matmuls only, 2 per multiply-add); a train step counts 3x. MFU = achieved
+TFLOP/s over the device's nominal dense peak for the compute dtype (bf16 for
+bfloat16, TF32 for float32); mfu_measured divides by the measured matmul
+peak instead. Goal: bfloat16 train MFU >= 40% on BERT-base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script: make the repository root importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import SHAPES, hf_bert_kwargs, make_batch, time_steps  # noqa: E402
+from distill.config import BertArch  # noqa: E402
+
+DEFAULT_OUT = Path("bench/results/accelerator.json")
+MFU_GOAL = 0.40
+HEAD, NUM_LABELS = "classification", 2
+
+# Tiny stand-ins for --quick (odd sizes, so shape bugs surface).
+QUICK_SHAPES = {
+    "base": (2, 36, 3, 72),
+    "teacher": (2, 24, 3, 40),
+    "student": (1, 18, 3, 30),
+}
+
+# Nominal dense peaks in TFLOP/s, (bfloat16, TF32), by a substring of the
+# device kind; the first match wins, so the more specific names come first.
+NOMINAL_PEAKS = (
+    ("H100 NVL", 835.5, 417.5),
+    ("H100 PCIe", 756.5, 378.0),
+    ("H200 NVL", 835.5, 417.5),
+    ("GH200", 989.4, 494.7),
+    ("H100", 989.4, 494.7),  # SXM5, e.g. "NVIDIA H100 80GB HBM3"
+    ("H200", 989.4, 494.7),
+    ("B200", 2250.0, 1100.0),
+    ("A100", 312.0, 156.0),
+    ("L40S", 362.1, 183.0),
+    ("L4", 121.0, 60.0),
+    ("TPU v4", 275.0, None),
+    ("TPU v5 lite", 197.0, None),
+    ("TPU v5", 459.0, None),
+    ("TPU v6 lite", 918.0, None),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One measurement: a mode, a named shape, a batch size and a compute dtype."""
+
+    mode: str  # "train" or "infer"
+    shape: str  # a key of SHAPES
+    batch: int
+    dtype: str  # "bfloat16" or "float32"
+    variant: str = ""  # "rbg": our side only, dropout key from unsafe_rbg
+
+    @property
+    def key(self) -> str:
+        return "/".join(filter(None, (self.mode, self.shape, f"b{self.batch}", self.dtype, self.variant)))
+
+    def fields(self) -> dict:
+        return dataclasses.asdict(self) | {"key": self.key}
+
+
+def nominal_peaks(device_kind: str) -> dict:
+    """{"bfloat16": TFLOP/s, "float32": TFLOP/s (TF32)}; empty for an unknown device."""
+    for name, bf16, tf32 in NOMINAL_PEAKS:
+        if name.lower() in device_kind.lower():
+            return {"bfloat16": bf16, "float32": tf32}
+    return {}
+
+
+def arch_for(shape: str, quick: bool) -> BertArch:
+    return BertArch.uniform(*(QUICK_SHAPES if quick else SHAPES)[shape])
+
+
+INFER_SHAPES = ("base", "teacher", "student")
+
+
+def plan(args) -> list[Case]:
+    """Every case, most important first (the time budget cuts from the end).
+
+    bfloat16 (train, then inference) before float32; the unsafe_rbg
+    diagnostic last.
+    """
+    train_batches = sorted(args.train_batches, reverse=True)
+    cases = []
+    for dtype in sorted(args.dtypes, key=lambda d: d != "bfloat16"):
+        cases += [Case("train", "base", b, dtype) for b in train_batches]
+        cases += [Case("infer", s, b, dtype) for s in INFER_SHAPES for b in sorted(args.infer_batches, reverse=True)]
+    if "bfloat16" in args.dtypes and not args.no_variants:
+        cases.append(Case("train", "base", train_batches[0], "bfloat16", "rbg"))
+    return cases
+
+
+def _table_order(row: dict) -> tuple:
+    return (row["mode"] != "train", row["variant"], INFER_SHAPES.index(row["shape"]), row["dtype"], -row["batch"])
+
+
+def _timing(args) -> dict:
+    if args.quick:
+        return {"warmup": 1, "repeats": 3, "min_repeat_s": 0.01, "max_steps_per_repeat": 5}
+    return {"warmup": args.warmup, "repeats": args.repeats, "min_repeat_s": 0.2, "max_steps_per_repeat": 50}
+
+
+def _result(case: Case, arch: BertArch, seq: int, timed: dict, **extra) -> dict:
+    flops = (3 if case.mode == "train" else 1) * arch.flops(seq, HEAD, NUM_LABELS) * case.batch
+    return {
+        **case.fields(),
+        "arch": arch.name,
+        "seq": seq,
+        **extra,
+        **timed,
+        "model_flops_per_step": flops,
+        "examples_per_s": case.batch / timed["step_s"],
+        "tflops": flops / timed["step_s"] / 1e12,
+    }
+
+
+class _Rows:
+    """Appends one JSON line per result to the file the parent reads back."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    def add(self, row: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def _run_cases(cases, measure, rows: _Rows, side: str, deadline: float, cleanup) -> None:
+    for case in cases:
+        if time.time() > deadline:
+            rows.add({**case.fields(), "side": side, "skipped": "time budget (--budget-s) spent"})
+            continue
+        try:
+            rows.add({**measure(case), "side": side})
+        except Exception as e:  # one failing case (e.g. out of memory) must not lose the others
+            rows.add({**case.fields(), "side": side, "error": f"{type(e).__name__}: {str(e)[:800]}"})
+        cleanup()
+
+
+# ----------------------------------------------------------------- JAX side
+
+
+def _jax_side(args, rows: _Rows, deadline: float) -> None:
+    import gc
+
+    import jax
+    import jax.numpy as jnp
+
+    from distill.modeling import build_model, init_params
+    from distill.optim import OptimizerConfig
+    from distill.train import TrainState, logits_step, make_supervised_step
+
+    timing = _timing(args)
+    backend = jax.default_backend()
+    info = {"side": "ours", "device_type": backend, "device": jax.devices()[0].device_kind}
+
+    def matmul_peak(dtype: str, n: int) -> dict:
+        a, b = (jax.random.normal(jax.random.key(i), (n, n), jnp.float32).astype(dtype) for i in (1, 2))
+        mm = jax.jit(jnp.dot)
+        timed = time_steps(lambda c: (c, mm(a, b)), None, jax.block_until_ready, **timing)
+        return {"mode": "peak", "dtype": dtype, "n": n, **info, **timed, "tflops": 2 * n**3 / timed["step_s"] / 1e12}
+
+    for dtype in sorted(args.dtypes, key=lambda d: d != "bfloat16"):
+        rows.add(matmul_peak(dtype, args.matmul_size))
+
+    def measure(case: Case) -> dict:
+        arch = arch_for(case.shape, args.quick)
+        dtype = jnp.dtype(case.dtype)
+        model = build_model(arch, HEAD, NUM_LABELS, dtype=dtype)
+        # float32 parameters whatever the compute dtype; the float32 model's init is compiled once per shape.
+        params = init_params(build_model(arch, HEAD, NUM_LABELS), jax.random.key(0))
+        batch = make_batch(case.batch, args.seq, arch.vocab_size)
+        if case.mode == "train":
+            tx = OptimizerConfig().build(params, 10_000, arch.num_layers)
+            step = make_supervised_step(model, tx, HEAD)
+            batch = jax.device_put(batch)
+            rng = jax.random.key(0, impl="unsafe_rbg" if case.variant == "rbg" else None)
+            timed = time_steps(
+                lambda state: step(state, batch, rng), TrainState.create(params, tx), jax.block_until_ready, **timing
+            )
+        else:
+            if dtype != jnp.float32:  # serve from bfloat16 weights
+                params = jax.tree.map(lambda p: p.astype(dtype), params)
+            forward = jax.jit(functools.partial(logits_step, model=model))
+            batch = jax.device_put({k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")})
+            timed = time_steps(lambda c: (c, forward(params, batch)), None, jax.block_until_ready, **timing)
+        return _result(case, arch, args.seq, timed, **info)
+
+    _run_cases(plan(args), measure, rows, "ours", deadline, gc.collect)
+
+
+# ------------------------------------------------------------- PyTorch side
+
+
+def _torch_side(args, rows: _Rows, deadline: float) -> None:
+    import gc
+
+    try:
+        import torch
+        import transformers
+        from transformers import BertConfig, BertForSequenceClassification
+    except ImportError as e:
+        rows.add({"mode": "torch_skipped", "reason": f"PyTorch side skipped: {e}"})
+        return
+    if torch.cuda.is_available():
+        device = "cuda"
+    elif args.force:
+        device = "cpu"
+        torch.set_num_threads(os.cpu_count() or 1)
+    else:
+        rows.add({"mode": "torch_skipped", "reason": "PyTorch side skipped: torch sees no CUDA device"})
+        return
+    torch.set_float32_matmul_precision("high")  # TF32, as JAX's default on GPUs
+    torch.manual_seed(0)
+    timing = _timing(args)
+    info = {
+        "side": "torch",
+        "device_type": "gpu" if device == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+    }
+    rows.add({"mode": "torch_info", **info})
+
+    def sync(_):
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def measure(case: Case) -> dict:
+        arch = arch_for(case.shape, args.quick)
+        dtype = getattr(torch, case.dtype)
+        model = BertForSequenceClassification(BertConfig(**hf_bert_kwargs(arch), num_labels=NUM_LABELS)).to(device)
+        batch = make_batch(case.batch, args.seq, arch.vocab_size)
+        inputs = {
+            k: torch.from_numpy(batch[k]).long().to(device) for k in ("input_ids", "token_type_ids", "attention_mask")
+        }
+        attn = getattr(model.config, "_attn_implementation", None)
+        if case.mode == "train":
+            model.train()
+            labels = torch.from_numpy(batch["labels"]).long().to(device)
+            opt = torch.optim.AdamW(
+                model.parameters(), lr=1e-4, eps=1e-6, weight_decay=0.01, fused=device == "cuda" or None
+            )
+            autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=dtype == torch.bfloat16)
+
+            def step(c):
+                opt.zero_grad(set_to_none=True)
+                with autocast:
+                    loss = model(**inputs, labels=labels).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                return c, loss
+
+            timed = time_steps(step, None, sync, **timing)
+        else:
+            model.eval().to(dtype)
+            with torch.inference_mode():
+                timed = time_steps(lambda c: (c, model(**inputs).logits), None, sync, **timing)
+        return _result(case, arch, args.seq, timed, **info, attn_implementation=attn)
+
+    def cleanup():
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+    _run_cases([c for c in plan(args) if not c.variant], measure, rows, "torch", deadline, cleanup)
+
+
+# ------------------------------------------------------------------- parent
+
+
+def _run_child(side: str, argv: list[str], deadline: float, grace_s: float) -> tuple[list[dict], dict]:
+    """Run one side in a fresh process; returns its rows and how it ended."""
+    with tempfile.TemporaryDirectory() as tmp:
+        rows_path = Path(tmp) / "rows.jsonl"
+        rows_path.touch()
+        cmd = [sys.executable, str(Path(__file__).resolve()), *argv]
+        cmd += ["--side", side, "--rows", str(rows_path), "--deadline", str(deadline)]
+        status = {"side": side}
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=max(deadline - time.time(), 0) + grace_s)
+            status["returncode"] = run.returncode
+            stderr = run.stderr
+        except subprocess.TimeoutExpired as e:
+            status["returncode"] = None
+            status["timed_out"] = True
+            stderr = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        if status["returncode"] != 0:
+            status["stderr_tail"] = stderr[-3000:]
+        rows = [json.loads(line) for line in rows_path.read_text().splitlines() if line.strip()]
+    return rows, status
+
+
+def _add_utilisation(rows: list[dict], backend: str, nominal: dict) -> dict:
+    """Adds mfu / mfu_measured to each timed row; returns the measured peaks."""
+    peaks = {r["dtype"]: r["tflops"] for r in rows if r.get("mode") == "peak"}
+    for r in rows:
+        if r.get("mode") not in ("train", "infer") or "tflops" not in r:
+            continue
+        same_device = r["device_type"] == backend
+        peak = nominal.get(r["dtype"])
+        r["mfu"] = r["tflops"] / peak if same_device and peak else None
+        r["mfu_measured"] = r["tflops"] / peaks[r["dtype"]] if same_device and r["dtype"] in peaks else None
+    return peaks
+
+
+def _compare(rows: list[dict]) -> list[dict]:
+    torch_rows = {r["key"]: r for r in rows if r.get("side") == "torch" and "examples_per_s" in r}
+    out = []
+    for r in rows:
+        if r.get("side") != "ours" or "examples_per_s" not in r or r["variant"]:
+            continue
+        ref = torch_rows.get(r["key"])
+        out.append(
+            {
+                "key": r["key"],
+                "ours_examples_per_s": r["examples_per_s"],
+                "torch_examples_per_s": ref["examples_per_s"] if ref else None,
+                "ratio": r["examples_per_s"] / ref["examples_per_s"] if ref else None,
+            }
+        )
+    return out
+
+
+def _summary(rows: list[dict], comparison: list[dict]) -> dict:
+    train = [
+        r
+        for r in rows
+        if r.get("side") == "ours" and r.get("mode") == "train" and r.get("shape") == "base" and r.get("mfu")
+    ]
+    bf16 = [r for r in train if r["dtype"] == "bfloat16" and not r["variant"]]
+    best = max(bf16, key=lambda r: r["mfu"], default=None)
+    ratios = [c["ratio"] for c in comparison if c["ratio"]]
+    return {
+        "mfu_goal": MFU_GOAL,
+        "best_bf16_train_mfu": best["mfu"] if best else None,
+        "best_bf16_train_key": best["key"] if best else None,
+        "meets_goal": best["mfu"] >= MFU_GOAL if best else None,
+        "median_ours_over_torch": statistics.median(ratios) if ratios else None,
+    }
+
+
+def _fmt(value, spec: str, width: int) -> str:
+    return f"{value:{width}{spec}}" if value is not None else f"{'-':>{width}}"
+
+
+def _print_table(result: dict) -> None:
+    dev, peaks, nominal = result["device"], result["peak"]["measured_tflops"], result["peak"]["nominal_tflops"]
+    print(f"accelerator bench on {dev['kind']} ({dev['backend']}), seq {result['config']['seq']}")
+    for dtype, tflops in peaks.items():
+        nom = nominal.get(dtype)
+        label = "TF32" if dtype == "float32" else dtype
+        print(
+            f"  peak {dtype:>8}: {tflops:7.1f} TFLOP/s measured ({result['peak']['matmul_size']}^3 matmul)"
+            + (f", {nom:.1f} nominal {label}" if nom else ", nominal unknown")
+        )
+    torch_by_key = {r["key"]: r for r in result["rows"] if r.get("side") == "torch" and "examples_per_s" in r}
+    print(f"{'case':<30} {'arch':<18} {'ex/s':>9} {'ms/step':>8} {'TFLOP/s':>8} {'MFU':>6}", end="")
+    print(f" {'torch ex/s':>10} {'ratio':>6}")
+    ours = [r for r in result["rows"] if r.get("side") == "ours" and r.get("mode") in ("train", "infer")]
+    for r in sorted(ours, key=_table_order):
+        if "examples_per_s" not in r:
+            print(f"{r['key']:<30} {r.get('skipped') or r.get('error', '')}")
+            continue
+        ref = torch_by_key.get(r["key"])
+        mfu = f"{100 * r['mfu']:5.1f}%" if r.get("mfu") is not None else f"{'-':>6}"
+        print(
+            f"{r['key']:<30} {r['arch']:<18} {r['examples_per_s']:9.1f} {1e3 * r['step_s']:8.2f}"
+            f" {r['tflops']:8.2f} {mfu} {_fmt(ref and ref['examples_per_s'], '.1f', 10)}"
+            f" {_fmt(ref and r['examples_per_s'] / ref['examples_per_s'], '.2f', 6)}"
+        )
+    for r in result["rows"]:
+        if r.get("side") == "torch" and ("error" in r or "skipped" in r):
+            print(f"torch {r['key']}: {r.get('error') or r.get('skipped')}")
+    for note in result["messages"]:
+        print(note)
+    s = result["summary"]
+    if s["best_bf16_train_mfu"] is not None:
+        verdict = "meets" if s["meets_goal"] else "misses"
+        mfu, key = 100 * s["best_bf16_train_mfu"], s["best_bf16_train_key"]
+        print(f"bf16 train MFU {mfu:.1f}% ({key}): {verdict} the >= {100 * MFU_GOAL:.0f}% goal")
+
+
+def _write(path: Path, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="JSON results (default: %(default)s)")
+    p.add_argument("--quick", action="store_true", help="tiny shapes and few steps (a smoke test)")
+    p.add_argument("--force", action="store_true", help="run even without a GPU/TPU (on CPU)")
+    p.add_argument("--seq", type=int, help="sequence length (default 128; 7 with --quick)")
+    p.add_argument("--train-batches", type=int, nargs="+", help="default 32 128 (3 with --quick)")
+    p.add_argument("--infer-batches", type=int, nargs="+", help="default 1 128 (1 3 with --quick)")
+    p.add_argument("--dtypes", nargs="+", choices=["bfloat16", "float32"], default=["bfloat16", "float32"])
+    p.add_argument("--matmul-size", type=int, help="N of the peak matmul (default 8192; 128 with --quick)")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--budget-s", type=float, default=270.0, help="no new case starts after this (default %(default)s)")
+    p.add_argument("--no-torch", action="store_true", help="measure our side only")
+    p.add_argument("--no-variants", action="store_true", help="skip the unsafe_rbg dropout run")
+    p.add_argument("--side", choices=["jax", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--rows", help=argparse.SUPPRESS)
+    p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
+    return p
+
+
+def _parse(argv: list[str]):
+    args = _parser().parse_args(argv)
+    quick_defaults = {"seq": 7, "train_batches": [3], "infer_batches": [1, 3], "matmul_size": 128}
+    full_defaults = {"seq": 128, "train_batches": [32, 128], "infer_batches": [1, 128], "matmul_size": 8192}
+    for name, value in (quick_defaults if args.quick else full_defaults).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = _parse(argv)
+    # Before JAX starts: allocate on demand, so the PyTorch child gets the memory.
+    os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    if args.side:  # child process: one framework
+        (_jax_side if args.side == "jax" else _torch_side)(args, _Rows(args.rows), args.deadline)
+        return 0
+
+    import jax
+
+    t0 = time.time()
+    backend = jax.default_backend()
+    kind = jax.devices()[0].device_kind
+    if backend not in ("gpu", "tpu") and not args.force:
+        reason = f"accelerator bench skipped: JAX backend is {backend!r} ({kind}), no GPU or TPU (--force runs it)"
+        print(reason)
+        _write(args.out, {"skipped": reason, "backend": backend, "device_kind": kind})
+        return 0
+
+    rows, children, messages = [], [], []
+
+    def finish() -> dict:  # written after each child, so a cut-off run still leaves results
+        result = _assemble(args, jax, backend, kind, rows, children, messages, time.time() - t0)
+        _write(args.out, result)
+        return result
+
+    _run_side("jax", argv, t0 + 0.7 * args.budget_s, 180, rows, children, messages)
+    finish()
+    if args.no_torch:
+        messages.append("PyTorch side skipped: --no-torch")
+    elif importlib.util.find_spec("torch") is None:
+        messages.append("PyTorch side skipped: torch is not installed")
+    else:
+        _run_side("torch", argv, max(t0 + args.budget_s, time.time() + 90), 120, rows, children, messages)
+    _print_table(finish())
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _run_side(side, argv, deadline, grace_s, rows: list, children: list, messages: list) -> None:
+    new_rows, status = _run_child(side, argv, deadline, grace_s)
+    rows += new_rows
+    children.append(status)
+    messages += [r["reason"] for r in new_rows if r.get("mode") == "torch_skipped"]
+    if status["returncode"] != 0:
+        print(f"--- {side} child stderr (tail) ---\n{status['stderr_tail'][-1500:]}", file=sys.stderr)
+        messages.append(f"{side} child failed (returncode {status['returncode']}); see children in the JSON")
+
+
+def _assemble(args, jax, backend: str, kind: str, rows, children, messages, elapsed_s: float) -> dict:
+    nominal = nominal_peaks(kind) if backend in ("gpu", "tpu") else {}
+    peaks = _add_utilisation(rows, backend, nominal)
+    comparison = _compare(rows)
+    torch_info = next((r for r in rows if r.get("mode") == "torch_info"), {})
+    return {
+        "device": {
+            "backend": backend,
+            "kind": kind,
+            "count": jax.device_count(),
+            "forced": backend not in ("gpu", "tpu"),
+            "jax": jax.__version__,
+            "python": platform.python_version(),
+            "torch": torch_info.get("torch"),
+            "transformers": torch_info.get("transformers"),
+            "torch_device": torch_info.get("device"),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        },
+        "config": {
+            "quick": args.quick,
+            "seq": args.seq,
+            "train_batches": args.train_batches,
+            "infer_batches": args.infer_batches,
+            "dtypes": args.dtypes,
+            "head": HEAD,
+            "num_labels": NUM_LABELS,
+            "timing": _timing(args),
+            "budget_s": args.budget_s,
+            "shapes": {s: arch_for(s, args.quick).name for s in SHAPES},
+        },
+        "peak": {"matmul_size": args.matmul_size, "measured_tflops": peaks, "nominal_tflops": nominal},
+        "rows": [r for r in rows if r.get("mode") not in ("torch_info", "torch_skipped")],
+        "comparison": comparison,
+        "summary": _summary(rows, comparison),
+        "messages": list(messages),
+        "children": list(children),
+        "elapsed_s": elapsed_s,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Shared by the bench scripts: the named shapes, a random batch, the matching HF config, a timer.
+
+Nothing here imports jax or torch, so a script can set the environment
+(XLA memory flags) before either is loaded, and a PyTorch-only child
+process never loads JAX.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from distill.config import BertArch
+
+# (layers, hidden, heads, FFN) of the shapes we benchmark.
+SHAPES = {
+    "teacher": (6, 384, 12, 1536),
+    "base": (12, 768, 12, 3072),
+    "student": (4, 312, 12, 1200),
+}
+
+
+def make_batch(batch: int, seq: int, vocab: int) -> dict:
+    """Random token ids (no padding) and binary labels, as numpy arrays."""
+    rng = np.random.default_rng(0)
+    low = 1000 if vocab > 1000 else 0
+    return {
+        "input_ids": rng.integers(low, vocab, (batch, seq)).astype(np.int32),
+        "token_type_ids": np.zeros((batch, seq), np.int32),
+        "attention_mask": np.ones((batch, seq), np.int32),
+        "labels": rng.integers(0, 2, batch).astype(np.int32),
+        "weights": np.ones(batch, np.float32),
+    }
+
+
+def hf_bert_kwargs(arch: BertArch) -> dict:
+    """Keyword arguments of the transformers `BertConfig` with the same shape as `arch`."""
+    return {k: v for k, v in arch.to_hf_config().items() if k not in ("model_type", "architectures")}
+
+
+def time_steps(
+    step: Callable[[Any], tuple[Any, Any]],
+    carry: Any,
+    sync: Callable[[Any], None],
+    *,
+    warmup: int = 3,
+    repeats: int = 5,
+    min_repeat_s: float = 0.2,
+    max_steps_per_repeat: int = 50,
+) -> dict:
+    """Time `carry, out = step(carry)` after compilation and warm-up.
+
+    `sync(out)` waits for the device (`jax.block_until_ready`,
+    `torch.cuda.synchronize`). The first call (compilation for jitted code)
+    is timed on its own; then `warmup` calls; then `repeats` repeats of k
+    back-to-back calls, k chosen so one repeat lasts about `min_repeat_s`.
+    Returns seconds per step: median (the figure to report), mean, std, min,
+    max over the repeats, plus the first call's time and k.
+    """
+    t0 = time.perf_counter()
+    carry, out = step(carry)
+    sync(out)
+    first_s = time.perf_counter() - t0
+    for _ in range(warmup):
+        carry, out = step(carry)
+    sync(out)
+    t0 = time.perf_counter()
+    carry, out = step(carry)
+    sync(out)
+    one = max(time.perf_counter() - t0, 1e-6)
+    k = max(1, min(max_steps_per_repeat, math.ceil(min_repeat_s / one)))
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for _ in range(k):
+            carry, out = step(carry)
+        sync(out)
+        times.append((time.perf_counter() - t0) / k)
+    return {
+        "step_s": statistics.median(times),
+        "step_s_mean": statistics.fmean(times),
+        "step_s_std": statistics.pstdev(times),
+        "step_s_min": min(times),
+        "step_s_max": max(times),
+        "first_call_s": first_s,
+        "steps_per_repeat": k,
+        "repeats": repeats,
+    }
