@@ -230,15 +230,20 @@ def _terminated(out: Path) -> set[str]:
     return {t["trial_id"] for t in trials if t["status"] == "TERMINATED"}
 
 
-def test_sigkilled_search_resumes_and_finishes(env, tmp_path):
-    """Kill the whole search (driver and its local Ray) after its first trial, then `--resume`."""
-    out = tmp_path / "out"
-    cmd = [
+def _search_cmd(env, out: Path, *extra: str) -> list[str]:
+    """`scripts/search.py` on the tiny teacher: 3 candidates of 12 steps, writing to `out`."""
+    return [
         sys.executable, "scripts/search.py", "--task", "sst2", "--teacher", str(env["teacher"]),
         "--data-dir", str(env["data"]), "--space", "tiny", "--num-samples", "3", "--trial-steps", "12",
         "--evals-per-trial", "2", "--validation", "40", "--teacher-epochs", "1", "--algorithm", "random",
-        "--final-steps", "0", "--output", str(out),
+        *extra, "--output", str(out),
     ]
+
+
+def test_sigkilled_search_resumes_and_finishes(env, tmp_path):
+    """Kill the whole search (driver and its local Ray) after its first trial, then `--resume`."""
+    out = tmp_path / "out"
+    cmd = _search_cmd(env, out, "--final-steps", "0")
     child_env = {**os.environ, "BERTNAS_CACHE": str(env["cache"]), "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -268,14 +273,9 @@ def test_sigkilled_search_resumes_and_finishes(env, tmp_path):
 
 
 def test_ctrl_c_stops_the_search_and_resume_finishes_it(env, tmp_path):
-    """SIGINT (Ctrl+C) after the first trial: exit 130 with the resume command, nothing trained after it."""
+    """SIGINT (Ctrl+C) after the first trial: exit 130 with the resume command; `--resume` then finishes."""
     out = tmp_path / "out"
-    cmd = [
-        sys.executable, "scripts/search.py", "--task", "sst2", "--teacher", str(env["teacher"]),
-        "--data-dir", str(env["data"]), "--space", "tiny", "--num-samples", "3", "--trial-steps", "12",
-        "--evals-per-trial", "2", "--validation", "40", "--teacher-epochs", "1", "--algorithm", "random",
-        "--final-steps", "10", "--final-augment", "1", "--output", str(out),
-    ]
+    cmd = _search_cmd(env, out, "--final-steps", "10", "--final-augment", "1")
     child_env = {**os.environ, "BERTNAS_CACHE": str(env["cache"]), "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
