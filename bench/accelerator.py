@@ -62,19 +62,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import SHAPES, hf_bert_kwargs, make_batch, time_steps  # noqa: E402
+from bench.common import SHAPES, hf_bert_kwargs, make_batch, shape_arch, time_steps  # noqa: E402
 from distill.config import BertArch  # noqa: E402
 
 DEFAULT_OUT = Path("bench/results/accelerator.json")
 MFU_GOAL = 0.40
 HEAD, NUM_LABELS = "classification", 2
-
-# Tiny stand-ins for --quick (odd sizes, so shape bugs surface).
-QUICK_SHAPES = {
-    "base": (2, 36, 3, 72),
-    "teacher": (2, 24, 3, 40),
-    "student": (1, 18, 3, 30),
-}
 
 # Nominal dense peaks in TFLOP/s, (bfloat16, TF32), by a substring of the
 # device kind; the first match wins, so the more specific names come first.
@@ -123,7 +116,7 @@ def nominal_peaks(device_kind: str) -> dict:
 
 
 def arch_for(shape: str, quick: bool) -> BertArch:
-    return BertArch.uniform(*(QUICK_SHAPES if quick else SHAPES)[shape])
+    return shape_arch(shape, quick)
 
 
 INFER_SHAPES = ("base", "teacher", "student")

@@ -1,4 +1,5 @@
-"""Shared by the bench scripts: the named shapes, a random batch, the matching HF config, a timer.
+"""Shared by the bench scripts: the named shapes, a random batch, the matching HF config, a timer,
+and the `Skip` a suite part raises when it cannot run here.
 
 Nothing here imports jax or torch, so a script can set the environment
 (XLA memory flags) before either is loaded, and a PyTorch-only child
@@ -8,6 +9,7 @@ process never loads JAX.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import time
 from typing import Any, Callable
@@ -16,12 +18,34 @@ import numpy as np
 
 from distill.config import BertArch
 
+
+class Skip(Exception):
+    """A suite part cannot run here (no torch, no search directory, no GPU); the message says why."""
+
+
 # (layers, hidden, heads, FFN) of the shapes we benchmark.
 SHAPES = {
     "teacher": (6, 384, 12, 1536),
     "base": (12, 768, 12, 3072),
     "student": (4, 312, 12, 1200),
 }
+
+# Tiny stand-ins for --quick (odd sizes, so shape bugs surface).
+QUICK_SHAPES = {
+    "base": (2, 36, 3, 72),
+    "teacher": (2, 24, 3, 40),
+    "student": (1, 18, 3, 30),
+}
+
+
+def shape_arch(shape: str, quick: bool = False) -> BertArch:
+    """The named shape (a key of SHAPES) as a uniform BertArch; its tiny stand-in with `quick`."""
+    return BertArch.uniform(*(QUICK_SHAPES if quick else SHAPES)[shape])
+
+
+def cpu_threads() -> int:
+    """CPUs this process may run on (what XLA's CPU client uses by default; PyTorch is set to match)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def make_batch(batch: int, seq: int, vocab: int) -> dict:
@@ -51,6 +75,7 @@ def time_steps(
     repeats: int = 5,
     min_repeat_s: float = 0.2,
     max_steps_per_repeat: int = 50,
+    max_timed_s: float | None = None,
 ) -> dict:
     """Time `carry, out = step(carry)` after compilation and warm-up.
 
@@ -58,8 +83,10 @@ def time_steps(
     `torch.cuda.synchronize`). The first call (compilation for jitted code)
     is timed on its own; then `warmup` calls; then `repeats` repeats of k
     back-to-back calls, k chosen so one repeat lasts about `min_repeat_s`.
-    Returns seconds per step: median (the figure to report), mean, std, min,
-    max over the repeats, plus the first call's time and k.
+    With `max_timed_s`, slow steps get fewer repeats (at least 3) so the timed
+    part lasts about that long. Returns seconds per step: median (the figure
+    to report), mean, std, min, max over the repeats, plus the first call's
+    time, k and the number of repeats.
     """
     t0 = time.perf_counter()
     carry, out = step(carry)
@@ -73,6 +100,8 @@ def time_steps(
     sync(out)
     one = max(time.perf_counter() - t0, 1e-6)
     k = max(1, min(max_steps_per_repeat, math.ceil(min_repeat_s / one)))
+    if max_timed_s is not None:
+        repeats = max(min(3, repeats), min(repeats, int(max_timed_s / (k * one))))
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()

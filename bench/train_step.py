@@ -5,85 +5,82 @@
 
 Both sides do one full step: forward, backward, global-norm clipping and an
 AdamW update, on a sequence-classification head with dropout on (training
-mode), with random token ids. Each side runs in its own process (PyTorch's
-OpenMP threads keep spinning after its work and would slow a JAX run in the
-same process). PyTorch uses as many threads as there are cores (torch 2.13.0
-CPU, `pip install torch==2.13.0`); without torch only our side is measured.
+mode), with random token ids, from the same initial weights. Each side runs
+in its own process (PyTorch's OpenMP threads keep spinning after its work and
+would slow a JAX run in the same process; see `bench/compare.py`). PyTorch
+uses as many threads as this process may use (torch 2.13.0 CPU,
+`pip install torch==2.13.0`); without torch only our side is measured.
 Prints a table and one JSON line per shape.
+
+Also the suite's part `train_step` (`python -m bench`): batch 32, sequence
+128, shapes student, teacher and BERT-base (`--quick`: tiny shapes, batch 8,
+sequence 16).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import jax
+from bench import compare  # noqa: E402
+from bench.common import SHAPES, cpu_threads, shape_arch  # noqa: E402
+from bench.compare import INPUTS, Case  # noqa: E402
 
-from bench.common import SHAPES, hf_bert_kwargs, make_batch
-from distill.config import BertArch
-from distill.modeling import build_model, init_params
-from distill.optim import OptimizerConfig
-from distill.train import TrainState, make_supervised_step
+SHAPE_ORDER = ("student", "teacher", "base")  # cheapest first: a time budget cuts from the end
 
 
-def time_ours(arch: BertArch, batch: dict, steps: int) -> float:
-    model = build_model(arch, "classification", 2)
-    params = init_params(model, jax.random.key(0))
+def cases(quick: bool) -> list[Case]:
+    batch, seq = (8, 16) if quick else (32, 128)
+    return [Case("train", shape, batch, seq) for shape in SHAPE_ORDER]
+
+
+def ours_step(arch, params, batch: dict):
+    """(step, state) for `time_steps`: `distill.train.make_supervised_step` with our AdamW (clipping at 1.0)."""
+    import jax
+
+    from distill.modeling import build_model
+    from distill.optim import OptimizerConfig
+    from distill.train import TrainState, make_supervised_step
+
+    model = build_model(arch, compare.HEAD, compare.NUM_LABELS)
+    params = jax.device_put(params)
     tx = OptimizerConfig().build(params, 10_000, arch.num_layers)
-    state = TrainState.create(params, tx)
-    step = make_supervised_step(model, tx, "classification")
-    rng = jax.random.key(0)
-    for _ in range(2):  # compile + warm-up
-        state, metrics = step(state, batch, rng)
-    jax.block_until_ready(metrics)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        state, metrics = step(state, batch, rng)
-    jax.block_until_ready(metrics)
-    return (time.perf_counter() - t0) / steps
+    step = make_supervised_step(model, tx, compare.HEAD)
+    batch, rng = jax.device_put(batch), jax.random.key(0)
+    return (lambda state: step(state, batch, rng)), TrainState.create(params, tx)
 
 
-def time_torch(arch: BertArch, batch: dict, steps: int) -> float | None:
-    try:
-        import torch
-        from transformers import BertConfig, BertForSequenceClassification
-    except ImportError:
-        return None
-    torch.set_num_threads(os.cpu_count() or 1)
-    cfg = BertConfig(**hf_bert_kwargs(arch))
-    model = BertForSequenceClassification(cfg).train()
+def torch_step(model, batch: dict):
+    """A step for `time_steps`: zero_grad, forward + loss, backward, clip_grad_norm_(1.0), AdamW."""
+    import torch
+
+    model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-6, weight_decay=0.01)
-    inputs = {k: torch.from_numpy(batch[k]).long() for k in ("input_ids", "token_type_ids", "attention_mask")}
+    inputs = {k: torch.from_numpy(batch[k]).long() for k in INPUTS}
     labels = torch.from_numpy(batch["labels"]).long()
 
-    def one():
+    def step(carry):
         opt.zero_grad(set_to_none=True)
-        model(**inputs, labels=labels).loss.backward()
+        loss = model(**inputs, labels=labels).loss
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        return carry, loss
 
-    for _ in range(2):
-        one()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        one()
-    return (time.perf_counter() - t0) / steps
+    return step
 
 
-def _measure_in_subprocess(side: str, shape: str, batch: int, seq: int, steps: int) -> float | None:
-    cmd = [sys.executable, __file__, "--side", side, "--shape", shape, "--batch", str(batch), "--seq", str(seq)]
-    run = subprocess.run(cmd + ["--steps", str(steps)], capture_output=True, text=True)
-    if run.returncode != 0:
-        raise RuntimeError(f"{side} benchmark failed:\n{run.stderr[-2000:]}")
-    return json.loads(run.stdout.strip().splitlines()[-1])["seconds_per_step"]
+def part(ctx) -> dict:
+    from bench.inference import ratio_rows
+
+    result = compare.run(cases(ctx.quick), quick=ctx.quick, timing=compare.timing(ctx.quick),
+                         deadline=ctx.deadline, weights_dir=ctx.weights_dir)
+    return {"timing": compare.timing(ctx.quick), **result, "ratios": ratio_rows(result["comparison"])}
 
 
 def main() -> None:
@@ -91,33 +88,31 @@ def main() -> None:
     p.add_argument("--shape", default="teacher", choices=sorted(SHAPES))
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, nargs="+", default=[16, 32, 64])
-    p.add_argument("--steps", type=int, default=10)
-    p.add_argument("--side", choices=["ours", "torch"], help=argparse.SUPPRESS)
+    p.add_argument("--steps", type=int, default=10, help="timed steps, after compilation and one warm-up step")
     args = p.parse_args()
-    arch = BertArch.uniform(*SHAPES[args.shape])
-    if args.side:  # child process: one side, one shape
-        batch = make_batch(args.batch, args.seq[0], arch.vocab_size)
-        fn = time_ours if args.side == "ours" else time_torch
-        print(json.dumps({"seconds_per_step": fn(arch, batch, args.steps)}))
-        return
+    arch = shape_arch(args.shape)
+    timing = {"warmup": 0, "repeats": args.steps, "min_repeat_s": 0.0, "max_steps_per_repeat": 1}
+    result = compare.run([Case("train", args.shape, args.batch, s) for s in args.seq], quick=False, timing=timing)
+    for message in result["messages"]:
+        print(message, file=sys.stderr)
+    ours = {r["key"]: r for r in result["rows"] if r.get("side") == "ours"}
     print(f"{'shape':>8} {'seq':>4} {'ours ex/s':>10} {'torch ex/s':>10} {'ratio':>6}")
-    for seq in args.seq:
-        ours = _measure_in_subprocess("ours", args.shape, args.batch, seq, args.steps)
-        ref = _measure_in_subprocess("torch", args.shape, args.batch, seq, args.steps)
+    for c in result["comparison"]:
         row = {
             "shape": args.shape,
             "arch": arch.name,
             "batch": args.batch,
-            "seq": seq,
-            "ours_examples_per_second": args.batch / ours,
-            "torch_examples_per_second": args.batch / ref if ref else None,
-            "ratio": ref / ours if ref else None,
-            "device": jax.devices()[0].device_kind,
-            "cpus": os.cpu_count(),
+            "seq": c["seq"],
+            "ours_examples_per_second": c["ours_examples_per_s"],
+            "torch_examples_per_second": c["torch_examples_per_s"],
+            "ratio": c["ratio"],
+            "device": ours[c["key"]]["device"],
+            "cpus": cpu_threads(),
         }
-        torch_col = f"{row['torch_examples_per_second']:10.1f}" if ref else f"{'-':>10}"
-        ratio_col = f"{row['ratio']:6.2f}" if ref else f"{'-':>6}"
-        print(f"{args.shape:>8} {seq:>4} {row['ours_examples_per_second']:10.1f} {torch_col} {ratio_col}")
+        ref = c["torch_examples_per_s"]
+        torch_col = f"{ref:10.1f}" if ref else f"{'-':>10}"
+        ratio_col = f"{c['ratio']:6.2f}" if ref else f"{'-':>6}"
+        print(f"{args.shape:>8} {c['seq']:>4} {c['ours_examples_per_s']:10.1f} {torch_col} {ratio_col}")
         print(json.dumps(row))
 
 

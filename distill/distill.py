@@ -273,6 +273,7 @@ def distill(
         cache = cached_teacher_outputs(
             teacher.model, teacher_params, train, teacher_key=weights_fingerprint(teacher.path), task=task.name,
             hidden_layers=hidden_layers, batch_size=cfg.eval_batch_size, use_cache=use_cache,
+            prefix=int(original.sum()) if num_augmented else 0,  # the originals may be labelled already
         )
         times.labelling = cache.seconds
     teacher_dev = teacher_eval or evaluate_model(teacher.model, teacher_params, task, dev, dev_ex, cfg.eval_batch_size)

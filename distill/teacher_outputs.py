@@ -52,6 +52,9 @@ class OutputCache:
     """Teacher hidden-state index -> (sum T_i, H) bfloat16."""
     seconds: float = 0.0
     """Time it took to compute them (0 when read from the cache)."""
+    labelled: int = 0
+    """Features that went through the teacher for this (0 when read from the cache; fewer than all when
+    a cached prefix was reused)."""
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -115,38 +118,52 @@ def label_features(
     batch_size: int = 128,
     desc: str = "",
     directory: Path | None = None,
+    head: OutputCache | None = None,
 ) -> OutputCache:
     """Run the teacher over `features` (no dropout) and keep logits and the listed hidden states.
 
     With `directory`, the hidden states are written straight into `.npy`
     memory maps there (they can outgrow the RAM: 67k SST-2 sentences x 20
-    augmented copies x 5 layers is tens of GB), else kept in memory.
+    augmented copies x 5 layers is tens of GB), else kept in memory. With
+    `head`, the outputs of the first `len(head)` features computed before
+    (the originals, when the rest are their augmented copies), those rows are
+    copied and only the other features go through the teacher.
     """
     token_level = model.head in ("tagging", "span")
     offsets = np.zeros(len(features) + 1, np.int64)
     np.cumsum(features.lengths, out=offsets[1:])
     fn = _jitted_forward(model, tuple(hidden_layers))
     logits = hidden = None
+    done = 0 if head is None else len(head)
+    if done:
+        if done > len(features) or not np.array_equal(head.offsets, offsets[: done + 1]):
+            raise ValueError(f"label_features: `head` ({done} features) is not a prefix of the {len(features)} features")
+        logits, hidden = _allocate(directory, features, offsets, token_level, head.logits.shape[1:],
+                                   {i: head.hidden[i].shape[-1] for i in hidden_layers})
+        logits[: len(head.logits)] = head.logits
+        for i in hidden_layers:
+            hidden[i][: head.offsets[-1]] = head.hidden[i]
     t0 = time.perf_counter()
+    todo = tail(features, done)
     buckets = default_buckets(features.max_length)
     bar = tqdm(
-        batches(features, batch_size, buckets=buckets),
+        batches(todo, batch_size, buckets=buckets) if len(todo) else iter(()),
         desc=desc or "teacher labelling",
         unit="batch",
         mininterval=2.0,
-        total=num_batches(features, batch_size, buckets),
+        total=num_batches(todo, batch_size, buckets) if len(todo) else 0,
     )
     for batch in bar:
         out_logits, out_hidden = jax.device_get(fn(params, batch))
         out_logits = np.asarray(out_logits, np.float32)
         if logits is None:
             width = out_logits.shape[2:] if token_level else out_logits.shape[1:]
-            rows = offsets[-1] if token_level else len(features)
-            logits = np.zeros((rows,) + width, np.float32)
-            hidden = {i: _hidden_array(directory, i, (offsets[-1], h.shape[-1])) for i, h in zip(hidden_layers, out_hidden)}
+            logits, hidden = _allocate(directory, features, offsets, token_level, width,
+                                       {i: h.shape[-1] for i, h in zip(hidden_layers, out_hidden)})
         for r, i in enumerate(batch["index"]):
             if i < 0:
                 continue
+            i += done
             lo, hi = offsets[i], offsets[i + 1]
             if token_level:
                 logits[lo:hi] = out_logits[r, : hi - lo]
@@ -158,8 +175,30 @@ def label_features(
     if logits is None:
         raise ValueError("label_features: no features")
     seconds = time.perf_counter() - t0
-    log.info("teacher labelled %d features in %.1fs (%.0f/s)", len(features), seconds, len(features) / seconds)
-    return OutputCache(logits, offsets, token_level, hidden, seconds)
+    log.info("teacher labelled %d features in %.1fs (%.0f/s)%s", len(todo), seconds, len(todo) / max(seconds, 1e-9),
+             f"; {done} more were labelled before" if done else "")
+    return OutputCache(logits, offsets, token_level, hidden, seconds, len(todo))
+
+
+def tail(features: Features, start: int) -> Features:
+    """Features `start`.. (just what the teacher needs: ids, segments, lengths)."""
+    if not start:
+        return features
+    return Features(features.kind, features.max_length, features.input_ids[start:], features.token_type_ids[start:],
+                    features.lengths[start:], features.example_index[start:])
+
+
+def head_of(features: Features, n: int) -> Features:
+    """Features ..`n` (ids, segments, lengths: what the cache key hashes)."""
+    return Features(features.kind, features.max_length, features.input_ids[:n], features.token_type_ids[:n],
+                    features.lengths[:n], features.example_index[:n])
+
+
+def _allocate(directory, features, offsets, token_level: bool, width: tuple, hidden_widths: dict[int, int]):
+    rows = offsets[-1] if token_level else len(features)
+    logits = np.zeros((rows,) + tuple(width), np.float32)
+    hidden = {i: _hidden_array(directory, i, (offsets[-1], w)) for i, w in hidden_widths.items()}
+    return logits, hidden
 
 
 def _hidden_array(directory: Path | None, layer: int, shape: tuple[int, int]) -> np.ndarray:
@@ -180,6 +219,7 @@ def cached_teacher_outputs(
     hidden_layers: tuple[int, ...] = (),
     batch_size: int = 128,
     use_cache: bool = True,
+    prefix: int = 0,
 ) -> OutputCache:
     """Teacher outputs for `features`, from the on-disk cache or computed (and stored) now.
 
@@ -187,9 +227,14 @@ def cached_teacher_outputs(
     with fewer is recomputed with the union of both and replaced. Entries are
     written to a private temporary directory and renamed into place, so
     concurrent runs (search trials) never see a half-written entry.
+
+    `prefix`: the first `prefix` features (the originals, before their
+    augmented copies) may be cached as a set of their own; if they are, their
+    rows are reused and only the rest are labelled, so no feature goes through
+    the teacher twice (a search labels the originals for its trials, then the
+    copies for its final run).
     """
-    key = config_key({"format": FORMAT, "teacher": teacher_key, "task": task, "features": features_fingerprint(features)})
-    directory = cache_root() / "outputs" / f"{task}-{key}"
+    directory = _entry(task, teacher_key, features)
     desc = f"{task}: teacher labelling"
     if not use_cache:
         return label_features(model, params, features, tuple(hidden_layers), batch_size=batch_size, desc=desc)
@@ -198,10 +243,14 @@ def cached_teacher_outputs(
         log.info("reusing cached teacher outputs %s", directory)
         return found
     layers = tuple(sorted(set(hidden_layers) | set(_meta(directory).get("hidden_layers", ()))))
+    head = _read(_entry(task, teacher_key, head_of(features, prefix)), set(layers)) if 0 < prefix < len(features) else None
+    if head is not None:
+        log.info("reusing the cached teacher outputs of the first %d features", prefix)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        result = label_features(model, params, features, layers, batch_size=batch_size, desc=desc, directory=tmp)
+        result = label_features(model, params, features, layers, batch_size=batch_size, desc=desc, directory=tmp,
+                                head=head)
         _write(tmp, result, {"teacher": teacher_key, "task": task, "features": len(features)})
         _publish(tmp, directory)
     finally:
@@ -209,8 +258,13 @@ def cached_teacher_outputs(
     stored = _read(directory, set(hidden_layers))
     if stored is None:
         return result
-    stored.seconds = result.seconds
+    stored.seconds, stored.labelled = result.seconds, result.labelled
     return stored
+
+
+def _entry(task: str, teacher_key: str, features: Features) -> Path:
+    key = config_key({"format": FORMAT, "teacher": teacher_key, "task": task, "features": features_fingerprint(features)})
+    return cache_root() / "outputs" / f"{task}-{key}"
 
 
 def _meta(directory: Path) -> dict:

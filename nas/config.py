@@ -50,6 +50,9 @@ class SearchConfig:
     gpus_per_trial: float = 0
     storage_path: str | None = None
     """Where Ray keeps trial results and checkpoints (shared FS or cloud URI); default OUTPUT/ray."""
+    latency_threads: int = 1
+    """CPU threads the latency of a candidate and of the teacher is measured on (0: all, in the trial's
+    process); one thread gives stable figures and is how a CPU server runs batch-1 requests."""
     target_speedup: float = 5.0
     """The final student: the most accurate candidate at least this much faster than the teacher."""
     final_steps: int = 40000
@@ -87,6 +90,8 @@ class SearchConfig:
             raise UserError(f"final_share: must be in [0, 1), got {self.final_share}")
         if self.target_speedup <= 0:
             raise UserError(f"target_speedup: must be > 0, got {self.target_speedup}")
+        if self.latency_threads < 0:
+            raise UserError(f"latency_threads: must be >= 0, got {self.latency_threads}")
         if self.augment < 0:
             raise UserError(f"augment: must be >= 0, got {self.augment}")
 

@@ -86,7 +86,7 @@ def train_final(cfg, setup: TrialSetup, rows: list[dict], out: Path, *, deadline
         write_json(root / "student.json", setup.space.arch(chosen["_config"], setup.teacher_arch).to_dict())
         dcfg = final_config(cfg, setup, chosen, max_steps=cfg.final_steps, student_file=str(root / "student.json"))
         t0 = time.perf_counter()
-        label_seconds = _label(dcfg, root)  # before planning: labelling the augmented copies may take minutes
+        label_seconds, labelled = _label(dcfg, root)  # before planning: labelling the copies may take minutes
         seconds_left = deadline - time.time() - 30  # the front's export and dev evaluation follow
         steps = plan_steps(cfg.final_steps, seconds_left, steps_per_second(chosen))
         if steps < min(MIN_STEPS, cfg.final_steps):
@@ -96,6 +96,7 @@ def train_final(cfg, setup: TrialSetup, rows: list[dict], out: Path, *, deadline
             "trial_id": chosen["trial_id"], "arch": chosen["arch"], "config": chosen["_config"], "steps": steps,
             "steps_per_second": steps_per_second(chosen), "seconds_left": seconds_left,
             "prepare_seconds": time.perf_counter() - t0, "labelling_seconds": label_seconds,
+            "labelled_features": labelled,
         }
         write_json(plan_file, plan)
         log.info("final training: %s (trial %s, val %.4f, %.2fx) for %d steps, augment %d", chosen["arch"],
@@ -122,6 +123,8 @@ def train_final(cfg, setup: TrialSetup, rows: list[dict], out: Path, *, deadline
         "train_examples_per_second": result["train_examples_per_second"],
         "augmented_examples": result["augmented_examples"],
         "labelling_seconds": plan.get("labelling_seconds"),
+        "labelled_features": plan.get("labelled_features"),
+        "train_features": result.get("train_features"),
         "export_dir": str(run / "export"),
         "pareto": False,
         "error": None,
@@ -139,19 +142,20 @@ def final_config(cfg, setup: TrialSetup, chosen: dict, *, max_steps: int, studen
     )
 
 
-def _label(dcfg, root: Path) -> float:
-    """Augment and label the final run's training data into the cache (distill() then reads it); seconds."""
+def _label(dcfg, root: Path) -> tuple[float, int]:
+    """Augment and label the final run's training data into the cache (distill() then reads it); seconds and
+    features labelled. The originals were labelled for the trials: only their copies go through the teacher."""
     task = get_task(dcfg.task)
     teacher, _ = fine_tuned_teacher(dcfg, task, root)  # the search's teacher, fine-tuned already: loaded
     student = resolve_student(dcfg.student, teacher.arch)
     train_ex, _, _ = read_data(dcfg, task, dcfg.data_dir)
-    train, _, _ = training_features(dcfg, task, teacher, train_ex, Stage())
+    train, original, _ = training_features(dcfg, task, teacher, train_ex, Stage())
     cache = cached_teacher_outputs(
         teacher.model, teacher.params, train, teacher_key=weights_fingerprint(teacher.path), task=task.name,
         hidden_layers=dcfg.loss.teacher_hidden_layers(loss_layer_map(dcfg, teacher.arch, student)),
-        batch_size=dcfg.eval_batch_size,
+        batch_size=dcfg.eval_batch_size, prefix=int(original.sum()),  # the trials' labels: only copies are new
     )
-    return cache.seconds
+    return cache.seconds, cache.labelled
 
 
 def _finite(x) -> bool:

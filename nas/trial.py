@@ -51,6 +51,8 @@ class TrialSetup:
     cache_root: str
     teacher_eval: dict
     """The teacher's metrics on the validation slice (measured once by the driver)."""
+    latency_threads: int = 1
+    """CPU threads latency is measured on (`nas.cost.CostModel`)."""
 
 
 def trial_distill_config(setup: TrialSetup, sample: dict, student_file: str) -> DistillConfig:
@@ -72,7 +74,7 @@ def trial_distill_config(setup: TrialSetup, sample: dict, student_file: str) -> 
 
 def candidate_cost(setup: TrialSetup, arch: BertArch):
     """Analytic size and measured latency of `arch` and its speedup over the teacher (this device)."""
-    model = CostModel(setup.head, setup.num_labels, setup.seq_len)
+    model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads)
     return model.cost(arch).with_speedup(model.cost(setup.teacher_arch))
 
 

@@ -153,11 +153,12 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
         hidden_layers=(), batch_size=base.eval_batch_size,
     )
     seconds["labelling"] = cache.seconds
+    forwards = {"trials": cache.labelled, "train_features": len(train)}
     cached_importance(base, task, teacher, train)  # every trial initialises from these scores
     seconds["data_and_importance"] = time.perf_counter() - t0 - cache.seconds
     seq_len = typical_length(train.lengths)
     t0 = time.perf_counter()
-    teacher_cost = CostModel(task.kind, task.num_labels, seq_len).cost(teacher.arch)
+    teacher_cost = CostModel(task.kind, task.num_labels, seq_len, threads=cfg.latency_threads).cost(teacher.arch)
     dev_result = evaluate_dir(teacher.path, task.name, data_dir=str(data_dir), limit=cfg.dev_limit)
     val_features = encode(task, val_ex, teacher.tokenizer)
     val_result = evaluate_model(teacher.model, teacher.params, task, val_features, val_ex, base.eval_batch_size)
@@ -175,7 +176,7 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
     setup = TrialSetup(
         base=base, space=space, teacher_arch=teacher.arch, head=task.kind, num_labels=task.num_labels,
         seq_len=seq_len, constraints=cfg.constraints, metric=metric, task_metric=task.metric,
-        cache_root=str(cache_root().resolve()), teacher_eval=val_result,
+        cache_root=str(cache_root().resolve()), teacher_eval=val_result, latency_threads=cfg.latency_threads,
     )
     deadline = start + cfg.budget_minutes * 60 - 60  # a minute for the front's export
     remaining = deadline - time.time()
@@ -221,6 +222,7 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
             s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped", "rejected", "failed", "not_started")
         },
         "seconds": seconds,
+        "teacher_forwards": _forwards(forwards, final),
     }
     report.write_table(out, rows, summary)
     report.plot(out / "pareto.png", rows, front, teacher_row, task.metric)
@@ -228,6 +230,16 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
     (out / "leaderboard.txt").write_text(board + "\n")
     print(board, flush=True)
     return summary
+
+
+def _forwards(setup: dict, final: dict | None) -> dict:
+    """Teacher forwards spent labelling in this run (0 for what a cache held) and the distinct training
+    features the students trained on; per_feature is 1 when nothing was labelled twice (a cold cache)."""
+    out = {**setup, "final": (final or {}).get("labelled_features") or 0}
+    features = max(setup["train_features"], (final or {}).get("train_features") or 0)
+    out.update(total=out["trials"] + out["final"], distinct_features=features)
+    out["per_feature"] = out["total"] / features if features else None
+    return out
 
 
 def _run_tune(cfg: SearchConfig, setup: TrialSetup, out: Path, *, resume: bool, time_budget_s: float):
@@ -316,14 +328,21 @@ def make_sampler(cfg: SearchConfig):
 
 
 def _row(result, setup: TrialSetup) -> dict:
-    """One trial's line of results.csv, from its Tune result."""
+    """One trial's line of results.csv, from its Tune result.
+
+    A trial the time budget stopped before its first report may come back with no config and no
+    metrics (Tune had written neither): it is listed as not started, never a crash of the search.
+    """
     config, m = result.config or {}, result.metrics or {}
-    arch = setup.space.arch(config, setup.teacher_arch)
+    try:
+        arch = setup.space.arch(config, setup.teacher_arch)
+    except (KeyError, TypeError, ValueError):
+        arch = None
     row = {
         "trial_id": m.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
-        "arch": arch.name,
-        "params": m.get("params", arch.num_params(setup.head, setup.num_labels)),
-        "flops": m.get("flops", arch.flops(setup.seq_len, setup.head, setup.num_labels)),
+        "arch": arch.name if arch is not None else m.get("arch"),
+        "params": m.get("params", arch.num_params(setup.head, setup.num_labels) if arch is not None else None),
+        "flops": m.get("flops", arch.flops(setup.seq_len, setup.head, setup.num_labels) if arch is not None else None),
         "latency_ms": m.get("latency_ms"),
         "batch_latency_ms": m.get("batch_latency_ms"),
         "speedup": m.get("speedup"),
@@ -338,7 +357,9 @@ def _row(result, setup: TrialSetup) -> dict:
     if result.error is not None:
         row["status"], row["error"] = "failed", _error_line(result.error)
     elif not m:
-        row["status"], row["error"] = "not_started", "the search ended (budget or interruption) before it ran"
+        row["status"], row["error"] = "not_started", "the search ended (budget or interruption) before its first report"
+    elif arch is None:  # metrics without the sampled config: nothing to retrain or export from it
+        row["status"], row["error"] = "failed", "Tune kept no configuration for this trial"
     elif m.get("status") == "rejected":
         row["status"], row["error"] = "rejected", m.get("reason")
     elif score is None or score == REJECTED or not math.isfinite(score):

@@ -44,6 +44,8 @@ def parse_args(argv=None):
     p.add_argument("--max-latency-ms", type=float, default=None, help="skip candidates slower than this (batch 1)")
     p.add_argument("--min-speedup", type=float, default=None, help="skip candidates less than this much faster")
     p.add_argument("--max-params", type=int, default=None, help="skip candidates with more parameters")
+    p.add_argument("--latency-threads", type=int, default=1,
+                   help="CPU threads latency is measured on (0: all; 1 gives stable batch-1 figures)")
     p.add_argument("--target-speedup", type=float, default=5.0,
                    help="final student: the most accurate candidate at least this much faster than the teacher")
     p.add_argument("--final-steps", type=int, default=40000,
@@ -83,7 +85,7 @@ def main(argv=None) -> int:
             ),
             algorithm=args.algorithm, scheduler=args.scheduler, address=args.address,
             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, storage_path=args.storage_path,
-            target_speedup=args.target_speedup, final_steps=args.final_steps, final_augment=args.final_augment,
+            latency_threads=args.latency_threads, target_speedup=args.target_speedup, final_steps=args.final_steps, final_augment=args.final_augment,
             final_share=args.final_share, teacher_epochs=args.teacher_epochs, train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed,
         )
         if args.smoke_test:

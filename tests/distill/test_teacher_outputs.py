@@ -97,3 +97,40 @@ def test_fingerprint_sees_every_token(setup):
     ids[7][2] += 1
     changed = type(features)(**{**features.__dict__, "input_ids": ids})
     assert features_fingerprint(changed) != features_fingerprint(features)
+
+
+@pytest.mark.parametrize("task_name,head,labels", [("sst2", "classification", 2), ("conll2003", "tagging", 9)])
+def test_cached_prefix_is_not_labelled_again(setup, monkeypatch, tmp_path, task_name, head, labels):
+    """Originals labelled on their own, then originals + copies: only the copies go through the teacher,
+    and the result equals labelling everything at once."""
+    arch, data = setup
+    monkeypatch.setenv("BERTNAS_CACHE", str(tmp_path))
+    model = build_model(arch, head, labels)
+    params = init_params(model, jax.random.key(0))
+    full = data[task_name]
+    n = len(full) - 5  # the last 5 features play the augmented copies
+    originals = teacher_outputs.head_of(full, n)
+    cached_teacher_outputs(model, params, originals, teacher_key="t", task=task_name, hidden_layers=(1,))
+
+    seen = []
+    real = teacher_outputs.label_features
+
+    def spy(model, params, features, *a, **k):
+        seen.append(len(features) - (len(k["head"]) if k.get("head") is not None else 0))
+        return real(model, params, features, *a, **k)
+
+    monkeypatch.setattr(teacher_outputs, "label_features", spy)
+    got = cached_teacher_outputs(model, params, full, teacher_key="t", task=task_name, hidden_layers=(1,), prefix=n)
+    assert seen == [5], "only the 5 new features may be labelled"
+    want = real(model, params, full, (1,), batch_size=8)
+    np.testing.assert_allclose(got.logits, want.logits, atol=1e-5)
+    np.testing.assert_array_equal(got.offsets, want.offsets)
+    np.testing.assert_allclose(np.asarray(got.hidden[1], np.float32), np.asarray(want.hidden[1], np.float32),
+                               rtol=1e-2, atol=1e-2)
+
+    # A prefix that is not cached (another teacher) or not a prefix (different lengths): all labelled.
+    seen.clear()
+    cached_teacher_outputs(model, params, full, teacher_key="t2", task=task_name, prefix=n)
+    assert seen == [len(full)]
+    with pytest.raises(ValueError, match="not a prefix"):
+        real(model, params, teacher_outputs.tail(full, 1), (1,), head=want)

@@ -78,6 +78,18 @@ def test_measure_latency_real():
         measure_latency(TINY, "classification", 3, 17, 2)  # longer than max positions
 
 
+def test_measure_latency_times_at_least_min_seconds(monkeypatch):
+    """A fast model is timed for `min_seconds` (many calls), capped at `max_repeats`; `repeats` is a floor."""
+    calls = []
+    real = nas.cost.jax.block_until_ready
+    monkeypatch.setattr(nas.cost.jax, "block_until_ready", lambda x: calls.append(1) or real(x))
+    measure_latency(TINY, "classification", 3, 7, 1, repeats=3, warmup=1, min_seconds=10.0, max_repeats=40)
+    assert len(calls) == 1 + 40  # warm-up + capped timed calls (10 s would take far more)
+    calls.clear()
+    measure_latency(TINY, "classification", 3, 7, 1, repeats=5, warmup=0, min_seconds=0.0)
+    assert len(calls) == 5
+
+
 def test_bigger_model_is_slower():
     small = BertArch.uniform(1, 36, 3, 37, vocab_size=101, max_position_embeddings=32)
     big = BertArch.uniform(4, 96, 3, 384, vocab_size=101, max_position_embeddings=32)
@@ -153,3 +165,26 @@ def test_constraints():
     for bad in ({"max_latency_ms": -1.0}, {"min_speedup": 0}, {"max_params": -5}, {"max_params": "10M"}):
         with pytest.raises(ValueError, match="--max|--min"):
             Constraints(**bad)
+
+
+def test_cost_model_measures_on_one_thread_in_a_child(tmp_path):
+    """threads=1: both batch sizes measured in one pinned child process, cached under their own keys."""
+    path = tmp_path / "lat.json"
+    model = CostModel("classification", 2, 7, batch_size=3, cache_path=path, repeats=3, min_seconds=0.01, threads=1)
+    cost = model.cost(TINY)
+    assert 0 < cost.latency_ms <= cost.latency_ms_p95 and cost.batch_latency_ms > 0
+    entries = json.loads(path.read_text())["entries"]
+    assert sorted(entries) == sorted([model.key(TINY, 1), model.key(TINY, 3)])
+    assert all("|t1|" in k and v["threads"] == 1 for k, v in entries.items())
+    in_process = CostModel("classification", 2, 7, batch_size=3, cache_path=path, repeats=3, min_seconds=0.01)
+    assert in_process.key(TINY, 1) not in entries  # a different measurement: never mixed up
+
+
+def test_child_measurement_failure_names_the_model():
+    with pytest.raises(RuntimeError, match=r"latency measurement of .* failed .*longer|latency measurement of .* failed"):
+        nas.cost.measure_in_child(TINY, "classification", 2, 17, [1], threads=1)  # longer than max positions
+
+
+def test_latency_threads_validated():
+    with pytest.raises(ValueError, match="threads"):
+        CostModel("classification", 2, 7, threads=-1)

@@ -136,6 +136,10 @@ def test_chosen_candidate_is_trained_again_on_augmented_data(searched, env):
     assert final["status"] == "final" and final["arch"] == source["arch"] and final["steps"] == 20
     assert final["latency_ms"] == source["latency_ms"] and final["learning_rate"] == source["learning_rate"]
     assert final["augmented_examples"] == 270  # one copy of each of the 270 training examples left
+    # Each training feature went through the teacher once: the originals for the trials, the copies after.
+    forwards = summary["teacher_forwards"]
+    assert (forwards["trials"], forwards["final"]) == (270, 270) and final["labelled_features"] == 270
+    assert forwards["distinct_features"] == 540 and forwards["per_feature"] == 1.0
     plan = json.loads((out / "final" / "plan.json").read_text())
     assert plan["steps"] == 20 and plan["trial_id"] == source["trial_id"]
     run = json.loads((out / "final" / "run" / "results.json").read_text())

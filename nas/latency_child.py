@@ -1,0 +1,48 @@
+"""Latency measured in a child process on a fixed number of CPU threads (`nas.cost.measure_in_child`).
+
+  python -m nas.latency_child '{"arch": {...}, "head": "classification", "num_labels": 2, "seq_len": 40,
+                               "batches": [1, 32], "threads": 1, "repeats": 20, "min_seconds": 0.25}'
+
+Before JAX loads, the process pins itself to `threads` of its CPUs and, for
+one thread, turns off XLA's multi-threaded CPU kernels; then it measures
+each batch size with `nas.cost.measure_latency` and prints one JSON line:
+{"<batch>": [median_ms, p95_ms], ...}. XLA sizes its CPU thread pools when
+the backend starts, so a thread count cannot be set for one call in a
+process that is already running JAX (a search trial, which trains on all CPUs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+
+def pin(threads: int) -> None:
+    """Run this process (and the XLA backend it starts later) on `threads` CPUs."""
+    if hasattr(os, "sched_setaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))[:threads]
+        os.sched_setaffinity(0, cpus)
+    if threads == 1:
+        flags = os.environ.get("XLA_FLAGS", "")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()
+    os.environ["JAX_PLATFORMS"] = "cpu"
+
+
+def main(argv: list[str]) -> None:
+    request = json.loads(argv[0])
+    pin(int(request["threads"]))
+    from distill.config import BertArch
+    from nas.cost import measure_latency
+
+    arch = BertArch.from_dict(request["arch"])
+    result = {
+        str(b): measure_latency(arch, request["head"], request["num_labels"], request["seq_len"], b,
+                                repeats=request["repeats"], min_seconds=request["min_seconds"])
+        for b in request["batches"]
+    }
+    print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
