@@ -356,7 +356,7 @@ def _row(result, setup: TrialSetup) -> dict:
     score = m.get(setup.metric)
     if result.error is not None:
         row["status"], row["error"] = "failed", _error_line(result.error)
-    elif not m:
+    elif not m or (arch is None and setup.metric not in m):  # at most Tune's own bookkeeping, no report
         row["status"], row["error"] = "not_started", "the search ended (budget or interruption) before its first report"
     elif arch is None:  # metrics without the sampled config: nothing to retrain or export from it
         row["status"], row["error"] = "failed", "Tune kept no configuration for this trial"
