@@ -144,7 +144,7 @@ def label_features(
         for i in hidden_layers:
             hidden[i][: head.offsets[-1]] = head.hidden[i]
     t0 = time.perf_counter()
-    todo = tail(features, done)
+    todo = rows(features, done)
     buckets = default_buckets(features.max_length)
     bar = tqdm(
         batches(todo, batch_size, buckets=buckets) if len(todo) else iter(()),
@@ -180,23 +180,18 @@ def label_features(
     return OutputCache(logits, offsets, token_level, hidden, seconds, len(todo))
 
 
-def tail(features: Features, start: int) -> Features:
-    """Features `start`.. (just what the teacher needs: ids, segments, lengths)."""
-    if not start:
+def rows(features: Features, start: int = 0, stop: int | None = None) -> Features:
+    """Features `start`..`stop` with just what the teacher and the cache key need: ids, segments, lengths."""
+    if start == 0 and stop is None:
         return features
-    return Features(features.kind, features.max_length, features.input_ids[start:], features.token_type_ids[start:],
-                    features.lengths[start:], features.example_index[start:])
-
-
-def head_of(features: Features, n: int) -> Features:
-    """Features ..`n` (ids, segments, lengths: what the cache key hashes)."""
-    return Features(features.kind, features.max_length, features.input_ids[:n], features.token_type_ids[:n],
-                    features.lengths[:n], features.example_index[:n])
+    part = slice(start, stop)
+    return Features(features.kind, features.max_length, features.input_ids[part], features.token_type_ids[part],
+                    features.lengths[part], features.example_index[part])
 
 
 def _allocate(directory, features, offsets, token_level: bool, width: tuple, hidden_widths: dict[int, int]):
-    rows = offsets[-1] if token_level else len(features)
-    logits = np.zeros((rows,) + tuple(width), np.float32)
+    n = offsets[-1] if token_level else len(features)
+    logits = np.zeros((n,) + tuple(width), np.float32)
     hidden = {i: _hidden_array(directory, i, (offsets[-1], w)) for i, w in hidden_widths.items()}
     return logits, hidden
 
@@ -243,7 +238,7 @@ def cached_teacher_outputs(
         log.info("reusing cached teacher outputs %s", directory)
         return found
     layers = tuple(sorted(set(hidden_layers) | set(_meta(directory).get("hidden_layers", ()))))
-    head = _read(_entry(task, teacher_key, head_of(features, prefix)), set(layers)) if 0 < prefix < len(features) else None
+    head = _read(_entry(task, teacher_key, rows(features, 0, prefix)), set(layers)) if 0 < prefix < len(features) else None
     if head is not None:
         log.info("reusing the cached teacher outputs of the first %d features", prefix)
     directory.parent.mkdir(parents=True, exist_ok=True)

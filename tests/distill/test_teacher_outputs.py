@@ -109,7 +109,7 @@ def test_cached_prefix_is_not_labelled_again(setup, monkeypatch, tmp_path, task_
     params = init_params(model, jax.random.key(0))
     full = data[task_name]
     n = len(full) - 5  # the last 5 features play the augmented copies
-    originals = teacher_outputs.head_of(full, n)
+    originals = teacher_outputs.rows(full, 0, n)
     cached_teacher_outputs(model, params, originals, teacher_key="t", task=task_name, hidden_layers=(1,))
 
     seen = []
@@ -133,4 +133,4 @@ def test_cached_prefix_is_not_labelled_again(setup, monkeypatch, tmp_path, task_
     cached_teacher_outputs(model, params, full, teacher_key="t2", task=task_name, prefix=n)
     assert seen == [len(full)]
     with pytest.raises(ValueError, match="not a prefix"):
-        real(model, params, teacher_outputs.tail(full, 1), (1,), head=want)
+        real(model, params, teacher_outputs.rows(full, 1), (1,), head=want)
