@@ -8,8 +8,13 @@ ratios is printed at the end and saved with everything else in suite.json):
   peak         measured matmul GFLOP/s and the share our steps reach (bench/peak.py)
   students     a search's students vs its teacher on real dev sentences (bench/students.py)
   search_time  where a search's wall time went; teacher forwards per example (bench/search_time.py)
+  compile_cache  a trial's compilation with and without the persistent cache (bench/compile_cache.py)
   size         export vs checkpoint bytes per parameter (bench/size.py)
+  quantize     int8 students vs their float32 exports: accuracy, size, latency (bench/quantize.py)
   accelerator  GPU/TPU MFU (bench/accelerator.py); skipped on a CPU-only machine
+
+With `--search`, the suite also draws the student speedup against accuracy
+(bench/plot.py) into <out>/speedup_vs_accuracy.png.
 
 A part that cannot run here (no torch, no search directory, no GPU) records
 {"skipped": why} and the suite goes on; a part that fails records its error
@@ -32,7 +37,8 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import inference, peak, search_time, size, students, train_step
+from bench import compile_cache, inference, peak, search_time, size, students, train_step
+from bench import quantize
 from bench.common import Skip, cpu_threads
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,6 +57,17 @@ def _accelerator(ctx) -> dict:
     return {**result, "ratios": ratios}
 
 
+def _plot(search: Path, out: Path) -> None:
+    """Student speedup vs accuracy (bench/plot.py) next to the JSON; a search without scores is only reported."""
+    from bench import plot
+
+    try:
+        path = plot.plot(plot.load(search, out / "students.json"), out / "speedup_vs_accuracy.png")
+        print(f"plot: {path}", flush=True)
+    except ValueError as e:
+        print(f"plot: skipped: {e}", flush=True)
+
+
 # name -> (function, stops at the time budget); in the order they run: the cheap parts first,
 # `peak` after the two parts whose steps it rates.
 PARTS = {
@@ -60,9 +77,11 @@ PARTS = {
     "inference": (inference.part, True),
     "train_step": (train_step.part, True),
     "peak": (peak.part, False),
+    "quantize": (quantize.part, True),
+    "compile_cache": (compile_cache.part, True),
     "accelerator": (_accelerator, True),
 }
-TABLE_ORDER = ("inference", "train_step", "peak", "students", "search_time", "size", "accelerator")
+TABLE_ORDER = ("inference", "train_step", "peak", "students", "quantize", "search_time", "compile_cache", "size", "accelerator")
 
 
 @dataclasses.dataclass
@@ -151,7 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (a smoke test, CI)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder (%(default)s)")
     p.add_argument("--only", type=_parts, default=list(PARTS), help=f"comma list of parts: {','.join(PARTS)}")
-    p.add_argument("--search", help="a finished search's output directory (parts students, search_time, size)")
+    p.add_argument("--search", help="a finished search's output directory (parts students, quantize, search_time, size)")
     p.add_argument("--run", help="a distillation run directory for `size` (default: the search's final run)")
     p.add_argument("--teacher", help="fine-tuned teacher directory for `students` (default: the search's)")
     p.add_argument("--student", dest="students", nargs="+", default=[], help="exported student directories")
@@ -199,6 +218,8 @@ def main(argv: list[str] | None = None) -> int:
             status = ("skipped: " + rec["skipped"] if "skipped" in rec
                       else "ERROR: " + rec["error"][:300] if "error" in rec else "done")
             print(f"[{time.time() - t0:6.0f} s] {name}: {status} ({rec['elapsed_s']:.0f} s)", flush=True)
+    if args.search is not None and records.get("students", {}).get("students"):
+        _plot(Path(args.search), Path(args.out))
     text = table(records)
     print(text)
     elapsed = time.time() - t0

@@ -8,10 +8,15 @@ process never loads JAX.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -41,6 +46,23 @@ QUICK_SHAPES = {
 def shape_arch(shape: str, quick: bool = False) -> BertArch:
     """The named shape (a key of SHAPES) as a uniform BertArch; its tiny stand-in with `quick`."""
     return BertArch.uniform(*(QUICK_SHAPES if quick else SHAPES)[shape])
+
+
+def run_child(module: str, request: dict) -> dict:
+    """`python -m <module> REQUEST_JSON OUT_FILE` (a part's pinned child) and the JSON it wrote;
+    a result {"skipped": why} raises Skip, a failed child RuntimeError with its stderr's tail."""
+    with tempfile.TemporaryDirectory(prefix="bench-child-") as tmp:
+        out = Path(tmp) / "result.json"
+        root = str(Path(__file__).resolve().parent.parent)
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.run([sys.executable, "-m", module, json.dumps(request), str(out)], env=env,
+                              capture_output=True, text=True)
+        if proc.returncode or not out.is_file():
+            raise RuntimeError(f"{module} child failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}")
+        result = json.loads(out.read_text())
+    if "skipped" in result:
+        raise Skip(result["skipped"])
+    return result
 
 
 def cpu_threads() -> int:

@@ -105,7 +105,8 @@ def breakdown(search_dir: str | Path) -> dict:
     stages = {name: seconds[key] for key, name in STAGES if key in seconds}
     if total:
         stages["other"] = max(0.0, total - sum(stages.values()))
-    rows = [r for r in results.get("trials", []) if r.get("trial_id") != "final"]
+    # Trials only: not the final run, nor the int8 copies of the front (--quantize).
+    rows = [r for r in results.get("trials", []) if r.get("trial_id") != "final" and not r.get("quantized")]
     trained = [r for r in rows if r.get("status") in TRAINED]
 
     timed = [r for r in trained if r.get("seconds") and r.get("steps") and r.get("steps_per_second")]

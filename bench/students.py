@@ -28,9 +28,7 @@ Data: `--data-dir`, else the search's own setting, else $GLUE_DIR & co.
 from __future__ import annotations
 
 import json
-import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import Skip
+from bench.common import Skip, run_child
 
 AGREEMENT = 0.10
 THROUGHPUT_BATCH = 32
@@ -60,7 +58,10 @@ def inputs(ctx) -> dict:
         raise Skip("no --search DIR or --teacher DIR given")
     students = list(ctx.students or [])
     if not students and search:
-        students = sorted(d for d in (search / "export").glob("*") if (d / "config.json").is_file())
+        # The float32 students only: the int8 copies of `--quantize int8` are part `quantize`'s
+        # (the test of `distill.export.is_quantized`, without importing JAX here).
+        students = sorted(d for d in (search / "export").glob("*") if (d / "config.json").is_file()
+                          and "quantization_config" not in _json(d / "config.json"))
     if not students:
         raise Skip("no students: pass --student DIR or a search with exported students")
     for path in [teacher, *students]:
@@ -191,25 +192,10 @@ def part(ctx) -> dict:
                "data_dirs": spec["data_dirs"], "seq_len": spec["seq_len"], "recorded": spec["recorded"],
                "quick": ctx.quick, "deadline": ctx.deadline, "threads": threads}
     if threads:  # like the search's cost model: a child process pinned to `threads` CPUs
-        result = _in_child(request)
+        result = run_child("bench.students", request)
     else:
         result = measure_all(request)
     return {**result, "ratios": ratio_rows(result)}
-
-
-def _in_child(request: dict) -> dict:
-    with tempfile.TemporaryDirectory(prefix="bench-students-") as tmp:
-        out = Path(tmp) / "result.json"
-        root = str(Path(__file__).resolve().parent.parent)
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        proc = subprocess.run([sys.executable, "-m", "bench.students", json.dumps(request), str(out)], env=env,
-                              capture_output=True, text=True)
-        if proc.returncode or not out.is_file():
-            raise RuntimeError(f"students child failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}")
-        result = json.loads(out.read_text())
-    if "skipped" in result:
-        raise Skip(result["skipped"])
-    return result
 
 
 def measure_all(request: dict) -> dict:

@@ -7,6 +7,7 @@ A `UserError` (bad file, flag, directory or name) prints one line,
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -31,12 +32,28 @@ def run(main: Callable[[], int | None]) -> None:
     try:
         code = main()
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]  # one line, always
+        print(f"error: {'; '.join(lines) or type(e).__name__}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= `low` (argparse reports anything else as a bad flag value, exit 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    return parse
 
 
 def add_run_args(p, *, lr: float, epochs: int) -> None:
@@ -64,6 +81,16 @@ def add_run_args(p, *, lr: float, epochs: int) -> None:
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reusing cached results")
     p.add_argument("--checkpoint-every", type=int, default=500, help="save a resumable checkpoint every N steps")
     p.add_argument("-v", "--verbose", action="store_true")
+
+
+QUANTIZE = ("int8",)  # the names of `distill.quantize.SCHEMES` (not imported here: it loads JAX and qwix)
+
+
+def add_quantize_arg(p) -> None:
+    """`--quantize NAME` of the training tools: also an int8 copy of what they export, measured against float32."""
+    p.add_argument("--quantize", default=None, choices=QUANTIZE,
+                   help="also quantize the exported model(s) (int8 weights per output channel, activations "
+                   "per token) and report accuracy, size and latency next to float32")
 
 
 def optimizer_from_args(args):

@@ -4,12 +4,21 @@
 a student may be heterogeneous. A layer's attention width is
 `num_heads[i] * head_size`, at most `hidden_size`. The architecture is also the
 core of an exported model's `config.json` (see `to_dict` / `to_hf_config`).
+
+Cross-layer parameter sharing (ALBERT-style): `layer_groups[i]` is the
+parameter group of layer i; the layers of a group run the same weights, so a
+group is one set of parameters (`num_params` counts it once) while every layer
+still costs its FLOPs. Groups are numbered 0, 1, ... in order of first use and
+the layers of a group have equal heads and FFN sizes. None (the default) is no
+sharing; a grouping with every layer in a group of its own is stored as None,
+so equal models compare (and hash) equal.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import numbers
 import re
 from typing import Any
 
@@ -37,6 +46,7 @@ class BertArch:
     attention_dropout: float = 0.1
     initializer_range: float = 0.02
     pad_token_id: int = 0
+    layer_groups: tuple[int, ...] | None = None
 
     def __post_init__(self):
         # Accept lists (from JSON) but store tuples so the arch stays hashable.
@@ -72,6 +82,7 @@ class BertArch:
         for field in ("hidden_dropout", "attention_dropout"):
             value = getattr(self, field)
             _check(0.0 <= value < 1.0, field, f"must be in [0, 1), got {value}")
+        object.__setattr__(self, "layer_groups", _check_groups(self))
 
     # ------------------------------------------------------------------ build
     @classmethod
@@ -100,6 +111,21 @@ class BertArch:
         return len(set(self.num_heads)) == 1 and len(set(self.ffn_sizes)) == 1
 
     @property
+    def groups(self) -> tuple[int, ...]:
+        """The parameter group of each layer: `layer_groups`, or (0, 1, ..., L - 1) without sharing."""
+        return self.layer_groups if self.layer_groups is not None else tuple(range(self.num_layers))
+
+    @property
+    def num_groups(self) -> int:
+        """Sets of layer parameters (`encoder/layer_{g}` for g < num_groups)."""
+        return len(set(self.groups))
+
+    @property
+    def group_starts(self) -> tuple[int, ...]:
+        """The first layer of each group, in group order (its heads and FFN size are the group's)."""
+        return tuple(self.groups.index(g) for g in range(self.num_groups))
+
+    @property
     def name(self) -> str:
         """Short name: `4L-312` style plus the per-layer sizes when not default."""
         parts = [f"{self.num_layers}L", str(self.hidden_size)]
@@ -109,15 +135,18 @@ class BertArch:
         parts.append("F" + ",".join(str(f) for f in self.ffn_sizes) if len(ffns) > 1 else f"F{ffns[0]}")
         if self.head_size * self.num_heads[0] != self.hidden_size or len(heads) > 1:
             parts.append(f"D{self.head_size}")
+        if self.layer_groups is not None:
+            parts.append("G" + ",".join(str(g) for g in self.layer_groups))
         return "-".join(parts)
 
     # --------------------------------------------------------------- counting
-    def num_params(self, head: str = "none", num_labels: int = 0) -> int:
-        """Exact parameter count of `build_model(self, head, num_labels)`."""
+    def num_params(self, head: str = "none", num_labels: int = 0, crf: bool = False) -> int:
+        """Exact parameter count of `build_model(self, head, num_labels, crf=crf)` (shared layers count once)."""
         num_labels = head_outputs(head, num_labels)
         h = self.hidden_size
         n = (self.vocab_size + self.max_position_embeddings + self.type_vocab_size) * h + 2 * h
-        for width, ffn in zip(self.attention_widths, self.ffn_sizes):
+        for i in self.group_starts:
+            width, ffn = self.attention_widths[i], self.ffn_sizes[i]
             n += 3 * (h * width + width)  # query, key, value
             n += width * h + h + 2 * h  # attention output + LayerNorm
             n += h * ffn + ffn + ffn * h + h + 2 * h  # FFN + LayerNorm
@@ -125,6 +154,8 @@ class BertArch:
             n += h * h + h
         if head in ("classification", "regression", "tagging", "span"):
             n += h * num_labels + num_labels
+        if crf:  # a tagger's CRF: transitions between the tags, start and end scores
+            n += num_labels * num_labels + 2 * num_labels
         return n
 
     def flops(self, seq_len: int, head: str = "none", num_labels: int = 0) -> int:
@@ -147,9 +178,15 @@ class BertArch:
 
     # ------------------------------------------------------------ (de)serialise
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields; `layer_groups` only when layers share parameters (so an unshared arch's dict,
+        and every cache key made from it, is what it was before sharing existed)."""
         d = dataclasses.asdict(self)
         d["num_heads"] = list(self.num_heads)
         d["ffn_sizes"] = list(self.ffn_sizes)
+        if self.layer_groups is None:
+            del d["layer_groups"]
+        else:
+            d["layer_groups"] = list(self.layer_groups)
         return d
 
     @classmethod
@@ -237,15 +274,16 @@ def has_pooler(head: str) -> bool:
     return head in ("classification", "regression", "none")
 
 
-_NAME = re.compile(r"^(\d+)L-(\d+)((?:-[HFD][\d,]+)*)$")
+_NAME = re.compile(r"^(\d+)L-(\d+)((?:-[HFDG][\d,]+)*)$")
 
 
 def parse_arch_name(name: str, base: BertArch | None = None) -> BertArch:
-    """`4L-312`, `6L-384-H6-F1536`, `4L-312-H12-F1200`, `3L-384-H4,6,8-D32`.
+    """`4L-312`, `6L-384-H6-F1536`, `4L-312-H12-F1200`, `3L-384-H4,6,8-D32`, `4L-384-G0,0,1,1`.
 
     Defaults: 12 heads when they divide hidden with a head size >= 16 (as in
     BERT, TinyBERT 4L-312 and MiniLM 384), else hidden / 64, 8, 6, 4, 3, 2 or 1
-    heads on the same terms; FFN = 4 x hidden; head size = hidden / heads.
+    heads on the same terms; FFN = 4 x hidden; head size = hidden / heads; no
+    sharing. `-G` gives each layer's parameter group (`BertArch.layer_groups`).
     Vocabulary and positions come from `base` (the teacher) when given.
     """
     m = _NAME.match(name.strip())
@@ -272,6 +310,7 @@ def parse_arch_name(name: str, base: BertArch | None = None) -> BertArch:
         head_size=head_size,
         num_heads=expand(heads, "H"),
         ffn_sizes=expand(ffn, "F"),
+        layer_groups=opts.get("G"),
         **shared,
     )
 
@@ -281,6 +320,31 @@ def _default_heads(hidden: int) -> int:
         if heads >= 1 and hidden % heads == 0 and hidden // heads >= 16:
             return heads
     return 1
+
+
+def _check_groups(arch: BertArch) -> tuple[int, ...] | None:
+    """`arch.layer_groups` validated and canonical: a tuple of ints, or None when no two layers share."""
+    groups = arch.layer_groups
+    if groups is None:
+        return None
+    _check(isinstance(groups, (list, tuple)), "layer_groups",
+           f"expected one group index per layer, e.g. [0, 0, 1, 1], got {groups!r}")
+    groups = tuple(groups)
+    bad = [g for g in groups if isinstance(g, bool) or not isinstance(g, numbers.Integral) or g < 0]
+    _check(not bad, "layer_groups", f"group indices must be integers >= 0, got {bad}")
+    groups = tuple(int(g) for g in groups)
+    _check(len(groups) == arch.num_layers, "layer_groups", f"has {len(groups)} entries for {arch.num_layers} layers")
+    first: dict[int, int] = {}
+    for i, g in enumerate(groups):
+        _check(g <= len(first), "layer_groups",
+               f"layer {i} uses group {g} before group {len(first)}; number the groups 0, 1, ... in order of "
+               f"first use, e.g. [0, 0, 1, 1]")
+        j = first.setdefault(g, i)
+        for field, what in (("num_heads", "heads"), ("ffn_sizes", "FFN size")):
+            a, b = getattr(arch, field)[j], getattr(arch, field)[i]
+            _check(a == b, "layer_groups",
+                   f"layers {j} and {i} share group {g} but have {what} {a} and {b}; shared layers need equal sizes")
+    return groups if len(first) < len(groups) else None
 
 
 def _check(ok: bool, field: str, problem: str) -> None:

@@ -10,7 +10,11 @@ position scores 0 and decodes to nothing.
 `iob2_constraints(labels)` lists the moves IOB2 forbids (O -> I-X, B-X -> I-Y,
 I-X -> I-Y for X != Y, and starting on I-X); `constrain` adds a large negative
 score to them, so neither training nor decoding can produce an invalid
-sequence. Shapes: emissions (B, T, K), tags (B, T) int, mask (B, T).
+sequence. `decode` is the jitted, constrained Viterbi over given positions
+that evaluation uses. Shapes: emissions (B, T, K), tags (B, T) int, mask (B, T).
+
+The model's CRF option (`distill.modeling.BertForTask(crf=True)`) holds the
+scores; its loss is `distill.losses.crf_tagging_loss`.
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import NamedTuple, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from tasks.errors import UserError
 
 FORBIDDEN = -1e4
 """Score added to a forbidden move: exp(-1e4) is 0 in float32, and it stays finite (no NaN in gradients)."""
@@ -127,6 +133,16 @@ def viterbi(params: CrfParams, emissions, mask) -> tuple[jax.Array, jax.Array]:
     return jnp.where(mask, tags, 0), jnp.where(mask[:, 0], score, 0.0)
 
 
+@jax.jit
+def decode(params: CrfParams, emissions, positions, allowed, allowed_start) -> jax.Array:
+    """Constrained Viterbi over the `positions` of each row (B, T) bool, in order: their best tags
+    (B, T) int at those positions, 0 elsewhere. `allowed`/`allowed_start` as `iob2_constraints` gives them."""
+    params = constrain(params, allowed, allowed_start)
+    chained, mask, index = compact(emissions, positions)
+    tags, _ = viterbi(params, chained, mask)
+    return expand(tags, index, positions)
+
+
 def compact(x: jax.Array, mask: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Move the positions where `mask` is set to the left, in order: (x compacted, new mask, gather index).
 
@@ -146,3 +162,11 @@ def expand(tags: jax.Array, index: jax.Array, mask: jax.Array, fill: int = 0) ->
     count = jnp.sum(mask.astype(bool), axis=1)
     valid = jnp.arange(tags.shape[1])[None, :] < count[:, None]
     return out.at[rows, jnp.where(valid, index, tags.shape[1])].set(tags, mode="drop")
+
+
+def check_crf(task, crf: bool) -> None:
+    """A UserError when a CRF (`--crf`) is asked for a task that is not token tagging."""
+    if crf and task.kind != "tagging":
+        raise UserError(
+            f"--crf: task {task.name} is {task.kind}; a CRF needs a token-tagging task (e.g. conll2003, ner)"
+        )

@@ -11,6 +11,11 @@
      (`objective`, `train.train_step`, `loop.fit`), evaluating on dev;
   5. exports the best student to `output_dir/export` (`export`).
 
+On a token-tagging task the student may have a linear-chain CRF (`crf`; by
+default it has one when the teacher has): its hard loss is the negative CRF
+log-likelihood, the soft loss stays on the emissions, its transitions start
+from the teacher's, and it is evaluated with constrained Viterbi decoding.
+
 The run directory gets config.json, metrics.jsonl, tb/, checkpoints/ and
 results.json (dev scores of teacher and student, sizes, FLOPs, and the wall
 time of each stage).
@@ -32,8 +37,9 @@ import numpy as np
 
 from distill.augment import AugmentConfig, augment
 from distill.config import BertArch, parse_arch_name
+from distill.crf import check_crf
 from distill.evaluate import evaluate_model
-from distill.export import export_model, export_summary
+from distill.export import check_output_path, export_model, export_summary
 from distill.finetune import FinetuneConfig, finetune
 from distill.checkpoint import Checkpointer
 from distill.init import InitConfig, check_compatible, hidden_map, importance_scores, init_student, teacher_layers
@@ -48,11 +54,9 @@ from distill.teacher_outputs import cached_teacher_outputs, features_fingerprint
 from distill.train import TrainState, make_train_step
 from tasks.base import Task
 from tasks.batching import batches, default_buckets
-from tasks.datafiles import resolve_data_dir
 from tasks.errors import UserError
 from tasks.features import Features, encode
-from tasks.readers import read_split, split_off
-from tasks.registry import get_task
+from tasks.readers import load_task, read_split, split_off
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +83,9 @@ class DistillConfig:
     instead of dev, which then stays unseen (architecture search does this)."""
     teacher_epochs: int = 2
     """Epochs of teacher fine-tuning when the teacher is not yet fine-tuned on the task."""
+    crf: bool | None = None
+    """A linear-chain CRF on the student (tagging only); None: when the teacher has one. A teacher
+    fine-tuned here gets one when this is True."""
 
 
 @dataclasses.dataclass
@@ -118,7 +125,9 @@ def fine_tuned_teacher(
     """Load the teacher; fine-tune it first unless it already is fine-tuned on this task."""
     t0 = time.perf_counter()
     teacher = load_bert(cfg.teacher)
-    if teacher.meta.get("task") == task.name and teacher.head == task.kind and teacher.num_labels == task.num_labels:
+    same_labels = tuple(teacher.meta.get("labels", ())) == task.labels  # the generic `ner` task's come from data
+    if teacher.meta.get("task") == task.name and teacher.head == task.kind and same_labels \
+            and teacher.num_labels == task.num_labels:
         return teacher, time.perf_counter() - t0
     log.info("teacher %s is not fine-tuned on %s: fine-tuning it first", cfg.teacher, task.name)
     ft = FinetuneConfig(
@@ -129,6 +138,7 @@ def fine_tuned_teacher(
         train_limit=cfg.train_limit,
         dev_limit=cfg.dev_limit,
         seed=cfg.loop.seed,
+        crf=bool(cfg.crf),
     )
     result = finetune(ft, out / "teacher_finetune", resume=resume, use_cache=use_cache)
     return load_bert(result["teacher_dir"]), time.perf_counter() - t0
@@ -160,12 +170,17 @@ def training_features(cfg: DistillConfig, task: Task, teacher: LoadedBert, train
     return train, original, len(extra)
 
 
+def student_crf(cfg: DistillConfig, teacher: LoadedBert) -> bool:
+    """Whether the student has a CRF: as configured, else as the teacher."""
+    return teacher.crf if cfg.crf is None else cfg.crf
+
+
 def student_init(cfg: DistillConfig, task: Task, teacher: LoadedBert, student: BertArch, train: Features) -> dict:
     """The student's train-time parameters: the model's, plus the hidden projection when a loss needs it."""
     scores = cached_importance(cfg, task, teacher, train) if cfg.init.needs_importance else None
     params = init_student(
         student, teacher.arch, teacher.params, head=task.kind, num_labels=task.num_labels,
-        cfg=cfg.init, scores=scores, seed=cfg.loop.seed,
+        cfg=cfg.init, scores=scores, seed=cfg.loop.seed, crf=student_crf(cfg, teacher),
     )
     start = hidden_map(student, teacher.arch, teacher.params, cfg.init, scores)
     proj = init_projection(student.hidden_size, teacher.arch.hidden_size, cfg.loss, None if start is None else start.T)
@@ -219,6 +234,8 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
         settings.pop(k)
     for k in ("eval_every", "patience", "checkpoint_every", "log_every"):
         settings["loop"].pop(k)
+    if settings["crf"] is None:  # runs from before the flag keep their key
+        settings.pop("crf")
     return config_key({"settings": settings, "teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train)})
 
 
@@ -249,9 +266,9 @@ def distill(
     `teacher_eval`: the teacher's metrics on the evaluation split when the caller
     already has them (search trials), so the teacher is not evaluated again.
     """
-    task = get_task(cfg.task)
-    data_dir = resolve_data_dir(task, cfg.data_dir)
-    out = Path(output_dir)
+    out = check_output_path(output_dir)
+    task, data_dir = load_task(cfg.task, cfg.data_dir)
+    check_crf(task, bool(cfg.crf))
     refuse_overwrite(out, resume)
     train_ex, dev_ex, eval_split = read_data(cfg, task, data_dir)
     times = Stage()
@@ -280,14 +297,17 @@ def distill(
     log.info("teacher %s %s=%.4f", eval_split, task.metric, teacher_dev[task.metric])
 
     t0 = time.perf_counter()
-    model = build_model(student, task.kind, task.num_labels)
+    crf = student_crf(cfg, teacher)
+    model = build_model(student, task.kind, task.num_labels, crf=crf)
     params = student_init(cfg, task, teacher, student, train)
     times.init = time.perf_counter() - t0
 
     total, _ = cfg.loop.total_steps(train)
-    tx = cfg.optimizer.build(params, total, student.num_layers)
+    tx = cfg.optimizer.build(params, total, student.num_layers, student.groups)
     steps = {
-        stage: make_train_step(model, teacher.model, tx, task.kind, cfg.loss, layer_map, stage)
+        stage: make_train_step(
+            model, teacher.model, tx, task.kind, cfg.loss, layer_map, stage, task.labels if crf else ()
+        )
         for stage in sorted({cfg.loss.stage_at(0, total), cfg.loss.stage_at(total - 1, total)})
     }
 
@@ -344,8 +364,9 @@ def distill(
         "history": progress.history,
         "retained": student_score / teacher_score if student_score is not None and teacher_score else None,
         "gap": None if student_score is None else teacher_score - student_score,
-        "student_params": student.num_params(task.kind, task.num_labels),
-        "teacher_params": teacher.arch.num_params(task.kind, task.num_labels),
+        "student_params": student.num_params(task.kind, task.num_labels, crf=crf),
+        "teacher_params": teacher.arch.num_params(task.kind, task.num_labels, crf=teacher.crf),
+        "crf": crf,
         "student_flops": student.flops(task.max_length // 2, task.kind, task.num_labels),
         "teacher_flops": teacher.arch.flops(task.max_length // 2, task.kind, task.num_labels),
         "layer_map": list(layer_map),

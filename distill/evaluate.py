@@ -1,4 +1,9 @@
-"""Evaluate a model (a fine-tuned teacher or an exported student) on a task split."""
+"""Evaluate a model (a fine-tuned teacher or an exported student) on a task split.
+
+A tagger with a CRF is decoded with Viterbi under the task's IOB2
+constraints (`task_outputs`), so it never predicts an I-X that does not
+continue an X; other taggers take each word's argmax tag.
+"""
 
 from __future__ import annotations
 
@@ -6,24 +11,30 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from distill import crf
+from distill.export import is_quantized_dir, load_export
 from distill.teacher import LoadedBert, load_bert
 from distill.train import predict
 from tasks import metrics
 from tasks.base import Task
 from tasks.batching import batches
+from tasks.decode import tagged_positions
 from tasks.errors import UserError
-from tasks.features import encode
+from tasks.features import Features, encode
 from tasks.readers import read_split
-from tasks.registry import get_task
+from tasks.registry import get_task, is_generic
 
 
 def load_for_task(model_dir: str | Path, task_name: str | None = None) -> tuple[LoadedBert, Task]:
-    """A saved model and its task (given, else the one its config.json records); the head must fit the task."""
-    loaded = load_bert(model_dir)
+    """A saved model and its task (given, else the one its config.json records); the head must fit the task.
+    An int8 export (`distill.quantize`) loads as its quantized model."""
+    loaded = load_export(model_dir) if is_quantized_dir(model_dir) else load_bert(model_dir)
     name = task_name or loaded.meta.get("task")
     if not name:
         raise UserError(f"{model_dir}: config.json records no task; pass --task")
-    task = get_task(name)
+    task = get_task(name, labels=loaded.meta.get("labels") if is_generic(name) else None)  # `ner`: the model's tags
     if loaded.head != task.kind or loaded.num_labels != task.num_labels:
         raise UserError(
             f"{model_dir}: the model has a {loaded.head} head with {loaded.num_labels} outputs, "
@@ -37,10 +48,36 @@ def predict_features(model, params, features, batch_size: int = 128):
     return predict(model, params, batches(features, batch_size), len(features), features.max_length)
 
 
+def task_outputs(model, params, task: Task, features: Features, batch_size: int = 128):
+    """What `tasks.metrics.evaluate` and `predict_labels` read: the model's outputs (`predict_features`),
+    or for a CRF tagger its constrained Viterbi tag ids (N, L)."""
+    outputs = predict_features(model, params, features, batch_size)
+    if getattr(model, "crf", False):
+        outputs = viterbi_tags(params["crf"], outputs, features, task.labels)
+    return outputs
+
+
+def viterbi_tags(crf_params, logits: np.ndarray, features: Features, tags, chunk: int = 256) -> np.ndarray:
+    """int32 (N, L): each feature's best IOB2 tag sequence over its words' first sub-tokens (0 elsewhere),
+    decoded `chunk` features at a time (one compilation for every chunk)."""
+    params = crf.CrfParams(**{k: np.asarray(v) for k, v in crf_params.items()})
+    allowed, start = crf.iob2_constraints(tags)
+    positions = tagged_positions(features, logits.shape[1])
+    out = np.zeros(positions.shape, np.int32)
+    for lo in range(0, len(out), chunk):
+        em, pos = logits[lo : lo + chunk], positions[lo : lo + chunk]
+        n = len(em)
+        if n < chunk:  # pad with rows that have no position
+            em = np.concatenate([em, np.zeros((chunk - n,) + em.shape[1:], em.dtype)])
+            pos = np.concatenate([pos, np.zeros((chunk - n,) + pos.shape[1:], bool)])
+        out[lo : lo + n] = np.asarray(crf.decode(params, em, pos, allowed, start))[:n]
+    return out
+
+
 def evaluate_model(model, params, task, features, examples, batch_size: int = 128) -> dict[str, float]:
     """The task's metrics of a model on encoded features, plus examples/s."""
     t0 = time.perf_counter()
-    outputs = predict_features(model, params, features, batch_size)
+    outputs = task_outputs(model, params, task, features, batch_size)
     seconds = time.perf_counter() - t0
     result = metrics.evaluate(task, features, examples, outputs)
     result["examples"] = len(examples)

@@ -11,6 +11,13 @@ head, labels, task, max_length and the caller's `extra`). Heterogeneous
 students are stored padded to uniform HF shapes with zero heads / neurons
 (see `distill.hf`), so the file holds more elements than the model has
 parameters; the summary reports both.
+
+A student whose layers share parameters (`BertArch.layer_groups`, recorded in
+the `bertnas.arch` block) is stored with each group once, under the HF names of
+the group's first layer: `load_export` (and `load_bert`) rebuild the sharing,
+but transformers would see the other layers missing. `hf_layout=True` writes
+the shared weights into every layer instead, for transformers (HF BERT cannot
+share); our loaders read that too.
 """
 
 from __future__ import annotations
@@ -54,23 +61,28 @@ def export_model(
     task: Task,
     *,
     extra: dict[str, Any] | None = None,
+    hf_layout: bool = False,
 ) -> dict[str, Any]:
     """Write a servable model directory for `task`; returns a JSON-ready summary.
 
     <out_dir> gets config.json, model.safetensors (parameters only, float32)
     and the tokenizer files, written atomically (an existing directory is
-    replaced whole). `params` may be jax or numpy arrays of any float dtype.
+    replaced whole; a path with `..` is refused). `params` may be jax or numpy
+    arrays of any float dtype.
     Summary: path, arch, task, num_params (the model's real parameters),
     stored_params (elements in the file; more than num_params for a padded
-    heterogeneous arch), weight_bytes (model.safetensors), bytes_per_param
-    (weight_bytes / num_params) and total_bytes (the whole directory).
+    heterogeneous arch, or shared layers written with `hf_layout`),
+    weight_bytes (model.safetensors), bytes_per_param (weight_bytes /
+    num_params) and total_bytes (the whole directory). Shared layers are stored
+    once per group unless `hf_layout` (see the module doc).
     """
-    check_params(params, arch, task.kind, task.num_labels)
+    out_dir = check_output_path(out_dir, "export directory")
+    check_params(params, arch, task.kind, task.num_labels, crf="crf" in params)  # a CRF tagger: bertnas.crf
     _check_tokenizer(tokenizer, arch)
     meta = _meta(task, extra)
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
     labels = task.labels if task.kind in ("classification", "tagging") else ()
-    out = save_bert(out_dir, arch, host, tokenizer, head=task.kind, labels=labels, extra=meta)
+    out = save_bert(out_dir, arch, host, tokenizer, head=task.kind, labels=labels, extra=meta, grouped=not hf_layout)
     summary = export_summary(out, arch, task)
     log.info(
         "exported %s (%s params, %.2f bytes/param) to %s",
@@ -82,9 +94,30 @@ def export_model(
     return summary
 
 
-def check_params(params: dict[str, Any], arch: BertArch, head: str, num_labels: int) -> None:
-    """WeightsError naming each missing, unexpected or mis-shaped parameter of `build_model(arch, head, num_labels)`."""
-    expected = traverse_util.flatten_dict(abstract_params(build_model(arch, head, num_labels)))
+def check_output_path(path: str | os.PathLike, what: str = "--output") -> Path:
+    """`path` as a Path; a UserError naming it when it has a `..` component.
+
+    Output paths (run, search and export directories) never climb: every
+    file a run writes then stays inside the directory the user named.
+    """
+    if ".." in Path(path).parts:
+        raise UserError(f"{what} {path}: '..' is not allowed in an output path; give it without '..' (e.g. absolute)")
+    return Path(path)
+
+
+def export_path(root: str | os.PathLike, name: str) -> Path:
+    """`root/name`, a UserError unless it stays inside `root` (no `..`, no absolute name, no link leading out)."""
+    root = check_output_path(root, "export root")
+    dest = root / name
+    if Path(name).is_absolute() or ".." in Path(name).parts or not dest.resolve().is_relative_to(root.resolve()):
+        raise UserError(f"{dest}: an export must stay inside {root}")
+    return dest
+
+
+def check_params(params: dict[str, Any], arch: BertArch, head: str, num_labels: int, crf: bool = False) -> None:
+    """WeightsError naming each missing, unexpected or mis-shaped parameter of
+    `build_model(arch, head, num_labels, crf=crf)`."""
+    expected = traverse_util.flatten_dict(abstract_params(build_model(arch, head, num_labels, crf=crf)))
     got = traverse_util.flatten_dict(params)
     problems = [f"missing {'/'.join(p)}" for p in expected if p not in got]
     problems += [f"unexpected {'/'.join(p)}" for p in got if p not in expected]
@@ -116,7 +149,7 @@ def _meta(task: Task, extra: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def export_summary(out: Path, arch: BertArch, task: Task) -> dict[str, Any]:
-    num_params = arch.num_params(task.kind, task.num_labels)
+    num_params = arch.num_params(task.kind, task.num_labels, crf=config_crf(read_config(out)))
     weight_bytes = (out / WEIGHTS).stat().st_size
     return {
         "path": str(out),
@@ -142,25 +175,51 @@ def load_export(path: str | os.PathLike) -> LoadedBert:
     """Load an exported (or any saved BERT) directory in our Flax API, head and labels from config.json.
 
     Strict, unlike `load_bert` with a new head: a weight the model needs but
-    the directory lacks is an error, never a random initialisation.
+    the directory lacks is an error, never a random initialisation. An int8
+    export (`distill.quantize`) loads as a `QuantizedBert`: the same fields,
+    with the quantized module as `.model`.
     """
     path = Path(path)
     if not path.is_dir():
         raise TeacherError(f"{path}: not a model directory (config.json, model.safetensors, tokenizer files)")
     cfg = read_config(path)
+    if is_quantized(cfg):  # an int8 export (scripts/quantize.py): a `distill.quantize.QuantizedBert`
+        from distill.quantize import load_quantized
+
+        return load_quantized(path, cfg)
     try:
         arch = BertArch.from_hf_config(cfg)
-    except (KeyError, TypeError) as e:
-        raise TeacherError(f"{path / 'config.json'}: not a BERT config ({e!r} missing or invalid)") from None
     except UserError as e:
         raise TeacherError(f"{path / 'config.json'}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise TeacherError(f"{path / 'config.json'}: not a BERT config ({e!r} missing or invalid)") from None
     head, num_labels = config_head(cfg)
-    model = build_model(arch, head, num_labels)
+    crf = config_crf(cfg) and head == "tagging"
+    model = build_model(arch, head, num_labels, crf=crf)
     params, _, _ = from_hf(read_weights(path), arch, abstract_params(model), source=str(path))
     tokenizer = load_tokenizer(path)
     _check_tokenizer(tokenizer, arch)
     log.info("loaded %s (%s, head=%s, %d outputs) from %s", path.name, arch.name, head, model.num_labels, path)
-    return LoadedBert(arch, head, model.num_labels, params, tokenizer, path, cfg)
+    return LoadedBert(arch, head, model.num_labels, params, tokenizer, path, cfg, crf=crf)
+
+
+def is_quantized(cfg: dict[str, Any]) -> bool:
+    """Whether config.json describes a quantized model (`distill.quantize`; or another library's)."""
+    return "quantization_config" in cfg or "quantization" in (cfg.get("bertnas") or {})
+
+
+def is_quantized_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is a model directory whose config.json describes a quantized model."""
+    cfg_file = Path(path) / "config.json"
+    try:
+        return cfg_file.is_file() and is_quantized(json.loads(cfg_file.read_text()))
+    except (OSError, ValueError):
+        return False  # the loader reports it
+
+
+def config_crf(cfg: dict[str, Any]) -> bool:
+    """Whether config.json records a CRF tagger (`bertnas.crf`; its weights are `crf.*`)."""
+    return bool((cfg.get("bertnas") or {}).get("crf", False))
 
 
 def config_head(cfg: dict[str, Any]) -> tuple[str, int]:

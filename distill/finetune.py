@@ -5,6 +5,10 @@ metrics.jsonl, tb/, results.json and `teacher/` (the best fine-tuned teacher
 in the Hugging Face layout). The result is also cached under
 `cache_root()/teachers/<task>-<key>`, keyed by (teacher weights, task, data
 files, settings), and later runs with the same key reuse it.
+
+With `crf`, a token-tagging teacher gets a linear-chain CRF over its tags,
+trained on the negative CRF log-likelihood under the task's IOB2 constraints
+and evaluated with constrained Viterbi decoding.
 """
 
 from __future__ import annotations
@@ -19,18 +23,19 @@ from typing import Any
 
 import jax
 
+from distill.crf import check_crf
 from distill.evaluate import evaluate_model
+from distill.export import check_output_path
 from distill.loop import LoopConfig, fit, refuse_overwrite
 from distill.modeling import init_params
 from distill.optim import OptimizerConfig
 from distill.runlog import RunLog, cache_root, config_key, file_fingerprint
 from distill.teacher import DEFAULT_TEACHER, load_bert, resolve_model_dir, save_bert, weights_fingerprint
 from distill.train import TrainState, make_supervised_step
-from tasks.datafiles import resolve_data_dir, split_path
+from tasks.datafiles import split_path
 from tasks.errors import UserError
 from tasks.features import encode
-from tasks.readers import read_split
-from tasks.registry import get_task
+from tasks.readers import load_task, read_split
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,8 @@ class FinetuneConfig:
     checkpoint_every: int = 500
     """Save a resumable checkpoint every this many steps (and at each evaluation)."""
     seed: int = 0
+    crf: bool = False
+    """A linear-chain CRF over the tags (token-tagging tasks only)."""
 
     def __post_init__(self):
         self.loop()  # validates the loop settings
@@ -84,6 +91,8 @@ class FinetuneConfig:
         d = dataclasses.asdict(self)
         for k in ("data_dir", "teacher", "eval_batch_size", "checkpoint_every"):
             d.pop(k)
+        if not d["crf"]:  # the keys of teachers cached before the flag existed stay valid
+            d.pop("crf")
         return d
 
 
@@ -122,9 +131,9 @@ def finetune(
     an output directory that already holds checkpoints is refused rather than
     overwritten.
     """
-    task = get_task(cfg.task)
-    data_dir = resolve_data_dir(task, cfg.data_dir)
-    out = Path(output_dir)
+    out = check_output_path(output_dir)
+    task, data_dir = load_task(cfg.task, cfg.data_dir)
+    check_crf(task, cfg.crf)
     train_ex = read_split(task, "train", data_dir, limit=cfg.train_limit)
     dev_ex = read_split(task, "dev", data_dir, limit=cfg.dev_limit)
     teacher_dir = resolve_model_dir(cfg.teacher)
@@ -140,7 +149,7 @@ def finetune(
         shutil.copytree(cached, out, dirs_exist_ok=True)
         return {**_read_json(cached / "results.json"), "cached": str(cached), "teacher_dir": str(out / "teacher")}
     refuse_overwrite(out, resume)
-    teacher = load_bert(teacher_dir, head=task.kind, num_labels=task.num_labels, seed=cfg.seed)
+    teacher = load_bert(teacher_dir, head=task.kind, num_labels=task.num_labels, seed=cfg.seed, crf=cfg.crf)
 
     if task.max_length > teacher.arch.max_position_embeddings:
         raise UserError(
@@ -160,7 +169,7 @@ def finetune(
     loop = cfg.loop()
     total, _ = loop.total_steps(train)
     tx = cfg.optimizer.build(params, total, teacher.arch.num_layers)
-    step_fn = make_supervised_step(model, tx, task.kind)
+    step_fn = make_supervised_step(model, tx, task.kind, task.labels if cfg.crf else ())
     runlog = RunLog(out, {"finetune": cfg, "task": task.name, "teacher_dir": str(teacher.path), "total_steps": total})
     t_start = time.time()
 
@@ -201,7 +210,7 @@ def finetune(
         "train_examples_per_second": progress.examples_seen / max(progress.train_seconds, 1e-9),
         "wall_seconds": time.time() - t_start,
         "teacher_dir": str(out / "teacher"),
-        "num_params": teacher.arch.num_params(task.kind, task.num_labels),
+        "num_params": teacher.arch.num_params(task.kind, task.num_labels, crf=cfg.crf),
     }
     runlog.results(results)
     runlog.close()

@@ -7,6 +7,12 @@ any shape mismatch. `to_hf` writes the inverse, padding heterogeneous layers
 to the uniform HF shape with zero heads and zero FFN neurons, which leaves the
 function unchanged (a zero value head adds nothing; a neuron with zero input
 weights and bias outputs GELU(0) = 0 into zero output weights).
+
+Shared layers (`BertArch.layer_groups`): HF BERT cannot share, so `to_hf`
+writes a group's weights into every layer of the group; `to_hf(grouped=True)`
+writes each group once, under the names of its first layer (our export's
+layout; config.json records the grouping). `from_hf` reads both: each layer
+present fills its group, and copies of one group must be equal.
 """
 
 from __future__ import annotations
@@ -56,6 +62,9 @@ def _simple_map(num_layers: int) -> dict[str, tuple[tuple[str, ...], bool]]:
         "classifier.bias": (("classifier", "bias"), False),
         "qa_outputs.weight": (("qa_outputs", "kernel"), True),
         "qa_outputs.bias": (("qa_outputs", "bias"), False),
+        "crf.transitions": (("crf", "transitions"), False),  # a CRF tagger's (no HF counterpart)
+        "crf.start": (("crf", "start"), False),
+        "crf.end": (("crf", "end"), False),
     }
     for k, v in _ln("embeddings.LayerNorm", ("embeddings", "LayerNorm")).items():
         m[k] = (v, False)
@@ -145,6 +154,7 @@ def from_hf(
     be zero.
     """
     flat, unexpected = _convert(state, arch)
+    flat = _group_layers(flat, arch, source)
     target_flat = traverse_util.flatten_dict(target)
     merged, missing = {}, []
     for path, ref in target_flat.items():
@@ -169,6 +179,35 @@ def from_hf(
     if unexpected:
         log.warning("%s: %d unexpected weights ignored: %s", source, len(unexpected), unexpected)
     return traverse_util.unflatten_dict(merged), ["/".join(p) for p in missing], unexpected
+
+
+def _layer_index(path: tuple[str, ...]) -> int | None:
+    """i for an `encoder/layer_{i}/...` path, else None."""
+    is_layer = len(path) > 2 and path[0] == "encoder" and path[1].startswith("layer_")
+    return int(path[1][len("layer_"):]) if is_layer else None
+
+
+def _group_layers(flat: Flat, arch: BertArch, source: str) -> Flat:
+    """Converted HF layer i (`encoder/layer_{i}`) -> our `encoder/layer_{group of i}`; copies of a group must agree."""
+    if arch.layer_groups is None:
+        return flat
+    out: Flat = {}
+    origin: dict[tuple[str, ...], int] = {}
+    for path, value in flat.items():
+        i = _layer_index(path)
+        if i is None:
+            out[path] = value
+            continue
+        g = arch.groups[i]
+        ours = ("encoder", f"layer_{g}") + path[2:]
+        if ours not in out:
+            out[ours], origin[ours] = value, i
+        elif not (np.shape(out[ours]) == np.shape(value) and np.array_equal(out[ours], value)):
+            raise WeightsError(
+                f"{source}: layers {origin[ours]} and {i} share parameter group {g} (layer_groups) but their "
+                f"{'/'.join(path[2:])} weights differ"
+            )
+    return out
 
 
 def _unpad(value: np.ndarray, shape: tuple[int, ...], path, source: str) -> np.ndarray:
@@ -196,13 +235,18 @@ def _padded_axis(path: tuple[str, ...]) -> int | None:
     return None
 
 
-def to_hf(params: dict[str, Any], arch: BertArch, *, prefix: str = "bert.") -> dict[str, np.ndarray]:
+def to_hf(
+    params: dict[str, Any], arch: BertArch, *, prefix: str = "bert.", grouped: bool = False
+) -> dict[str, np.ndarray]:
     """Our tree -> HF state dict (PyTorch layout, float32 numpy), padded to uniform HF shapes.
 
     Encoder, embeddings and pooler names get `prefix` (`bert.` for the
     `BertFor...` task classes); head tensors (classifier, qa_outputs) do not.
+    Shared layers: every layer gets its group's weights (what HF BERT loads),
+    or, with `grouped`, only each group's first layer (each group stored once).
     """
-    flat = traverse_util.flatten_dict(params)
+    layers = arch.group_starts if grouped else tuple(range(arch.num_layers))
+    flat = _per_layer(traverse_util.flatten_dict(params), arch, layers)
     heads_hf, ffn_hf = arch.hf_padded_sizes()
     head_size = arch.head_size
     out: dict[str, np.ndarray] = {}
@@ -215,9 +259,9 @@ def to_hf(params: dict[str, Any], arch: BertArch, *, prefix: str = "bert.") -> d
         elif path[-2] == "output" and path[0] == "encoder" and path[-1] == "kernel":
             value = _pad(value, 0, ffn_hf)
         value = value.T if transpose else value
-        head = path[0] in ("classifier", "qa_outputs")
+        head = path[0] in ("classifier", "qa_outputs", "crf")
         out[(name if head else prefix + name)] = np.ascontiguousarray(value)
-    for i in range(arch.num_layers):
+    for i in layers:
         base = ("encoder", f"layer_{i}", "attention")
         hf = f"{prefix}encoder.layer.{i}.attention"
         kernel = _pad(np.asarray(flat[base + ("qkv", "kernel")], np.float32), 2, heads_hf)  # (h, 3, N, H)
@@ -228,6 +272,18 @@ def to_hf(params: dict[str, Any], arch: BertArch, *, prefix: str = "bert.") -> d
         w = _pad(np.asarray(flat[base + ("output", "kernel")], np.float32), 0, heads_hf)  # (N, H, h)
         out[f"{hf}.output.dense.weight"] = np.ascontiguousarray(w.reshape(heads_hf * head_size, -1).T)
         out[f"{hf}.output.dense.bias"] = np.asarray(flat[base + ("output", "bias")], np.float32)
+    return out
+
+
+def _per_layer(flat: Flat, arch: BertArch, layers: tuple[int, ...]) -> Flat:
+    """Our flat tree with `encoder/layer_{g}` per group -> `encoder/layer_{i}` (HF layer i) for each of `layers`."""
+    if arch.layer_groups is None:
+        return flat
+    out = {path: value for path, value in flat.items() if _layer_index(path) is None}
+    for path, value in flat.items():
+        g = _layer_index(path)
+        if g is not None:
+            out.update({("encoder", f"layer_{i}") + path[2:]: value for i in layers if arch.groups[i] == g})
     return out
 
 

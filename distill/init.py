@@ -16,6 +16,17 @@ the teacher's most useful parts of it:
 
 Dropping a part that contributes nothing (a dead head, neuron or head
 dimension) is exact: the student then computes what the teacher does.
+
+A student whose layers share parameters (`BertArch.layer_groups`) initialises
+each group from the teacher layer mapped to the group's first layer, so the
+group starts as an exact (shrunk) teacher layer. Not the mean of its layers'
+teacher layers: heads and FFN neurons are unordered, so head n (neuron j) of
+one teacher layer has nothing to do with head n (neuron j) of another, and an
+average mixes unrelated units. Measured before any training (SST-2 dev, the
+fine-tuned 6-layer MiniLM teacher, 4L-384 with groups 0,0,1,1, uniform map
+1,2,4,5): accuracy 76.1% from the first layers' teacher layers (1, 4), 74.5%
+from the means, 72.9% from the last layers' (2, 5); unshared 80.8%.
+
 The surgery runs in numpy; the result is a plain nested dict of float32 numpy
 arrays with exactly the shapes of `build_model(student, head, num_labels)`.
 Parameters the teacher cannot supply (a task head for another label set) come
@@ -166,7 +177,8 @@ def check_compatible(student: BertArch, teacher: BertArch, cfg: InitConfig = Ini
         if s > t:
             raise ArchError(f"{field}: the student's {s} exceeds the teacher's {t}")
     mapping = teacher_layers(cfg.layers, teacher.num_layers, student.num_layers)
-    for j, i in enumerate(mapping):
+    for j in student.group_starts:  # the layers whose teacher layers are copied (see `init_student`)
+        i = mapping[j]
         if student.num_heads[j] > teacher.num_heads[i]:
             raise ArchError(
                 f"num_heads: student layer {j} has {student.num_heads[j]} heads but its teacher layer {i} "
@@ -180,8 +192,9 @@ def check_compatible(student: BertArch, teacher: BertArch, cfg: InitConfig = Ini
 
 
 # ------------------------------------------------------------------------ scores
-def _layer(params: dict, i: int) -> dict:
-    return params["encoder"][f"layer_{i}"]
+def _layer(params: dict, arch: BertArch, i: int) -> dict:
+    """Layer i's parameters (its group's, when layers share them)."""
+    return params["encoder"][f"layer_{arch.groups[i]}"]
 
 
 def _np(x) -> np.ndarray:
@@ -198,7 +211,7 @@ def weight_scores(params: dict, arch: BertArch) -> Scores:
     heads, ffn = [], []
     hidden = np.abs(_np(params["embeddings"]["LayerNorm"]["scale"]))
     for i in range(arch.num_layers):
-        layer = _layer(params, i)
+        layer = _layer(params, arch, i)
         qkv, wo = layer["attention"]["qkv"], _np(layer["attention"]["output"]["kernel"])
         v = np.concatenate([_np(qkv["kernel"])[:, 2], _np(qkv["bias"])[None, 2]], axis=0)  # (h + 1, N, D)
         heads.append(np.sqrt(np.sum(wo**2, axis=(1, 2)) * np.sum(v**2, axis=(0, 2))))
@@ -227,7 +240,7 @@ def _importance_step(model: BertForTask, loss_fn: Callable, params: dict, batch:
     grads, (count, hidden) = jax.grad(loss, has_aux=True)(params)
     heads, ffn = [], []
     for i in range(model.arch.num_layers):
-        w, g = _layer(params, i), _layer(grads, i)
+        w, g = _layer(params, model.arch, i), _layer(grads, model.arch, i)
         wo, go = w["attention"]["output"]["kernel"], g["attention"]["output"]["kernel"]
         heads.append(jnp.abs(jnp.sum(wo * go, axis=(1, 2))))
         ffn.append(jnp.abs(jnp.sum(w["output"]["kernel"] * g["output"]["kernel"], axis=1)))
@@ -373,6 +386,8 @@ def _hidden_role(path: tuple[str, ...]) -> str:
         return "out"
     if parent in ("qkv", "intermediate", "classifier", "qa_outputs"):
         return "in" if name == "kernel" else "none"
+    if parent == "crf":  # transitions between tags: no hidden axis
+        return "none"
     raise ValueError(f"no hidden-axis rule for parameter {'/'.join(path)}")
 
 
@@ -409,6 +424,10 @@ def _head_parts(teacher_params: dict, student_head: str, num_labels: int, teache
     if name and same_kind and name in teacher_params:
         if np.shape(teacher_params[name]["kernel"])[-1] == num_labels:
             out[name] = _copy(teacher_params[name])
+    # A CRF teacher's transitions (kept only when the student has a CRF too: see `init_student`).
+    if student_head == "tagging" and same_kind and "crf" in teacher_params:
+        if np.shape(teacher_params["crf"]["transitions"]) == (num_labels, num_labels):
+            out["crf"] = _copy(teacher_params["crf"])
     return out
 
 
@@ -443,16 +462,19 @@ def init_student(
     scores: Scores | None = None,
     seed: int = 0,
     teacher_head: str | None = None,
+    crf: bool = False,
 ) -> dict:
-    """Student parameters for `build_model(student, head, num_labels)`, from the teacher's.
+    """Student parameters for `build_model(student, head, num_labels, crf=crf)`, from the teacher's.
 
     `scores` (from `importance_scores`) rank heads and FFN neurons for
     'importance' and hidden dims for 'slice'; without them weight norms
     (`weight_scores`) stand in. `teacher_head`, when given, must equal `head`
     for the teacher's task head to be reused (its label count must match in
-    any case). Returns float32 numpy arrays.
+    any case). A CRF student starts from a CRF teacher's transitions, start
+    and end scores (from zero when the teacher has none). Returns float32
+    numpy arrays.
     """
-    model = build_model(student, head, num_labels)
+    model = build_model(student, head, num_labels, crf=crf)
     target = abstract_params(model)
     if cfg.method == "random":
         log.info("init %s: random (seed %d)", student.name, seed)
@@ -468,10 +490,12 @@ def init_student(
     emb = _copy(teacher_params["embeddings"])
     emb["position_embeddings"]["embedding"] = emb["position_embeddings"]["embedding"][: student.max_position_embeddings]
     tree: dict[str, Any] = {"embeddings": emb, "encoder": {}}
-    for j, i in enumerate(mapping):
+    copied = tuple(mapping[j] for j in student.group_starts)  # a shared group: its first layer's teacher layer
+    for g, (j, i) in enumerate(zip(student.group_starts, copied)):
         heads = _select(cfg.heads, by[cfg.heads]["heads"][i], student.num_heads[j])
         ffn = _select(cfg.ffn, by[cfg.ffn]["ffn"][i], student.ffn_sizes[j])
-        tree["encoder"][f"layer_{j}"] = _shrink_layer(_layer(teacher_params, i), heads, ffn, student.head_size)
+        layer = _layer(teacher_params, teacher_arch, i)
+        tree["encoder"][f"layer_{g}"] = _shrink_layer(layer, heads, ffn, student.head_size)
     tree.update(_head_parts(teacher_params, head, model.num_labels, teacher_head))
 
     h_t, h_s = teacher_arch.hidden_size, student.hidden_size
@@ -496,10 +520,11 @@ def init_student(
             raise AssertionError(f"init: {'/'.join(path)} has shape {value.shape}, the student needs {ref.shape}")
         out[path] = value
     log.info(
-        "init %s from %s: layers %s, hidden %s%s, heads %s %s%s, ffn %s %s",
+        "init %s from %s: layers %s%s, hidden %s%s, heads %s %s%s, ffn %s %s",
         student.name,
         teacher_arch.name,
         mapping,
+        f" (shared groups {student.layer_groups} copy {copied})" if student.layer_groups else "",
         f"{h_t}->{h_s} " if h_s < h_t else "",
         cfg.hidden if h_s < h_t else "kept",
         cfg.heads,
@@ -520,6 +545,7 @@ def init_from_teacher(
     cfg: InitConfig = InitConfig(),
     batches: Iterable[dict] | None = None,
     seed: int = 0,
+    crf: bool = False,
 ) -> dict:
     """`init_student` from a `LoadedBert`, with importance scores from `batches` when `cfg` wants them.
 
@@ -543,4 +569,5 @@ def init_from_teacher(
         scores=scores,
         seed=seed,
         teacher_head=teacher.head,
+        crf=crf,
     )

@@ -8,6 +8,10 @@ Supervised ("hard") task losses take `(logits, batch)`:
   regression      squared error against float `labels`
   tagging         per-token cross-entropy; tokens labelled -100 are ignored
   span            mean of start and end cross-entropies
+
+A tagger with a CRF (`BertOutput.crf`) is trained on the negative CRF
+log-likelihood of each sentence's gold tags instead (`crf_tagging_loss`);
+`hard_loss(kind, output, batch, tags)` picks between the two.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import optax
+
+from distill.crf import CrfParams, compact, constrain, iob2_constraints, log_likelihood
 
 LossFn = Callable[[jax.Array, dict], tuple[jax.Array, jax.Array]]
 IGNORE = -100
@@ -39,6 +45,25 @@ def tagging_loss(logits, batch):
     valid = (labels != IGNORE) & (batch["weights"][:, None] > 0)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.where(valid, labels, 0))
     return _weighted_sum(ce, valid.astype(jnp.float32)), jnp.sum(valid).astype(jnp.float32)
+
+
+def crf_tagging_loss(logits, batch, crf: CrfParams, tags: tuple[str, ...] = ()):
+    """Negative CRF log-likelihood of the gold tags; (sum over sentences, count of tagged tokens).
+
+    The chain runs over each sentence's tagged positions (labels != -100: each
+    word's first sub-token), moved together by `compact`; `tags` (the IOB2 tag
+    names) forbid the moves IOB2 does not allow (none when empty). Counting
+    tokens, not sentences, keeps the scale of `tagging_loss`: with zero CRF
+    scores the two are equal.
+    """
+    labels = batch["labels"]
+    valid = (labels != IGNORE) & (batch["weights"][:, None] > 0)
+    emissions, mask, _ = compact(logits, valid)
+    gold, _, _ = compact(jnp.where(valid, labels, 0), valid)
+    if tags:
+        crf = constrain(crf, *iob2_constraints(tags))
+    nll = -log_likelihood(crf, emissions, gold, mask)  # 0 for a row without tagged positions
+    return jnp.sum(nll), jnp.sum(valid).astype(jnp.float32)
 
 
 def span_loss(logits, batch):
@@ -66,6 +91,19 @@ def task_loss(kind: str) -> LossFn:
         return TASK_LOSSES[kind]
     except KeyError:
         raise ValueError(f"no task loss for {kind!r}; valid: {sorted(TASK_LOSSES)}") from None
+
+
+def hard_loss(kind: str, output, batch, tags: tuple[str, ...] = ()):
+    """The task loss of a model output (`BertOutput`) on gold labels; (sum, count).
+
+    A CRF tagger (`output.crf` set) gets `crf_tagging_loss` with the IOB2
+    constraints of `tags`; every other model `task_loss(kind)` on its logits.
+    """
+    if getattr(output, "crf", None) is not None:
+        if kind != "tagging":
+            raise ValueError(f"a CRF output needs the tagging task loss, not {kind!r}")
+        return crf_tagging_loss(output.logits, batch, output.crf, tags)
+    return task_loss(kind)(output.logits, batch)
 
 
 # --- Distillation losses --------------------------------------------------

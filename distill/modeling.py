@@ -7,10 +7,17 @@ pre-softmax attention scores, which distillation needs.
 Parameter tree (HF names in `distill/hf.py` map onto it one to one):
 
     embeddings/{word_embeddings,position_embeddings,token_type_embeddings,LayerNorm}
-    encoder/layer_{i}/attention/{qkv,output}   qkv kernel: (hidden, 3, heads, head_size)
-    encoder/layer_{i}/{attention_norm,intermediate,output,output_norm}
+    encoder/layer_{g}/attention/{qkv,output}   qkv kernel: (hidden, 3, heads, head_size)
+    encoder/layer_{g}/{attention_norm,intermediate,output,output_norm}
+                                                one per parameter group g (= per layer unless
+                                                `arch.layer_groups` makes layers share one)
     pooler                                      (sentence-level heads only)
     classifier | qa_outputs                     (the task head)
+    crf/{transitions,start,end}                 (tagging with a CRF: `distill.crf.CrfParams`)
+
+A tagging model built with `crf=True` still returns per-token logits (the
+CRF's emission scores); the CRF's own scores come back in `BertOutput.crf`
+for the loss (`losses.crf_tagging_loss`) and for Viterbi decoding.
 """
 
 from __future__ import annotations
@@ -23,8 +30,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from flax import struct
+from flax.linen.dtypes import promote_dtype
 
 from distill.config import HEADS, BertArch, has_pooler
+from distill.crf import CrfParams
+from tasks.errors import UserError
 
 Dtype = Any
 
@@ -46,6 +56,8 @@ class BertOutput:
     pooled_output: jax.Array | None = None
     hidden_states: tuple[jax.Array, ...] | None = None
     attention_scores: tuple[jax.Array, ...] | None = None
+    crf: CrfParams | None = None
+    """A CRF tagger's transition, start and end scores (unconstrained); None without a CRF."""
 
 
 def _dense_init(arch: BertArch):
@@ -96,7 +108,10 @@ class ReshapedDense(nn.Module):
         bias = self.param("bias", nn.initializers.zeros, self.features, jnp.float32)
         n_in, n_out = math.prod(in_shape), math.prod(self.features)
         lead = x.shape[: x.ndim - self.in_axes]
-        y = x.reshape(-1, n_in).astype(self.dtype) @ kernel.reshape(n_in, n_out).astype(self.dtype)
+        # Cast and multiply as nn.Dense does (promote_dtype, then a dot, not `@`): int8 quantization
+        # (distill.quantize, qwix) intercepts both and finds the kernel behind its reshape.
+        x, kernel = promote_dtype(x.reshape(-1, n_in), kernel.reshape(n_in, n_out), dtype=self.dtype)
+        y = jnp.dot(x, kernel)
         y = y + bias.reshape(n_out).astype(self.dtype)
         return y.reshape(lead + self.features)
 
@@ -148,22 +163,44 @@ class Layer(nn.Module):
 
 
 class Encoder(nn.Module):
+    """The layers in order. Layers of one parameter group (`arch.groups`) call the same `Layer` instance,
+    so they share its weights (`layer_{g}`); hidden states and attention scores stay per layer."""
+
     arch: BertArch
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool, output_hidden_states: bool, output_attentions: bool):
+        arch = self.arch
+        blocks = [
+            Layer(arch, arch.num_heads[i], arch.ffn_sizes[i], self.dtype, name=f"layer_{g}")
+            for g, i in enumerate(arch.group_starts)
+        ]
         hidden, scores = [x], []
-        for i, (heads, ffn) in enumerate(zip(self.arch.num_heads, self.arch.ffn_sizes)):
-            x, s = Layer(self.arch, heads, ffn, self.dtype, name=f"layer_{i}")(
-                x, mask, deterministic, output_attentions
-            )
+        for g in arch.groups:
+            x, s = blocks[g](x, mask, deterministic, output_attentions)
             hidden.append(x)
             scores.append(s)
         return (
             x,
             tuple(hidden) if output_hidden_states else None,
             tuple(scores) if output_attentions else None,
+        )
+
+
+class Crf(nn.Module):
+    """The scores of a linear-chain CRF over `num_tags` tags, zero at init (then the CRF's
+    loss equals the per-token cross-entropy of the emissions)."""
+
+    num_tags: int
+
+    @nn.compact
+    def __call__(self) -> CrfParams:
+        k, zeros = self.num_tags, nn.initializers.zeros
+        return CrfParams(
+            self.param("transitions", zeros, (k, k), jnp.float32),
+            self.param("start", zeros, (k,), jnp.float32),
+            self.param("end", zeros, (k,), jnp.float32),
         )
 
 
@@ -175,12 +212,15 @@ class BertForTask(nn.Module):
       -> start/end logits) or 'none' (encoder and pooler only).
     dtype: computation dtype (bfloat16 on accelerators); parameters and
       LayerNorm statistics stay float32.
+    crf: a linear-chain CRF over the tags (head 'tagging' only): parameters
+      under `crf`, scores in `BertOutput.crf`; the logits stay the emissions.
     """
 
     arch: BertArch
     head: str = "none"
     num_labels: int = 0
     dtype: Dtype = jnp.float32
+    crf: bool = False
 
     @nn.compact
     def __call__(
@@ -195,6 +235,8 @@ class BertForTask(nn.Module):
     ) -> BertOutput:
         if self.head not in HEADS:
             raise ValueError(f"unknown head {self.head!r}; valid: {HEADS}")
+        if self.crf and self.head != "tagging":
+            raise ValueError(f"a CRF needs the 'tagging' head, not {self.head!r}")
         arch, init = self.arch, _dense_init(self.arch)
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
@@ -228,15 +270,21 @@ class BertForTask(nn.Module):
             pooled_output=pooled,
             hidden_states=hidden,
             attention_scores=scores,
+            crf=Crf(self.num_labels, name="crf")() if self.crf else None,
         )
 
 
-def build_model(arch: BertArch, head: str = "none", num_labels: int = 0, dtype: Dtype = jnp.float32) -> BertForTask:
+def build_model(
+    arch: BertArch, head: str = "none", num_labels: int = 0, dtype: Dtype = jnp.float32, *, crf: bool = False
+) -> BertForTask:
+    """The model for a head; `crf` (tagging only, else a UserError) adds a linear-chain CRF over the tags."""
+    if crf and head != "tagging":
+        raise UserError(f"crf: a CRF needs a token-tagging task; this model's head is {head!r}")
     if head == "regression":
         num_labels = 1
     elif head == "span":
         num_labels = 2
-    return BertForTask(arch, head, num_labels, dtype)
+    return BertForTask(arch, head, num_labels, dtype, bool(crf))
 
 
 def init_params(model: BertForTask, rng: jax.Array, seq_len: int = 8) -> dict:

@@ -5,7 +5,9 @@ combines, for one batch, the terms the config switches on:
 
   logits     prediction layer: soft cross-entropy / KL with temperature
              (MSE for regression), per token for tagging, per position for span
-  hard       the task loss on the gold labels (original examples only)
+  hard       the task loss on the gold labels (original examples only); a CRF
+             student's is its negative CRF log-likelihood (`losses.hard_loss`),
+             while `logits` stays on the emissions
   hidden     MSE between each student layer's output and its mapped teacher
              layer's output, through a learned projection when widths differ
   attention  MSE between pre-softmax attention scores (heads matched, or
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from distill.losses import LOGIT_LOSSES, attention_mse, hidden_mse, prediction_distill_loss, task_loss
+from distill.losses import LOGIT_LOSSES, attention_mse, hard_loss, hidden_mse, prediction_distill_loss
 from tasks.errors import UserError
 
 PROJ = "distill_proj"
@@ -146,8 +148,12 @@ def distill_loss(
     cfg: LossConfig,
     layer_map: tuple[int, ...],
     stage: str = "all",
+    tags: tuple[str, ...] = (),
 ) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
-    """(weighted total, {term: (sum, count)}) for a student output against the teacher's."""
+    """(weighted total, {term: (sum, count)}) for a student output against the teacher's.
+
+    `tags`: the task's IOB2 tags, which constrain a CRF student's hard loss.
+    """
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}; valid: {STAGES}")
     terms: dict[str, tuple[jax.Array, jax.Array]] = {}
@@ -160,7 +166,7 @@ def distill_loss(
         weights["logits"] = cfg.logit_weight
     if prediction and cfg.hard_weight:
         hard = dict(batch, weights=batch["weights"] * batch.get("original", 1.0))
-        terms["hard"] = task_loss(kind)(student.logits, hard)
+        terms["hard"] = hard_loss(kind, student, hard, tags)
         weights["hard"] = cfg.hard_weight
     token_mask = batch["attention_mask"].astype(jnp.float32) * batch["weights"][:, None]
     project = (lambda h: h @ proj["kernel"] + proj["bias"]) if proj is not None else (lambda h: h)  # noqa: E731

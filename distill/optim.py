@@ -65,7 +65,10 @@ class OptimizerConfig:
             return after
         return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
 
-    def build(self, params: Any, total_steps: int, num_layers: int) -> optax.GradientTransformation:
+    def build(
+        self, params: Any, total_steps: int, num_layers: int, groups: tuple[int, ...] | None = None
+    ) -> optax.GradientTransformation:
+        """The optimizer for `params`; `groups` (`BertArch.groups`) when layers share parameters."""
         lr = self.schedule_fn(total_steps)
         decay_mask = _decay_mask(params)
         if self.name == "adamw":
@@ -75,7 +78,7 @@ class OptimizerConfig:
         parts = [optax.clip_by_global_norm(self.max_grad_norm)] if self.max_grad_norm > 0 else []
         parts.append(opt)
         if self.layer_lr_decay < 1.0:
-            parts.append(scale_by_tree(layer_lr_scales(params, num_layers, self.layer_lr_decay)))
+            parts.append(scale_by_tree(layer_lr_scales(params, num_layers, self.layer_lr_decay, groups)))
         tx = optax.chain(*parts)
         if self.freeze_embeddings:
             labels = traverse_util.path_aware_map(
@@ -90,14 +93,21 @@ def _decay_mask(params: Any) -> Any:
     return traverse_util.path_aware_map(lambda path, _: path[-1] not in ("bias", "scale"), params)
 
 
-def layer_lr_scales(params: Any, num_layers: int, decay: float) -> Any:
-    """Per-parameter LR multipliers for layer-wise decay (the head and pooler get 1)."""
+def layer_lr_scales(params: Any, num_layers: int, decay: float, groups: tuple[int, ...] | None = None) -> Any:
+    """Per-parameter LR multipliers for layer-wise decay (the head and pooler get 1).
+
+    With cross-layer sharing (`groups`: each layer's parameter group), `encoder/layer_{g}` is a group,
+    which takes the rate of its deepest layer.
+    """
+    deepest = {g: i for i, g in enumerate(groups)} if groups is not None else None
 
     def scale(path, _):
         if path[0] == "embeddings":
             return decay ** (num_layers + 1)
         if path[0] == "encoder":
             layer = int(path[1].split("_")[1])
+            if deepest is not None:
+                layer = deepest[layer]
             return decay ** (num_layers - layer)
         return 1.0
 

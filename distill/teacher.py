@@ -83,10 +83,12 @@ class LoadedBert:
     tokenizer: Any
     path: Path
     hf_config: dict[str, Any]
+    crf: bool = False
+    """A tagger with a linear-chain CRF (parameters under `crf`)."""
 
     @property
     def model(self) -> BertForTask:
-        return build_model(self.arch, self.head, self.num_labels)
+        return build_model(self.arch, self.head, self.num_labels, crf=self.crf)
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -128,9 +130,12 @@ def read_config(path: Path) -> dict[str, Any]:
     if not cfg_file.is_file():
         raise TeacherError(f"{cfg_file}: not found; a model directory needs config.json")
     try:
-        return json.loads(cfg_file.read_text())
+        cfg = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise TeacherError(f"{cfg_file}: invalid JSON ({e})") from None
+    if not isinstance(cfg, dict):
+        raise TeacherError(f"{cfg_file}: expected a JSON object (a BERT config), got a {type(cfg).__name__}")
+    return cfg
 
 
 def read_weights(path: Path) -> dict[str, np.ndarray]:
@@ -166,7 +171,7 @@ def load_tokenizer(path: Path):
     if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         raise TeacherError(f"{path}: no tokenizer (vocab.txt or tokenizer.json) found")
     try:
-        tok = AutoTokenizer.from_pretrained(str(path))
+        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)  # never a model dir's own code
     except Exception:  # noqa: BLE001 - a bare vocab.txt without tokenizer_config
         # from_pretrained, not BertTokenizerFast(vocab_file=...): transformers 5
         # ignores `vocab_file` and silently builds a 5-token, all-[UNK] tokenizer.
@@ -182,27 +187,34 @@ def load_bert(
     head: str | None = None,
     num_labels: int | None = None,
     seed: int = 0,
+    crf: bool | None = None,
 ) -> LoadedBert:
     """Load a BERT directory/alias/Hub name with a task head.
 
-    `head`/`num_labels` default to what the directory's config records (our
-    `bertnas` block, else `none`). Weights the checkpoint lacks (a new task
-    head) are initialised randomly and logged as missing; extra weights are
-    logged as unexpected; any shape mismatch raises.
+    `head`/`num_labels`/`crf` default to what the directory's config records
+    (our `bertnas` block, else `none` and no CRF). Weights the checkpoint lacks
+    (a new task head, a new CRF) are initialised (randomly; a CRF at zero) and
+    logged as missing; extra weights are logged as unexpected; any shape
+    mismatch raises.
     """
     path = resolve_model_dir(spec)
     cfg = read_config(path)
     meta = cfg.get("bertnas", {})
+    if "quantization_config" in cfg:  # its int8 weights would not load here: refuse, never initialise them
+        raise TeacherError(f"{path}: a quantized model ({cfg['quantization_config'].get('quant_method')}); it serves "
+                           "(evaluate.py, predict.py, distill.export.load_export) but cannot be a float model or teacher")
     try:
         arch = BertArch.from_hf_config(cfg)
-    except (KeyError, TypeError) as e:
-        raise TeacherError(f"{path / 'config.json'}: not a BERT config ({e!r} missing or invalid)") from None
     except UserError as e:
         raise TeacherError(f"{path / 'config.json'}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise TeacherError(f"{path / 'config.json'}: not a BERT config ({e!r} missing or invalid)") from None
     head = head or meta.get("head", "none")
     if num_labels is None:
         num_labels = meta.get("num_labels", 0)
-    model = build_model(arch, head, num_labels)
+    if crf is None:
+        crf = bool(meta.get("crf", False)) and head == "tagging"
+    model = build_model(arch, head, num_labels, crf=crf)
     state = read_weights(path)
     params, _, _ = from_hf(
         state,
@@ -215,7 +227,7 @@ def load_bert(
     if len(tokenizer) > arch.vocab_size:
         raise TeacherError(f"{path}: tokenizer has {len(tokenizer)} tokens but the model only {arch.vocab_size}")
     log.info("loaded %s (%s, head=%s, %d labels) from %s", spec, arch.name, head, model.num_labels, path)
-    return LoadedBert(arch, head, model.num_labels, params, tokenizer, path, cfg)
+    return LoadedBert(arch, head, model.num_labels, params, tokenizer, path, cfg, crf=crf)
 
 
 def save_bert(
@@ -227,13 +239,17 @@ def save_bert(
     head: str,
     labels: tuple[str, ...] = (),
     extra: dict[str, Any] | None = None,
+    grouped: bool = False,
 ) -> Path:
     """Write a Hugging Face BERT directory that transformers' PyTorch classes load.
 
     Written to a temporary sibling and renamed into place, so an interrupted
     save never leaves a half-written model where a finished one was.
+    `grouped`: layers that share parameters are stored once per group
+    (`distill.hf.to_hf`); our loaders read that, transformers does not.
+    A CRF tagger's `crf` parameters are saved too (transformers ignores them)
+    and `bertnas.crf` records it.
     """
-    from safetensors.numpy import save_file
 
     out_dir = Path(out_dir)
     model = build_model(arch, head, len(labels))
@@ -251,13 +267,23 @@ def save_bert(
         "head": head,
         "num_labels": model.num_labels,
         "labels": list(labels),
+        **({"crf": True} if "crf" in params else {}),
         **(extra or {}),
     }
-    state = to_hf(params, arch, prefix="" if head == "none" else "bert.")
+    state = to_hf(params, arch, prefix="" if head == "none" else "bert.", grouped=grouped)
+    return write_model_dir(out_dir, state, cfg, tokenizer, {"format": "pt"})
+
+
+def write_model_dir(out_dir: Path, tensors: dict, cfg: dict, tokenizer, metadata: dict[str, str]) -> Path:
+    """Write model.safetensors (`tensors`, with `metadata`), config.json and the tokenizer into `out_dir`,
+    atomically: written beside it, then renamed; an existing directory is replaced whole, and an
+    interrupted write leaves it as it was."""
+    from safetensors.numpy import save_file
+
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     try:
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         tokenizer.save_pretrained(str(tmp))
         if out_dir.exists():

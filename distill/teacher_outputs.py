@@ -233,12 +233,13 @@ def cached_teacher_outputs(
     desc = f"{task}: teacher labelling"
     if not use_cache:
         return label_features(model, params, features, tuple(hidden_layers), batch_size=batch_size, desc=desc)
-    found = _read(directory, set(hidden_layers))
+    found = _read(directory, set(hidden_layers), features)
     if found is not None:
         log.info("reusing cached teacher outputs %s", directory)
         return found
     layers = tuple(sorted(set(hidden_layers) | set(_meta(directory).get("hidden_layers", ()))))
-    head = _read(_entry(task, teacher_key, rows(features, 0, prefix)), set(layers)) if 0 < prefix < len(features) else None
+    first = rows(features, 0, prefix)
+    head = _read(_entry(task, teacher_key, first), set(layers), first) if 0 < prefix < len(features) else None
     if head is not None:
         log.info("reusing the cached teacher outputs of the first %d features", prefix)
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -250,7 +251,7 @@ def cached_teacher_outputs(
         _publish(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    stored = _read(directory, set(hidden_layers))
+    stored = _read(directory, set(hidden_layers), features)
     if stored is None:
         return result
     stored.seconds, stored.labelled = result.seconds, result.labelled
@@ -263,22 +264,63 @@ def _entry(task: str, teacher_key: str, features: Features) -> Path:
 
 
 def _meta(directory: Path) -> dict:
+    """The entry's meta.json; {} when there is none or it is damaged (`_read` tells which)."""
     try:
-        return json.loads((directory / "meta.json").read_text())
+        meta = json.loads((directory / "meta.json").read_text())
     except (OSError, ValueError):
         return {}
+    layers = meta.get("hidden_layers") if isinstance(meta, dict) else None
+    ok = isinstance(layers, list) and all(isinstance(i, int) for i in layers)
+    return meta if ok else {}
 
 
-def _read(directory: Path, hidden_layers: set[int]) -> OutputCache | None:
-    meta = _meta(directory)
-    if not meta or not hidden_layers <= set(meta["hidden_layers"]):
+def _read(directory: Path, hidden_layers: set[int], features: Features) -> OutputCache | None:
+    """The entry in `directory` when it holds `hidden_layers` for exactly `features`; else None.
+
+    A damaged entry (unreadable meta.json or arrays, shapes or offsets that do
+    not fit the features, non-finite logits) is logged as such and gives None
+    too: the caller labels the features again and replaces it.
+    """
+    problem: Exception | None = None
+    for _ in range(2):  # another run may replace the entry while we read it: read the new one
+        if not directory.is_dir():
+            return None
+        try:
+            return _load(directory, hidden_layers, features)
+        except OSError as e:
+            problem = e
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            problem = e
+            break
+    log.warning("damaged teacher-output cache %s (%s); labelling again and replacing it", directory, problem)
+    return None
+
+
+def _load(directory: Path, hidden_layers: set[int], features: Features) -> OutputCache | None:
+    """Memory-map an entry after checking it against `features`; None when it lacks some of `hidden_layers`."""
+    meta = json.loads((directory / "meta.json").read_text())
+    if not isinstance(meta, dict) or not isinstance(meta.get("hidden_layers"), list):
+        raise ValueError("meta.json is not an entry's metadata")
+    if not hidden_layers <= set(meta["hidden_layers"]):
         return None
-    try:
-        load = lambda name: np.load(directory / f"{name}.npy", mmap_mode="r")  # noqa: E731
-        hidden = {i: load(f"hidden_{i}").view(ml_dtypes.bfloat16) for i in sorted(hidden_layers)}
-        return OutputCache(load("logits"), np.asarray(load("offsets")), meta["token_level"], hidden)
-    except OSError:  # replaced by another run while we read it
-        return None
+    load = lambda name: np.load(directory / f"{name}.npy", mmap_mode="r")  # noqa: E731 (never pickles)
+    offsets = np.asarray(load("offsets"))
+    expected = np.zeros(len(features) + 1, np.int64)
+    np.cumsum(features.lengths, out=expected[1:])
+    if offsets.shape != expected.shape or not np.array_equal(offsets, expected):
+        raise ValueError(f"offsets.npy has {offsets.shape} entries that do not match the {len(features)} features")
+    logits = load("logits")
+    token_level = bool(meta["token_level"])
+    rows_needed = int(expected[-1]) if token_level else len(features)
+    if logits.ndim != 2 or logits.shape[0] != rows_needed or not np.isfinite(logits).all():
+        raise ValueError(f"logits.npy holds {logits.shape}, not {rows_needed} finite rows")
+    hidden = {}
+    for i in sorted(hidden_layers):
+        h = load(f"hidden_{i}")
+        if h.ndim != 2 or h.shape[0] != expected[-1] or h.dtype != np.uint16:
+            raise ValueError(f"hidden_{i}.npy holds {h.shape} {h.dtype}, not {int(expected[-1])} bfloat16 rows")
+        hidden[i] = h.view(ml_dtypes.bfloat16)
+    return OutputCache(logits, offsets, token_level, hidden)
 
 
 def _write(tmp: Path, out: OutputCache, meta: dict) -> None:

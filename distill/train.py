@@ -17,7 +17,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from distill.losses import task_loss
+from distill.losses import hard_loss
 from distill.modeling import BertForTask
 from distill.objective import PROJ, LossConfig, TeacherOutputs, distill_loss, teacher_forward
 
@@ -37,14 +37,16 @@ def model_inputs(batch: dict) -> tuple:
     return batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
 
 
-def supervised_step(state: TrainState, batch: dict, rng: jax.Array, *, model: BertForTask, tx, kind: str):
-    """One step of fine-tuning on hard labels. Returns (state, metric sums)."""
-    loss_fn = task_loss(kind)
+def supervised_step(
+    state: TrainState, batch: dict, rng: jax.Array, *, model: BertForTask, tx, kind: str, tags: tuple[str, ...] = ()
+):
+    """One step of fine-tuning on hard labels (`losses.hard_loss`; `tags`: a CRF tagger's IOB2 tags).
+    Returns (state, metric sums)."""
     dropout_rng = jax.random.fold_in(rng, state.step)
 
     def objective(params):
         out = model.apply({"params": params}, *model_inputs(batch), deterministic=False, rngs={"dropout": dropout_rng})
-        total, count = loss_fn(out.logits, batch)
+        total, count = hard_loss(kind, out, batch, tags)
         return total / jnp.maximum(count, 1.0), (total, count)
 
     (_, (total, count)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
@@ -59,8 +61,9 @@ def supervised_step(state: TrainState, batch: dict, rng: jax.Array, *, model: Be
     return TrainState(state.step + 1, params, opt_state), metrics
 
 
-def make_supervised_step(model: BertForTask, tx, kind: str):
-    return jax.jit(functools.partial(supervised_step, model=model, tx=tx, kind=kind), donate_argnums=0)
+def make_supervised_step(model: BertForTask, tx, kind: str, tags: tuple[str, ...] = ()):
+    fn = functools.partial(supervised_step, model=model, tx=tx, kind=kind, tags=tuple(tags))
+    return jax.jit(fn, donate_argnums=0)
 
 
 def train_step(
@@ -76,6 +79,7 @@ def train_step(
     loss_cfg: LossConfig,
     layer_map: tuple[int, ...],
     stage: str = "all",
+    tags: tuple[str, ...] = (),
 ):
     """One distillation step; only the student (and its hidden projection) is trained.
 
@@ -101,7 +105,7 @@ def train_step(
             rngs={"dropout": dropout_rng},
         )
         return distill_loss(
-            params.get(PROJ), out, teacher, batch, kind=kind, cfg=loss_cfg, layer_map=layer_map, stage=stage
+            params.get(PROJ), out, teacher, batch, kind=kind, cfg=loss_cfg, layer_map=layer_map, stage=stage, tags=tags
         )
 
     (total, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
@@ -118,7 +122,11 @@ def train_step(
     return TrainState(state.step + 1, params, opt_state), metrics
 
 
-def make_train_step(model, teacher_model, tx, kind: str, loss_cfg: LossConfig, layer_map: tuple[int, ...], stage: str):
+def make_train_step(
+    model, teacher_model, tx, kind: str, loss_cfg: LossConfig, layer_map: tuple[int, ...], stage: str,
+    tags: tuple[str, ...] = (),
+):
+    """`train_step` with its settings bound, jitted; `tags`: the IOB2 tags constraining a CRF student's hard loss."""
     fn = functools.partial(
         train_step,
         model=model,
@@ -128,6 +136,7 @@ def make_train_step(model, teacher_model, tx, kind: str, loss_cfg: LossConfig, l
         loss_cfg=loss_cfg,
         layer_map=tuple(layer_map),
         stage=stage,
+        tags=tuple(tags),
     )
     return jax.jit(fn, donate_argnums=0)
 

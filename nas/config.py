@@ -65,6 +65,10 @@ class SearchConfig:
     train_limit: int | None = None
     dev_limit: int | None = None
     seed: int = 0
+    quantize: str | None = None
+    """'int8': the front's students also get int8 copies (`distill.quantize`), rows of their own on the front."""
+    crf: bool | None = None
+    """Tagging: students with a linear-chain CRF; None: when the teacher has one (`DistillConfig.crf`)."""
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:
@@ -94,6 +98,10 @@ class SearchConfig:
             raise UserError(f"latency_threads: must be >= 0, got {self.latency_threads}")
         if self.augment < 0:
             raise UserError(f"augment: must be >= 0, got {self.augment}")
+        if self.quantize is not None:
+            from distill.quantize import scheme
+
+            scheme(self.quantize)  # a UserError naming the valid schemes
 
     @property
     def eval_every(self) -> int:

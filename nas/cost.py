@@ -119,13 +119,18 @@ class Constraints:
 
 def measure_latency(arch: BertArch, head: str, num_labels: int, seq_len: int, batch_size: int, *,
                     repeats: int = 20, warmup: int = 3, min_seconds: float = 0.25, max_repeats: int = 2000,
-                    params=None) -> tuple[float, float]:
+                    params=None, quantize: str | None = None) -> tuple[float, float]:
     """(median, p95) wall time in ms of one jitted inference forward pass of a batch, over at least
-    `repeats` timed calls and at least `min_seconds` of them (at most `max_repeats` calls)."""
+    `repeats` timed calls and at least `min_seconds` of them (at most `max_repeats` calls). `quantize`
+    (a `distill.quantize.SCHEMES` name): the model quantized that way, from the same weights."""
     if seq_len > arch.max_position_embeddings or min(seq_len, batch_size, repeats) < 1 or warmup < 0:
         raise ValueError(f"measure_latency: seq {seq_len}, batch {batch_size}, repeats {repeats}, warmup {warmup}")
     model = build_model(arch, head, num_labels)
     params = init_params(model, jax.random.key(0), seq_len) if params is None else params
+    if quantize:
+        from distill.quantize import quantize_params, scheme
+
+        model, params, _ = quantize_params(arch, head, num_labels, params, scheme(quantize))
 
     def forward(p, ids, token_types, mask):
         return model.apply({"params": p}, ids, token_types, mask, deterministic=True)
@@ -146,10 +151,11 @@ def measure_latency(arch: BertArch, head: str, num_labels: int, seq_len: int, ba
 
 def measure_in_child(arch: BertArch, head: str, num_labels: int, seq_len: int, batches: list[int], *,
                      threads: int, repeats: int = 20, min_seconds: float = 0.25,
-                     timeout: float = 900) -> dict[int, tuple[float, float]]:
+                     timeout: float = 900, quantize: str | None = None) -> dict[int, tuple[float, float]]:
     """`measure_latency` for each batch size in a child process on `threads` CPU threads; {batch: (median, p95)}."""
     request = {"arch": arch.to_dict(), "head": head, "num_labels": num_labels, "seq_len": seq_len,
-               "batches": list(batches), "threads": threads, "repeats": repeats, "min_seconds": min_seconds}
+               "batches": list(batches), "threads": threads, "repeats": repeats, "min_seconds": min_seconds,
+               "quantize": quantize}
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "nas.latency_child", json.dumps(request)], capture_output=True,
@@ -169,16 +175,17 @@ def device_name() -> str:
 
 
 class CostModel:
-    """Analytic params/FLOPs plus cached measured latency for one task setting."""
+    """Analytic params/FLOPs plus cached measured latency for one task setting; with `quantize` (a
+    `distill.quantize.SCHEMES` name, e.g. 'int8'), the latency of the quantized models."""
 
     def __init__(self, head: str, num_labels: int, seq_len: int, *, batch_size: int = 32,
                  cache_path: os.PathLike | None = None, repeats: int = 20, min_seconds: float = 0.25,
-                 threads: int = 0):
+                 threads: int = 0, quantize: str | None = None):
         if threads < 0:
             raise ConstraintError(f"latency threads must be >= 0, got {threads}")
         self.head, self.num_labels = head, head_outputs(head, num_labels)
         self.seq_len, self.batch_size, self.repeats = seq_len, batch_size, repeats
-        self.min_seconds = min_seconds
+        self.min_seconds, self.quantize = min_seconds, quantize
         # A thread count only means something on a CPU; elsewhere measure in this process.
         self.threads = threads if jax.default_backend() == "cpu" else 0
         self.cache_path = Path(cache_path or cache_root() / "latency" / f"{device_name()}.json")
@@ -187,7 +194,8 @@ class CostModel:
     def key(self, arch: BertArch, batch: int) -> str:
         digest = hashlib.sha256(arch.to_json().encode()).hexdigest()[:12]
         threads = f"|t{self.threads}" if self.threads else ""
-        return f"{arch.name}|{self.head}|{self.num_labels}|seq{self.seq_len}|b{batch}{threads}|{digest}"
+        quantized = f"|{self.quantize}" if self.quantize else ""
+        return f"{arch.name}|{self.head}|{self.num_labels}|seq{self.seq_len}|b{batch}{threads}{quantized}|{digest}"
 
     def cost(self, arch: BertArch) -> Cost:
         self._measure(arch, [1, self.batch_size])
@@ -208,7 +216,7 @@ class CostModel:
         if not self.threads or not missing:
             return
         measured = measure_in_child(arch, self.head, self.num_labels, self.seq_len, missing, threads=self.threads,
-                                    repeats=self.repeats, min_seconds=self.min_seconds)
+                                    repeats=self.repeats, min_seconds=self.min_seconds, quantize=self.quantize)
         for b, (median, p95) in measured.items():
             self._write(self.key(arch, b), {"median_ms": median, "p95_ms": p95, "repeats": self.repeats,
                                             "min_seconds": self.min_seconds, "threads": self.threads,
@@ -220,7 +228,7 @@ class CostModel:
             self._entries.update(self._read())  # another process may have measured it
         if key not in self._entries:
             median, p95 = measure_latency(arch, self.head, self.num_labels, self.seq_len, batch,
-                                          repeats=self.repeats, min_seconds=self.min_seconds)
+                                          repeats=self.repeats, min_seconds=self.min_seconds, quantize=self.quantize)
             self._write(key, {"median_ms": median, "p95_ms": p95, "repeats": self.repeats,
                               "min_seconds": self.min_seconds, "time": time.time()})
         entry = self._entries[key]

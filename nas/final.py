@@ -158,5 +158,54 @@ def _label(dcfg, root: Path) -> tuple[float, int]:
     return cache.seconds, cache.labelled
 
 
+QUANTIZED_FROM_SOURCE = (  # what an int8 copy shares with its float32 row
+    "arch", "params", "flops", "learning_rate", "temperature", "hard_weight", "hidden_weight", "init_layers",
+)
+
+
+def quantized_rows(name: str, setup: TrialSetup, front: list[dict], teacher_latency_ms: float, val_features,
+                   val_examples, *, dev_limit: int | None = None) -> list[dict]:
+    """`--quantize NAME`: an int8 copy of each exported front member (`<its export>-NAME`, see
+    `distill.quantize`), as a row of its own, measured as every candidate is: the validation metric on the
+    search's validation slice, the dev metric, the batch-1 latency by the cost model (the quantized model,
+    on the search's latency threads), plus its size against the float32 export. The caller takes the front
+    again over all rows, so an int8 copy as accurate and faster than its float32 model replaces it there."""
+    from distill.evaluate import evaluate_dir, evaluate_model, load_for_task
+    from distill.export import export_path
+    from distill.quantize import quantize_export, scheme
+    from nas.cost import CostModel
+
+    cost_model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads, quantize=name)
+    rows = []
+    for r in front:
+        if not r.get("export") or r.get("quantized"):
+            continue
+        t0 = time.perf_counter()
+        src = Path(r["export"])
+        size = quantize_export(src, export_path(src.parent, f"{src.name}-{name}"), scheme(name))  # beside src
+        model, task = load_for_task(size["path"])
+        val = evaluate_model(model.model, model.params, task, val_features, val_examples, setup.base.eval_batch_size)
+        dev = evaluate_dir(size["path"], task.name, data_dir=setup.base.data_dir, limit=dev_limit)
+        cost = cost_model.cost(model.arch)
+        rows.append({
+            **{k: r.get(k) for k in QUANTIZED_FROM_SOURCE},
+            "trial_id": f"{r['trial_id']}-{name}", "status": "quantized", "quantized": name,
+            "from_trial": r["trial_id"], "latency_ms": cost.latency_ms, "batch_latency_ms": cost.batch_latency_ms,
+            "speedup": teacher_latency_ms / cost.latency_ms, "val_metric": val[task.metric],
+            "dev_metric": dev[task.metric], "val_drop": _diff(r.get("val_metric"), val[task.metric]),
+            "dev_drop": _diff(r.get("dev_metric"), dev[task.metric]), "weight_bytes": size["weight_bytes"],
+            "weight_ratio": size["weight_ratio"], "export": size["path"], "seconds": time.perf_counter() - t0,
+            "pareto": False, "error": None,
+        })
+        log.info("%s %s: val %s %.4f (float32 %s), %.3f ms (float32 %s), weights %.3f of float32", r["arch"], name,
+                 task.metric, val[task.metric], r.get("val_metric"), cost.latency_ms, r.get("latency_ms"),
+                 size["weight_ratio"] or float("nan"))
+    return rows
+
+
+def _diff(a, b):
+    return a - b if _finite(a) and _finite(b) else None
+
+
 def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)

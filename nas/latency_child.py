@@ -38,7 +38,8 @@ def main(argv: list[str]) -> None:
     arch = BertArch.from_dict(request["arch"])
     result = {
         str(b): measure_latency(arch, request["head"], request["num_labels"], request["seq_len"], b,
-                                repeats=request["repeats"], min_seconds=request["min_seconds"])
+                                repeats=request["repeats"], min_seconds=request["min_seconds"],
+                                quantize=request.get("quantize"))
         for b in request["batches"]
     }
     print(json.dumps(result), flush=True)

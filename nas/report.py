@@ -2,7 +2,8 @@
 
 Rows are plain dicts, one per trial (see `COLUMNS`); `pareto_front` keeps the
 trained candidates that no other candidate beats on both the metric (higher is
-better) and the measured batch-1 latency (lower is better).
+better) and the measured batch-1 latency (lower is better). With `--quantize`,
+the int8 copies of the front's students are rows too (status `quantized`).
 """
 
 from __future__ import annotations
@@ -16,11 +17,11 @@ from distill.runlog import write_json
 COLUMNS = (
     "trial_id", "status", "arch", "params", "flops", "latency_ms", "batch_latency_ms", "speedup",
     "val_metric", "dev_metric", "steps", "steps_per_second", "seconds", "learning_rate", "temperature", "hard_weight",
-    "hidden_weight", "init_layers", "pareto", "export", "error",
+    "hidden_weight", "init_layers", "pareto", "export", "quantized", "weight_ratio", "error",
 )
 
 
-TRAINED = ("completed", "stopped", "final")
+TRAINED = ("completed", "stopped", "final", "quantized")  # quantized: an int8 copy of a front member (--quantize)
 
 
 def _finite(x) -> bool:
@@ -78,6 +79,10 @@ def plot(path: Path, rows: list[dict], front: list[dict], teacher: dict, metric_
     if final:
         ax.scatter([r["latency_ms"] for r in final], [r["val_metric"] for r in final], marker="D", s=50, c="C2",
                    label="final student", zorder=3)
+    quantized = [r for r in pts if r.get("quantized")]
+    if quantized:
+        ax.scatter([r["latency_ms"] for r in quantized], [r["val_metric"] for r in quantized], marker="x", s=40,
+                   c="C1", label="int8 copies", zorder=3)
     if _finite(teacher.get("latency_ms")) and _finite(teacher.get("val_metric")):
         ax.scatter([teacher["latency_ms"]], [teacher["val_metric"]], marker="*", s=160, c="C3", label="teacher", zorder=3)
     ax.set_xscale("log")
@@ -103,5 +108,6 @@ def leaderboard(front: list[dict], teacher: dict, metric_name: str) -> str:
         return f"{name:<34} {r['params'] / 1e6:>7.2f}M {r['latency_ms']:>9.2f} {speed:>8} {val:>14} {dev:>14}"
 
     lines.append(line("teacher", {**teacher, "speedup": 1.0}))
-    lines += [line(r["arch"] + (" (final)" if r.get("status") == "final" else ""), r) for r in front]
+    lines += [line(r["arch"] + (" (final)" if r.get("status") == "final" else "")
+                   + (f" ({r['quantized']})" if r.get("quantized") else ""), r) for r in front]
     return "\n".join(lines)

@@ -1,14 +1,20 @@
 """The architecture search space, as data (after HAT's `space0.yml`).
 
 A `SearchSpace` holds one tuple of choices per dimension: the number of
-layers, the hidden size, the attention heads and FFN size of each layer, plus
-the distillation knobs (learning rate, temperature, loss weights, layer map).
-`sample(trial, teacher)` is an Optuna define-by-run function that only samples:
-first the layer count and the hidden size, then each layer's heads and FFN size
-(`heads_0`, `ffn_0`, ... for the sampled layers only; one `heads` and one `ffn`
-when `heterogeneous` is False), then the knobs. It returns a JSON-friendly dict
-that `arch(sample, teacher)` turns into the student `BertArch` and
-`knobs(sample)` into the distillation settings.
+layers, the hidden size, cross-layer parameter sharing, the attention heads and
+FFN size of each layer, plus the distillation knobs (learning rate,
+temperature, loss weights, layer map). `sample(trial, teacher)` is an Optuna
+define-by-run function that only samples: first the layer count, the hidden
+size and the sharing group size, then the heads and FFN size of each group of
+layers (`heads_0`, `ffn_0`, ... for the sampled groups only, which are the
+layers without sharing; one `heads` and one `ffn` when `heterogeneous` is
+False), then the knobs. It returns a JSON-friendly dict that
+`arch(sample, teacher)` turns into the student `BertArch` and `knobs(sample)`
+into the distillation settings.
+
+Sharing (`share`): group size choices; with size s, layer i uses parameter
+group i // s (`BertArch.layer_groups`): 1 is no sharing, 2 pairs of adjacent
+layers (ALBERT-style). The default spaces have (1,): no sharing.
 
 Optuna naming. Optuna rejects a parameter name whose choice list changes
 between trials, and a layer may only take heads with heads * head_size <=
@@ -39,7 +45,7 @@ from tasks.errors import UserError
 
 # distill.init.LAYER_MAPS (not imported: that module pulls in JAX).
 LAYER_MAPS = ("uniform", "first", "last")
-INT_FIELDS = ("layers", "hidden", "heads", "ffn")
+INT_FIELDS = ("layers", "hidden", "heads", "ffn", "share")
 FLOAT_FIELDS = ("learning_rate", "temperature", "hard_weight", "hidden_weight")
 KNOBS = (*FLOAT_FIELDS, "init_layers")
 
@@ -57,6 +63,7 @@ class SearchSpace:
     ffn: tuple[int, ...] = (256, 512, 768, 1024, 1536)  # FFN size per layer (choices)
     head_size: int = 0  # 0: the teacher's head size
     heterogeneous: bool = True  # sample heads and FFN per layer; False: one value for all layers
+    share: tuple[int, ...] = (1,)  # sharing group sizes: layer i uses parameters i // size (1: none, 2: pairs)
     learning_rate: tuple[float, ...] = (1e-4, 2e-4, 3e-4)
     temperature: tuple[float, ...] = (1.0,)
     hard_weight: tuple[float, ...] = (0.5,)
@@ -79,6 +86,8 @@ class SearchSpace:
         hs = self.head_size
         _check(not isinstance(hs, bool) and isinstance(hs, int) and hs >= 0, "head_size",
                f"must be an integer >= 0 (0: the teacher's), got {hs!r}")
+        _check(max(self.share) <= max(self.layers), "share",
+               f"group size {max(self.share)} exceeds the largest layer count {max(self.layers)}")
         _check(all(v > 0 for v in self.learning_rate), "learning_rate", f"must be > 0, got {self.learning_rate}")
         _check(all(v > 0 for v in self.temperature), "temperature", f"must be > 0, got {self.temperature}")
         for field in ("hard_weight", "hidden_weight"):
@@ -111,8 +120,10 @@ class SearchSpace:
         """The number of distinct student architectures in the space."""
         hs, n = self.resolved_head_size(teacher), 0
         for h in self.hidden:
-            per_layer = len(self._fitting_heads(h, hs)) * len(self.ffn)
-            n += sum(per_layer**layers if self.heterogeneous else per_layer for layers in self.layers)
+            per_group = len(self._fitting_heads(h, hs)) * len(self.ffn)
+            for layers in self.layers:
+                groupings = {share_groups(layers, s) for s in self.share}  # sizes >= layers all share one group
+                n += sum(per_group ** _num_groups(g, layers) if self.heterogeneous else per_group for g in groupings)
         return n
 
     def _fitting_heads(self, hidden: int, head_size: int) -> tuple[int, ...]:
@@ -123,28 +134,33 @@ class SearchSpace:
         """Optuna define-by-run: sample one student and its knobs (no computation)."""
         layers = int(_pick(trial, "layers", self.layers))
         hidden = int(_pick(trial, "hidden", self.hidden))
+        share = int(_pick(trial, "share", self.share))
         fit = self._fitting_heads(hidden, self.resolved_head_size(teacher))
         _check(bool(fit), "heads", f"no choice fits hidden {hidden}; call validate(teacher) first")
         suffix = "" if len(fit) == len(self.heads) else f"@max{max(fit)}"
-        names = [f"_{i}" for i in range(layers)] if self.heterogeneous else [""]
+        groups = -(-layers // share)  # layers i // share share parameters: sizes are sampled per group
+        names = [f"_{g}" for g in range(groups)] if self.heterogeneous else [""]
         heads = [int(_pick(trial, f"heads{n}{suffix}", fit)) for n in names]
         ffn = [int(_pick(trial, f"ffn{n}", self.ffn)) for n in names]
-        if not self.heterogeneous:
-            heads, ffn = heads * layers, ffn * layers
-        out: dict[str, Any] = {"layers": layers, "hidden": hidden, "heads": heads, "ffn": ffn}
+        unit = [i // share for i in range(layers)] if self.heterogeneous else [0] * layers
+        heads, ffn = [heads[u] for u in unit], [ffn[u] for u in unit]
+        out: dict[str, Any] = {"layers": layers, "hidden": hidden, "share": share, "heads": heads, "ffn": ffn}
         for field in FLOAT_FIELDS:
             out[field] = float(_pick(trial, field, getattr(self, field)))
         out["init_layers"] = str(_pick(trial, "init_layers", self.init_layers))
         return out
 
     def arch(self, sample: dict[str, Any], teacher: BertArch) -> BertArch:
-        """The student of `sample`; vocabulary, positions and the rest come from the teacher."""
+        """The student of `sample`; vocabulary, positions and the rest come from the teacher.
+        A sample without `share` (from a search before sharing existed) has none."""
+        layers = int(sample["layers"])
         return teacher.replace(
-            num_layers=int(sample["layers"]),
+            num_layers=layers,
             hidden_size=int(sample["hidden"]),
             head_size=self.resolved_head_size(teacher),
             num_heads=tuple(int(h) for h in sample["heads"]),
             ffn_sizes=tuple(int(f) for f in sample["ffn"]),
+            layer_groups=share_groups(layers, int(sample.get("share", 1))),
         )
 
     @staticmethod
@@ -182,11 +198,28 @@ class SearchSpace:
             raise SpaceError(f"{path}: cannot read the search space file ({e.strerror or e})") from None
         try:
             d = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-        except (json.JSONDecodeError, yaml.YAMLError) as e:
-            raise SpaceError(f"{path}: malformed {'JSON' if suffix == '.json' else 'YAML'}: {e}") from None
+        except json.JSONDecodeError as e:
+            raise SpaceError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
+            raise SpaceError(f"{where}: malformed YAML: {getattr(e, 'problem', None) or e}") from None
         if isinstance(d, dict):
             d.setdefault("name", path.stem)
         return cls.from_dict(d, source=str(path))
+
+
+def share_groups(layers: int, size: int) -> tuple[int, ...] | None:
+    """`BertArch.layer_groups` for blocks of `size` adjacent layers (the last may be shorter); None when no
+    two layers share (size 1, or a single layer), as `BertArch` stores it."""
+    if size < 1:
+        raise SpaceError(f"share: group size must be >= 1, got {size}")
+    groups = tuple(i // size for i in range(layers))
+    return groups if len(set(groups)) < layers else None
+
+
+def _num_groups(groups: tuple[int, ...] | None, layers: int) -> int:
+    return layers if groups is None else len(set(groups))
 
 
 def _pick(trial: Any, name: str, choices: tuple) -> Any:
@@ -243,6 +276,8 @@ PRESETS: dict[str, SearchSpace] = {
     "smoke": dataclasses.replace(
         _DEFAULT, name="smoke", layers=(1, 2), hidden=(64, 128), heads=(1, 2), ffn=(64, 128), learning_rate=(1e-3,)
     ),
+    # The default sizes, and adjacent layers in pairs sharing their parameters or not.
+    "shared": dataclasses.replace(_DEFAULT, name="shared", share=(1, 2)),
     # For tiny test teachers (2 layers, hidden 36, head size 12, FFN 37).
     "tiny": dataclasses.replace(
         _DEFAULT, name="tiny", layers=(1, 2), hidden=(24, 36), heads=(1, 2, 3), ffn=(16, 37), learning_rate=(1e-3,)
@@ -251,7 +286,7 @@ PRESETS: dict[str, SearchSpace] = {
 
 
 def get_space(spec: str | Path) -> SearchSpace:
-    """A preset name (`default`, `uniform`, `smoke`, `tiny`) or the path of a .json / .yaml file."""
+    """A preset name (`default`, `uniform`, `shared`, `smoke`, `tiny`) or the path of a .json / .yaml file."""
     if str(spec) in PRESETS:
         return PRESETS[str(spec)]
     if Path(spec).suffix.lower() in (".json", ".yaml", ".yml") or Path(spec).exists():

@@ -35,20 +35,22 @@ from pathlib import Path
 from typing import Any
 
 from distill.augment import AugmentConfig
+from distill.crf import check_crf
 from distill.distill import DistillConfig, Stage, cached_importance, fine_tuned_teacher, read_data, training_features
 from distill.evaluate import evaluate_dir, evaluate_model
+from distill.export import check_output_path, export_path
 from distill.loop import LoopConfig
 from distill.objective import LossConfig
 from distill.optim import OptimizerConfig
 from distill.runlog import cache_root, enable_compilation_cache, to_jsonable, write_json
 from distill.config import BertArch
-from distill.teacher import read_config, resolve_model_dir, weights_fingerprint
+from distill.teacher import TeacherError, read_config, resolve_model_dir, weights_fingerprint
 from distill.teacher_outputs import cached_teacher_outputs
 from nas import report
 from nas.config import SearchConfig
 from nas.cost import Constraints, CostModel, typical_length
-from nas.final import train_final
-from nas.space import SearchSpace, get_space
+from nas.final import quantized_rows, train_final
+from nas.space import SearchSpace, SpaceError, get_space
 from nas.trial import OBJECTIVE_LATENCY, REJECTED, TrialSetup, run_trial
 from tasks.datafiles import resolve_data_dir
 from tasks.errors import UserError
@@ -103,13 +105,14 @@ def base_distill_config(cfg: SearchConfig, data_dir: Path) -> DistillConfig:
         dev_limit=cfg.dev_limit,
         validation=cfg.validation,
         teacher_epochs=cfg.teacher_epochs,
+        crf=cfg.crf,
     )
 
 
 def search(cfg: SearchConfig, output_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
     """Run (or, with `resume`, continue) a search; returns the summary also written to results.json.
     Ctrl+C stops it (KeyboardInterrupt) with everything needed to resume it saved."""
-    out = Path(output_dir).resolve()
+    out = check_output_path(output_dir, "--resume" if resume else "--output").resolve()
     try:
         return _search(cfg, out, resume=resume)
     except KeyboardInterrupt:
@@ -125,10 +128,14 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
     elif (out / CONFIG_FILE).exists():
         raise UserError(f"{out}: holds an earlier search; pass --resume to continue it or pick another --output")
     task = get_task(cfg.task)
+    check_crf(task, bool(cfg.crf))
     space = get_space(cfg.space)
     data_dir = Path(resolve_data_dir(task, cfg.data_dir)).resolve()
-    # An invalid space fails here, before any fine-tuning or trial.
-    space.validate(BertArch.from_hf_config(read_config(resolve_model_dir(cfg.teacher))))
+    # An invalid space (or teacher directory) fails here, before any fine-tuning or trial.
+    try:
+        space.validate(_teacher_arch(cfg.teacher))
+    except SpaceError as e:
+        raise SpaceError(f"--space {cfg.space}: {e}") from None
     if cfg.storage_path and "://" not in cfg.storage_path:
         cfg = dataclasses.replace(cfg, storage_path=str(Path(cfg.storage_path).resolve()))
     if not resume:
@@ -202,6 +209,10 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     front = report.pareto_front(rows)
     _export_front(out, front, task.name, data_dir, cfg.dev_limit)
+    if cfg.quantize:  # int8 copies of the front's students join the rows; the front is taken again over all
+        rows += quantized_rows(cfg.quantize, setup, front, teacher_cost.latency_ms, val_features, val_ex,
+                               dev_limit=cfg.dev_limit)
+        front = report.pareto_front(rows)
     for r in front:
         r["pareto"] = True
     seconds["export"] = time.perf_counter() - t0
@@ -230,6 +241,19 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
     (out / "leaderboard.txt").write_text(board + "\n")
     print(board, flush=True)
     return summary
+
+
+def _teacher_arch(spec: str) -> BertArch:
+    """The teacher's architecture from its config.json alone (a bad one named as `load_bert` names it)."""
+    cfg_file = resolve_model_dir(spec) / "config.json"
+    try:
+        return BertArch.from_hf_config(read_config(cfg_file.parent))
+    except TeacherError:
+        raise
+    except UserError as e:
+        raise TeacherError(f"{cfg_file}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise TeacherError(f"{cfg_file}: not a BERT config ({e!r} missing or invalid)") from None
 
 
 def _forwards(setup: dict, final: dict | None) -> dict:
@@ -306,14 +330,44 @@ def trial_dirname(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
-def init_ray(cfg: SearchConfig) -> None:
-    """Join the cluster at `cfg.address` / $RAY_ADDRESS, else start a private local Ray (never a stray one
-    that happens to run on this machine). Called before JAX starts its threads (Ray forks)."""
-    import ray
+LOCALHOST = "127.0.0.1"
 
-    if not ray.is_initialized():
-        address = cfg.address or os.environ.get("RAY_ADDRESS") or "local"
-        ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING)
+
+def ray_init_kwargs(cfg: SearchConfig) -> dict[str, Any]:
+    """`ray.init` arguments: join the cluster at `cfg.address` / $RAY_ADDRESS, else start a private local
+    Ray (address "local": never a stray one that happens to run on this machine) that listens on 127.0.0.1
+    only, with no dashboard (one started anyway would listen on 127.0.0.1 too). Nothing here touches Ray's
+    token authentication, which Ray turns on for a local Ray and which a cluster's own settings govern."""
+    address = cfg.address or os.environ.get("RAY_ADDRESS") or "local"
+    kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "logging_level": logging.WARNING}
+    if address == "local":
+        kwargs.update(_node_ip_address=LOCALHOST, dashboard_host=LOCALHOST)
+    return kwargs
+
+
+def init_ray(cfg: SearchConfig) -> None:
+    """`ray.init(**ray_init_kwargs(cfg))`, called before JAX starts its threads (Ray forks).
+
+    A local Ray's servers (GCS, raylet, workers, agents) listen on all interfaces unless the node IP is
+    loopback, and Ray 2.60 turns a node IP of 127.0.0.1 into the machine's outward address, except where
+    Ray clusters are off (macOS, Windows). So for the local Ray they are off while it starts: its node IP,
+    and every address it listens on, is 127.0.0.1 (`tests/nas/test_ray_security.py` checks the sockets).
+    """
+    import ray
+    from ray._private import ray_constants
+
+    if ray.is_initialized():
+        return
+    kwargs = ray_init_kwargs(cfg)
+    if kwargs["address"] != "local":
+        ray.init(**kwargs)
+        return
+    clusters = ray_constants.ENABLE_RAY_CLUSTER
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        ray.init(**kwargs)
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = clusters
 
 
 def make_sampler(cfg: SearchConfig):
@@ -386,7 +440,7 @@ def _export_front(out: Path, front: list[dict], task: str, data_dir: Path, dev_l
     if root.exists():
         shutil.rmtree(root)
     for i, r in enumerate(front):
-        dest = root / f"{i + 1:02d}-{r['arch']}"
+        dest = export_path(root, f"{i + 1:02d}-{r['arch']}")
         if r.get("export_dir"):  # the final run's export
             shutil.copytree(r["export_dir"], dest)
         elif r.get("_checkpoint") is not None:

@@ -7,6 +7,8 @@
 --student is a name (4L-312, 6L-384-H6-F1536, 3L-384-H4,6,8-D32) or a JSON
 file. The best student (by dev metric) is exported to OUTPUT/export: a
 Hugging Face BERT directory our Flax API and transformers both load.
+--quantize int8 also writes OUTPUT/export-int8 (distill.quantize) and
+reports both models' scores and sizes (results.json `quantized`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     cli.add_run_args(p, lr=2e-4, epochs=3)
     p.add_argument("--teacher", default="minilm", help="fine-tuned teacher directory, or a pre-trained one")
     p.add_argument("--teacher-epochs", type=int, default=2, help="epochs when the teacher must be fine-tuned first")
-    p.add_argument("--student", default="4L-312", help="architecture name or JSON file")
+    p.add_argument("--student", default="4L-312", help="architecture name (4L-312, 3L-384-H4,6,8-D32, 4L-384-G0,0,1,1 for shared layers) or JSON file")
+    p.add_argument(
+        "--crf", action=argparse.BooleanOptionalAction, default=None,
+        help="tagging: a linear-chain CRF on the student (default: when the teacher has one; "
+        "--crf also gives a teacher fine-tuned here one)",
+    )
     p.add_argument(
         "--validation", type=int, default=0,
         help="hold out N training examples and select on them instead of dev (dev stays unseen)",
     )
+    cli.add_quantize_arg(p)
     g = p.add_argument_group("initialisation")
     g.add_argument("--init", default="teacher", choices=["teacher", "random"])
     g.add_argument("--layers", default="uniform", help="teacher layers for the student: uniform, first, last or 0,2,3,5")
@@ -102,10 +110,15 @@ def main(argv=None) -> int:
         dev_limit=args.dev_limit,
         validation=args.validation,
         teacher_epochs=args.teacher_epochs,
+        crf=args.crf,
     )
     results = distill(cfg, args.output, resume=args.resume, use_cache=not args.no_cache)
-    keys = ("task", "student", "best", "teacher_dev", "gap", "student_params", "seconds", "export")
-    print(json.dumps({k: results[k] for k in keys}))
+    if args.quantize:
+        from distill.quantize import quantize_run
+
+        results["quantized"] = quantize_run(cfg, args.output, args.quantize)
+    keys = ("task", "student", "best", "teacher_dev", "gap", "student_params", "seconds", "export", "quantized")
+    print(json.dumps({k: results[k] for k in keys if k in results}))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Evaluate a saved model (fine-tuned teacher or exported student) on a task split.
+"""Evaluate a saved model (fine-tuned teacher, exported student or its int8 copy) on a task split.
 
   python scripts/evaluate.py --model runs/teacher-sst2/teacher --task sst2 --split dev --json
 
@@ -17,12 +17,12 @@ from distill import cli
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model directory (Hugging Face layout)")
+    p.add_argument("--model", required=True, help="model directory (Hugging Face layout, or an int8 export)")
     p.add_argument("--task", default=None, help="task name (default: the one recorded in the model)")
     p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
     p.add_argument("--split", default="dev", help="dev, test, train, ...")
-    p.add_argument("--limit", type=int, default=None, help="first N examples only")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--limit", type=cli.at_least(0), default=None, help="first N examples only")
+    p.add_argument("--batch-size", type=cli.at_least(1), default=128)
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)

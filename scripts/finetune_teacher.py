@@ -1,8 +1,13 @@
 """Fine-tune a BERT teacher on a task.
 
   python scripts/finetune_teacher.py --task sst2 --teacher minilm --output runs/teacher-sst2
+  python scripts/finetune_teacher.py --task conll2003 --crf --output runs/teacher-conll-crf
+  python scripts/finetune_teacher.py --task ner --data-dir data/msra --teacher bert-base-chinese --crf \
+      --output runs/msra
 
 Data: --data-dir, else $GLUE_DIR/<TASK> (CoNLL: $CONLL_DIR, SQuAD: $SQUAD_DIR).
+Task `ner` is tagging on any train.txt/dev.txt with `token tag` lines (one
+Chinese character per line works), its IOB2 tags read from train.txt ($NER_DIR).
 The best dev checkpoint is written to OUTPUT/teacher in the Hugging Face
 layout and cached, so later runs with the same settings reuse it.
 """
@@ -21,6 +26,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     cli.add_run_args(p, lr=1e-4, epochs=3)
     p.add_argument("--teacher", default="minilm", help="model directory, alias (minilm) or Hub name")
     p.add_argument("--reinit-top-layers", type=int, default=0, help="re-initialise the top k layers")
+    p.add_argument("--crf", action="store_true", help="tagging: a linear-chain CRF over the tags (Viterbi decoding)")
     return p.parse_args(argv)
 
 
@@ -44,6 +50,7 @@ def main(argv=None) -> int:
         dev_limit=args.dev_limit,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
+        crf=args.crf,
     )
     results = finetune(cfg, args.output, use_cache=not args.no_cache, resume=args.resume)
     print(json.dumps({"best": results["best"], "teacher_dir": results["teacher_dir"]}))

@@ -19,25 +19,27 @@ from distill import cli
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model directory (Hugging Face layout)")
+    p.add_argument("--model", required=True, help="model directory (Hugging Face layout, or an int8 export)")
     p.add_argument("--input", default=None, help="text file (default: stdin)")
     p.add_argument("--task", default=None, help="task name (default: the one recorded in the model)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=cli.at_least(1), default=64)
     p.add_argument("-v", "--verbose", action="store_true")
     args = p.parse_args(argv)
     cli.setup_logging(args.verbose)
     from distill.predict import predict_lines
     from tasks.errors import DataError
 
-    if args.input:
-        try:
+    source = args.input or "stdin"
+    try:
+        if args.input:
             with open(args.input, encoding="utf-8") as f:
                 lines = f.readlines()
-        except OSError as e:
-            raise DataError(args.input, f"cannot read ({e.strerror})") from None
-    else:
-        lines = sys.stdin.readlines()
-    source = args.input or "stdin"
+        else:
+            lines = sys.stdin.readlines()
+    except OSError as e:
+        raise DataError(source, f"cannot read ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise DataError(source, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
     for record in predict_lines(args.model, lines, task_name=args.task, batch_size=args.batch_size, source=source):
         print(json.dumps(record))
     return 0

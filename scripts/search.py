@@ -8,6 +8,8 @@ Pareto-front students in export/ (loadable by evaluate.py and predict.py).
 The most accurate candidate at least --target-speedup times faster than the
 teacher is then trained again, longer and on augmented data, in the time the
 trials left (final/); it joins the front.
+--quantize int8 adds int8 copies of the front's students (export/<rank>-<arch>-int8),
+measured like the others (validation and dev metric, latency, size); they join the front.
 
   python scripts/search.py --task sst2 --smoke-test --output runs/smoke
   python scripts/search.py --resume runs/search-sst2
@@ -34,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--output", default=None, help="output directory (default runs/search-<task>)")
     p.add_argument("--resume", metavar="DIR", default=None, help="continue the interrupted search in DIR")
     p.add_argument("--smoke-test", action="store_true", help="tiny end-to-end run: data slice, 4 small trials")
-    p.add_argument("--space", default="default", help="preset (default, uniform, smoke, tiny) or a .yaml/.json file")
+    p.add_argument("--space", default="default", help="preset (default, uniform, shared, smoke, tiny) or a .yaml/.json file")
     p.add_argument("--num-samples", type=int, default=24, help="candidates to try")
     p.add_argument("--budget-minutes", type=float, default=60.0, help="bound on the whole run's wall time")
     p.add_argument("--trial-steps", type=int, default=600, help="distillation steps of a full trial")
@@ -52,6 +54,7 @@ def parse_args(argv=None):
                    help="training steps of the final student, fewer if the budget ends first (0: none)")
     p.add_argument("--final-augment", type=int, default=4, help="augmented copies per example for the final student")
     p.add_argument("--final-share", type=float, default=0.45, help="share of the budget kept for the final student")
+    cli.add_quantize_arg(p)
     p.add_argument("--algorithm", default="tpe", choices=["tpe", "nsga2", "random"])
     p.add_argument("--scheduler", default="asha", choices=["asha", "none"])
     p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:10001); default local")
@@ -59,6 +62,8 @@ def parse_args(argv=None):
     p.add_argument("--gpus-per-trial", type=float, default=0)
     p.add_argument("--storage-path", default=None, help="Ray results storage (shared FS or URI); default OUTPUT/ray")
     p.add_argument("--teacher-epochs", type=int, default=2)
+    p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                   help="tagging: students with a linear-chain CRF (default: when the teacher has one)")
     p.add_argument("--train-limit", type=int, default=None)
     p.add_argument("--dev-limit", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
@@ -87,6 +92,8 @@ def main(argv=None) -> int:
             cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, storage_path=args.storage_path,
             latency_threads=args.latency_threads, target_speedup=args.target_speedup, final_steps=args.final_steps, final_augment=args.final_augment,
             final_share=args.final_share, teacher_epochs=args.teacher_epochs, train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed,
+            quantize=args.quantize,
+            crf=args.crf,
         )
         if args.smoke_test:
             cfg = smoke(cfg)

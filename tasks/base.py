@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from tasks.errors import UserError
 
 KINDS = ("classification", "regression", "tagging", "span")
-READERS = ("glue_tsv", "conll", "squad")
-ENV_VARS = ("GLUE_DIR", "CONLL_DIR", "SQUAD_DIR")
+READERS = ("glue_tsv", "conll", "ner", "squad")
+ENV_VARS = ("GLUE_DIR", "CONLL_DIR", "NER_DIR", "SQUAD_DIR")
 
 # Metric names each kind can report (the functions live in tasks/metrics.py,
 # which checks that its registry matches this table).

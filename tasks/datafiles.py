@@ -2,7 +2,8 @@
 
 Order: an explicit directory (a flag), then the task's environment variable
 (google-research/bert's `$GLUE_DIR/SST-2` convention; `$CONLL_DIR`, falling
-back to `$GLUE_DIR/../conll2003`; `$SQUAD_DIR`), else a UserError that says
+back to `$GLUE_DIR/../conll2003`; `$NER_DIR` for the generic `ner` task;
+`$SQUAD_DIR`), else a UserError that says
 what to set and where to download the data.
 """
 
@@ -23,6 +24,10 @@ DOWNLOAD_HINTS = {
     "conll": (
         "CoNLL-2003 English NER is at https://www.clips.uantwerpen.be/conll2003/ner/ "
         "(train.txt/dev.txt/test.txt, IOB2 tags)"
+    ),
+    "ner": (
+        "the ner task reads train.txt/dev.txt with one `token tag` line per word (or per character, "
+        "for Chinese) and a blank line after each sentence, IOB2 (BIO) tags"
     ),
     "squad": "SQuAD v1.1 is at https://rajpurkar.github.io/SQuAD-explorer/",
 }

@@ -2,7 +2,8 @@
 
 Pure numpy functions used by `tasks.metrics.evaluate` and by prediction
 tools: class ids, scores, one IOB2 tag per word (from each word's first
-sub-token; words cut off by truncation get 'O'), and SQuAD answer strings
+sub-token: the argmax of its logits, or a tag id already decoded, e.g. by a
+CRF's Viterbi; words cut off by truncation get 'O'), and SQuAD answer strings
 (best valid span over all windows of a question: start <= end, at most
 `max_answer_length` tokens, both inside the context, searched over the
 `n_best` top start and end logits of each window, as BERT/transformers do).
@@ -61,14 +62,25 @@ def _first_subtokens(words: np.ndarray) -> np.ndarray:
     return np.flatnonzero((words >= 0) & (words != previous))
 
 
+def tagged_positions(features: Features, length: int) -> np.ndarray:
+    """bool (N, length): the positions that carry a word's tag (each word's first sub-token)."""
+    out = np.zeros((len(features), length), bool)
+    for i, words in enumerate(features.word_ids):
+        out[i, _first_subtokens(words[:length])] = True
+    return out
+
+
 def tag_predictions(task: Task, features: Features, examples: Sequence, logits) -> list[list[str]]:
-    """One IOB2 tag per word of each example, from logits (N, L, C)."""
-    out = _rows(features, logits, "tagging logits", 3, positions=True)
+    """One IOB2 tag per word of each example, from logits (N, L, C) or decoded tag ids (N, L) int."""
+    decoded = np.asarray(logits).ndim == 2 and np.issubdtype(np.asarray(logits).dtype, np.integer)
+    out = _rows(features, logits, "tag ids" if decoded else "tagging logits", 2 if decoded else 3, positions=True)
+    if decoded and len(out) and (out.min() < 0 or out.max() >= task.num_labels):
+        raise ValueError(f"tag ids must be in [0, {task.num_labels}), got [{out.min()}, {out.max()}]")
     _check_examples(features, examples)
     tags = [["O"] * len(e.tokens) for e in examples]
     for i, words in enumerate(features.word_ids):
         pos = _first_subtokens(words)
-        ids = np.argmax(out[i, pos], axis=-1)
+        ids = out[i, pos] if decoded else np.argmax(out[i, pos], axis=-1)
         row = tags[features.example_index[i]]
         for w, k in zip(words[pos], ids):
             row[w] = task.labels[k]

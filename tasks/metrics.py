@@ -199,7 +199,8 @@ def evaluate(task: Task, features: Features, examples: Sequence, outputs) -> dic
     """The task's metrics (`task.metric_names`) for model `outputs` in feature order.
 
     outputs: classification logits (N, C); regression scores (N,) or (N, 1);
-    tagging logits (N, L, C) with L >= the longest feature; span a pair
+    tagging logits (N, L, C), or tag ids (N, L) int already decoded (a CRF's
+    Viterbi), with L >= the longest feature; span a pair
     (start_logits, end_logits), each (N, L).
     """
     if task.kind in ("classification", "regression"):

@@ -1,10 +1,14 @@
-"""CoNLL-2003 reader: one `TaggingExample` per sentence.
+"""CoNLL-format readers: one `TaggingExample` per sentence.
 
-Each line is `token POS chunk tag` (4 fields, the original release) or
-`token POS tag` (3 fields); the tag is the last field. A blank line ends a
-sentence and `-DOCSTART-` lines are skipped. Tags must be IOB2 from the
-task's tag set: an `I-X` must follow `B-X` or `I-X`. Files in IOB1 (the
-original 2003 release) are rejected with a hint rather than guessed at.
+CoNLL-2003 (reader 'conll'): each line is `token POS chunk tag` (4 fields,
+the original release) or `token POS tag` (3 fields). The generic NER format
+(reader 'ner') also takes `token tag` (2 fields): the usual layout of Chinese
+character-level NER data, one character and its tag per line. The tag is the
+last field. A blank line ends a sentence and `-DOCSTART-` lines are skipped.
+Tags must be IOB2 from the task's tag set: an `I-X` must follow `B-X` or
+`I-X`. Files in IOB1 (the original 2003 release) are rejected with a hint
+rather than guessed at. `read_tag_set` collects a file's tags, from which the
+generic task takes its label set (`tasks.registry.tagging_task`).
 """
 
 from __future__ import annotations
@@ -16,9 +20,23 @@ from tasks.datafiles import numbered_lines
 from tasks.errors import DataError
 
 
+FIELDS = {"conll": (3, 4), "ner": (2, 3, 4)}
+"""Fields a token line may have, by reader."""
+_LAYOUT = {2: "token tag", 3: "token POS tag", 4: "token POS chunk tag"}
+
+
+def _bad_count(counts: tuple[int, ...], found: int) -> str:
+    """'expected 3 fields (token POS tag) or 4 (token POS chunk tag), found 2'."""
+    first, *rest = [f"{n} ({_LAYOUT[n]})" for n in counts]
+    first = first.replace(" (", " fields (", 1)
+    expected = first if not rest else ", ".join([first] + rest[:-1]) + f" or {rest[-1]}"
+    return f"expected {expected}, found {found}"
+
+
 def read_conll(task: Task, split: str, path: Path, limit: int | None = None) -> list[TaggingExample]:
     """Sentences of `path` (at most `limit`); DataError on a bad line or tag."""
     valid = set(task.labels)
+    counts = FIELDS[task.reader]
     examples: list[TaggingExample] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -36,12 +54,8 @@ def read_conll(task: Task, split: str, path: Path, limit: int | None = None) -> 
         if not fields or fields[0] == "-DOCSTART-":
             flush()
             continue
-        if len(fields) not in (3, 4):
-            raise DataError(
-                path,
-                f"expected 3 fields (token POS tag) or 4 (token POS chunk tag), found {len(fields)}",
-                line=number,
-            )
+        if len(fields) not in counts:
+            raise DataError(path, _bad_count(counts, len(fields)), line=number)
         tag = fields[-1]
         if tag not in valid:
             raise DataError(
@@ -61,3 +75,28 @@ def read_conll(task: Task, split: str, path: Path, limit: int | None = None) -> 
     if not examples and limit != 0:
         raise DataError(path, "no sentences in the file")
     return examples
+
+
+def read_tag_set(path: Path, reader: str = "ner") -> tuple[str, ...]:
+    """The IOB2 tag set of a CoNLL-format file, in label-id order: 'O', then B-X, I-X for each entity
+    type X in sorted order (both, even when the file has only one of them); DataError on a bad line
+    or a tag that is not IOB2."""
+    kinds: set[str] = set()
+    counts = FIELDS[reader]
+    for number, line in numbered_lines(path):
+        fields = line.split()
+        if not fields or fields[0] == "-DOCSTART-":
+            continue
+        if len(fields) not in counts:
+            raise DataError(path, _bad_count(counts, len(fields)), line=number)
+        tag = fields[-1]
+        if tag == "O":
+            continue
+        prefix, _, kind = tag.partition("-")
+        if prefix not in ("B", "I") or not kind:
+            hint = " (BIOES/BMES tags must be converted to BIO first)" if prefix in ("E", "S", "M") else ""
+            raise DataError(path, f"tag {tag!r} is not IOB2 (O, B-X or I-X){hint}", line=number)
+        kinds.add(kind)
+    if not kinds:
+        raise DataError(path, "no entity tags (B-X / I-X) in the file")
+    return ("O",) + tuple(f"{p}-{k}" for k in sorted(kinds) for p in ("B", "I"))

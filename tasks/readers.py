@@ -8,26 +8,44 @@ Every reader takes `(task, split, path, limit)` and returns examples
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from tasks.base import SpanExample, TaggingExample, Task, TextExample
 from tasks.datafiles import resolve_data_dir, split_path
-from tasks.read_conll import read_conll
+from tasks.read_conll import read_conll, read_tag_set
 from tasks.read_glue import read_glue_tsv
 from tasks.read_squad import read_squad
+from tasks.registry import get_task, is_generic, tagging_task
 
 Example = TextExample | TaggingExample | SpanExample
 
 READER_FNS: dict[str, Callable[..., list]] = {
     "glue_tsv": read_glue_tsv,
     "conll": read_conll,
+    "ner": read_conll,
     "squad": read_squad,
 }
 """Reader functions by `Task.reader` name, all `(task, split, path, limit)`."""
 
-__all__ = ["Example", "READER_FNS", "read_split", "resolve_data_dir", "split_off"]
+__all__ = ["Example", "READER_FNS", "load_task", "read_split", "resolve_data_dir", "split_off"]
+
+
+def load_task(name: str, data_dir: str | os.PathLike | None = None) -> tuple[Task, Path]:
+    """(the task called `name`, the folder with its files: see `resolve_data_dir`).
+
+    The generic `ner` task takes its IOB2 tag set from its training file
+    (`read_tag_set`: 'O', then B-X and I-X for each entity type, sorted), so
+    the same files always give the same label ids.
+    """
+    if not is_generic(name):
+        task = get_task(name)
+        return task, resolve_data_dir(task, data_dir)
+    probe = tagging_task(("O", "B-X", "I-X"))  # where its files are does not depend on the tag set
+    folder = resolve_data_dir(probe, data_dir)
+    return tagging_task(read_tag_set(split_path(probe, "train", folder), probe.reader)), folder
 
 
 def read_split(

@@ -247,3 +247,72 @@ def write_task_teacher(directory: Path, task_name: str, *, seed: int = 0) -> Pat
         directory, arch, jax.device_get(params), tok, head=task.kind, labels=labels,
         extra={"task": task.name, "max_length": task.max_length},
     )
+
+
+# --- Chinese character-level NER (the generic `ner` task) ----------------------
+
+CJK_SURNAMES = list("张王李赵")
+CJK_GIVEN = list("伟芳娜敏静")
+CJK_PLACES = ["北京", "上海", "广州", "深圳", "南京"]
+CJK_VERBS = ["在", "去", "住在", "来自"]
+CJK_FILLER = ["今天", "昨天", "我们", "他们", "说"]
+CJK_CHARS = sorted(set("".join(CJK_SURNAMES + CJK_GIVEN + CJK_PLACES + CJK_VERBS + CJK_FILLER)))
+CJK_VOCAB = SPECIAL + CJK_CHARS + ["。", "，"]
+"""[PAD] [UNK] [CLS] [SEP] [MASK], then each character once: a bert-base-chinese style vocab.txt."""
+
+
+def chinese_ner_sentences(n: int, seed: int) -> list[list[tuple[str, str]]]:
+    """Sentences of (character, BIO tag): a 2-3 character person (PER), a verb, a 2-character place (LOC)."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        name = rng.choice(CJK_SURNAMES) + "".join(rng.sample(CJK_GIVEN, rng.randint(1, 2)))
+        sent = [(c, "O") for c in rng.choice(CJK_FILLER)] if rng.random() < 0.5 else []
+        sent += [(c, "B-PER" if i == 0 else "I-PER") for i, c in enumerate(name)]
+        sent += [(c, "O") for c in rng.choice(CJK_VERBS)]
+        sent += [(c, "B-LOC" if i == 0 else "I-LOC") for i, c in enumerate(rng.choice(CJK_PLACES))]
+        sent.append(("。", "O"))
+        out.append(sent)
+    return out
+
+
+def write_chinese_ner(directory: Path, n_train: int = 120, n_dev: int = 30, seed: int = 0) -> Path:
+    """train.txt and dev.txt: one `character tag` line per character, a blank line after each sentence."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, n, s in (("train.txt", n_train, seed), ("dev.txt", n_dev, seed + 1)):
+        sents = chinese_ner_sentences(n, s)
+        (directory / name).write_text("".join("".join(f"{c} {t}\n" for c, t in sent) + "\n" for sent in sents),
+                                      encoding="utf-8")
+    return directory
+
+
+def write_chinese_hf_teacher(directory: Path, seed: int = 0) -> Path:
+    """A random 2-layer, hidden-36 BERT as a Hugging Face directory holds a Chinese BERT: a plain
+    `BertConfig` config.json (no `bertnas` block), model.safetensors with `bert.` names, vocab.txt only."""
+    import jax
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    from distill.config import BertArch
+    from distill.hf import to_hf
+    from distill.modeling import abstract_params, build_model
+
+    directory = Path(directory)
+    write_vocab(directory, CJK_VOCAB)
+    arch = BertArch.uniform(2, 36, 3, 37, vocab_size=len(CJK_VOCAB), max_position_embeddings=128)
+    rng = np.random.default_rng(seed)
+
+    def leaf(path, x):  # BERT's init, as `write_tiny_teacher`
+        name = jax.tree_util.keystr(path)
+        if name.endswith("['scale']"):
+            return np.ones(x.shape, np.float32)
+        if name.endswith("['bias']"):
+            return np.zeros(x.shape, np.float32)
+        return rng.normal(0.0, arch.initializer_range, x.shape).astype(np.float32)
+
+    params = jax.tree_util.tree_map_with_path(leaf, abstract_params(build_model(arch, "none")))
+    save_file(to_hf(params, arch, prefix="bert."), str(directory / "model.safetensors"))
+    config = {**arch.to_hf_config(), "architectures": ["BertForMaskedLM"], "directionality": "bidi"}
+    (directory / "config.json").write_text(json.dumps(config, indent=2))
+    return directory

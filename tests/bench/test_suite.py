@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench import search_time, size  # noqa: E402
+from bench import plot, search_time, size  # noqa: E402
 from bench.__main__ import table  # noqa: E402
 from bench.common import Skip  # noqa: E402
 from distill.checkpoint import Checkpointer  # noqa: E402
@@ -147,6 +147,28 @@ def test_size_of_export_and_checkpoint(fake_search):
     assert s["checkpoint_over_export"] == pytest.approx(s["checkpoint"]["bytes"] / s["export"]["weight_bytes"])
 
 
+def test_plot_of_a_search(tmp_path):
+    trials = [
+        {"trial_id": "a", "arch": "2L-36", "speedup": 4.0, "val_metric": 0.80, "pareto": True, "dev_metric": 0.78},
+        {"trial_id": "b", "arch": "3L-36", "speedup": 2.0, "val_metric": 0.70, "pareto": False},
+        {"trial_id": "c", "arch": "1L-36", "speedup": 9.0, "val_metric": None},  # failed: not plotted
+        {"trial_id": "final", "arch": "2L-36", "speedup": 4.0, "val_metric": 0.85, "pareto": True, "dev_metric": 0.82},
+    ]
+    teacher = {"arch": "6L-384", "val_metric": 0.9, "dev_metric": 0.88}
+    _write(tmp_path / "results.json", {"task": "sst2", "metric": "accuracy", "trials": trials, "teacher": teacher})
+    students = _write(tmp_path / "students.json", {"students": [{"arch": "2L-36", "vs_teacher": {"speedup": 5.0}}]})
+    points = plot.load(tmp_path, students)
+    assert [r["trial_id"] for r in points["candidates"]] == ["a", "b", "final"]
+    assert {r["trial_id"]: r["dev_speedup"] for r in points["front"]} == {"a": 5.0, "final": 5.0}  # measured
+    assert points["measured"] and plot.load(tmp_path)["front"][0]["dev_speedup"] == 4.0  # else the search's
+    out = plot.plot(points, tmp_path / "p" / "plot.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    _write(tmp_path / "results.json", {"task": "sst2", "trials": trials, "teacher": {"arch": "6L-384"}})
+    with pytest.raises(ValueError, match="no teacher scores"):
+        plot.load(tmp_path)
+    assert plot.main(["--search", str(tmp_path / "nowhere")]) == 2
+
+
 def test_table_lists_skips_and_errors():
     text = table({"inference": {"skipped": "no torch"}, "size": {"error": "ValueError: bad"},
                   "peak": {"ratios": [{"name": "x", "ours": 5.0, "reference": 10.0, "unit": "GFLOP/s",
@@ -154,16 +176,18 @@ def test_table_lists_skips_and_errors():
     assert "skipped: no torch" in text and "ERROR: ValueError: bad" in text and "50.0%" in text
 
 
-@pytest.mark.slow  # one to two minutes on 2 cores: four children (JAX, PyTorch) and some tiny compiles
+@pytest.mark.slow  # two to three minutes on 2 cores: six children (JAX, PyTorch) and some tiny compiles
 def test_quick_suite_end_to_end(fake_search, tmp_path):
     out = tmp_path / "results"
     # Compile fast (the children inherit it): the timings mean nothing here.
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"}
     cmd = [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--search", str(fake_search)]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=170)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "plot: skipped" in done.stdout  # the fake search has no validation scores
     parts = {p: json.loads((out / f"{p}.json").read_text()) for p in
-             ("inference", "train_step", "peak", "students", "search_time", "size", "accelerator")}
+             ("inference", "train_step", "peak", "students", "quantize", "search_time", "compile_cache", "size",
+              "accelerator")}
     for name, rec in parts.items():
         assert "error" not in rec, (name, rec.get("traceback"))
 
@@ -195,6 +219,20 @@ def test_quick_suite_end_to_end(fake_search, tmp_path):
     assert c["speedup"] == pytest.approx(st["teacher"]["latency_ms_p50"] / s["latency_ms_p50"])
     assert c["disagreement"] == pytest.approx(c["speedup_cost_model"] / c["speedup"] - 1)
     assert c["speedup_search"] == 1.5 and 0 < c["param_ratio"] < 1 and s["throughput"] > 0
+
+    q = parts["quantize"]  # the exported float32 student against its int8 quantization
+    assert q["threads"] == 1 and len(q["students"]) == 1
+    s = q["students"][0]
+    assert s["examples"] == 24 and s["seq_len"] == 16 and s["drop"] == pytest.approx(s["float32"] - s["int8"])
+    assert 0 < s["weight_ratio"] < 0.5 and s["weight_bytes"]["int8"] < s["weight_bytes"]["float32"]
+    assert s["latency_ratio"] == pytest.approx(s["latency_ms"]["int8"] / s["latency_ms"]["float32"])
+    assert {r["ratio_is"] for r in q["ratios"]} == {"int8 / float32"} and len(q["ratios"]) == 4
+
+    cc = parts["compile_cache"]
+    assert [r["cache"] for r in cc["runs"]] == ["empty cache", "warm cache"] and cc["arch"] == STUDENT  # the final's
+    for r in cc["runs"]:
+        assert [b["seq"] for b in r["buckets"]] == cc["buckets"] and r["compile_s"] > 0
+    assert cc["ratios"][0]["ratio"] == pytest.approx(cc["runs"][1]["compile_s"] / cc["runs"][0]["compile_s"])
 
     assert parts["search_time"]["stages"]["trials"] == 40.0
     assert parts["size"]["checkpoint"]["kept_steps"] == [40]

@@ -53,7 +53,7 @@ def hetero_arch() -> BertArch:
 
 @pytest.fixture(scope="session")
 def random_params():
-    """`make(arch, head, num_labels=0, seed=0)` -> random params of `build_model(arch, head, num_labels)`.
+    """`make(arch, head, num_labels=0, seed=0, crf=False)` -> random params of `build_model(arch, head, num_labels, crf=crf)`.
 
     The tree comes from the model's own init (traced with `abstract_params`, so
     nothing is compiled); every leaf is N(0, 0.1), LayerNorm scales 1 + N(0, 0.1).
@@ -61,8 +61,8 @@ def random_params():
     mis-mapped bias or scale; these values do not.
     """
 
-    def make(arch: BertArch, head: str, num_labels: int = 0, seed: int = 0) -> dict:
-        shapes = abstract_params(build_model(arch, head, num_labels))
+    def make(arch: BertArch, head: str, num_labels: int = 0, seed: int = 0, crf: bool = False) -> dict:
+        shapes = abstract_params(build_model(arch, head, num_labels, crf=crf))
         rng = np.random.default_rng(seed)
 
         def leaf(path, x):

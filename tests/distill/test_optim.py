@@ -74,6 +74,19 @@ def test_layer_lr_scales():
         assert value == pytest.approx(expected), path
 
 
+def test_layer_lr_scales_with_shared_layers():
+    # 3 layers in groups (0, 0, 1): group 0 (layers 0 and 1) takes its deepest layer's rate, decay ** (3 - 1).
+    arch = BertArch.uniform(3, 36, 3, 37, vocab_size=41, max_position_embeddings=16).replace(layer_groups=(0, 0, 1))
+    params = abstract_params(build_model(arch, "classification", 2))
+    scales = flat(layer_lr_scales(params, arch.num_layers, 0.5, arch.groups))
+    assert {p[1] for p in scales if p[0] == "encoder"} == {"layer_0", "layer_1"}
+    for path, value in scales.items():
+        if path[0] == "encoder":
+            assert value == pytest.approx(0.25 if path[1] == "layer_0" else 0.5), path
+        elif path[0] == "embeddings":
+            assert value == pytest.approx(0.5**4), path
+
+
 def test_layer_lr_decay_scales_each_update():
     # Adam's first step moves every weight by lr (grads all ones, no decay, no clipping),
     # so each leaf moves by lr times its layer's scale.

@@ -201,3 +201,25 @@ def test_finetuned_classifier_has_label_names_in_transformers(
     np.testing.assert_allclose(ours, hf_logits, atol=TOL, rtol=0)
     predicted = [hf_model.config.id2label[i] for i in hf_logits.argmax(-1)]
     assert predicted == [labels[i] for i in ours.argmax(-1)]
+
+
+def test_crf_tagger_loads_in_transformers_with_the_same_emissions(
+    tiny_arch, tiny_tokenizer, random_params, padded_batch, tmp_path
+):
+    """transformers has no CRF: it loads the token classifier (the emissions) and reports the CRF scores
+    as unexpected keys; our loader brings the CRF back."""
+    _, num_labels, labels = HEADS["tagging"]
+    params = random_params(tiny_arch, "tagging", num_labels, seed=3, crf=True)
+    out = save_bert(tmp_path / "crf", tiny_arch, params, tiny_tokenizer, head="tagging", labels=labels)
+    hf_model, info = transformers.AutoModelForTokenClassification.from_pretrained(
+        out, output_loading_info=True, attn_implementation="eager"
+    )
+    assert sorted(info["unexpected_keys"]) == ["crf.end", "crf.start", "crf.transitions"]
+    assert not info["missing_keys"] and not info["mismatched_keys"]
+    emissions = {k: v for k, v in params.items() if k != "crf"}  # the CRF model's logits are these
+    ours = _our_forward(tiny_arch, "tagging", num_labels, emissions, padded_batch)
+    _assert_same(ours, _hf_forward(hf_model.eval(), padded_batch), tiny_arch, "tagging", padded_batch[2])
+    back = load_bert(out)
+    assert back.crf and back.model.crf
+    for name, value in params["crf"].items():
+        np.testing.assert_array_equal(np.asarray(back.params["crf"][name]), value)

@@ -61,3 +61,31 @@ def test_sampler_choice():
     nsga = make_sampler(SearchConfig(algorithm="nsga2", num_samples=24))
     assert isinstance(nsga, optuna.samplers.NSGAIISampler)
     assert nsga._population_size <= 24 // 2  # generations turn over within the search
+
+
+def test_crf_passes_through_to_every_trial(tmp_path):
+    """`--crf/--no-crf` reach the trials' distillation settings and survive --resume; unset, trials follow the teacher."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from nas.tune import base_distill_config, load_config, save_config
+
+    for crf in (True, False, None):
+        cfg = SearchConfig(task="conll2003", crf=crf)
+        assert base_distill_config(cfg, tmp_path).crf is crf
+        (tmp_path / str(crf)).mkdir()
+        save_config(tmp_path / str(crf), cfg)
+        assert load_config(tmp_path / str(crf)).crf is crf
+    scripts = Path(__file__).resolve().parents[2] / "scripts"
+    saved = list(sys.path)
+    sys.path.insert(0, str(scripts))  # for `import _paths`
+    try:
+        spec = importlib.util.spec_from_file_location("search_script", scripts / "search.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = saved
+    assert module.parse_args(["--crf"]).crf is True
+    assert module.parse_args(["--no-crf"]).crf is False
+    assert module.parse_args([]).crf is None

@@ -16,6 +16,7 @@ from distill.config import BertArch
 from distill.modeling import build_model, init_params
 from distill.runlog import cache_root
 from nas.cost import Constraints, Cost, CostModel, device_name, measure_latency, typical_length
+from tasks.errors import UserError
 from tasks.features import Features
 
 HETERO = BertArch(
@@ -188,3 +189,21 @@ def test_child_measurement_failure_names_the_model():
 def test_latency_threads_validated():
     with pytest.raises(ValueError, match="threads"):
         CostModel("classification", 2, 7, threads=-1)
+
+
+def test_quantized_latency_is_its_own_measurement(tmp_path):
+    """quantize='int8': the int8 model (distill.quantize) timed in the pinned child, cached under its own keys."""
+    path = tmp_path / "lat.json"
+    model = CostModel("classification", 2, 7, batch_size=3, cache_path=path, repeats=3, min_seconds=0.01, threads=1,
+                      quantize="int8")
+    cost = model.cost(TINY)
+    assert 0 < cost.latency_ms <= cost.latency_ms_p95 and cost.batch_latency_ms > 0
+    assert cost.params == TINY.num_params("classification", 2)  # the same parameters, stored smaller
+    entries = json.loads(path.read_text())["entries"]
+    assert sorted(entries) == sorted([model.key(TINY, 1), model.key(TINY, 3)]) and all("|int8|" in k for k in entries)
+    plain = CostModel("classification", 2, 7, batch_size=3, cache_path=path, threads=1)
+    assert plain.key(TINY, 1) not in entries
+    median, _ = measure_latency(TINY, "classification", 2, 7, 1, repeats=2, warmup=1, min_seconds=0.0, quantize="int8")
+    assert median > 0
+    with pytest.raises(UserError, match="int4"):
+        measure_latency(TINY, "classification", 2, 7, 1, quantize="int4")

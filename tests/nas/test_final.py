@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 
@@ -59,3 +60,66 @@ def test_pareto_front_lists_a_candidate_sampled_twice_once():
         {"trial_id": "final", "status": "final", "arch": "2L-384", "val_metric": 0.95, "latency_ms": 0.6},
     ]
     assert [r["trial_id"] for r in pareto_front(rows)] == ["final", "a"]
+
+
+def test_quantized_copies_of_the_front_are_measured_rows(tmp_path, monkeypatch):
+    """`--quantize int8`: each exported front member gets an int8 copy beside it, scored on the validation
+    slice and dev, timed by the cost model (of the quantized model), sized; the front is then taken over all rows."""
+    import jax
+    import numpy as np
+    from helpers import make_tokenizer, write_sst2
+
+    from distill.config import parse_arch_name
+    from distill.distill import DistillConfig
+    from distill.evaluate import evaluate_dir
+    from distill.export import export_model, load_export
+    from distill.modeling import abstract_params, build_model
+    import nas.cost
+    from distill.quantize import QuantizedBert
+    from nas.cost import Constraints
+    from nas.final import quantized_rows
+    from nas.report import leaderboard, pareto_front, write_table
+    from nas.space import get_space
+    from nas.trial import TrialSetup
+    from tasks.features import encode
+    from tasks.readers import read_split
+    from tasks.registry import get_task
+
+    task, data = get_task("sst2"), write_sst2(tmp_path / "SST-2", n_train=30, n_dev=20)
+    tok = make_tokenizer(tmp_path / "vocab")
+    arch = parse_arch_name("2L-36-H3-F37").replace(vocab_size=len(tok), max_position_embeddings=32)
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda x: rng.normal(0, 0.1, x.shape).astype(np.float32),
+                          abstract_params(build_model(arch, task.kind, task.num_labels)))
+    export = tmp_path / "export" / f"01-{arch.name}"
+    export_model(export, arch, params, tok, task)
+    setup = TrialSetup(
+        base=DistillConfig(data_dir=str(data)), space=get_space("tiny"), teacher_arch=arch, head=task.kind,
+        num_labels=task.num_labels, seq_len=8, constraints=Constraints(), metric="val_accuracy",
+        task_metric="accuracy", cache_root=str(tmp_path), teacher_eval={}, latency_threads=0,
+    )
+    val_ex = read_split(task, "train", str(data), limit=12)
+    timed = []  # the real int8 measurement is tested in tests/nas/test_cost.py
+    monkeypatch.setattr(nas.cost, "measure_latency", lambda *a, **kw: timed.append((a, kw)) or (2.0, 2.5))
+    row = {"trial_id": "a1", "status": "completed", "arch": arch.name, "params": 1000, "val_metric": 0.5,
+           "dev_metric": 0.5, "latency_ms": 5.0, "learning_rate": 2e-4, "steps": 30, "seconds": 9.0,
+           "export": str(export), "pareto": True}
+    rows = quantized_rows("int8", setup, [row, {**row, "trial_id": "b", "export": None}], 10.0,
+                          encode(task, val_ex, tok), val_ex)
+    assert len(rows) == 1  # only what was exported
+    q = rows[0]
+    assert (q["trial_id"], q["status"], q["quantized"], q["from_trial"]) == ("a1-int8", "quantized", "int8", "a1")
+    assert Path(q["export"]) == export.with_name(export.name + "-int8")
+    model = load_export(q["export"])
+    assert isinstance(model, QuantizedBert) and model.arch == arch
+    assert q["dev_metric"] == evaluate_dir(q["export"], data_dir=str(data))["accuracy"]
+    assert q["dev_drop"] == pytest.approx(0.5 - q["dev_metric"]) and 0 <= q["val_metric"] <= 1
+    assert q["latency_ms"] == 2.0 and q["speedup"] == pytest.approx(5.0)
+    assert [a[0] for a, kw in timed] == [arch, arch] and all(kw["quantize"] == "int8" for _, kw in timed)
+    assert 0 < q["weight_ratio"] < 0.5 and q["learning_rate"] == 2e-4 and "steps" not in q  # not a trial
+
+    fast = {**q, "val_metric": 0.5, "latency_ms": 1.0}  # as accurate and faster: it replaces its float32 row
+    assert [r["trial_id"] for r in pareto_front([row, fast])] == ["a1-int8"]
+    assert "(int8)" in leaderboard([fast], {"params": 2000, "latency_ms": 10.0, "val_metric": 0.6}, "accuracy")
+    write_table(tmp_path, [row, fast], {})
+    assert "quantized,weight_ratio" in (tmp_path / "results.csv").read_text().splitlines()[0]

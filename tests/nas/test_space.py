@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from distill.config import BertArch
-from nas.space import PRESETS, SearchSpace, SpaceError, get_space
+from nas.space import PRESETS, SearchSpace, SpaceError, get_space, share_groups
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -248,3 +248,78 @@ def test_get_space():
     assert "huge" in str(err.value)
     for name in PRESETS:
         assert name in str(err.value)
+
+
+# ------------------------------------------------------------------ sharing
+SHARING = dataclasses.replace(PRESETS["default"], layers=(2, 3, 4), share=(1, 2, 3))
+
+
+def test_sharing_samples_sizes_per_group():
+    seen = set()
+    for sample, trial in _run(SHARING, TEACHER, optuna.samplers.RandomSampler(seed=4), 40):
+        arch = _check_sample(SHARING, TEACHER, sample)
+        n, s = sample["layers"], sample["share"]
+        assert s in SHARING.share and arch.layer_groups == share_groups(n, s)
+        assert arch.groups == tuple(i // s for i in range(n))
+        groups = -(-n // s)
+        layer_params = {k.split("@")[0] for k in trial.params if k.startswith(("heads", "ffn"))}
+        assert layer_params == {f"heads_{g}" for g in range(groups)} | {f"ffn_{g}" for g in range(groups)}
+        assert arch.num_groups == groups
+        seen.add(arch.layer_groups is not None)
+    assert seen == {True, False}
+
+
+def test_tpe_sampling_with_sharing():
+    for sample, trial in _run(SHARING, TEACHER, optuna.samplers.TPESampler(seed=0, n_startup_trials=5), 25):
+        assert trial.state == optuna.trial.TrialState.COMPLETE
+        _check_sample(SHARING, TEACHER, sample)
+
+
+def test_default_search_does_not_share():
+    """The default space has one sharing choice (none): it is a constant, so sampling is as before."""
+    assert PRESETS["default"].share == (1,) and PRESETS["uniform"].share == (1,)
+    for sample, trial in _run(PRESETS["default"], TEACHER, optuna.samplers.RandomSampler(seed=0), 10):
+        assert "share" not in trial.params and sample["share"] == 1
+        assert PRESETS["default"].arch(sample, TEACHER).layer_groups is None
+    old = {k: v for k, v in sample.items() if k != "share"}  # a config from a search before sharing existed
+    assert PRESETS["default"].arch(old, TEACHER) == PRESETS["default"].arch(sample, TEACHER)
+    shared = PRESETS["shared"]
+    shared.validate(TEACHER)
+    assert shared.share == (1, 2) and dataclasses.replace(shared, name="default", share=(1,)) == PRESETS["default"]
+
+
+def test_share_groups():
+    assert share_groups(4, 2) == (0, 0, 1, 1) and share_groups(3, 2) == (0, 0, 1) and share_groups(2, 4) == (0, 0)
+    assert share_groups(4, 1) is None and share_groups(1, 3) is None  # nothing shared
+    with pytest.raises(SpaceError, match="^share: "):
+        share_groups(3, 0)
+
+
+def test_size_counts_distinct_archs_with_sharing():
+    space = dataclasses.replace(PRESETS["tiny"], share=(1, 2))
+    archs = set()
+    for layers, hidden, share in itertools.product(space.layers, space.hidden, space.share):
+        fit = [h for h in space.heads if h * TINY.head_size <= hidden]
+        groups = -(-layers // share)
+        for combo in itertools.product(itertools.product(fit, space.ffn), repeat=groups):
+            per_layer = [combo[i // share] for i in range(layers)]
+            sample = {"layers": layers, "hidden": hidden, "share": share,
+                      "heads": [h for h, _ in per_layer], "ffn": [f for _, f in per_layer]}
+            archs.add(space.arch(sample, TINY))
+    assert space.size(TINY) == len(archs) > PRESETS["tiny"].size(TINY)
+    uniform = dataclasses.replace(space, heterogeneous=False)
+    assert uniform.size(TINY) == (2 * 2 + 3 * 2) * 3  # 1 layer; 2 layers unshared; 2 layers shared
+
+
+@pytest.mark.parametrize(
+    "changes, text",
+    [
+        ({"share": (0,)}, "positive integers"),
+        ({"share": (1, 1)}, "duplicate"),
+        ({"layers": (2, 3), "share": (1, 4)}, "group size 4 exceeds the largest layer count 3"),
+    ],
+)
+def test_share_validation(changes, text):
+    with pytest.raises(SpaceError, match="^share: ") as err:
+        SearchSpace(**changes)
+    assert text in str(err.value)

@@ -128,10 +128,24 @@ def squad_answer_not_in_context(tmp, teacher):
     return args, [str(tmp / "data" / "train-v1.1.json"), "question q0-1: answer 'john' does not match the context"]
 
 
+def crf_on_a_classification_task(tmp, teacher):
+    write_sst2(tmp / "data", n_train=4, n_dev=4)
+    return ["--crf", "--data-dir", str(tmp / "data"), "--teacher", str(teacher)], ["--crf: task sst2 is classification"]
+
+
+def ner_tags_not_bio(tmp, teacher):
+    (tmp / "data").mkdir()
+    (tmp / "data" / "train.txt").write_text("张 B-PER\n三 E-PER\n\n", encoding="utf-8")
+    (tmp / "data" / "dev.txt").write_text("张 B-PER\n\n", encoding="utf-8")
+    args = ["--task", "ner", "--crf", "--data-dir", str(tmp / "data"), "--teacher", str(teacher)]
+    return args, [f"{tmp / 'data' / 'train.txt'}:2:", "tag 'E-PER' is not IOB2"]
+
+
 CASES = [
     missing_data_dir, no_data_dir_and_no_env, missing_train_file, empty_train_file, malformed_tsv_row,
     wrong_header, label_outside_the_task, non_numeric_stsb_score, unknown_task, teacher_without_weights,
     teacher_with_only_pytorch_bin, conll_wrong_field_count, squad_answer_not_in_context,
+    crf_on_a_classification_task, ner_tags_not_bio,
 ]
 
 
