@@ -32,7 +32,9 @@ def load(search: Path, students: Path | None = None) -> dict:
         for s in json.loads(students.read_text()).get("students", []):
             measured[s["arch"]] = s["vs_teacher"]["speedup"]
     front = [r for r in rows if r.get("pareto") or r.get("trial_id") == "final"]
-    front = [dict(r, dev_speedup=measured.get(r["arch"], r["speedup"])) for r in front if r.get("dev_metric") is not None]
+    # Measured speedups are the float32 students'; an int8 copy (--quantize, same arch name) keeps its own.
+    front = [dict(r, dev_speedup=r["speedup"] if r.get("quantized") else measured.get(r["arch"], r["speedup"]))
+             for r in front if r.get("dev_metric") is not None]
     teacher = res.get("teacher") or {}
     if not rows or teacher.get("val_metric") is None or teacher.get("dev_metric") is None:
         raise ValueError(f"{search}/results.json: no candidates with a speedup and a validation score, "

@@ -170,6 +170,13 @@ def training_features(cfg: DistillConfig, task: Task, teacher: LoadedBert, train
     return train, original, len(extra)
 
 
+def check_crf_loss(cfg: DistillConfig) -> None:
+    """A CRF student learns its transitions from the hard loss alone: refuse a run where that loss is off."""
+    if not cfg.loss.hard_weight:
+        raise UserError("--crf: the student's CRF is trained by the hard loss only, and --hard-weight is 0; "
+                        "give --hard-weight > 0 (e.g. 0.5), or --no-crf")
+
+
 def student_crf(cfg: DistillConfig, teacher: LoadedBert) -> bool:
     """Whether the student has a CRF: as configured, else as the teacher."""
     return teacher.crf if cfg.crf is None else cfg.crf
@@ -269,6 +276,8 @@ def distill(
     out = check_output_path(output_dir)
     task, data_dir = load_task(cfg.task, cfg.data_dir)
     check_crf(task, bool(cfg.crf))
+    if cfg.crf:
+        check_crf_loss(cfg)
     refuse_overwrite(out, resume)
     train_ex, dev_ex, eval_split = read_data(cfg, task, data_dir)
     times = Stage()
@@ -276,6 +285,8 @@ def distill(
         dataclasses.replace(cfg, data_dir=str(data_dir)), task, out, resume=resume, use_cache=use_cache
     )
     student = resolve_student(cfg.student, teacher.arch)
+    if student_crf(cfg, teacher):  # also a CRF inherited from the teacher
+        check_crf_loss(cfg)
     if cfg.init.method == "teacher":
         check_compatible(student, teacher.arch, cfg.init)
     layer_map = loss_layer_map(cfg, teacher.arch, student)

@@ -40,6 +40,12 @@ def load_for_task(model_dir: str | Path, task_name: str | None = None) -> tuple[
             f"{model_dir}: the model has a {loaded.head} head with {loaded.num_labels} outputs, "
             f"but task {task.name} needs {task.kind} with {task.num_labels}"
         )
+    saved = tuple(loaded.meta.get("labels") or ())
+    if saved and task.labels and saved != tuple(task.labels):  # same count, other names or order
+        raise UserError(
+            f"{model_dir}: the model's labels {list(saved)} are not task {task.name}'s {list(task.labels)}; "
+            "pass the task it was trained on"
+        )
     return loaded, task
 
 

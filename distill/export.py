@@ -205,7 +205,10 @@ def load_export(path: str | os.PathLike) -> LoadedBert:
 
 def is_quantized(cfg: dict[str, Any]) -> bool:
     """Whether config.json describes a quantized model (`distill.quantize`; or another library's)."""
-    return "quantization_config" in cfg or "quantization" in (cfg.get("bertnas") or {})
+    if not isinstance(cfg, dict):
+        return False  # not a config at all: the loader names the problem
+    meta = cfg.get("bertnas")
+    return "quantization_config" in cfg or (isinstance(meta, dict) and "quantization" in meta)
 
 
 def is_quantized_dir(path: str | os.PathLike) -> bool:

@@ -96,13 +96,14 @@ class FinetuneConfig:
         return d
 
 
-def reinit_top(params: dict, fresh: dict, num_layers: int, k: int) -> dict:
-    """Replace the top `k` encoder layers (and the pooler) by fresh values."""
+def reinit_top(params: dict, fresh: dict, num_layers: int, k: int, groups: tuple[int, ...] | None = None) -> dict:
+    """Replace the top `k` encoder layers (and the pooler) by fresh values; with shared layers (`groups`,
+    each layer's parameter group), the groups those layers use."""
     if k > num_layers:
         raise UserError(f"reinit_top_layers: {k} exceeds the teacher's {num_layers} layers")
     params = dict(params)
     encoder = dict(params["encoder"])
-    for i in range(num_layers - k, num_layers):
+    for i in sorted({groups[i] if groups is not None else i for i in range(num_layers - k, num_layers)}):
         encoder[f"layer_{i}"] = fresh["encoder"][f"layer_{i}"]
     params["encoder"] = encoder
     if k and "pooler" in params:
@@ -160,7 +161,7 @@ def finetune(
     params = teacher.params
     if cfg.reinit_top_layers:
         fresh = init_params(model, jax.random.key(cfg.seed + 1))
-        params = reinit_top(params, fresh, teacher.arch.num_layers, cfg.reinit_top_layers)
+        params = reinit_top(params, fresh, teacher.arch.num_layers, cfg.reinit_top_layers, teacher.arch.groups)
 
     t_enc = time.perf_counter()
     train = encode(task, train_ex, teacher.tokenizer)
@@ -168,7 +169,7 @@ def finetune(
     log.info("encoded %d train / %d dev features in %.1fs", len(train), len(dev), time.perf_counter() - t_enc)
     loop = cfg.loop()
     total, _ = loop.total_steps(train)
-    tx = cfg.optimizer.build(params, total, teacher.arch.num_layers)
+    tx = cfg.optimizer.build(params, total, teacher.arch.num_layers, teacher.arch.groups)
     step_fn = make_supervised_step(model, tx, task.kind, task.labels if cfg.crf else ())
     runlog = RunLog(out, {"finetune": cfg, "task": task.name, "teacher_dir": str(teacher.path), "total_steps": total})
     t_start = time.time()

@@ -201,7 +201,8 @@ def load_bert(
     cfg = read_config(path)
     meta = cfg.get("bertnas", {})
     if "quantization_config" in cfg:  # its int8 weights would not load here: refuse, never initialise them
-        raise TeacherError(f"{path}: a quantized model ({cfg['quantization_config'].get('quant_method')}); it serves "
+        method = (cfg["quantization_config"] or {}).get("quant_method") if isinstance(cfg["quantization_config"], dict) else None
+        raise TeacherError(f"{path}: a quantized model ({method}); it serves "
                            "(evaluate.py, predict.py, distill.export.load_export) but cannot be a float model or teacher")
     try:
         arch = BertArch.from_hf_config(cfg)

@@ -101,7 +101,8 @@ def test_crf_student_inherits_the_teachers_crf(crf_teacher, tmp_path, monkeypatc
     monkeypatch.setenv("BERTNAS_CACHE", str(tmp_path / "cache"))
     cfg = DistillConfig(
         task="conll2003", teacher=str(teacher_dir), student=STUDENT, data_dir=str(data),
-        loss=LossConfig(hard_weight=0.5), optimizer=OptimizerConfig(learning_rate=3e-3),
+        # No weight decay: the transitions can only move through the CRF's gradient.
+        loss=LossConfig(hard_weight=0.5), optimizer=OptimizerConfig(learning_rate=3e-3, weight_decay=0.0),
         loop=LoopConfig(epochs=2, batch_size=16, checkpoint_every=20),
     )
     results = distill(cfg, tmp_path / "out")
@@ -139,6 +140,34 @@ def test_no_crf_student_from_a_crf_teacher(crf_teacher, tmp_path, monkeypatch):
     results = distill(cfg, tmp_path / "out")
     assert results["crf"] is False
     assert not load_export(tmp_path / "out" / "export").crf
+
+
+def test_a_crf_student_without_the_hard_loss_is_a_user_error(crf_teacher, tmp_path, monkeypatch):
+    data, teacher_dir, _ = crf_teacher
+    monkeypatch.setenv("BERTNAS_CACHE", str(tmp_path / "cache"))
+    for crf in (None, True):  # inherited from the teacher, or asked for
+        cfg = DistillConfig(task="conll2003", teacher=str(teacher_dir), student=STUDENT, data_dir=str(data), crf=crf,
+                            loss=LossConfig(hard_weight=0.0), loop=LoopConfig(max_steps=3, batch_size=16))
+        with pytest.raises(UserError, match="--hard-weight is 0"):
+            distill(cfg, tmp_path / f"out-{crf}")
+        assert not (tmp_path / f"out-{crf}" / "export").exists()
+
+
+def test_a_model_with_other_labels_is_refused_for_the_task(crf_teacher, tmp_path):
+    # Same head and label count as conll2003, other tag order (as the generic `ner` task sorts them).
+    import shutil
+
+    from distill.evaluate import load_for_task
+
+    _, teacher_dir, _ = crf_teacher
+    other = tmp_path / "other"
+    shutil.copytree(teacher_dir, other)
+    cfg = json.loads((other / "config.json").read_text())
+    cfg["bertnas"]["labels"] = sorted(cfg["bertnas"]["labels"])
+    (other / "config.json").write_text(json.dumps(cfg))
+    assert load_for_task(teacher_dir, "conll2003")[1].name == "conll2003"
+    with pytest.raises(UserError, match="are not task conll2003's"):
+        load_for_task(other, "conll2003")
 
 
 def test_crf_on_a_task_that_is_not_tagging_is_a_user_error(tmp_path):

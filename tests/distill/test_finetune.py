@@ -214,6 +214,17 @@ def test_reinit_top_replaces_only_the_top_layers_and_pooler(teacher_dir):
         reinit_top(teacher.params, fresh, 2, 3)
 
 
+def test_reinit_top_with_shared_layers_replaces_their_groups():
+    # 3 layers on 2 parameter groups (0, 1, 1): the top layer is group 1; the top 3 are groups 0 and 1.
+    params = {"encoder": {"layer_0": np.zeros(2), "layer_1": np.zeros(2)}, "classifier": np.zeros(2)}
+    fresh = {"encoder": {"layer_0": np.ones(2), "layer_1": np.ones(2)}, "classifier": np.ones(2)}
+    top = reinit_top(params, fresh, 3, 1, groups=(0, 1, 1))
+    assert top["encoder"]["layer_1"].sum() == 2 and top["encoder"]["layer_0"].sum() == 0
+    assert top["classifier"].sum() == 0
+    every = reinit_top(params, fresh, 3, 3, groups=(0, 1, 1))
+    assert all(every["encoder"][k].sum() == 2 for k in ("layer_0", "layer_1"))
+
+
 def test_reinit_too_many_layers_fails_before_training(teacher_dir, tmp_path, no_training):
     data = write_sst2(tmp_path / "data", n_train=20, n_dev=10)
     with pytest.raises(UserError, match="exceeds the teacher's 2 layers"):

@@ -20,7 +20,7 @@ import pytest
 from helpers import write_sst2, write_task_teacher, write_tiny_teacher
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow  # 24 script runs, about a minute of CPU in all (the first case waits for them)
+pytestmark = pytest.mark.slow  # 26 script runs, about a minute of CPU in all (the first case waits for them)
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +195,20 @@ def negative_limit(tmp, env):
     return "evaluate.py", args, ["argument --limit: must be >= 0, got -3"], None
 
 
+# --- quantize.py --------------------------------------------------------------
+
+
+def quantize_model_missing(tmp, env):
+    out = tmp / "int8"
+    return "quantize.py", ["--model", str(tmp / "nowhere"), "--output", str(out)], [str(tmp / "nowhere")], out
+
+
+def quantize_batch_size_zero(tmp, env):
+    out = tmp / "int8"
+    args = ["--model", str(env["model"]), "--output", str(out), "--evaluate", "--batch-size", "0"]
+    return "quantize.py", args, ["argument --batch-size: must be >= 1, got 0"], out
+
+
 # --- predict.py ---------------------------------------------------------------
 
 
@@ -223,7 +237,7 @@ CASES = [
     space_file_malformed_yaml, space_file_unknown_field, space_wider_than_teacher, search_teacher_config_not_bert,
     resume_of_a_directory_that_is_no_search, min_speedup_negative, search_output_climbs_out,
     export_without_weights, export_with_truncated_weights, export_without_tokenizer, head_does_not_fit_the_task,
-    unknown_split, negative_limit,
+    unknown_split, negative_limit, quantize_model_missing, quantize_batch_size_zero,
     input_file_missing, input_not_utf8, pair_given_to_a_single_sentence_task,
 ]
 
@@ -261,5 +275,5 @@ def test_bad_input_gives_one_error_line_and_exit_2(case, results):
 
 def test_the_catalogue_spans_every_tool(results):
     assert {script for script, *_ in results.values()} == {
-        "finetune_teacher.py", "distill.py", "search.py", "evaluate.py", "predict.py"
+        "finetune_teacher.py", "distill.py", "search.py", "evaluate.py", "predict.py", "quantize.py"
     }
