@@ -65,6 +65,20 @@ def run_child(module: str, request: dict) -> dict:
     return result
 
 
+def child_main(measure: Callable[[dict], dict], argv: list[str]) -> None:
+    """The other end of `run_child`: read the request, pin to its `threads` CPUs, write what `measure` returns
+    (or {"skipped": why}) to the out file."""
+    from nas.latency_child import pin
+
+    request = json.loads(argv[0])
+    pin(int(request["threads"]))
+    try:
+        result = measure(request)
+    except Skip as e:
+        result = {"skipped": str(e)}
+    Path(argv[1]).write_text(json.dumps(result, default=str))
+
+
 def cpu_threads() -> int:
     """CPUs this process may run on (what XLA's CPU client uses by default; PyTorch is set to match)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

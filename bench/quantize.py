@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Skip, run_child
+from bench.common import Skip, child_main, run_child
 
 THROUGHPUT_BATCH = 32
 
@@ -150,12 +150,4 @@ def part(ctx) -> dict:
 
 
 if __name__ == "__main__":  # the pinned child of `part`: python -m bench.quantize REQUEST_JSON OUT_FILE
-    from nas.latency_child import pin
-
-    _request = json.loads(sys.argv[1])
-    pin(int(_request["threads"]))
-    try:
-        _result = measure_all(_request)
-    except Skip as _e:
-        _result = {"skipped": str(_e)}
-    Path(sys.argv[2]).write_text(json.dumps(_result, default=str))
+    child_main(measure_all, sys.argv[1:])

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.common import Skip, run_child
+from bench.common import Skip, child_main, run_child
 
 AGREEMENT = 0.10
 THROUGHPUT_BATCH = 32
@@ -233,12 +233,4 @@ def measure_all(request: dict) -> dict:
 
 
 if __name__ == "__main__":  # the pinned child of `part`: python -m bench.students REQUEST_JSON OUT_FILE
-    from nas.latency_child import pin
-
-    _request = json.loads(sys.argv[1])
-    pin(int(_request["threads"]))
-    try:
-        _result = measure_all(_request)
-    except Skip as _e:
-        _result = {"skipped": str(_e)}
-    Path(sys.argv[2]).write_text(json.dumps(_result, default=str))
+    child_main(measure_all, sys.argv[1:])

@@ -35,7 +35,9 @@ from flax import traverse_util
 from distill.config import BertArch
 from distill.hf import WeightsError, from_hf
 from distill.modeling import abstract_params, build_model
-from distill.teacher import WEIGHTS, LoadedBert, TeacherError, load_tokenizer, read_config, read_weights, save_bert
+from distill.teacher import (
+    WEIGHTS, LoadedBert, TeacherError, arch_from_config, load_tokenizer, read_config, read_weights, save_bert,
+)
 from tasks.base import Task
 from tasks.errors import UserError
 
@@ -187,12 +189,7 @@ def load_export(path: str | os.PathLike) -> LoadedBert:
         from distill.quantize import load_quantized
 
         return load_quantized(path, cfg)
-    try:
-        arch = BertArch.from_hf_config(cfg)
-    except UserError as e:
-        raise TeacherError(f"{path / 'config.json'}: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise TeacherError(f"{path / 'config.json'}: not a BERT config ({e!r} missing or invalid)") from None
+    arch = arch_from_config(cfg, path / "config.json")
     head, num_labels = config_head(cfg)
     crf = config_crf(cfg) and head == "tagging"
     model = build_model(arch, head, num_labels, crf=crf)

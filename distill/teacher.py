@@ -204,12 +204,7 @@ def load_bert(
         method = (cfg["quantization_config"] or {}).get("quant_method") if isinstance(cfg["quantization_config"], dict) else None
         raise TeacherError(f"{path}: a quantized model ({method}); it serves "
                            "(evaluate.py, predict.py, distill.export.load_export) but cannot be a float model or teacher")
-    try:
-        arch = BertArch.from_hf_config(cfg)
-    except UserError as e:
-        raise TeacherError(f"{path / 'config.json'}: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise TeacherError(f"{path / 'config.json'}: not a BERT config ({e!r} missing or invalid)") from None
+    arch = arch_from_config(cfg, path / "config.json")
     head = head or meta.get("head", "none")
     if num_labels is None:
         num_labels = meta.get("num_labels", 0)
@@ -273,6 +268,16 @@ def save_bert(
     }
     state = to_hf(params, arch, prefix="" if head == "none" else "bert.", grouped=grouped)
     return write_model_dir(out_dir, state, cfg, tokenizer, {"format": "pt"})
+
+
+def arch_from_config(cfg: dict[str, Any], cfg_file: Path) -> BertArch:
+    """`BertArch.from_hf_config(cfg)`, its problems raised as a TeacherError that names `cfg_file`."""
+    try:
+        return BertArch.from_hf_config(cfg)
+    except UserError as e:
+        raise TeacherError(f"{cfg_file}: {e}") from None
+    except (KeyError, TypeError, ValueError) as e:
+        raise TeacherError(f"{cfg_file}: not a BERT config ({e!r} missing or invalid)") from None
 
 
 def write_model_dir(out_dir: Path, tensors: dict, cfg: dict, tokenizer, metadata: dict[str, str]) -> Path:

@@ -44,7 +44,7 @@ from distill.objective import LossConfig
 from distill.optim import OptimizerConfig
 from distill.runlog import cache_root, enable_compilation_cache, to_jsonable, write_json
 from distill.config import BertArch
-from distill.teacher import TeacherError, read_config, resolve_model_dir, weights_fingerprint
+from distill.teacher import arch_from_config, read_config, resolve_model_dir, weights_fingerprint
 from distill.teacher_outputs import cached_teacher_outputs
 from nas import report
 from nas.config import SearchConfig
@@ -245,15 +245,8 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
 
 def _teacher_arch(spec: str) -> BertArch:
     """The teacher's architecture from its config.json alone (a bad one named as `load_bert` names it)."""
-    cfg_file = resolve_model_dir(spec) / "config.json"
-    try:
-        return BertArch.from_hf_config(read_config(cfg_file.parent))
-    except TeacherError:
-        raise
-    except UserError as e:
-        raise TeacherError(f"{cfg_file}: {e}") from None
-    except (KeyError, TypeError, ValueError) as e:
-        raise TeacherError(f"{cfg_file}: not a BERT config ({e!r} missing or invalid)") from None
+    path = resolve_model_dir(spec)
+    return arch_from_config(read_config(path), path / "config.json")
 
 
 def _forwards(setup: dict, final: dict | None) -> dict:

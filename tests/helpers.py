@@ -53,23 +53,14 @@ def make_tokenizer(directory: Path):
     return tok
 
 
-def write_tiny_teacher(directory: Path, *, max_position_embeddings: int = 384, seed: int = 0) -> Path:
-    """A random 2-layer, hidden-36, 3-head, FFN-37 BERT (head 'none') in the HF layout.
-
-    384 positions cover every task's max_length (SQuAD's is 384). The weights
-    are BERT's init (N(0, 0.02) matrices, zero biases, unit LayerNorm scales)
-    drawn with numpy over `abstract_params`, which saves compiling an init.
-    """
+def bert_init_params(arch, seed: int = 0) -> dict:
+    """Encoder parameters (head 'none') of `arch` with BERT's init: N(0, initializer_range) matrices, zero
+    biases, unit LayerNorm scales, drawn with numpy over `abstract_params` (no init to compile)."""
     import jax
     import numpy as np
 
-    from distill.config import BertArch
     from distill.modeling import abstract_params, build_model
-    from distill.teacher import save_bert
 
-    directory = Path(directory)
-    tok = make_tokenizer(directory.parent / f".{directory.name}-vocab")
-    arch = BertArch.uniform(2, 36, 3, 37, vocab_size=len(tok), max_position_embeddings=max_position_embeddings)
     rng = np.random.default_rng(seed)
 
     def leaf(path, x):
@@ -80,8 +71,23 @@ def write_tiny_teacher(directory: Path, *, max_position_embeddings: int = 384, s
             return np.zeros(x.shape, x.dtype)
         return rng.normal(0.0, arch.initializer_range, x.shape).astype(x.dtype)
 
-    params = jax.tree_util.tree_map_with_path(leaf, abstract_params(build_model(arch, "none")))
-    return save_bert(directory, arch, params, tok, head="none")
+    return jax.tree_util.tree_map_with_path(leaf, abstract_params(build_model(arch, "none")))
+
+
+def write_tiny_teacher(directory: Path, *, max_position_embeddings: int = 384, seed: int = 0) -> Path:
+    """A random 2-layer, hidden-36, 3-head, FFN-37 BERT (head 'none') in the HF layout.
+
+    384 positions cover every task's max_length (SQuAD's is 384). The weights
+    are BERT's init (N(0, 0.02) matrices, zero biases, unit LayerNorm scales)
+    drawn with numpy over `abstract_params`, which saves compiling an init.
+    """
+    from distill.config import BertArch
+    from distill.teacher import save_bert
+
+    directory = Path(directory)
+    tok = make_tokenizer(directory.parent / f".{directory.name}-vocab")
+    arch = BertArch.uniform(2, 36, 3, 37, vocab_size=len(tok), max_position_embeddings=max_position_embeddings)
+    return save_bert(directory, arch, bert_init_params(arch, seed), tok, head="none")
 
 
 # --- SST-2 --------------------------------------------------------------------
@@ -290,28 +296,15 @@ def write_chinese_ner(directory: Path, n_train: int = 120, n_dev: int = 30, seed
 def write_chinese_hf_teacher(directory: Path, seed: int = 0) -> Path:
     """A random 2-layer, hidden-36 BERT as a Hugging Face directory holds a Chinese BERT: a plain
     `BertConfig` config.json (no `bertnas` block), model.safetensors with `bert.` names, vocab.txt only."""
-    import jax
-    import numpy as np
     from safetensors.numpy import save_file
 
     from distill.config import BertArch
     from distill.hf import to_hf
-    from distill.modeling import abstract_params, build_model
 
     directory = Path(directory)
     write_vocab(directory, CJK_VOCAB)
     arch = BertArch.uniform(2, 36, 3, 37, vocab_size=len(CJK_VOCAB), max_position_embeddings=128)
-    rng = np.random.default_rng(seed)
-
-    def leaf(path, x):  # BERT's init, as `write_tiny_teacher`
-        name = jax.tree_util.keystr(path)
-        if name.endswith("['scale']"):
-            return np.ones(x.shape, np.float32)
-        if name.endswith("['bias']"):
-            return np.zeros(x.shape, np.float32)
-        return rng.normal(0.0, arch.initializer_range, x.shape).astype(np.float32)
-
-    params = jax.tree_util.tree_map_with_path(leaf, abstract_params(build_model(arch, "none")))
+    params = bert_init_params(arch, seed)
     save_file(to_hf(params, arch, prefix="bert."), str(directory / "model.safetensors"))
     config = {**arch.to_hf_config(), "architectures": ["BertForMaskedLM"], "directionality": "bidi"}
     (directory / "config.json").write_text(json.dumps(config, indent=2))
