@@ -9,7 +9,7 @@ to --out and exits 0; `--force` runs it anyway (on CPU: a smoke test).
 What runs (sequence 128; once --budget-s is spent, the cases left are
 skipped and say so; bfloat16 cases come before float32 ones):
 - peak: a jitted N x N x N matmul (N = 8192) in bfloat16 and float32;
-- train: our Flax step (`distill.train.make_supervised_step`: forward,
+- train: our Flax step (`distill.train.steps.make_supervised_step`: forward,
   backward, global-norm clipping, AdamW; classification head, dropout on)
   on the BERT-base shape (12L-768, 12 heads, FFN 3072), batch 128 and 32;
 - infer: forward only, deterministic, on BERT-base, the teacher (6L-384,
@@ -63,7 +63,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import SHAPES, hf_bert_kwargs, make_batch, shape_arch, time_steps  # noqa: E402
-from distill.config import BertArch  # noqa: E402
+from distill.arch import BertArch  # noqa: E402
 
 DEFAULT_OUT = Path("bench/results/accelerator.json")
 MFU_GOAL = 0.40
@@ -194,9 +194,10 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
     import jax
     import jax.numpy as jnp
 
-    from distill.modeling import build_model, init_params
-    from distill.optim import OptimizerConfig
-    from distill.train import TrainState, logits_step, make_supervised_step
+    from distill.model.bert import build_model, init_params
+    from distill.train.optim import OptimizerConfig
+    from distill.model.infer import logits_step
+    from distill.train.steps import TrainState, make_supervised_step
 
     timing = _timing(args)
     backend = jax.default_backend()

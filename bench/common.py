@@ -21,7 +21,11 @@ from typing import Any, Callable
 
 import numpy as np
 
-from distill.config import BertArch
+from distill.arch import BertArch
+
+HEAD, NUM_LABELS = "classification", 2
+"""Every compared model is a sequence classifier with two labels."""
+INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
 class Skip(Exception):

@@ -11,7 +11,7 @@ JAX in the same process), each with `bench.common.time_steps`, on CPU, with
 as many threads as this process may use (XLA's default; `torch.set_num_threads`).
 
 Same weights: the JAX child initialises each shape (seed 0) and writes it in
-the Hugging Face layout (`distill.hf.to_hf`, safetensors); the PyTorch child
+the Hugging Face layout (`distill.model.hf.to_hf`, safetensors); the PyTorch child
 loads that file into `BertForSequenceClassification` (strict) for each case
 and, for inference, reports the largest difference from our logits. Without
 torch only our side runs and the comparison says so.
@@ -31,10 +31,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import cpu_threads, hf_bert_kwargs, make_batch, shape_arch, time_steps
+from bench import steps
+from bench.common import HEAD, NUM_LABELS, cpu_threads, hf_bert_kwargs, make_batch, shape_arch, time_steps
 
-HEAD, NUM_LABELS = "classification", 2
-INPUTS = ("input_ids", "token_type_ids", "attention_mask")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,6 +142,18 @@ def _run_child(side: str, cases: list[Case], quick: bool, timing: dict, weights:
     return rows, status
 
 
+def ratio_rows(comparison: list[dict]) -> list[dict]:
+    """The suite table's lines: examples/s of both sides and ours / PyTorch."""
+    return [
+        {
+            "name": f"{c['mode']} {c['shape']} b{c['batch']} s{c['seq']}",
+            "ours": c["ours_examples_per_s"], "reference": c["torch_examples_per_s"], "unit": "ex/s",
+            "ratio": c["ratio"], "ratio_is": "ours / torch",
+        }
+        for c in comparison
+    ]
+
+
 # -------------------------------------------------------------------- child
 
 
@@ -155,9 +166,8 @@ def _ours(cases: list[Case], args, add) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from bench import inference, train_step
-    from distill.hf import to_hf
-    from distill.modeling import build_model, init_params
+    from distill.model.hf import to_hf
+    from distill.model.bert import build_model, init_params
 
     host_params = {}
     info = {"side": "ours", "device": jax.devices()[0].device_kind, "jax": jax.__version__}
@@ -170,7 +180,7 @@ def _ours(cases: list[Case], args, add) -> None:
                 save_file(to_hf(params, arch), str(_weights_file(args.weights, arch)))
             host_params[case.shape] = params
         batch = make_batch(case.batch, case.seq, arch.vocab_size)
-        build = inference.ours_forward if case.mode == "infer" else train_step.ours_step
+        build = steps.ours_forward if case.mode == "infer" else steps.ours_step
         step, carry = build(arch, host_params[case.shape], batch)
         timed = time_steps(step, carry, jax.block_until_ready, **args.timing)
         if case.mode == "infer":
@@ -190,7 +200,6 @@ def _torch(cases: list[Case], args, add) -> None:
     except ImportError as e:
         add({"mode": "torch_skipped", "reason": f"PyTorch side skipped: {e}"})
         return
-    from bench import inference, train_step
 
     torch.set_num_threads(cpu_threads())
     torch.manual_seed(0)
@@ -205,7 +214,7 @@ def _torch(cases: list[Case], args, add) -> None:
         if weights.is_file():
             model.load_state_dict(load_file(str(weights)), strict=True)
         batch = make_batch(case.batch, case.seq, arch.vocab_size)
-        build = inference.torch_forward if case.mode == "infer" else train_step.torch_step
+        build = steps.torch_forward if case.mode == "infer" else steps.torch_step
         step = build(model, batch)
         timed = time_steps(step, None, lambda _: None, **args.timing)
         ours = _logits_file(args.weights, case)

@@ -1,12 +1,12 @@
 """Suite part `compile_cache`: a trial's compilation with and without the persistent compilation cache.
 
 A search trial jits one distillation train step per length bucket (16, 32,
-48, 64 for SST-2). `distill.runlog.enable_compilation_cache` persists those
+48, 64 for SST-2). `distill.files.enable_compilation_cache` persists those
 compilations under `$BERTNAS_CACHE/jax`, so a repeated architecture, a
 resumed trial or a second search on the task loads them instead. This part
 measures exactly that: two child processes, one after the other, on the
 same fresh cache directory, each building the trial's train step
-(`distill.train.make_train_step` with cached teacher logits, AdamW, batch 32)
+(`distill.train.steps.make_train_step` with cached teacher logits, AdamW, batch 32)
 for the search's final architecture (else the student shape) and timing the
 first call on each bucket (trace + compile or cache load + one step) and a
 second call (one step). The first child starts with an empty cache (what a
@@ -74,12 +74,12 @@ def child(arch_name: str, buckets: list[int], batch_size: int) -> dict:
     import numpy as np
 
     from bench.common import make_batch
-    from distill.config import parse_arch_name
-    from distill.modeling import build_model, init_params
-    from distill.objective import LossConfig, TeacherOutputs
-    from distill.optim import OptimizerConfig
-    from distill.runlog import enable_compilation_cache
-    from distill.train import TrainState, make_train_step
+    from distill.arch import parse_arch_name
+    from distill.model.bert import build_model, init_params
+    from distill.kd.objective import LossConfig, TeacherOutputs
+    from distill.train.optim import OptimizerConfig
+    from distill.files import enable_compilation_cache
+    from distill.train.steps import TrainState, make_train_step
 
     cache = enable_compilation_cache()
     arch = parse_arch_name(arch_name)

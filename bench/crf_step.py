@@ -14,10 +14,10 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
-from distill.config import BertArch, parse_arch_name  # noqa: E402
-from distill.modeling import build_model, init_params  # noqa: E402
-from distill.optim import OptimizerConfig  # noqa: E402
-from distill.train import TrainState, make_supervised_step  # noqa: E402
+from distill.arch import BertArch, parse_arch_name  # noqa: E402
+from distill.model.bert import build_model, init_params  # noqa: E402
+from distill.train.optim import OptimizerConfig  # noqa: E402
+from distill.train.steps import TrainState, make_supervised_step  # noqa: E402
 from tasks.registry import get_task  # noqa: E402
 task = get_task("conll2003")
 rng = np.random.default_rng(0)
@@ -55,7 +55,7 @@ for arch in (parse_arch_name("4L-312", base=teacher), teacher):
         print(json.dumps({"arch": arch.name, "crf": crf, "batch": [B, T],
                           "median_ms": round(1000 * float(np.median(steps[crf][2])), 1)}), flush=True)
 
-from distill import crf as crf_lib  # noqa: E402
+from distill.model import crf as crf_lib  # noqa: E402
 
 N, L, K = 3250, 128, task.num_labels
 logits = rng.normal(size=(N, L, K)).astype(np.float32)

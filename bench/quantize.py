@@ -1,4 +1,4 @@
-"""Suite part `quantize`: int8 students (`distill.quantize`, qwix) against their float32 exports.
+"""Suite part `quantize`: int8 students (`distill.export.int8`, qwix) against their float32 exports.
 
 For each float32 student (`--search DIR`: its exported students, DIR/export/*, int8 copies left out;
 or `--student DIR ...`), the student is quantized (into a temporary directory) and compared with its
@@ -62,8 +62,9 @@ def inputs(ctx) -> dict:
 
 def measure_student(path: Path, examples, *, seq_len: int | None, quick: bool, tmp: Path) -> dict:
     """One float32 export against its int8 quantization: metric, size and latency."""
-    from distill.evaluate import load_for_task
-    from distill.quantize import compare_models, export_quantized, quantize
+    from distill.run.evaluation import load_for_task
+    from distill.export.int8 import export_quantized, quantize
+    from distill.run.quantization import compare_models
     from nas.cost import CostModel, typical_length
     from tasks.features import encode
 

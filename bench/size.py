@@ -43,8 +43,8 @@ def _steps(checkpoints: Path) -> list[int]:
 
 
 def sizes(run: str | Path) -> dict:
-    from distill.config import BertArch
-    from distill.export import config_head
+    from distill.arch import BertArch
+    from distill.export.hf import config_head
 
     run = Path(run)
     if not _complete(run):

@@ -1,6 +1,6 @@
 """Suite part `students`: a search's exported students against its teacher, on real dev sentences.
 
-Each model (loaded with `distill.export.load_export`) reads the task's dev
+Each model (loaded with `distill.export.load.load_export`) reads the task's dev
 split (`--quick`: the first 64 examples), every example padded only to its
 length bucket (`tasks.batching.default_buckets`), on CPU, after each bucket
 shape is compiled and warmed up:
@@ -59,7 +59,7 @@ def inputs(ctx) -> dict:
     students = list(ctx.students or [])
     if not students and search:
         # The float32 students only: the int8 copies of `--quantize int8` are part `quantize`'s
-        # (the test of `distill.export.is_quantized`, without importing JAX here).
+        # (the test of `distill.export.hf.is_quantized`, without importing JAX here).
         students = sorted(d for d in (search / "export").glob("*") if (d / "config.json").is_file()
                           and "quantization_config" not in _json(d / "config.json"))
     if not students:
@@ -98,7 +98,7 @@ def measure_model(path: Path, task, examples, *, seq_len: int | None, quick: boo
     """Real-length latency and throughput of one exported model, and the cost model's view of it."""
     import jax
 
-    from distill.export import load_export
+    from distill.export.load import load_export
     from nas.cost import CostModel, typical_length
     from tasks.batching import batches, collate, default_buckets
     from tasks.features import encode

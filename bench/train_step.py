@@ -29,7 +29,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 from bench import compare  # noqa: E402
 from bench.common import SHAPES, cpu_threads, shape_arch  # noqa: E402
-from bench.compare import INPUTS, Case  # noqa: E402
+from bench.compare import Case, ratio_rows  # noqa: E402
 
 SHAPE_ORDER = ("student", "teacher", "base")  # cheapest first: a time budget cuts from the end
 
@@ -39,45 +39,7 @@ def cases(quick: bool) -> list[Case]:
     return [Case("train", shape, batch, seq) for shape in SHAPE_ORDER]
 
 
-def ours_step(arch, params, batch: dict):
-    """(step, state) for `time_steps`: `distill.train.make_supervised_step` with our AdamW (clipping at 1.0)."""
-    import jax
-
-    from distill.modeling import build_model
-    from distill.optim import OptimizerConfig
-    from distill.train import TrainState, make_supervised_step
-
-    model = build_model(arch, compare.HEAD, compare.NUM_LABELS)
-    params = jax.device_put(params)
-    tx = OptimizerConfig().build(params, 10_000, arch.num_layers)
-    step = make_supervised_step(model, tx, compare.HEAD)
-    batch, rng = jax.device_put(batch), jax.random.key(0)
-    return (lambda state: step(state, batch, rng)), TrainState.create(params, tx)
-
-
-def torch_step(model, batch: dict):
-    """A step for `time_steps`: zero_grad, forward + loss, backward, clip_grad_norm_(1.0), AdamW."""
-    import torch
-
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, eps=1e-6, weight_decay=0.01)
-    inputs = {k: torch.from_numpy(batch[k]).long() for k in INPUTS}
-    labels = torch.from_numpy(batch["labels"]).long()
-
-    def step(carry):
-        opt.zero_grad(set_to_none=True)
-        loss = model(**inputs, labels=labels).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        return carry, loss
-
-    return step
-
-
 def part(ctx) -> dict:
-    from bench.inference import ratio_rows
-
     result = compare.run(cases(ctx.quick), quick=ctx.quick, timing=compare.timing(ctx.quick),
                          deadline=ctx.deadline, weights_dir=ctx.weights_dir)
     return {"timing": compare.timing(ctx.quick), **result, "ratios": ratio_rows(result["comparison"])}

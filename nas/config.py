@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from distill.teacher import DEFAULT_TEACHER
+from distill.export.scheme import scheme
+from distill.model.store import DEFAULT_TEACHER
 from nas.cost import Constraints
 from tasks.errors import UserError
 
@@ -66,7 +67,7 @@ class SearchConfig:
     dev_limit: int | None = None
     seed: int = 0
     quantize: str | None = None
-    """'int8': the front's students also get int8 copies (`distill.quantize`), rows of their own on the front."""
+    """'int8': the front's students also get int8 copies (`distill.export.int8`), rows of their own on the front."""
     crf: bool | None = None
     """Tagging: students with a linear-chain CRF; None: when the teacher has one (`DistillConfig.crf`)."""
 
@@ -99,8 +100,6 @@ class SearchConfig:
         if self.augment < 0:
             raise UserError(f"augment: must be >= 0, got {self.augment}")
         if self.quantize is not None:
-            from distill.quantize import scheme
-
             scheme(self.quantize)  # a UserError naming the valid schemes
 
     @property

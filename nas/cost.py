@@ -45,9 +45,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from distill.config import BertArch, head_outputs
-from distill.modeling import build_model, init_params
-from distill.runlog import cache_root
+from distill.arch import BertArch, head_outputs
+from distill.model.bert import build_model, init_params
+from distill.files import cache_root
 from tasks.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -122,13 +122,14 @@ def measure_latency(arch: BertArch, head: str, num_labels: int, seq_len: int, ba
                     params=None, quantize: str | None = None) -> tuple[float, float]:
     """(median, p95) wall time in ms of one jitted inference forward pass of a batch, over at least
     `repeats` timed calls and at least `min_seconds` of them (at most `max_repeats` calls). `quantize`
-    (a `distill.quantize.SCHEMES` name): the model quantized that way, from the same weights."""
+    (a `distill.export.scheme.SCHEMES` name): the model quantized that way, from the same weights."""
     if seq_len > arch.max_position_embeddings or min(seq_len, batch_size, repeats) < 1 or warmup < 0:
         raise ValueError(f"measure_latency: seq {seq_len}, batch {batch_size}, repeats {repeats}, warmup {warmup}")
     model = build_model(arch, head, num_labels)
     params = init_params(model, jax.random.key(0), seq_len) if params is None else params
     if quantize:
-        from distill.quantize import quantize_params, scheme
+        from distill.export.int8 import quantize_params
+        from distill.export.scheme import scheme
 
         model, params, _ = quantize_params(arch, head, num_labels, params, scheme(quantize))
 
@@ -176,7 +177,7 @@ def device_name() -> str:
 
 class CostModel:
     """Analytic params/FLOPs plus cached measured latency for one task setting; with `quantize` (a
-    `distill.quantize.SCHEMES` name, e.g. 'int8'), the latency of the quantized models."""
+    `distill.export.scheme.SCHEMES` name, e.g. 'int8'), the latency of the quantized models."""
 
     def __init__(self, head: str, num_labels: int, seq_len: int, *, batch_size: int = 32,
                  cache_path: os.PathLike | None = None, repeats: int = 20, min_seconds: float = 0.25,

@@ -20,15 +20,18 @@ import json
 import logging
 import math
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
-from distill.augment import AugmentConfig
-from distill.distill import (
-    Stage, distill, fine_tuned_teacher, loss_layer_map, read_data, resolve_student, training_features,
+from distill.arch import resolve_student
+from distill.export.int8 import quantize_export
+from distill.export.scheme import scheme
+from distill.files import export_path, write_json
+from distill.run import (
+    AugmentConfig, Stage, distill, evaluate_dir, evaluate_model, fine_tuned_teacher, load_for_task, loss_layer_map,
+    read_data, teacher_labels, training_features,
 )
-from distill.runlog import write_json
-from distill.teacher import weights_fingerprint
-from distill.teacher_outputs import cached_teacher_outputs
+from nas.cost import CostModel
 from nas.trial import TrialSetup, trial_distill_config
 from tasks.registry import get_task
 
@@ -69,39 +72,58 @@ def plan_steps(max_steps: int, seconds_left: float, speed: float | None, margin:
     return max(0, min(max_steps, int(seconds_left * speed * margin)))
 
 
-def train_final(cfg, setup: TrialSetup, rows: list[dict], out: Path, *, deadline: float, resume: bool) -> dict | None:
+def train_final(cfg, setup: TrialSetup, rows: list[dict], configs: Mapping[str, dict], out: Path, *,
+                deadline: float, resume: bool) -> dict | None:
     """Plan (or, on resume, re-read the plan of) the final run and train it; returns its row for the results,
-    or None when there is nothing to train or no time left."""
+    or None when there is nothing to train or no time left. `configs` holds each trial's sampled candidate
+    by trial id (rows hold only plain values)."""
     root = out / "final"
     plan_file = root / PLAN
     if resume and plan_file.is_file():
         plan = json.loads(plan_file.read_text())
         log.info("final training: resuming the planned run of %s (%d steps)", plan["arch"], plan["steps"])
     else:
-        chosen = choose(rows, cfg.target_speedup)
-        if chosen is None:
-            log.warning("final training skipped: no candidate was trained")
+        plan = _plan(cfg, setup, rows, configs, root, deadline=deadline)
+        if plan is None:
             return None
-        root.mkdir(parents=True, exist_ok=True)
-        write_json(root / "student.json", setup.space.arch(chosen["_config"], setup.teacher_arch).to_dict())
-        dcfg = final_config(cfg, setup, chosen, max_steps=cfg.final_steps, student_file=str(root / "student.json"))
-        t0 = time.perf_counter()
-        label_seconds, labelled = _label(dcfg, root)  # before planning: labelling the copies may take minutes
-        seconds_left = deadline - time.time() - 30  # the front's export and dev evaluation follow
-        steps = plan_steps(cfg.final_steps, seconds_left, steps_per_second(chosen))
-        if steps < min(MIN_STEPS, cfg.final_steps):
-            log.warning("final training skipped: %.0f s left in the budget", seconds_left)
-            return None
-        plan = {
-            "trial_id": chosen["trial_id"], "arch": chosen["arch"], "config": chosen["_config"], "steps": steps,
-            "steps_per_second": steps_per_second(chosen), "seconds_left": seconds_left,
-            "prepare_seconds": time.perf_counter() - t0, "labelling_seconds": label_seconds,
-            "labelled_features": labelled,
-        }
-        write_json(plan_file, plan)
-        log.info("final training: %s (trial %s, val %.4f, %.2fx) for %d steps, augment %d", chosen["arch"],
-                 chosen["trial_id"], chosen["val_metric"], chosen["speedup"], steps, cfg.final_augment)
-    dcfg = final_config(cfg, setup, plan, max_steps=plan["steps"], student_file=str(root / "student.json"))
+    return _train_planned(cfg, setup, plan, root, resume=resume)
+
+
+def _plan(cfg, setup: TrialSetup, rows: list[dict], configs: Mapping[str, dict], root: Path, *,
+          deadline: float) -> dict | None:
+    """Choose the candidate, label its augmented data, fit its steps in the time left and write the plan
+    (`final/plan.json`, with the sampled config, so a resumed search trains the same run); None when
+    nothing was trained or no time is left."""
+    chosen = choose(rows, cfg.target_speedup)
+    if chosen is None:
+        log.warning("final training skipped: no candidate was trained")
+        return None
+    sample = configs[chosen["trial_id"]]
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "student.json", setup.space.arch(sample, setup.teacher_arch).to_dict())
+    dcfg = final_config(cfg, setup, sample, max_steps=cfg.final_steps, student_file=str(root / "student.json"))
+    t0 = time.perf_counter()
+    label_seconds, labelled = _label(dcfg, root)  # before planning: labelling the copies may take minutes
+    seconds_left = deadline - time.time() - 30  # the front's export and dev evaluation follow
+    steps = plan_steps(cfg.final_steps, seconds_left, steps_per_second(chosen))
+    if steps < min(MIN_STEPS, cfg.final_steps):
+        log.warning("final training skipped: %.0f s left in the budget", seconds_left)
+        return None
+    plan = {
+        "trial_id": chosen["trial_id"], "arch": chosen["arch"], "config": sample, "steps": steps,
+        "steps_per_second": steps_per_second(chosen), "seconds_left": seconds_left,
+        "prepare_seconds": time.perf_counter() - t0, "labelling_seconds": label_seconds,
+        "labelled_features": labelled,
+    }
+    write_json(root / PLAN, plan)
+    log.info("final training: %s (trial %s, val %.4f, %.2fx) for %d steps, augment %d", chosen["arch"],
+             chosen["trial_id"], chosen["val_metric"], chosen["speedup"], steps, cfg.final_augment)
+    return plan
+
+
+def _train_planned(cfg, setup: TrialSetup, plan: dict, root: Path, *, resume: bool) -> dict:
+    """Train the planned run (from its checkpoints, or not at all when it had finished); its row."""
+    dcfg = final_config(cfg, setup, plan["config"], max_steps=plan["steps"], student_file=str(root / "student.json"))
     run = root / "run"
     ckpts = run / "checkpoints"
     t0 = time.perf_counter()
@@ -131,9 +153,9 @@ def train_final(cfg, setup: TrialSetup, rows: list[dict], out: Path, *, deadline
     }
 
 
-def final_config(cfg, setup: TrialSetup, chosen: dict, *, max_steps: int, student_file: str):
-    """The candidate's trial settings with augmentation and a longer schedule."""
-    dcfg = trial_distill_config(setup, chosen.get("_config") or chosen["config"], student_file)
+def final_config(cfg, setup: TrialSetup, sample: dict, *, max_steps: int, student_file: str):
+    """The candidate's trial settings (`sample`: its sampled config) with augmentation and a longer schedule."""
+    dcfg = trial_distill_config(setup, sample, student_file)
     every = max(1, max_steps // EVALS)
     return dataclasses.replace(
         dcfg,
@@ -150,10 +172,9 @@ def _label(dcfg, root: Path) -> tuple[float, int]:
     student = resolve_student(dcfg.student, teacher.arch)
     train_ex, _, _ = read_data(dcfg, task, dcfg.data_dir)
     train, original, _ = training_features(dcfg, task, teacher, train_ex, Stage())
-    cache = cached_teacher_outputs(
-        teacher.model, teacher.params, train, teacher_key=weights_fingerprint(teacher.path), task=task.name,
+    cache = teacher_labels(
+        dcfg, task, teacher, train, prefix=int(original.sum()),  # the trials' labels: only copies are new
         hidden_layers=dcfg.loss.teacher_hidden_layers(loss_layer_map(dcfg, teacher.arch, student)),
-        batch_size=dcfg.eval_batch_size, prefix=int(original.sum()),  # the trials' labels: only copies are new
     )
     return cache.seconds, cache.labelled
 
@@ -166,15 +187,10 @@ QUANTIZED_FROM_SOURCE = (  # what an int8 copy shares with its float32 row
 def quantized_rows(name: str, setup: TrialSetup, front: list[dict], teacher_latency_ms: float, val_features,
                    val_examples, *, dev_limit: int | None = None) -> list[dict]:
     """`--quantize NAME`: an int8 copy of each exported front member (`<its export>-NAME`, see
-    `distill.quantize`), as a row of its own, measured as every candidate is: the validation metric on the
+    `distill.export.int8`), as a row of its own, measured as every candidate is: the validation metric on the
     search's validation slice, the dev metric, the batch-1 latency by the cost model (the quantized model,
     on the search's latency threads), plus its size against the float32 export. The caller takes the front
     again over all rows, so an int8 copy as accurate and faster than its float32 model replaces it there."""
-    from distill.evaluate import evaluate_dir, evaluate_model, load_for_task
-    from distill.export import export_path
-    from distill.quantize import quantize_export, scheme
-    from nas.cost import CostModel
-
     cost_model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads, quantize=name)
     rows = []
     for r in front:

@@ -32,7 +32,7 @@ def pin(threads: int) -> None:
 def main(argv: list[str]) -> None:
     request = json.loads(argv[0])
     pin(int(request["threads"]))
-    from distill.config import BertArch
+    from distill.arch import BertArch
     from nas.cost import measure_latency
 
     arch = BertArch.from_dict(request["arch"])

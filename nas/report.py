@@ -12,7 +12,7 @@ import csv
 import math
 from pathlib import Path
 
-from distill.runlog import write_json
+from distill.files import write_json
 
 COLUMNS = (
     "trial_id", "status", "arch", "params", "flops", "latency_ms", "batch_latency_ms", "speedup",

@@ -40,11 +40,9 @@ from typing import Any
 
 import yaml
 
-from distill.config import BertArch
+from distill.arch import LAYER_MAPS, BertArch
 from tasks.errors import UserError
 
-# distill.init.LAYER_MAPS (not imported: that module pulls in JAX).
-LAYER_MAPS = ("uniform", "first", "last")
 INT_FIELDS = ("layers", "hidden", "heads", "ffn", "share")
 FLOAT_FIELDS = ("learning_rate", "temperature", "hard_weight", "hidden_weight")
 KNOBS = (*FLOAT_FIELDS, "init_layers")
@@ -68,7 +66,7 @@ class SearchSpace:
     temperature: tuple[float, ...] = (1.0,)
     hard_weight: tuple[float, ...] = (0.5,)
     hidden_weight: tuple[float, ...] = (0.0,)
-    init_layers: tuple[str, ...] = ("uniform",)  # distill.init layer maps: 'uniform', 'first', 'last'
+    init_layers: tuple[str, ...] = ("uniform",)  # named layer maps (distill.arch.LAYER_MAPS)
 
     def __post_init__(self):
         for field in (*INT_FIELDS, *FLOAT_FIELDS, "init_layers"):

@@ -3,7 +3,7 @@
 `run_trial(config, setup)` turns the sampled config into a student, measures
 its cost on the worker's device (cached per architecture and device), and
 either rejects it (a constraint is broken: nothing is trained) or distils it
-with `distill.distill` on the held-out-validation setup the driver prepared.
+with `distill.run.distill` on the held-out-validation setup the driver prepared.
 The teacher's outputs come from the driver's cache: no teacher forward here.
 After every evaluation the trial reports to Tune (so the scheduler can stop
 it) with the best exported student so far as the trial's checkpoint.
@@ -19,9 +19,9 @@ import os
 import time
 from pathlib import Path
 
-from distill.config import BertArch
-from distill.distill import DistillConfig, distill
-from distill.runlog import enable_compilation_cache, write_json
+from distill.arch import BertArch
+from distill.run import DistillConfig, distill
+from distill.files import enable_compilation_cache, write_json
 from nas.cost import Constraints, CostModel
 from nas.space import SearchSpace
 

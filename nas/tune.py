@@ -34,21 +34,17 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distill.augment import AugmentConfig
-from distill.crf import check_crf
-from distill.distill import DistillConfig, Stage, cached_importance, fine_tuned_teacher, read_data, training_features
-from distill.evaluate import evaluate_dir, evaluate_model
-from distill.export import check_output_path, export_path
-from distill.loop import LoopConfig
-from distill.objective import LossConfig
-from distill.optim import OptimizerConfig
-from distill.runlog import cache_root, enable_compilation_cache, to_jsonable, write_json
-from distill.config import BertArch
-from distill.teacher import arch_from_config, read_config, resolve_model_dir, weights_fingerprint
-from distill.teacher_outputs import cached_teacher_outputs
+from distill.arch import BertArch
+from distill.files import cache_root, check_output_path, enable_compilation_cache, export_path, to_jsonable, write_json
+from distill.model.crf import check_crf
+from distill.model.store import arch_from_config, read_config, resolve_model_dir
+from distill.run import (
+    AugmentConfig, DistillConfig, LoopConfig, LossConfig, OptimizerConfig, Stage, evaluate_dir, evaluate_model,
+    fine_tuned_teacher, read_data, teacher_importance, teacher_labels, training_features,
+)
 from nas import report
 from nas.config import SearchConfig
-from nas.cost import Constraints, CostModel, typical_length
+from nas.cost import Constraints, Cost, CostModel, typical_length
 from nas.final import quantized_rows, train_final
 from nas.space import SearchSpace, SpaceError, get_space
 from nas.trial import OBJECTIVE_LATENCY, REJECTED, TrialSetup, run_trial
@@ -121,8 +117,68 @@ def search(cfg: SearchConfig, output_dir: str | Path, *, resume: bool = False) -
         raise
 
 
+@dataclasses.dataclass(frozen=True)
+class TrialHandle:
+    """What a trial leaves besides its row, for the stages after the trials: the sampled candidate (the
+    final run trains it again) and its best checkpoint (a Tune Checkpoint, file system included, or None;
+    the front's export copies it). Rows hold only plain values; handles are looked up by trial id."""
+
+    config: dict
+    checkpoint: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Prepared:
+    """What the preparation (stages 1-3) leaves to the trials and the report."""
+
+    task: Any
+    data_dir: Path
+    base: DistillConfig  # what every trial shares, the fine-tuned teacher's absolute path included
+    teacher: Any  # the fine-tuned teacher (`fine_tuned_teacher`)
+    seq_len: int  # the task's typical length, at which latencies are measured
+    teacher_cost: Cost
+    teacher_eval: dict  # the teacher's scores on the validation slice
+    teacher_row: dict  # the teacher's line in results.json and the leaderboard
+    val_features: Any  # the validation slice, encoded
+    val_examples: list
+    forwards: dict  # teacher forwards spent labelling for the trials, and the training features
+    seconds: dict  # teacher, labelling, data_and_importance, teacher_cost_and_eval
+
+
 def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
+    """The stages of the module docstring, in order, each timed into the summary's `seconds`."""
     start = time.time()
+    cfg, space, task, data_dir = _settle(cfg, out, resume=resume)
+    init_ray(cfg)
+    enable_compilation_cache()
+    prep = _prepare(cfg, task, data_dir, out, resume=resume)
+    seconds = dict(prep.seconds)
+    setup = _trial_setup(cfg, prep, space)
+    deadline = start + cfg.budget_minutes * 60 - 60  # a minute for the front's export
+    budget = _trial_budget(cfg, deadline)
+    t0 = time.perf_counter()
+    grid = _run_tune(cfg, setup, out, resume=resume, time_budget_s=budget)
+    seconds["trials"] = time.perf_counter() - t0
+    rows, handles = _rows(grid, setup)
+    final = None
+    if cfg.final_steps:
+        t0 = time.perf_counter()
+        final = _final(cfg, setup, rows, handles, out, deadline=deadline, resume=resume)
+        seconds["final"] = time.perf_counter() - t0
+        rows += [final] if final is not None else []
+    t0 = time.perf_counter()
+    rows, front = _front_and_exports(cfg, setup, prep, rows, handles, out)
+    seconds["export"] = time.perf_counter() - t0
+    seconds["total"] = time.time() - start
+    summary = _summary(prep, space, rows, front, final, seconds)
+    _write_reports(out, prep, rows, front, summary)
+    return summary
+
+
+def _settle(cfg: SearchConfig, out: Path, *, resume: bool) -> tuple[SearchConfig, SearchSpace, Any, Path]:
+    """The config the search runs with (on resume, the saved one), its space, task and data directory. Bad
+    input (an earlier search in `out`, an invalid space or teacher directory) fails here, before any
+    fine-tuning or trial; a new search saves its config."""
     if resume:
         cfg = load_config(out)
     elif (out / CONFIG_FILE).exists():
@@ -131,7 +187,6 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
     check_crf(task, bool(cfg.crf))
     space = get_space(cfg.space)
     data_dir = Path(resolve_data_dir(task, cfg.data_dir)).resolve()
-    # An invalid space (or teacher directory) fails here, before any fine-tuning or trial.
     try:
         space.validate(_teacher_arch(cfg.teacher))
     except SpaceError as e:
@@ -144,103 +199,120 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
         cfg = dataclasses.replace(cfg, validation=max(1, min(cfg.validation, n_train // 10)))
         out.mkdir(parents=True, exist_ok=True)
         save_config(out, cfg)
-    init_ray(cfg)
-    enable_compilation_cache()
-    seconds: dict[str, float] = {}
+    return cfg, space, task, data_dir
 
-    # 1. teacher, 2. validation slice and labelling, 3. teacher cost
+
+def _prepare(cfg: SearchConfig, task, data_dir: Path, out: Path, *, resume: bool) -> Prepared:
+    """Stages 1-3: the teacher fine-tuned (or taken from the cache); the validation slice carved and the
+    rest labelled once by the teacher into the cache every trial reads, with the importance scores every
+    trial initialises from; the teacher's cost at the typical length and its validation and dev scores."""
+    seconds: dict[str, float] = {}
     base = base_distill_config(cfg, data_dir)
     teacher, seconds["teacher"] = fine_tuned_teacher(base, task, out, resume=resume)
     base = dataclasses.replace(base, teacher=str(Path(teacher.path).resolve()))  # trials run in other dirs
     t0 = time.perf_counter()
     train_ex, val_ex, _ = read_data(base, task, data_dir)
     train, _, _ = training_features(base, task, teacher, train_ex, Stage())
-    cache = cached_teacher_outputs(
-        teacher.model, teacher.params, train, teacher_key=weights_fingerprint(teacher.path), task=task.name,
-        hidden_layers=(), batch_size=base.eval_batch_size,
-    )
+    cache = teacher_labels(base, task, teacher, train)
     seconds["labelling"] = cache.seconds
-    forwards = {"trials": cache.labelled, "train_features": len(train)}
-    cached_importance(base, task, teacher, train)  # every trial initialises from these scores
+    teacher_importance(base, task, teacher, train)  # every trial initialises from these scores
     seconds["data_and_importance"] = time.perf_counter() - t0 - cache.seconds
     seq_len = typical_length(train.lengths)
     t0 = time.perf_counter()
-    teacher_cost = CostModel(task.kind, task.num_labels, seq_len, threads=cfg.latency_threads).cost(teacher.arch)
-    dev_result = evaluate_dir(teacher.path, task.name, data_dir=str(data_dir), limit=cfg.dev_limit)
+    cost = CostModel(task.kind, task.num_labels, seq_len, threads=cfg.latency_threads).cost(teacher.arch)
+    dev = evaluate_dir(teacher.path, task.name, data_dir=str(data_dir), limit=cfg.dev_limit)
     val_features = encode(task, val_ex, teacher.tokenizer)
-    val_result = evaluate_model(teacher.model, teacher.params, task, val_features, val_ex, base.eval_batch_size)
+    val = evaluate_model(teacher.model, teacher.params, task, val_features, val_ex, base.eval_batch_size)
     seconds["teacher_cost_and_eval"] = time.perf_counter() - t0
-    teacher_row = {
-        "arch": teacher.arch.name, "params": teacher_cost.params, "flops": teacher_cost.flops,
-        "latency_ms": teacher_cost.latency_ms, "batch_latency_ms": teacher_cost.batch_latency_ms,
-        "val_metric": val_result[task.metric], "dev_metric": dev_result[task.metric], "path": str(teacher.path),
-    }
+    row = _teacher_row(teacher, cost, val[task.metric], dev[task.metric])
     log.info("teacher %s: dev %s %.4f, %.2f ms at batch 1, length %d", teacher.arch.name, task.metric,
-             teacher_row["dev_metric"], teacher_cost.latency_ms, seq_len)
-
-    # 4. the trials
-    metric = f"val_{task.metric}"
-    setup = TrialSetup(
-        base=base, space=space, teacher_arch=teacher.arch, head=task.kind, num_labels=task.num_labels,
-        seq_len=seq_len, constraints=cfg.constraints, metric=metric, task_metric=task.metric,
-        cache_root=str(cache_root().resolve()), teacher_eval=val_result, latency_threads=cfg.latency_threads,
+             row["dev_metric"], cost.latency_ms, seq_len)
+    return Prepared(
+        task=task, data_dir=data_dir, base=base, teacher=teacher, seq_len=seq_len, teacher_cost=cost,
+        teacher_eval=val, teacher_row=row, val_features=val_features, val_examples=val_ex,
+        forwards={"trials": cache.labelled, "train_features": len(train)}, seconds=seconds,
     )
-    deadline = start + cfg.budget_minutes * 60 - 60  # a minute for the front's export
+
+
+def _teacher_row(teacher, cost: Cost, val_metric: float, dev_metric: float) -> dict:
+    return {
+        "arch": teacher.arch.name, "params": cost.params, "flops": cost.flops,
+        "latency_ms": cost.latency_ms, "batch_latency_ms": cost.batch_latency_ms,
+        "val_metric": val_metric, "dev_metric": dev_metric, "path": str(teacher.path),
+    }
+
+
+def _trial_setup(cfg: SearchConfig, prep: Prepared, space: SearchSpace) -> TrialSetup:
+    task = prep.task
+    return TrialSetup(
+        base=prep.base, space=space, teacher_arch=prep.teacher.arch, head=task.kind, num_labels=task.num_labels,
+        seq_len=prep.seq_len, constraints=cfg.constraints, metric=f"val_{task.metric}", task_metric=task.metric,
+        cache_root=str(cache_root().resolve()), teacher_eval=prep.teacher_eval, latency_threads=cfg.latency_threads,
+    )
+
+
+def _trial_budget(cfg: SearchConfig, deadline: float) -> float:
+    """Stage 4's seconds: what is left until the deadline, less the final run's share (at least 30 s)."""
     remaining = deadline - time.time()
     if cfg.final_steps:
-        remaining *= 1 - cfg.final_share  # the rest trains the chosen candidate (step 5)
-    t0 = time.perf_counter()
-    grid = _run_tune(cfg, setup, out, resume=resume, time_budget_s=max(remaining, 30.0))
-    seconds["trials"] = time.perf_counter() - t0
-    rows = [_row(r, setup) for r in grid]
+        remaining *= 1 - cfg.final_share  # the rest trains the chosen candidate (stage 5)
+    return max(remaining, 30.0)
 
-    # 5. the chosen candidate, trained longer on augmented data
-    final = None
-    if cfg.final_steps:
-        t0 = time.perf_counter()
-        final = train_final(cfg, setup, rows, out, deadline=deadline, resume=resume)
-        seconds["final"] = time.perf_counter() - t0
-        if final is not None:
-            source = next(r for r in rows if r["trial_id"] == final["from_trial"])
-            final = {**{k: source[k] for k in _INHERITED}, **final}
-            rows.append(final)
 
-    # 6. results, front, exports
-    t0 = time.perf_counter()
+def _final(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], handles: dict[str, TrialHandle], out: Path, *,
+           deadline: float, resume: bool) -> dict | None:
+    """Stage 5: the chosen candidate trained longer on augmented data (`nas.final`); its row, with what it
+    shares with its trial's, or None."""
+    configs = {trial_id: h.config for trial_id, h in handles.items()}
+    final = train_final(cfg, setup, rows, configs, out, deadline=deadline, resume=resume)
+    if final is None:
+        return None
+    source = next(r for r in rows if r["trial_id"] == final["from_trial"])
+    return {**{k: source[k] for k in _INHERITED}, **final}
+
+
+def _front_and_exports(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, rows: list[dict],
+                       handles: dict[str, TrialHandle], out: Path) -> tuple[list[dict], list[dict]]:
+    """Stage 6: the Pareto front exported and scored on dev. With `--quantize`, int8 copies of its students
+    join the rows and the front is taken again over all. Returns all the rows and the front, marked."""
     front = report.pareto_front(rows)
-    _export_front(out, front, task.name, data_dir, cfg.dev_limit)
-    if cfg.quantize:  # int8 copies of the front's students join the rows; the front is taken again over all
-        rows += quantized_rows(cfg.quantize, setup, front, teacher_cost.latency_ms, val_features, val_ex,
-                               dev_limit=cfg.dev_limit)
+    _export_front(out, front, handles, prep.task.name, prep.data_dir, cfg.dev_limit)
+    if cfg.quantize:
+        rows = rows + quantized_rows(cfg.quantize, setup, front, prep.teacher_cost.latency_ms, prep.val_features,
+                                     prep.val_examples, dev_limit=cfg.dev_limit)
         front = report.pareto_front(rows)
     for r in front:
         r["pareto"] = True
-    seconds["export"] = time.perf_counter() - t0
-    for r in rows:
-        r.pop("_checkpoint", None)
-        r.pop("_config", None)
-    seconds["total"] = time.time() - start
-    summary = {
-        "task": task.name,
-        "metric": task.metric,
+    return rows, front
+
+
+def _summary(prep: Prepared, space: SearchSpace, rows: list[dict], front: list[dict], final: dict | None,
+             seconds: dict[str, float]) -> dict[str, Any]:
+    """What results.json holds besides the rows (and what `search` returns)."""
+    statuses = ("completed", "stopped", "rejected", "failed", "not_started")
+    return {
+        "task": prep.task.name,
+        "metric": prep.task.metric,
         "space": space.to_dict(),
-        "seq_len": seq_len,
-        "teacher": teacher_row,
+        "seq_len": prep.seq_len,
+        "teacher": prep.teacher_row,
         "pareto": [r["trial_id"] for r in front],
         "final": final,
         "candidates": sum(r["status"] in ("completed", "stopped") for r in rows),
-        "counts": {
-            s: sum(r["status"] == s for r in rows) for s in ("completed", "stopped", "rejected", "failed", "not_started")
-        },
+        "counts": {s: sum(r["status"] == s for r in rows) for s in statuses},
         "seconds": seconds,
-        "teacher_forwards": _forwards(forwards, final),
+        "teacher_forwards": _forwards(prep.forwards, final),
     }
+
+
+def _write_reports(out: Path, prep: Prepared, rows: list[dict], front: list[dict], summary: dict) -> None:
+    """results.csv, results.json, pareto.png and leaderboard.txt (also printed)."""
+    metric = prep.task.metric
     report.write_table(out, rows, summary)
-    report.plot(out / "pareto.png", rows, front, teacher_row, task.metric)
-    board = report.leaderboard(front, teacher_row, task.metric)
+    report.plot(out / "pareto.png", rows, front, prep.teacher_row, metric)
+    board = report.leaderboard(front, prep.teacher_row, metric)
     (out / "leaderboard.txt").write_text(board + "\n")
     print(board, flush=True)
-    return summary
 
 
 def _teacher_arch(spec: str) -> BertArch:
@@ -374,8 +446,18 @@ def make_sampler(cfg: SearchConfig):
     return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=min(8, max(2, cfg.num_samples // 3)))
 
 
-def _row(result, setup: TrialSetup) -> dict:
-    """One trial's line of results.csv, from its Tune result.
+def _rows(results, setup: TrialSetup) -> tuple[list[dict], dict[str, TrialHandle]]:
+    """The trials' rows, in Tune's order, and their handles by trial id."""
+    rows, handles = [], {}
+    for result in results:
+        row, handle = _row(result, setup)
+        rows.append(row)
+        handles[row["trial_id"]] = handle
+    return rows, handles
+
+
+def _row(result, setup: TrialSetup) -> tuple[dict, TrialHandle]:
+    """One trial's line of results.csv, from its Tune result, and its handle (sampled config, best checkpoint).
 
     A trial the time budget stopped before its first report may come back with no config and no
     metrics (Tune had written neither): it is listed as not started, never a crash of the search.
@@ -416,9 +498,7 @@ def _row(result, setup: TrialSetup) -> dict:
     row["val_metric"] = score if row["status"] in ("completed", "stopped") else None
     best = result.get_best_checkpoint(setup.metric, "max") if result.best_checkpoints else result.checkpoint
     row["checkpoint"] = best.path if best is not None else None
-    row["_checkpoint"] = best  # the Checkpoint (with its file system); dropped before writing
-    row["_config"] = config  # the sampled candidate, for the final training; dropped before writing
-    return row
+    return row, TrialHandle(config=config, checkpoint=best)
 
 
 def _error_line(error: BaseException) -> str:
@@ -427,8 +507,10 @@ def _error_line(error: BaseException) -> str:
     return (cause[-1] if cause else (text[-1] if text else type(error).__name__))[:300]
 
 
-def _export_front(out: Path, front: list[dict], task: str, data_dir: Path, dev_limit: int | None) -> None:
-    """Copy each front member's best export to OUTPUT/export/<rank>-<arch> and score it on dev."""
+def _export_front(out: Path, front: list[dict], handles: dict[str, TrialHandle], task: str, data_dir: Path,
+                  dev_limit: int | None) -> None:
+    """Copy each front member's best export (the final run's, else its trial's best checkpoint, found in
+    `handles`) to OUTPUT/export/<rank>-<arch> and score it on dev."""
     root = out / "export"
     if root.exists():
         shutil.rmtree(root)
@@ -436,9 +518,14 @@ def _export_front(out: Path, front: list[dict], task: str, data_dir: Path, dev_l
         dest = export_path(root, f"{i + 1:02d}-{r['arch']}")
         if r.get("export_dir"):  # the final run's export
             shutil.copytree(r["export_dir"], dest)
-        elif r.get("_checkpoint") is not None:
-            r["_checkpoint"].to_directory(str(dest))
+        elif (checkpoint := _checkpoint(handles, r["trial_id"])) is not None:
+            checkpoint.to_directory(str(dest))
         else:
             continue
         r["export"] = str(dest)
         r["dev_metric"] = evaluate_dir(dest, task, data_dir=str(data_dir), limit=dev_limit)[get_task(task).metric]
+
+
+def _checkpoint(handles: dict[str, TrialHandle], trial_id: str):
+    handle = handles.get(trial_id)
+    return handle.checkpoint if handle is not None else None

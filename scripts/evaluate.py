@@ -1,44 +1,8 @@
-"""Evaluate a saved model (fine-tuned teacher, exported student or its int8 copy) on a task split.
+"""Evaluate a saved model on a task split: `bertnas evaluate`, as a script (same flags; `python scripts/evaluate.py --help`)."""
 
-  python scripts/evaluate.py --model runs/teacher-sst2/teacher --task sst2 --split dev --json
+import sys
 
-With --json the last line of stdout is one JSON object with the task's
-metrics by name plus `examples` and `examples_per_second`.
-"""
-
-from __future__ import annotations
-
-import argparse
-import json
-
-import _paths  # noqa: F401  (before any package import)
-from distill import cli
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="model directory (Hugging Face layout, or an int8 export)")
-    p.add_argument("--task", default=None, help="task name (default: the one recorded in the model)")
-    p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
-    p.add_argument("--split", default="dev", help="dev, test, train, ...")
-    p.add_argument("--limit", type=cli.at_least(0), default=None, help="first N examples only")
-    p.add_argument("--batch-size", type=cli.at_least(1), default=128)
-    p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
-    p.add_argument("-v", "--verbose", action="store_true")
-    args = p.parse_args(argv)
-    cli.setup_logging(args.verbose)
-    from distill.evaluate import evaluate_dir
-
-    result = evaluate_dir(
-        args.model, args.task, data_dir=args.data_dir, split=args.split, limit=args.limit, batch_size=args.batch_size
-    )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for k, v in result.items():
-            print(f"{k:>22}: {v:.4f}" if isinstance(v, float) else f"{k:>22}: {v}")
-    return 0
-
+from nas.cli import main
 
 if __name__ == "__main__":
-    cli.run(main)
+    main(["evaluate", *sys.argv[1:]])

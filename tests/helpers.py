@@ -59,7 +59,7 @@ def bert_init_params(arch, seed: int = 0) -> dict:
     import jax
     import numpy as np
 
-    from distill.modeling import abstract_params, build_model
+    from distill.model.bert import abstract_params, build_model
 
     rng = np.random.default_rng(seed)
 
@@ -81,8 +81,8 @@ def write_tiny_teacher(directory: Path, *, max_position_embeddings: int = 384, s
     are BERT's init (N(0, 0.02) matrices, zero biases, unit LayerNorm scales)
     drawn with numpy over `abstract_params`, which saves compiling an init.
     """
-    from distill.config import BertArch
-    from distill.teacher import save_bert
+    from distill.arch import BertArch
+    from distill.model.store import save_bert
 
     directory = Path(directory)
     tok = make_tokenizer(directory.parent / f".{directory.name}-vocab")
@@ -238,9 +238,9 @@ def write_task_teacher(directory: Path, task_name: str, *, seed: int = 0) -> Pat
     """A random tiny teacher saved as if fine-tuned on `task_name` (its head and labels, `task` in config)."""
     import jax
 
-    from distill.config import BertArch
-    from distill.modeling import build_model, init_params
-    from distill.teacher import save_bert
+    from distill.arch import BertArch
+    from distill.model.bert import build_model, init_params
+    from distill.model.store import save_bert
     from tasks.registry import get_task
 
     directory = Path(directory)
@@ -298,8 +298,8 @@ def write_chinese_hf_teacher(directory: Path, seed: int = 0) -> Path:
     `BertConfig` config.json (no `bertnas` block), model.safetensors with `bert.` names, vocab.txt only."""
     from safetensors.numpy import save_file
 
-    from distill.config import BertArch
-    from distill.hf import to_hf
+    from distill.arch import BertArch
+    from distill.model.hf import to_hf
 
     directory = Path(directory)
     write_vocab(directory, CJK_VOCAB)

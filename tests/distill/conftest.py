@@ -6,8 +6,8 @@ import jax
 import numpy as np
 import pytest
 
-from distill.config import BertArch
-from distill.modeling import abstract_params, build_model
+from distill.arch import BertArch
+from distill.model.bert import abstract_params, build_model
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + (
     "the a an is was of to and in it good bad movie film great awful plot ##s ##ing ##ed , . !".split()

@@ -65,10 +65,6 @@ def test_sampler_choice():
 
 def test_crf_passes_through_to_every_trial(tmp_path):
     """`--crf/--no-crf` reach the trials' distillation settings and survive --resume; unset, trials follow the teacher."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from nas.tune import base_distill_config, load_config, save_config
 
     for crf in (True, False, None):
@@ -77,15 +73,8 @@ def test_crf_passes_through_to_every_trial(tmp_path):
         (tmp_path / str(crf)).mkdir()
         save_config(tmp_path / str(crf), cfg)
         assert load_config(tmp_path / str(crf)).crf is crf
-    scripts = Path(__file__).resolve().parents[2] / "scripts"
-    saved = list(sys.path)
-    sys.path.insert(0, str(scripts))  # for `import _paths`
-    try:
-        spec = importlib.util.spec_from_file_location("search_script", scripts / "search.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path[:] = saved
-    assert module.parse_args(["--crf"]).crf is True
-    assert module.parse_args(["--no-crf"]).crf is False
-    assert module.parse_args([]).crf is None
+    from nas.cli import parse
+
+    assert parse(["search", "--crf"]).crf is True
+    assert parse(["search", "--no-crf"]).crf is False
+    assert parse(["search"]).crf is None

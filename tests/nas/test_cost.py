@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import nas.cost
-from distill.config import BertArch
-from distill.modeling import build_model, init_params
-from distill.runlog import cache_root
+from distill.arch import BertArch
+from distill.model.bert import build_model, init_params
+from distill.files import cache_root
 from nas.cost import Constraints, Cost, CostModel, device_name, measure_latency, typical_length
 from tasks.errors import UserError
 from tasks.features import Features
@@ -192,7 +192,7 @@ def test_latency_threads_validated():
 
 
 def test_quantized_latency_is_its_own_measurement(tmp_path):
-    """quantize='int8': the int8 model (distill.quantize) timed in the pinned child, cached under its own keys."""
+    """quantize='int8': the int8 model (distill.export.int8) timed in the pinned child, cached under its own keys."""
     path = tmp_path / "lat.json"
     model = CostModel("classification", 2, 7, batch_size=3, cache_path=path, repeats=3, min_seconds=0.01, threads=1,
                       quantize="int8")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from pathlib import Path
 
 import pytest
@@ -69,13 +70,14 @@ def test_quantized_copies_of_the_front_are_measured_rows(tmp_path, monkeypatch):
     import numpy as np
     from helpers import make_tokenizer, write_sst2
 
-    from distill.config import parse_arch_name
-    from distill.distill import DistillConfig
-    from distill.evaluate import evaluate_dir
-    from distill.export import export_model, load_export
-    from distill.modeling import abstract_params, build_model
+    from distill.arch import parse_arch_name
+    from distill.run.config import DistillConfig
+    from distill.run.evaluation import evaluate_dir
+    from distill.export.hf import export_model
+    from distill.export.load import load_export
+    from distill.model.bert import abstract_params, build_model
     import nas.cost
-    from distill.quantize import QuantizedBert
+    from distill.export.int8 import QuantizedBert
     from nas.cost import Constraints
     from nas.final import quantized_rows
     from nas.report import leaderboard, pareto_front, write_table
@@ -123,3 +125,46 @@ def test_quantized_copies_of_the_front_are_measured_rows(tmp_path, monkeypatch):
     assert "(int8)" in leaderboard([fast], {"params": 2000, "latency_ms": 10.0, "val_metric": 0.6}, "accuracy")
     write_table(tmp_path, [row, fast], {})
     assert "quantized,weight_ratio" in (tmp_path / "results.csv").read_text().splitlines()[0]
+
+
+def test_the_final_run_takes_its_candidate_from_the_configs_beside_the_rows(tmp_path, monkeypatch):
+    """Rows hold plain values: the chosen trial's sampled config comes from `configs` (by trial id), goes into
+    plan.json, and a resumed search trains it from the plan alone. Labelling and training are stubbed."""
+    import json
+
+    import nas.final
+    from distill.arch import BertArch
+    from distill.run.config import DistillConfig
+    from nas.config import SearchConfig
+    from nas.cost import Constraints
+    from nas.final import train_final
+    from nas.space import get_space
+    from nas.trial import TrialSetup
+
+    teacher = BertArch.uniform(6, 384, 12, 1536)
+    setup = TrialSetup(
+        base=DistillConfig(), space=get_space("default"), teacher_arch=teacher, head="classification",
+        num_labels=2, seq_len=40, constraints=Constraints(), metric="val_accuracy", task_metric="accuracy",
+        cache_root=str(tmp_path), teacher_eval={},
+    )
+    sample = {"layers": 2, "hidden": 256, "heads": [4, 4], "ffn": [512, 512], "learning_rate": 3e-4,
+              "temperature": 2.0, "hard_weight": 0.5, "hidden_weight": 0.0, "init_layers": "uniform"}
+    rows = [_row("a", val=0.9, speedup=6.0, arch="2L-256", steps_per_second=10.0),
+            _row("b", val=0.8, speedup=7.0, arch="1L-128", steps_per_second=10.0)]
+    configs = {"a": sample, "b": {**sample, "layers": 1}}
+    trained = []
+    monkeypatch.setattr(nas.final, "_label", lambda dcfg, root: (1.5, 7))
+    monkeypatch.setattr(nas.final, "distill", lambda dcfg, run, **kw: trained.append(dcfg) or {
+        "best": {"accuracy": 0.91}, "student": "2L-256", "steps": dcfg.loop.max_steps,
+        "train_examples_per_second": 100.0, "augmented_examples": 0, "train_features": 30,
+    })
+    cfg = SearchConfig(final_steps=200)
+    final = train_final(cfg, setup, rows, configs, tmp_path, deadline=time.time() + 3600, resume=False)
+    plan = json.loads((tmp_path / "final" / "plan.json").read_text())
+    assert (plan["trial_id"], plan["config"], plan["steps"], plan["labelled_features"]) == ("a", sample, 200, 7)
+    assert (final["from_trial"], final["config"], final["val_metric"]) == ("a", sample, 0.91)
+    assert trained[0].optimizer.learning_rate == 3e-4 and trained[0].loop.max_steps == 200
+    assert json.loads((tmp_path / "final" / "student.json").read_text())["num_layers"] == 2
+
+    again = train_final(cfg, setup, rows, {}, tmp_path, deadline=time.time() + 3600, resume=True)  # from the plan
+    assert again["config"] == sample and trained[1] == trained[0]

@@ -72,7 +72,7 @@ def _rows(out: Path, final: bool = False) -> list[dict]:
 
 
 def test_search_writes_every_output(searched, env):
-    from distill.config import BertArch
+    from distill.arch import BertArch
     from nas.space import get_space
 
     out, summary = searched
@@ -98,8 +98,8 @@ def test_search_writes_every_output(searched, env):
 
 
 def test_pareto_front_is_exported_and_scores_on_dev(searched, env):
-    from distill.evaluate import evaluate_dir
-    from distill.export import load_export
+    from distill.run.evaluation import evaluate_dir
+    from distill.export.load import load_export
     from nas.report import pareto_front
 
     out, summary = searched
@@ -122,7 +122,7 @@ def test_pareto_front_is_exported_and_scores_on_dev(searched, env):
 
 
 def test_chosen_candidate_is_trained_again_on_augmented_data(searched, env):
-    from distill.export import load_export
+    from distill.export.load import load_export
 
     out, summary = searched
     final = summary["final"]

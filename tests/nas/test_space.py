@@ -10,7 +10,7 @@ import optuna
 import pytest
 import yaml
 
-from distill.config import BertArch
+from distill.arch import BertArch
 from nas.space import PRESETS, SearchSpace, SpaceError, get_space, share_groups
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -182,11 +182,16 @@ def test_presets():
     assert len({PRESETS["default"], PRESETS["uniform"], PRESETS["default"]}) == 2  # hashable
 
 
-def test_layer_maps_match_distill_init():
-    from distill.init import LAYER_MAPS
-    from nas.space import LAYER_MAPS as SPACE_MAPS
+def test_every_named_layer_map_of_the_space_is_one_the_initialisation_takes():
+    from distill.arch import LAYER_MAPS
+    from distill.kd.layers import teacher_layers
 
-    assert SPACE_MAPS == LAYER_MAPS
+    space = dataclasses.replace(PRESETS["default"], init_layers=LAYER_MAPS)
+    for name in space.init_layers:
+        mapping = teacher_layers(name, 6, 4)
+        assert len(mapping) == 4 and all(0 <= i < 6 for i in mapping)
+    with pytest.raises(SpaceError, match="init_layers"):
+        dataclasses.replace(PRESETS["default"], init_layers=("middle",))
 
 
 @pytest.mark.parametrize("suffix", [".json", ".yaml", ".yml"])

@@ -68,7 +68,7 @@ def ft_output_climbs_out(tmp, env):
     return "finetune_teacher.py", args, [f"--output {out}: '..' is not allowed"], tmp / "elsewhere"
 
 
-# --- distill.py ---------------------------------------------------------------
+# --- distill_student.py ---------------------------------------------------------------
 
 
 def _distill(tmp, env, *extra):
@@ -76,22 +76,22 @@ def _distill(tmp, env, *extra):
 
 
 def student_name_unparsable(tmp, env):
-    return "distill.py", _distill(tmp, env, "--student", "4L-abc"), ["architecture name '4L-abc'"], tmp / "out"
+    return "distill_student.py", _distill(tmp, env, "--student", "4L-abc"), ["architecture name '4L-abc'"], tmp / "out"
 
 
 def student_file_not_json(tmp, env):
     student = tmp / "student.json"
     student.write_text('{"num_layers": 2,')
-    return "distill.py", _distill(tmp, env, "--student", str(student)), [f"{student}: not valid JSON"], tmp / "out"
+    return "distill_student.py", _distill(tmp, env, "--student", str(student)), [f"{student}: not valid JSON"], tmp / "out"
 
 
 def student_wider_than_teacher(tmp, env):
     args = _distill(tmp, env, "--student", "2L-48")
-    return "distill.py", args, ["hidden_size", "student's 48 exceeds the teacher's 36"], tmp / "out"
+    return "distill_student.py", args, ["hidden_size", "student's 48 exceeds the teacher's 36"], tmp / "out"
 
 
 def layers_flag_not_a_layer_list(tmp, env):
-    return "distill.py", _distill(tmp, env, "--layers", "0,x"), ["--layers", "'0,x'"], tmp / "out"
+    return "distill_student.py", _distill(tmp, env, "--layers", "0,x"), ["--layers", "'0,x'"], tmp / "out"
 
 
 def teacher_config_with_a_bad_value(tmp, env):
@@ -100,13 +100,13 @@ def teacher_config_with_a_bad_value(tmp, env):
     cfg["bertnas"]["arch"]["num_heads"] = ["x", "y"]
     (bad / "config.json").write_text(json.dumps(cfg))
     args = ["--data-dir", str(env["data"]), "--teacher", str(bad), "--output", str(tmp / "out")]
-    return "distill.py", args, [f"{bad / 'config.json'}: not a BERT config"], tmp / "out"
+    return "distill_student.py", args, [f"{bad / 'config.json'}: not a BERT config"], tmp / "out"
 
 
 def distill_output_climbs_out(tmp, env):
     out = f"{tmp}/runs/../elsewhere"
     args = ["--data-dir", str(env["data"]), "--teacher", str(env["model"]), "--output", out]
-    return "distill.py", args, [f"--output {out}: '..' is not allowed"], tmp / "elsewhere"
+    return "distill_student.py", args, [f"--output {out}: '..' is not allowed"], tmp / "elsewhere"
 
 
 # --- search.py ----------------------------------------------------------------
@@ -275,5 +275,5 @@ def test_bad_input_gives_one_error_line_and_exit_2(case, results):
 
 def test_the_catalogue_spans_every_tool(results):
     assert {script for script, *_ in results.values()} == {
-        "finetune_teacher.py", "distill.py", "search.py", "evaluate.py", "predict.py", "quantize.py"
+        "finetune_teacher.py", "distill_student.py", "search.py", "evaluate.py", "predict.py", "quantize.py"
     }

@@ -1,4 +1,4 @@
-"""scripts/predict.py and distill.predict on saved models of every task kind."""
+"""scripts/predict.py and distill.run.predict_lines on saved models of every task kind."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import jax
 import pytest
 from helpers import make_tokenizer
 
-from distill.config import BertArch
-from distill.modeling import build_model, init_params
-from distill.predict import predict_lines
-from distill.teacher import save_bert
+from distill.arch import BertArch
+from distill.model.bert import build_model, init_params
+from distill.run.prediction import predict_lines
+from distill.model.store import save_bert
 from tasks.errors import UserError
 from tasks.registry import get_task
 

@@ -1,0 +1,120 @@
+"""Distil a BERT teacher into a compact student for one task.
+
+  bertnas distill --task sst2 --teacher minilm --student 4L-312 --output runs/sst2-4L-312
+
+--teacher is a directory fine-tuned on the task, or a pre-trained model
+(`minilm`, a directory, a Hub name) that is fine-tuned first (cached).
+--student is a name (4L-312, 6L-384-H6-F1536, 3L-384-H4,6,8-D32) or a JSON
+file. The best student (by dev metric) is exported to OUTPUT/export: a
+Hugging Face BERT directory our Flax API and transformers both load.
+--quantize int8 also writes OUTPUT/export-int8 (`distill.export.int8`) and
+reports both models' scores and sizes (results.json `quantized`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from distill import cli
+from distill.arch import LAYER_MAPS
+from tasks.errors import UserError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    cli.add_run_args(p, lr=2e-4, epochs=3)
+    p.add_argument("--teacher", default="minilm", help="fine-tuned teacher directory, or a pre-trained one")
+    p.add_argument("--teacher-epochs", type=int, default=2, help="epochs when the teacher must be fine-tuned first")
+    p.add_argument("--student", default="4L-312", help="architecture name (4L-312, 3L-384-H4,6,8-D32, "
+                   "4L-384-G0,0,1,1 for shared layers) or JSON file")
+    p.add_argument(
+        "--crf", action=argparse.BooleanOptionalAction, default=None,
+        help="tagging: a linear-chain CRF on the student (default: when the teacher has one; "
+        "--crf also gives a teacher fine-tuned here one)",
+    )
+    p.add_argument(
+        "--validation", type=int, default=0,
+        help="hold out N training examples and select on them instead of dev (dev stays unseen)",
+    )
+    cli.add_quantize_arg(p)
+    _init_arguments(p.add_argument_group("initialisation"))
+    _loss_arguments(p.add_argument_group("losses"))
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--augment", type=int, default=0, help="augmented copies per training example")
+    g.add_argument("--augment-prob", type=float, default=0.4, help="probability of replacing each word")
+    g.add_argument("--augment-neighbours", type=int, default=15)
+
+
+def _init_arguments(g) -> None:
+    g.add_argument("--init", default="teacher", choices=["teacher", "random"])
+    g.add_argument("--layers", default="uniform", help="teacher layers for the student: uniform, first, last or 0,2,3,5")
+    g.add_argument("--heads", default="importance", choices=["importance", "norm", "first"])
+    g.add_argument("--ffn", default="importance", choices=["importance", "norm", "first"])
+    g.add_argument("--hidden", default="slice", choices=["slice", "project"], help="how to reduce the hidden size")
+
+
+def _loss_arguments(g) -> None:
+    g.add_argument("--logit-loss", default="ce", choices=["ce", "kl", "mse"])
+    g.add_argument("--logit-weight", type=float, default=1.0)
+    g.add_argument("--temperature", type=float, default=1.0)
+    g.add_argument("--hard-weight", type=float, default=0.0, help="task loss on gold labels")
+    g.add_argument("--hidden-weight", type=float, default=0.0)
+    g.add_argument("--attention-weight", type=float, default=0.0, help="> 0 runs the teacher online")
+    g.add_argument("--embedding-weight", type=float, default=0.0)
+    g.add_argument(
+        "--layer-map", default=None, help="teacher layer matched by each student layer (default: those of --layers)"
+    )
+    g.add_argument("--two-stage", action="store_true", help="TinyBERT: intermediate losses first, then prediction")
+    g.add_argument("--intermediate-ratio", type=float, default=0.5)
+
+
+def _layers(value: str | None):
+    if value is None or value in LAYER_MAPS:
+        return value
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise UserError(f"--layers/--layer-map: expected uniform, first, last or e.g. 0,2,3,5; got {value!r}") from None
+
+
+def config(args: argparse.Namespace):
+    """The run's `DistillConfig`, from the flags (the only place they are mapped)."""
+    from distill.run import AugmentConfig, DistillConfig, InitConfig, LossConfig
+
+    return DistillConfig(
+        task=args.task,
+        teacher=args.teacher,
+        student=args.student,
+        data_dir=args.data_dir,
+        init=InitConfig(
+            method=args.init, layers=_layers(args.layers), heads=args.heads, ffn=args.ffn, hidden=args.hidden
+        ),
+        loss=LossConfig(
+            logits=args.logit_loss, logit_weight=args.logit_weight, temperature=args.temperature,
+            hard_weight=args.hard_weight, hidden_weight=args.hidden_weight, attention_weight=args.attention_weight,
+            embedding_weight=args.embedding_weight, layer_map=_layers(args.layer_map), two_stage=args.two_stage,
+            intermediate_ratio=args.intermediate_ratio,
+        ),
+        augment=AugmentConfig(
+            copies=args.augment, replace_prob=args.augment_prob, neighbours=args.augment_neighbours, seed=args.seed
+        ),
+        optimizer=cli.optimizer_from_args(args),
+        loop=cli.loop_from_args(args),
+        train_limit=args.train_limit,
+        dev_limit=args.dev_limit,
+        validation=args.validation,
+        teacher_epochs=args.teacher_epochs,
+        crf=args.crf,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    from distill.run import distill, quantize_run
+
+    cfg = config(args)
+    results = distill(cfg, args.output, resume=args.resume, use_cache=not args.no_cache)
+    if args.quantize:
+        results["quantized"] = quantize_run(cfg, args.output, args.quantize)
+    keys = ("task", "student", "best", "teacher_dev", "gap", "student_params", "seconds", "export", "quantized")
+    print(json.dumps({k: results[k] for k in keys if k in results}))
+    return 0

@@ -1,0 +1,39 @@
+"""Evaluate a saved model (fine-tuned teacher, exported student or its int8 copy) on a task split.
+
+  bertnas evaluate --model runs/teacher-sst2/teacher --task sst2 --split dev --json
+
+With --json the last line of stdout is one JSON object with the task's
+metrics by name plus `examples` and `examples_per_second`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from distill import cli
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="model directory (Hugging Face layout, or an int8 export)")
+    p.add_argument("--task", default=None, help="task name (default: the one recorded in the model)")
+    p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
+    p.add_argument("--split", default="dev", help="dev, test, train, ...")
+    p.add_argument("--limit", type=cli.at_least(0), default=None, help="first N examples only")
+    p.add_argument("--batch-size", type=cli.at_least(1), default=128)
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def main(args: argparse.Namespace) -> int:
+    from distill.run import evaluate_dir
+
+    result = evaluate_dir(
+        args.model, args.task, data_dir=args.data_dir, split=args.split, limit=args.limit, batch_size=args.batch_size
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for k, v in result.items():
+            print(f"{k:>22}: {v:.4f}" if isinstance(v, float) else f"{k:>22}: {v}")
+    return 0

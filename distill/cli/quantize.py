@@ -1,0 +1,66 @@
+"""Quantize an exported student to int8: `bertnas quantize --model DIR --output DIR`.
+
+  bertnas quantize --model runs/sst2-4L-312/export --output runs/sst2-4L-312/export-int8
+  bertnas quantize --model DIR --output DIR --evaluate --json     # also both models on dev
+
+Dense weights become int8 with a float32 scale per output channel, embedding tables int8 with a scale per
+row; activations are quantized per token at run time (`--activations none`: kept float32). The output is
+a model directory about a quarter of the float32 export's size, which `bertnas evaluate` and `bertnas
+predict` take and `distill.export.load.load_export` loads in one call. With --json the last line of
+stdout is one JSON object: sizes, and with --evaluate both models' metrics on --split, the drop and
+their agreement.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from distill import cli
+from distill.export.scheme import ACTIVATIONS, EMBEDDINGS, QuantConfig
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="float32 model directory (an export)")
+    p.add_argument("--output", required=True, help="directory for the int8 model")
+    p.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
+    p.add_argument("--activations", default="dynamic", choices=list(ACTIVATIONS),
+                   help="dynamic: int8 per token at run time; none: float32 (weight-only int8)")
+    p.add_argument("--embeddings", default="int8", choices=list(EMBEDDINGS), help="embedding tables")
+    p.add_argument("--evaluate", action="store_true", help="evaluate both models on --split of their task")
+    p.add_argument("--task", default=None, help="task name (default: the one recorded in the model)")
+    p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
+    p.add_argument("--split", default="dev")
+    p.add_argument("--limit", type=cli.at_least(1), default=None, help="first N examples only")
+    p.add_argument("--batch-size", type=cli.at_least(1), default=128)
+    p.add_argument("--json", action="store_true", help="print the result as one JSON line")
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def config(args: argparse.Namespace) -> QuantConfig:
+    return QuantConfig(activations=args.activations, embeddings=args.embeddings)
+
+
+def main(args: argparse.Namespace) -> int:
+    from distill.export.int8 import quantize_export
+    from distill.run import compare
+
+    cfg = config(args)
+    result = {"quantization": cfg.to_dict(), **quantize_export(args.model, args.output, cfg, overwrite=args.overwrite)}
+    if args.evaluate:
+        result["evaluation"] = compare(args.model, args.output, args.task, data_dir=args.data_dir, split=args.split,
+                                       limit=args.limit, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print(result, args.evaluate)
+    return 0
+
+
+def _print(result: dict, evaluated: bool) -> None:
+    for k in ("path", "arch", "weight_bytes", "source_weight_bytes", "weight_ratio", "total_ratio"):
+        print(f"{k:>22}: {result[k]}")
+    if evaluated:
+        ev = result["evaluation"]
+        print(f"{ev['metric'] + ' float32':>22}: {ev['float32'][ev['metric']]:.4f}")
+        print(f"{ev['metric'] + ' int8':>22}: {ev['int8'][ev['metric']]:.4f}  (drop {ev['drop']:+.4f})")

@@ -1,0 +1,178 @@
+"""How much each head, FFN neuron and hidden dimension of a teacher matters on a task.
+
+`importance_scores`: first-order Taylor importance on task data (Michel et
+al. 2019); `weight_scores`: weight norms alone. Scores have the structure
+`{"heads": [(N_i,) per teacher layer], "ffn": [(F_i,) ...], "hidden": (h,)}`.
+Students keep the top-scored parts (`distill.kd.init`).
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from distill.arch import BertArch
+from distill.files import cache_root, config_key
+from distill.kd.losses import task_loss
+from distill.kd.outputs import features_fingerprint
+from distill.model.bert import BertForTask
+from distill.model.store import LoadedBert, weights_fingerprint
+from tasks.batching import batches, default_buckets
+from tasks.errors import UserError
+from tasks.features import Features
+
+log = logging.getLogger(__name__)
+
+Scores = dict[str, Any]
+
+
+def _layer(params: dict, arch: BertArch, i: int) -> dict:
+    """Layer i's parameters (its group's, when layers share them)."""
+    return params["encoder"][f"layer_{arch.groups[i]}"]
+
+
+def _np(x) -> np.ndarray:
+    return np.asarray(x, dtype=np.float64)
+
+
+def weight_scores(params: dict, arch: BertArch) -> Scores:
+    """Scores from the weights alone.
+
+    heads: ||W_o[n]||_F x ||v slice of head n||_F (qkv kernel and bias);
+    ffn: ||intermediate column j (with its bias)|| x ||output row j||;
+    hidden: sum of |scale| over every LayerNorm.
+    """
+    heads, ffn = [], []
+    hidden = np.abs(_np(params["embeddings"]["LayerNorm"]["scale"]))
+    for i in range(arch.num_layers):
+        layer = _layer(params, arch, i)
+        qkv, wo = layer["attention"]["qkv"], _np(layer["attention"]["output"]["kernel"])
+        v = np.concatenate([_np(qkv["kernel"])[:, 2], _np(qkv["bias"])[None, 2]], axis=0)  # (h + 1, N, D)
+        heads.append(np.sqrt(np.sum(wo**2, axis=(1, 2)) * np.sum(v**2, axis=(0, 2))))
+        w_in = np.concatenate([_np(layer["intermediate"]["kernel"]), _np(layer["intermediate"]["bias"])[None]], 0)
+        w_out = _np(layer["output"]["kernel"])
+        ffn.append(np.sqrt(np.sum(w_in**2, axis=0) * np.sum(w_out**2, axis=1)))
+        hidden = hidden + np.abs(_np(layer["attention_norm"]["scale"])) + np.abs(_np(layer["output_norm"]["scale"]))
+    return {"heads": heads, "ffn": ffn, "hidden": hidden}
+
+
+def _importance_step(model: BertForTask, loss_fn: Callable, params: dict, batch: dict):
+    """One batch's |gradient x weight| per head and FFN neuron, and hidden |activation| sums."""
+
+    def loss(p):
+        out = model.apply(
+            {"params": p},
+            batch["input_ids"],
+            batch["token_type_ids"],
+            batch["attention_mask"],
+            deterministic=True,
+            output_hidden_states=True,
+        )
+        total, count = loss_fn(out.logits, batch)
+        return total, (count, out.hidden_states)
+
+    grads, (count, hidden) = jax.grad(loss, has_aux=True)(params)
+    heads, ffn = [], []
+    for i in range(model.arch.num_layers):
+        w, g = _layer(params, model.arch, i), _layer(grads, model.arch, i)
+        wo, go = w["attention"]["output"]["kernel"], g["attention"]["output"]["kernel"]
+        heads.append(jnp.abs(jnp.sum(wo * go, axis=(1, 2))))
+        ffn.append(jnp.abs(jnp.sum(w["output"]["kernel"] * g["output"]["kernel"], axis=1)))
+    mask = batch["attention_mask"].astype(jnp.float32)[..., None]
+    act = sum(jnp.sum(jnp.abs(x.astype(jnp.float32)) * mask, axis=(0, 1)) for x in hidden)
+    tokens = jnp.sum(mask) * len(hidden)
+    return heads, ffn, act, tokens, count
+
+
+@functools.lru_cache(maxsize=8)
+def _jitted_importance_step(model: BertForTask, loss_fn: Callable):
+    # One compiled step per (equal) model and loss, as `distill.model.bert._jitted_init` does for the init.
+    return jax.jit(functools.partial(_importance_step, model, loss_fn))
+
+
+def importance_scores(
+    model: BertForTask,
+    params: dict,
+    batches: Iterable[dict],
+    loss_fn: Callable,
+    *,
+    max_batches: int | None = None,
+) -> Scores:
+    """First-order Taylor importance of heads and FFN neurons on task data.
+
+    Head n of layer i scores |sum_{D,h} W_o[n] * dL/dW_o[n]| (= |dL/dm_n| for a
+    mask m_n scaling the head's output), FFN neuron j |sum_h W_out[j] *
+    dL/dW_out[j]|; both are taken in absolute value per batch, summed over the
+    batches and divided by the loss count (examples, or tokens for tagging).
+    `loss_fn(logits, batch) -> (sum, count)` (e.g. `losses.task_loss(kind)`).
+    hidden: the mean |activation| of each hidden dimension over the embeddings
+    output and every layer's output, over real (unmasked) tokens.
+    """
+    if max_batches is not None:
+        batches = itertools.islice(batches, max_batches)
+    step = _jitted_importance_step(model, loss_fn)
+    params = jax.device_put(params)  # once, not with every batch
+    arch = model.arch
+    heads = [np.zeros(n) for n in arch.num_heads]
+    ffn = [np.zeros(f) for f in arch.ffn_sizes]
+    act, tokens, count, seen = np.zeros(arch.hidden_size), 0.0, 0.0, 0
+    for batch in batches:
+        b_heads, b_ffn, b_act, b_tokens, b_count = step(params, {k: jnp.asarray(v) for k, v in batch.items()})
+        for i in range(arch.num_layers):
+            heads[i] += _np(b_heads[i])
+            ffn[i] += _np(b_ffn[i])
+        act += _np(b_act)
+        tokens += float(b_tokens)
+        count += float(b_count)
+        seen += 1
+    if not seen:
+        raise UserError("importance scores: no batches of task data")
+    scale = 1.0 / count if count > 0 else 1.0
+    return {
+        "heads": [h * scale for h in heads],
+        "ffn": [f * scale for f in ffn],
+        "hidden": act / max(tokens, 1.0),
+    }
+
+
+def cached_importance(teacher: LoadedBert, train: Features, task: str, kind: str, *, seed: int, num_batches: int) -> Scores:
+    """The teacher's head / FFN / hidden importance on `num_batches` shuffled batches of `train`, cached
+    on disk like its outputs (every search trial initialises from the same scores)."""
+    key = config_key({
+        "teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train),
+        "seed": seed, "batches": num_batches,
+    })
+    path = cache_root() / "importance" / f"{task}-{key}.npz"
+    if path.is_file():
+        try:
+            return _read_scores(path)
+        except (OSError, ValueError, KeyError) as e:
+            log.warning("%s: unreadable importance cache (%s); recomputing", path, e)
+    sample = batches(train, 32, buckets=default_buckets(train.max_length), shuffle=True, seed=seed)
+    sample = itertools.islice(sample, num_batches)
+    scores = jax.device_get(importance_scores(teacher.model, teacher.params, sample, task_loss(kind)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp.npz")
+    arrays = {f"{k}_{i}": np.asarray(a) for k in ("heads", "ffn") for i, a in enumerate(scores[k])}
+    np.savez(tmp, hidden=np.asarray(scores["hidden"]), **arrays)
+    os.replace(tmp, path)
+    return scores
+
+
+def _read_scores(path: Path) -> dict:
+    """Importance scores saved by `cached_importance` (plain arrays: nothing is unpickled)."""
+    with np.load(path, allow_pickle=False) as z:
+        layers = sum(1 for k in z.files if k.startswith("heads_"))
+        return {
+            "heads": [z[f"heads_{i}"] for i in range(layers)],
+            "ffn": [z[f"ffn_{i}"] for i in range(layers)],
+            "hidden": z["hidden"],
+        }

@@ -1,0 +1,5 @@
+"""The model and its files: Flax BERT (`bert`), the CRF head (`crf`), Hugging Face weight mapping (`hf`),
+model directories (`store`: load, save, the `minilm` alias) and batched inference (`infer`).
+
+May import `distill.arch`, `distill.files` and `tasks`; nothing about training or distillation.
+"""

@@ -1,0 +1,307 @@
+"""One Flax (linen) BERT for teacher and students.
+
+Layers may differ in their number of heads and FFN size (see `BertArch`).
+The model returns logits plus, on request, every layer's hidden states and
+pre-softmax attention scores, which distillation needs.
+
+Parameter tree (HF names in `distill/hf.py` map onto it one to one):
+
+    embeddings/{word_embeddings,position_embeddings,token_type_embeddings,LayerNorm}
+    encoder/layer_{g}/attention/{qkv,output}   qkv kernel: (hidden, 3, heads, head_size)
+    encoder/layer_{g}/{attention_norm,intermediate,output,output_norm}
+                                                one per parameter group g (= per layer unless
+                                                `arch.layer_groups` makes layers share one)
+    pooler                                      (sentence-level heads only)
+    classifier | qa_outputs                     (the task head)
+    crf/{transitions,start,end}                 (tagging with a CRF: `distill.model.crf.CrfParams`)
+
+A tagging model built with `crf=True` still returns per-token logits (the
+CRF's emission scores); the CRF's own scores come back in `BertOutput.crf`
+for the loss (`losses.crf_tagging_loss`) and for Viterbi decoding.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+from flax.linen.dtypes import promote_dtype
+
+from distill.arch import HEADS, BertArch, has_pooler
+from distill.model.crf import CrfParams
+from tasks.errors import UserError
+
+Dtype = Any
+
+
+@struct.dataclass
+class BertOutput:
+    """Logits and the intermediates distillation needs.
+
+    logits: (B, C) for sentence heads, (B, T, C) for tagging, (B, T, 2) for
+      span (start, end); None for head 'none'.
+    hidden_states: embeddings output then each layer's output, (B, T, hidden)
+      each, when requested.
+    attention_scores: each layer's scaled, pre-softmax, unmasked scores
+      (B, heads, T, T), when requested.
+    """
+
+    logits: jax.Array | None
+    sequence_output: jax.Array
+    pooled_output: jax.Array | None = None
+    hidden_states: tuple[jax.Array, ...] | None = None
+    attention_scores: tuple[jax.Array, ...] | None = None
+    crf: CrfParams | None = None
+    """A CRF tagger's transition, start and end scores (unconstrained); None without a CRF."""
+
+
+def _dense_init(arch: BertArch):
+    return nn.initializers.normal(stddev=arch.initializer_range)
+
+
+def _layer_norm(arch: BertArch, name: str) -> nn.LayerNorm:
+    return nn.LayerNorm(epsilon=arch.layer_norm_eps, dtype=jnp.float32, name=name)
+
+
+class Embeddings(nn.Module):
+    arch: BertArch
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+        arch, init = self.arch, _dense_init(self.arch)
+        embed = lambda n, name: nn.Embed(n, arch.hidden_size, embedding_init=init, name=name)  # noqa: E731
+        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        x = (
+            embed(arch.vocab_size, "word_embeddings")(input_ids)
+            + embed(arch.max_position_embeddings, "position_embeddings")(positions)
+            + embed(arch.type_vocab_size, "token_type_embeddings")(token_type_ids)
+        )
+        x = _layer_norm(arch, "LayerNorm")(x)
+        x = nn.Dropout(arch.hidden_dropout)(x, deterministic=deterministic)
+        return x.astype(self.dtype)
+
+
+class ReshapedDense(nn.Module):
+    """`nn.DenseGeneral` with multi-axis kernels computed as one 2-D matmul.
+
+    The kernel keeps its structured shape (in_axes..., out_axes...), e.g.
+    (hidden, 3, heads, head_size) for the fused QKV projection, so heads can
+    be sliced, but the product runs as (tokens, in) @ (in, out), which XLA's
+    CPU backend handles much faster than a multi-axis dot_general.
+    """
+
+    features: tuple[int, ...]
+    in_axes: int
+    kernel_init: Any
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        in_shape = x.shape[x.ndim - self.in_axes :]
+        kernel = self.param("kernel", self.kernel_init, in_shape + self.features, jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, self.features, jnp.float32)
+        n_in, n_out = math.prod(in_shape), math.prod(self.features)
+        lead = x.shape[: x.ndim - self.in_axes]
+        # Cast and multiply as nn.Dense does (promote_dtype, then a dot, not `@`): int8 quantization
+        # (distill.export.int8, qwix) intercepts both and finds the kernel behind its reshape.
+        x, kernel = promote_dtype(x.reshape(-1, n_in), kernel.reshape(n_in, n_out), dtype=self.dtype)
+        y = jnp.dot(x, kernel)
+        y = y + bias.reshape(n_out).astype(self.dtype)
+        return y.reshape(lead + self.features)
+
+
+class SelfAttention(nn.Module):
+    arch: BertArch
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool, return_scores: bool):
+        arch = self.arch
+        shape = (3, self.num_heads, arch.head_size)
+        qkv = ReshapedDense(shape, 1, _dense_init(arch), self.dtype, name="qkv")(x)
+        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, H)
+        use_dropout = not deterministic and arch.attention_dropout > 0
+        scores = None
+        if return_scores or use_dropout:
+            scores = jnp.einsum("btnh,bsnh->bnts", q, k) / jnp.sqrt(arch.head_size).astype(q.dtype)
+            masked = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+            probs = jax.nn.softmax(masked.astype(jnp.float32), axis=-1).astype(self.dtype)
+            probs = nn.Dropout(arch.attention_dropout)(probs, deterministic=deterministic)
+            context = jnp.einsum("bnts,bsnh->btnh", probs, v)
+        else:
+            context = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
+        out = ReshapedDense((arch.hidden_size,), 2, _dense_init(arch), self.dtype, name="output")(context)
+        return out, scores
+
+
+class Layer(nn.Module):
+    arch: BertArch
+    num_heads: int
+    ffn_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool, return_scores: bool):
+        arch, init = self.arch, _dense_init(self.arch)
+        dropout = nn.Dropout(arch.hidden_dropout)
+        attn, scores = SelfAttention(arch, self.num_heads, self.dtype, name="attention")(
+            x, mask, deterministic, return_scores
+        )
+        x = _layer_norm(arch, "attention_norm")(x + dropout(attn, deterministic=deterministic)).astype(self.dtype)
+        y = nn.Dense(self.ffn_size, kernel_init=init, dtype=self.dtype, name="intermediate")(x)
+        y = nn.gelu(y, approximate=False)
+        y = nn.Dense(arch.hidden_size, kernel_init=init, dtype=self.dtype, name="output")(y)
+        x = _layer_norm(arch, "output_norm")(x + dropout(y, deterministic=deterministic)).astype(self.dtype)
+        return x, scores
+
+
+class Encoder(nn.Module):
+    """The layers in order. Layers of one parameter group (`arch.groups`) call the same `Layer` instance,
+    so they share its weights (`layer_{g}`); hidden states and attention scores stay per layer."""
+
+    arch: BertArch
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, mask, deterministic: bool, output_hidden_states: bool, output_attentions: bool):
+        arch = self.arch
+        blocks = [
+            Layer(arch, arch.num_heads[i], arch.ffn_sizes[i], self.dtype, name=f"layer_{g}")
+            for g, i in enumerate(arch.group_starts)
+        ]
+        hidden, scores = [x], []
+        for g in arch.groups:
+            x, s = blocks[g](x, mask, deterministic, output_attentions)
+            hidden.append(x)
+            scores.append(s)
+        return (
+            x,
+            tuple(hidden) if output_hidden_states else None,
+            tuple(scores) if output_attentions else None,
+        )
+
+
+class Crf(nn.Module):
+    """The scores of a linear-chain CRF over `num_tags` tags, zero at init (then the CRF's
+    loss equals the per-token cross-entropy of the emissions)."""
+
+    num_tags: int
+
+    @nn.compact
+    def __call__(self) -> CrfParams:
+        k, zeros = self.num_tags, nn.initializers.zeros
+        return CrfParams(
+            self.param("transitions", zeros, (k, k), jnp.float32),
+            self.param("start", zeros, (k,), jnp.float32),
+            self.param("end", zeros, (k,), jnp.float32),
+        )
+
+
+class BertForTask(nn.Module):
+    """BERT encoder with a task head.
+
+    head: 'classification' (pooled [CLS] -> num_labels), 'regression'
+      (pooled -> 1), 'tagging' (each token -> num_labels), 'span' (each token
+      -> start/end logits) or 'none' (encoder and pooler only).
+    dtype: computation dtype (bfloat16 on accelerators); parameters and
+      LayerNorm statistics stay float32.
+    crf: a linear-chain CRF over the tags (head 'tagging' only): parameters
+      under `crf`, scores in `BertOutput.crf`; the logits stay the emissions.
+    """
+
+    arch: BertArch
+    head: str = "none"
+    num_labels: int = 0
+    dtype: Dtype = jnp.float32
+    crf: bool = False
+
+    @nn.compact
+    def __call__(
+        self,
+        input_ids,
+        token_type_ids=None,
+        attention_mask=None,
+        *,
+        deterministic: bool = True,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
+    ) -> BertOutput:
+        if self.head not in HEADS:
+            raise ValueError(f"unknown head {self.head!r}; valid: {HEADS}")
+        if self.crf and self.head != "tagging":
+            raise ValueError(f"a CRF needs the 'tagging' head, not {self.head!r}")
+        arch, init = self.arch, _dense_init(self.arch)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros_like(input_ids)
+        if attention_mask is None:
+            attention_mask = jnp.ones_like(input_ids)
+        mask = attention_mask.astype(bool)
+        x = Embeddings(arch, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
+        x, hidden, scores = Encoder(arch, self.dtype, name="encoder")(
+            x, mask, deterministic, output_hidden_states, output_attentions
+        )
+        pooled = None
+        if has_pooler(self.head):
+            pooled = jnp.tanh(nn.Dense(arch.hidden_size, kernel_init=init, dtype=self.dtype, name="pooler")(x[:, 0]))
+        dropout = nn.Dropout(arch.hidden_dropout)
+        logits = None
+        if self.head in ("classification", "regression"):
+            logits = nn.Dense(self.num_labels, kernel_init=init, dtype=self.dtype, name="classifier")(
+                dropout(pooled, deterministic=deterministic)
+            )
+        elif self.head == "tagging":
+            logits = nn.Dense(self.num_labels, kernel_init=init, dtype=self.dtype, name="classifier")(
+                dropout(x, deterministic=deterministic)
+            )
+        elif self.head == "span":
+            logits = nn.Dense(2, kernel_init=init, dtype=self.dtype, name="qa_outputs")(x)
+        if logits is not None:
+            logits = logits.astype(jnp.float32)
+        return BertOutput(
+            logits=logits,
+            sequence_output=x,
+            pooled_output=pooled,
+            hidden_states=hidden,
+            attention_scores=scores,
+            crf=Crf(self.num_labels, name="crf")() if self.crf else None,
+        )
+
+
+def build_model(
+    arch: BertArch, head: str = "none", num_labels: int = 0, dtype: Dtype = jnp.float32, *, crf: bool = False
+) -> BertForTask:
+    """The model for a head; `crf` (tagging only, else a UserError) adds a linear-chain CRF over the tags."""
+    if crf and head != "tagging":
+        raise UserError(f"crf: a CRF needs a token-tagging task; this model's head is {head!r}")
+    if head == "regression":
+        num_labels = 1
+    elif head == "span":
+        num_labels = 2
+    return BertForTask(arch, head, num_labels, dtype, bool(crf))
+
+
+def init_params(model: BertForTask, rng: jax.Array, seq_len: int = 8) -> dict:
+    """Random parameters (a plain nested dict) for `model`."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return _jitted_init(model)(rng, ids, ids, jnp.ones_like(ids))["params"]
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_init(model: BertForTask):
+    # One jitted init per (equal) model: `jax.jit(model.init)` on a fresh but
+    # equal module misses jax's cache (bound methods compare by identity), and
+    # every `load_bert` builds a fresh module, so each load recompiled the init.
+    return jax.jit(model.init)
+
+
+def abstract_params(model: BertForTask, seq_len: int = 8) -> dict:
+    """Shapes and dtypes of the parameters, without allocating them."""
+    ids = jnp.zeros((1, seq_len), jnp.int32)
+    return jax.eval_shape(model.init, jax.random.key(0), ids, ids, ids)["params"]

@@ -1,0 +1,51 @@
+"""Batched inference: a jitted forward per model, logits for every feature in feature order."""
+
+from __future__ import annotations
+
+import functools
+from typing import Iterable
+
+import jax
+import numpy as np
+
+from distill.model.bert import BertForTask
+
+
+def model_inputs(batch: dict) -> tuple:
+    return batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+
+
+def logits_step(params, batch: dict, *, model: BertForTask):
+    return model.apply({"params": params}, *model_inputs(batch)).logits
+
+
+@functools.lru_cache(maxsize=32)
+def _jitted_logits(model: BertForTask):
+    return jax.jit(functools.partial(logits_step, model=model))
+
+
+def predict(model: BertForTask, params, batches: Iterable[dict], num_features: int, max_length: int):
+    """Logits for every feature, in feature order (rows of padding dropped).
+
+    Sentence heads give (N, C); token heads give (N, max_length, C) with
+    positions past each batch's length zero-filled; span heads return
+    (start_logits, end_logits), each (N, max_length).
+    """
+    fn = _jitted_logits(model)
+    out = None
+    for batch in batches:
+        logits = np.asarray(fn(params, batch))
+        idx = batch["index"]
+        keep = idx >= 0
+        if out is None:
+            shape = (num_features,) + ((max_length,) + logits.shape[2:] if logits.ndim == 3 else logits.shape[1:])
+            out = np.zeros(shape, np.float32)
+        if logits.ndim == 3:
+            out[idx[keep], : logits.shape[1]] = logits[keep]
+        else:
+            out[idx[keep]] = logits[keep]
+    if out is None:
+        raise ValueError("predict: no batches")
+    if model.head == "span":
+        return out[..., 0], out[..., 1]
+    return out

@@ -1,0 +1,122 @@
+"""The run configs of the training tools: one frozen dataclass per entry point, validated on construction.
+
+`FinetuneConfig` is `bertnas finetune`'s, `DistillConfig` is `bertnas distill`'s
+(and, with a validation slice and one trial's loop, every search trial's). The
+flags map onto them in one place (`distill.cli`); a distillation whose teacher
+is not yet fine-tuned on the task fine-tunes it with `DistillConfig.teacher_stage()`,
+derived from the same config, never rebuilt from flags. The nested configs
+(`InitConfig`, `LossConfig`, `AugmentConfig`, `OptimizerConfig`, `LoopConfig`)
+belong to the rooms that use them and are re-exported by `distill.run`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from distill.kd.augment import AugmentConfig
+from distill.kd.init import InitConfig
+from distill.kd.objective import LossConfig
+from distill.model.store import DEFAULT_TEACHER
+from distill.train.loop import LoopConfig
+from distill.train.optim import OptimizerConfig
+from tasks.errors import UserError
+
+
+def _check_limit(name: str, value: int | None) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise UserError(f"{name}: must be a positive number of examples (or unset for all), got {value!r}")
+
+
+def _check_data(cfg: Any) -> None:
+    """The fields both configs share: example limits and the evaluation batch."""
+    _check_limit("train_limit", cfg.train_limit)
+    _check_limit("dev_limit", cfg.dev_limit)
+    if cfg.eval_batch_size < 1:
+        raise UserError(f"eval_batch_size: must be >= 1, got {cfg.eval_batch_size}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Fine-tune a pre-trained BERT on one task (`distill.run.finetuning.finetune`)."""
+
+    task: str = "sst2"
+    teacher: str = DEFAULT_TEACHER
+    """Directory, alias ('minilm') or Hub name of the pre-trained BERT."""
+    data_dir: str | None = None
+    """Folder with the task's files; None: $GLUE_DIR/<TASK> (see tasks.datafiles)."""
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-4)
+    loop: LoopConfig = LoopConfig(epochs=3)
+    eval_batch_size: int = 128
+    reinit_top_layers: int = 0
+    """Re-initialise the top k encoder layers (and the pooler) before training."""
+    train_limit: int | None = None
+    """Use only the first N training examples (smoke runs, tests)."""
+    dev_limit: int | None = None
+    crf: bool = False
+    """A linear-chain CRF over the tags (token-tagging tasks only)."""
+
+    def __post_init__(self):
+        _check_data(self)
+        if self.reinit_top_layers < 0:
+            raise UserError(f"reinit_top_layers: must be >= 0, got {self.reinit_top_layers}")
+
+    def cache_settings(self) -> dict[str, Any]:
+        """The settings that change the result (not where data or output live, nor how often it is saved
+        or logged); the key of the fine-tuned-teacher cache. Spelled as before the loop settings were
+        nested, so teachers cached then still hit."""
+        loop = self.loop
+        d = {
+            "task": self.task, "epochs": loop.epochs, "max_steps": loop.max_steps, "batch_size": loop.batch_size,
+            "optimizer": self.optimizer, "reinit_top_layers": self.reinit_top_layers,
+            "eval_every": loop.eval_every, "patience": loop.patience, "train_limit": self.train_limit,
+            "dev_limit": self.dev_limit, "seed": loop.seed,
+        }
+        if self.crf:  # the keys of teachers cached before the flag existed stay valid
+            d["crf"] = True
+        return d
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Distil a fine-tuned teacher into a student on one task (`distill.run.distillation.distill`)."""
+
+    task: str = "sst2"
+    teacher: str = DEFAULT_TEACHER
+    """A teacher fine-tuned on the task (directory), or a pre-trained one (fine-tuned first)."""
+    student: str = "4L-312"
+    """Architecture name ('4L-312', '6L-384-H6-F1536') or a JSON file (BertArch or an exported config.json)."""
+    data_dir: str | None = None
+    init: InitConfig = InitConfig()
+    loss: LossConfig = LossConfig()
+    augment: AugmentConfig = AugmentConfig()
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=2e-4)
+    loop: LoopConfig = LoopConfig(epochs=3)
+    eval_batch_size: int = 128
+    train_limit: int | None = None
+    """Use only the first N training examples (smoke runs, tests)."""
+    dev_limit: int | None = None
+    validation: int = 0
+    """Hold out this many training examples (a fixed seeded draw) and evaluate and select on them
+    instead of dev, which then stays unseen (architecture search does this)."""
+    teacher_epochs: int = 2
+    """Epochs of teacher fine-tuning when the teacher is not yet fine-tuned on the task."""
+    crf: bool | None = None
+    """A linear-chain CRF on the student (tagging only); None: when the teacher has one. A teacher
+    fine-tuned here gets one when this is True."""
+
+    def __post_init__(self):
+        _check_data(self)
+        if isinstance(self.validation, bool) or not isinstance(self.validation, int) or self.validation < 0:
+            raise UserError(f"validation: must be >= 0 examples, got {self.validation!r}")
+        if self.teacher_epochs < 1:
+            raise UserError(f"teacher_epochs: must be >= 1, got {self.teacher_epochs}")
+
+    def teacher_stage(self) -> FinetuneConfig:
+        """The teacher fine-tuning this run does first when its teacher is not fine-tuned on the task:
+        the same task, data and seed, `teacher_epochs` epochs, a CRF when this run asks for one."""
+        return FinetuneConfig(
+            task=self.task, teacher=self.teacher, data_dir=self.data_dir,
+            loop=LoopConfig(epochs=self.teacher_epochs, seed=self.loop.seed),
+            train_limit=self.train_limit, dev_limit=self.dev_limit, crf=bool(self.crf),
+        )

@@ -1,0 +1,109 @@
+"""Evaluate a model (a fine-tuned teacher or an exported student) on a task split.
+
+A tagger with a CRF is decoded with Viterbi under the task's IOB2
+constraints (`task_outputs`), so it never predicts an I-X that does not
+continue an X; other taggers take each word's argmax tag.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.model import crf
+from distill.export.hf import is_quantized_dir
+from distill.export.load import load_export
+from distill.model.store import LoadedBert, load_bert
+from distill.model.infer import predict
+from tasks import metrics
+from tasks.base import Task
+from tasks.batching import batches
+from tasks.decode import tagged_positions
+from tasks.errors import UserError
+from tasks.features import Features, encode
+from tasks.readers import read_split
+from tasks.registry import get_task, is_generic
+
+
+def load_for_task(model_dir: str | Path, task_name: str | None = None) -> tuple[LoadedBert, Task]:
+    """A saved model and its task (given, else the one its config.json records); the head must fit the task.
+    An int8 export (`distill.export.int8`) loads as its quantized model."""
+    loaded = load_export(model_dir) if is_quantized_dir(model_dir) else load_bert(model_dir)
+    name = task_name or loaded.meta.get("task")
+    if not name:
+        raise UserError(f"{model_dir}: config.json records no task; pass --task")
+    task = get_task(name, labels=loaded.meta.get("labels") if is_generic(name) else None)  # `ner`: the model's tags
+    if loaded.head != task.kind or loaded.num_labels != task.num_labels:
+        raise UserError(
+            f"{model_dir}: the model has a {loaded.head} head with {loaded.num_labels} outputs, "
+            f"but task {task.name} needs {task.kind} with {task.num_labels}"
+        )
+    saved = tuple(loaded.meta.get("labels") or ())
+    if saved and task.labels and saved != tuple(task.labels):  # same count, other names or order
+        raise UserError(
+            f"{model_dir}: the model's labels {list(saved)} are not task {task.name}'s {list(task.labels)}; "
+            "pass the task it was trained on"
+        )
+    return loaded, task
+
+
+def predict_features(model, params, features, batch_size: int = 128):
+    """Model outputs for encoded features, in feature order (see `distill.model.infer.predict`)."""
+    return predict(model, params, batches(features, batch_size), len(features), features.max_length)
+
+
+def task_outputs(model, params, task: Task, features: Features, batch_size: int = 128):
+    """What `tasks.metrics.evaluate` and `predict_labels` read: the model's outputs (`predict_features`),
+    or for a CRF tagger its constrained Viterbi tag ids (N, L)."""
+    outputs = predict_features(model, params, features, batch_size)
+    if getattr(model, "crf", False):
+        outputs = viterbi_tags(params["crf"], outputs, features, task.labels)
+    return outputs
+
+
+def viterbi_tags(crf_params, logits: np.ndarray, features: Features, tags, chunk: int = 256) -> np.ndarray:
+    """int32 (N, L): each feature's best IOB2 tag sequence over its words' first sub-tokens (0 elsewhere),
+    decoded `chunk` features at a time (one compilation for every chunk)."""
+    params = crf.CrfParams(**{k: np.asarray(v) for k, v in crf_params.items()})
+    allowed, start = crf.iob2_constraints(tags)
+    positions = tagged_positions(features, logits.shape[1])
+    out = np.zeros(positions.shape, np.int32)
+    for lo in range(0, len(out), chunk):
+        em, pos = logits[lo : lo + chunk], positions[lo : lo + chunk]
+        n = len(em)
+        if n < chunk:  # pad with rows that have no position
+            em = np.concatenate([em, np.zeros((chunk - n,) + em.shape[1:], em.dtype)])
+            pos = np.concatenate([pos, np.zeros((chunk - n,) + pos.shape[1:], bool)])
+        out[lo : lo + n] = np.asarray(crf.decode(params, em, pos, allowed, start))[:n]
+    return out
+
+
+def evaluate_model(model, params, task, features, examples, batch_size: int = 128) -> dict[str, float]:
+    """The task's metrics of a model on encoded features, plus examples/s."""
+    t0 = time.perf_counter()
+    outputs = task_outputs(model, params, task, features, batch_size)
+    seconds = time.perf_counter() - t0
+    result = metrics.evaluate(task, features, examples, outputs)
+    result["examples"] = len(examples)
+    result["examples_per_second"] = len(examples) / max(seconds, 1e-9)
+    return result
+
+
+def evaluate_dir(
+    model_dir: str | Path,
+    task_name: str | None = None,
+    *,
+    data_dir: str | None = None,
+    split: str = "dev",
+    limit: int | None = None,
+    batch_size: int = 128,
+) -> dict[str, Any]:
+    """Load a saved model directory and evaluate it on `split` of its task."""
+    loaded, task = load_for_task(model_dir, task_name)
+    examples = read_split(task, split, data_dir, limit=limit)
+    features = encode(task, examples, loaded.tokenizer)
+    result = evaluate_model(loaded.model, loaded.params, task, features, examples, batch_size)
+    return {"task": task.name, "split": split, **result}

@@ -1,0 +1,79 @@
+"""Predictions of a saved model on raw text, as JSON-ready dicts.
+
+Input lines by task kind:
+  classification / regression   `text` or `text_a<TAB>text_b`
+  tagging                       whitespace-separated words; each CJK character is
+                                a word of its own (character-level Chinese NER)
+  span                          `question<TAB>context`
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Iterable
+
+from distill.run.evaluation import load_for_task, task_outputs
+from tasks.base import SpanExample, TaggingExample, TextExample
+from tasks.decode import predict_labels
+from tasks.errors import UserError
+from tasks.features import encode
+
+
+# CJK ideographs, as BERT's tokenizer (`_is_chinese_char`) splits them off one by one.
+_CJK = re.compile(
+    "([\u4E00-\u9FFF\u3400-\u4DBF\U00020000-\U0002A6DF\U0002A700-\U0002B73F"
+    "\U0002B740-\U0002B81F\U0002B820-\U0002CEAF\uF900-\uFAFF\U0002F800-\U0002FA1F])"
+)
+
+
+def split_words(line: str) -> tuple[str, ...]:
+    """The words of a tagging input line: whitespace-separated, each CJK character a word of its own."""
+    return tuple(w for token in line.split() for w in _CJK.split(token) if w)
+
+
+def _example(kind: str, i: int, line: str, pairs: bool, source: str):
+    fields = line.split("\t")
+    where = f"{source}:{i + 1}"
+    if kind == "tagging":
+        words = split_words(line)
+        return TaggingExample(str(i), words, ("O",) * len(words))
+    if kind == "span":
+        if len(fields) != 2:
+            raise UserError(f"{where}: expected `question<TAB>context`, got {len(fields)} field(s)")
+        return SpanExample(str(i), fields[0], fields[1])
+    if pairs and len(fields) != 2:
+        raise UserError(f"{where}: this task takes sentence pairs `text_a<TAB>text_b`, got {len(fields)} field(s)")
+    if not pairs and len(fields) != 1:
+        raise UserError(f"{where}: this task takes one sentence per line, got {len(fields)} tab-separated fields")
+    return TextExample(str(i), fields[0], fields[1] if pairs else None)
+
+
+def predict_lines(
+    model_dir: str | Path, lines: Iterable[str], *, task_name: str | None = None, batch_size: int = 64, source: str = "input"
+) -> list[dict[str, Any]]:
+    loaded, task = load_for_task(model_dir, task_name)
+    texts = [line.rstrip("\n") for line in lines]
+    kept = [(i, t) for i, t in enumerate(texts) if t.strip()]
+    if not kept:
+        raise UserError(f"{source}: no input lines")
+    pairs = len(task.text_columns) == 2
+    examples = [_example(task.kind, i, t, pairs, source) for i, t in kept]
+    features = encode(task, examples, loaded.tokenizer)
+    outputs = task_outputs(loaded.model, loaded.params, task, features, batch_size)
+    preds = predict_labels(task, features, outputs, examples)
+    results = []
+    for (i, text), pred, ex in zip(kept, preds, examples):
+        record: dict[str, Any] = {"line": i + 1, "text": text}
+        if task.kind == "classification":
+            record["label"] = pred.label
+            record["probabilities"] = dict(zip(task.labels, pred.probabilities))
+        elif task.kind == "regression":
+            record["score"] = pred
+        elif task.kind == "tagging":
+            record["tags"] = list(pred)
+            record["words"] = list(ex.tokens)
+        else:
+            record["answer"] = pred
+        results.append(record)
+    return results

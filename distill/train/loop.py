@@ -1,0 +1,300 @@
+"""The training loop shared by teacher fine-tuning and distillation.
+
+`fit(state, steps, data, cfg, evaluation, runlog)` is handed what to run and on
+what, as flax's `examples/sst2/train.py` hands `train_epoch` its `train_step`:
+
+  steps       a `StepSchedule`: the jitted step from each step index on (one
+              entry; two for TinyBERT's intermediate-then-prediction stages);
+  data        `TrainData`: the training features, batched per epoch
+              (length-bucketed, shuffled, resumable mid-epoch), each batch with
+              the step's extra arguments (e.g. the teacher's cached outputs);
+  evaluation  `Evaluation`: how to score the params, which metric decides the
+              best, what to do with a new best (export it) and whom to tell
+              after each evaluation (a search trial's report).
+
+It shows a progress bar with the loss and examples/s, logs every `log_every`
+steps, evaluates at each epoch end and every `eval_every` steps, stops early
+after `patience` evaluations without improvement, and saves resumable
+checkpoints. A resumed run restores the last complete checkpoint and continues
+with the same batch order and learning rate (batch i of epoch e is the same
+batch; the schedule is a function of the restored step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from pathlib import Path
+import time
+from typing import Any, Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from distill.train.checkpoint import CheckpointConfig, Checkpointer
+from distill.train.runlog import RunLog
+from distill.train.steps import TrainState
+from tasks.batching import batches, default_buckets, num_batches
+from tasks.errors import UserError
+from tasks.features import Features
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    epochs: int = 3
+    max_steps: int = 0
+    """Stop after this many steps (0: run all epochs)."""
+    batch_size: int = 32
+    eval_every: int = 0
+    """Evaluate on dev every this many steps, besides each epoch's end (0: epochs only)."""
+    patience: int = 0
+    """Stop after this many evaluations without improvement (0: never)."""
+    checkpoint_every: int = 500
+    """Save a resumable checkpoint every this many steps (and at each evaluation)."""
+    log_every: int = 50
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.epochs < 1 and self.max_steps < 1:
+            raise UserError("epochs: need epochs >= 1 or max_steps >= 1")
+        if self.batch_size < 1:
+            raise UserError("batch_size: must be >= 1")
+        for name in ("eval_every", "patience", "max_steps"):
+            if getattr(self, name) < 0:
+                raise UserError(f"{name}: must be >= 0, got {getattr(self, name)}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise UserError("checkpoint_every and log_every: must be >= 1")
+
+    def total_steps(self, train: Features) -> tuple[int, int]:
+        """(total steps, batches per epoch)."""
+        per_epoch = num_batches(train, self.batch_size, default_buckets(train.max_length))
+        if per_epoch == 0:
+            raise UserError("no training examples")
+        return self.max_steps or per_epoch * self.epochs, per_epoch
+
+
+@dataclasses.dataclass
+class Progress:
+    """Where a run is; saved as the checkpoint's JSON item, so resuming restores it."""
+
+    step: int = 0
+    best: dict | None = None
+    best_score: float = -math.inf
+    evals_since_best: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    examples_seen: int = 0
+    train_seconds: float = 0.0
+    run_key: str = ""
+    """A hash of the settings that define the run; a resume with other settings is refused."""
+
+
+def refuse_overwrite(out: Path, resume: bool) -> None:
+    ckpts = out / "checkpoints"
+    if not resume and ckpts.is_dir() and any(ckpts.iterdir()):
+        raise UserError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it or pick another --output")
+
+
+StepFn = Callable[..., tuple[TrainState, dict]]
+"""`step(state, batch, rng, *extra) -> (state, metrics)`: metrics `loss_sum`, `loss_count`, `grad_norm` and
+optional `<term>_sum` / `<term>_count` pairs, each logged as a mean."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSchedule:
+    """The jitted step to run from each step index on: `((0, step),)`, or `((0, a), (k, b))` to switch at k."""
+
+    entries: tuple[tuple[int, StepFn], ...]
+
+    def __post_init__(self):
+        starts = [start for start, _ in self.entries]
+        if not starts or starts[0] != 0 or starts != sorted(starts):
+            raise ValueError(f"StepSchedule: entries must start at step 0, in order; got starts {starts}")
+
+    @classmethod
+    def single(cls, step: StepFn) -> StepSchedule:
+        return cls(((0, step),))
+
+    def at(self, i: int) -> StepFn:
+        return next(step for start, step in reversed(self.entries) if start <= i)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainData:
+    """Training features and, per batch, the step's extra arguments (`extras(batch) -> (batch, args)`)."""
+
+    features: Features
+    extras: Callable[[dict], tuple[dict, tuple]] | None = None
+
+    def epoch(self, cfg: LoopConfig, epoch: int, start: int) -> Iterator[tuple[dict, tuple]]:
+        """Epoch `epoch`'s batches from batch `start` on: the same order for the same seed and epoch."""
+        buckets = default_buckets(self.features.max_length)
+        for batch in batches(self.features, cfg.batch_size, buckets=buckets, shuffle=True, seed=cfg.seed,
+                             epoch=epoch, start=start):
+            yield self.extras(batch) if self.extras is not None else (batch, ())
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """How a run is scored and what follows a score.
+
+    `evaluate(params) -> metrics` on the evaluation split; `metric` names the one to maximise;
+    `keep_best(params, best)` gets `best = {"step", metrics...}` on each improvement (an export);
+    `report(step, result, best)`, when given, runs after each evaluation's checkpoint (a search trial
+    tells Tune there, which may end the process). Evaluations and early stopping start at step `start`.
+    """
+
+    evaluate: Callable[[Any], dict]
+    metric: str
+    keep_best: Callable[[Any, dict], None]
+    report: Callable[[int, dict, dict | None], None] | None = None
+    start: int = 0
+
+
+def fit(
+    state: TrainState,
+    steps: StepSchedule,
+    data: TrainData,
+    cfg: LoopConfig,
+    evaluation: Evaluation,
+    runlog: RunLog,
+    *,
+    lr_at: Callable[[int], Any],
+    run_key: str = "",
+    resume: bool = False,
+    desc: str = "train",
+) -> tuple[TrainState, Progress]:
+    """Train `state` on `data`; returns the final state and the run's progress (best result, history).
+
+    Checkpoints go to `runlog.dir / "checkpoints"`. `run_key` identifies the run's settings: resuming
+    a checkpoint saved under another key fails. `lr_at(step)` is the logged learning rate.
+    """
+    run = _Run(runlog, cfg, evaluation, Checkpointer(runlog.dir / "checkpoints",
+                                                    CheckpointConfig(every_steps=cfg.checkpoint_every)))
+    try:
+        state = run.restore(state, run_key, resume)
+        total, per_epoch = cfg.total_steps(data.features)
+        stop = run.progress.step >= total or run.patience_spent()
+        for epoch in range(run.progress.step // per_epoch, math.ceil(total / per_epoch)):
+            if stop:
+                break
+            state, stop = _epoch(run, state, steps, data, epoch, lr_at, desc)
+    finally:
+        run.ckpt.close()
+    return state, run.progress
+
+
+def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, epoch: int, lr_at, desc: str):
+    """One epoch (or its rest, after a resume); returns the state and whether the run is over."""
+    cfg, progress = run.cfg, run.progress
+    total, per_epoch = cfg.total_steps(data.features)
+    first = progress.step - epoch * per_epoch
+    bar = tqdm(data.epoch(cfg, epoch, first), initial=first, total=min(per_epoch, total - epoch * per_epoch),
+               desc=f"{desc} epoch {epoch + 1}/{math.ceil(total / per_epoch)}", unit="batch", mininterval=2.0)
+    rng = jax.random.key(cfg.seed)
+    stop, t_last = False, time.perf_counter()
+    for batch, extra in bar:
+        state, m = steps.at(progress.step)(state, batch, rng, *extra)
+        progress.step += 1
+        progress.examples_seen += int(batch["weights"].sum())
+        if progress.step % cfg.log_every == 0 or progress.step == total:
+            now = time.perf_counter()
+            progress.train_seconds += now - t_last
+            t_last = now
+            _log_train(run.runlog, bar, progress, jax.device_get(m), float(lr_at(progress.step)))
+        end_of_epoch = progress.step % per_epoch == 0 or progress.step >= total
+        due = end_of_epoch or (cfg.eval_every and progress.step % cfg.eval_every == 0)
+        if due and (progress.step >= run.evaluation.start or progress.step >= total):
+            progress.train_seconds += time.perf_counter() - t_last
+            stop = run.evaluate(state, per_epoch) or progress.step >= total
+            t_last = time.perf_counter()
+        elif progress.step % cfg.checkpoint_every == 0:
+            run.checkpoint(state)
+        if stop:
+            break
+    bar.close()
+    return state, stop
+
+
+@dataclasses.dataclass
+class _Run:
+    """What one `fit` call shares between its stages: the log, settings, checkpointer and progress."""
+
+    runlog: RunLog
+    cfg: LoopConfig
+    evaluation: Evaluation
+    ckpt: Checkpointer
+    progress: Progress = dataclasses.field(default_factory=Progress)
+
+    def restore(self, state: TrainState, run_key: str, resume: bool) -> TrainState:
+        """The state to start from: the last complete checkpoint when resuming (same `run_key` only)."""
+        self.progress = Progress(run_key=run_key)
+        if resume and self.ckpt.latest_step() is not None:
+            if self.ckpt.restore_meta(None).get("run_key", "") != run_key:
+                raise UserError(
+                    f"{self.runlog.dir}: its checkpoints come from a run with other settings (config, teacher or "
+                    "data); resume with the same command, or pick another --output"
+                )
+            params, opt_state, meta = self.ckpt.restore(None, state.params, state.opt_state)
+            self.progress = Progress(**meta)
+            log.info("resumed from %s at step %d", self.ckpt.directory, self.progress.step)
+            return TrainState(jnp.asarray(meta["step"], jnp.int32), params, opt_state)
+        if resume:
+            log.warning("%s: no checkpoint to resume from; starting from the beginning", self.ckpt.directory)
+        return state
+
+    def patience_spent(self) -> bool:
+        return bool(self.cfg.patience and self.progress.evals_since_best >= self.cfg.patience)
+
+    def checkpoint(self, state: TrainState, score: float | None = None) -> None:
+        self.ckpt.save(self.progress.step, state.params, state.opt_state, dataclasses.asdict(self.progress),
+                       score=score)
+
+    def evaluate(self, state: TrainState, per_epoch: int) -> bool:
+        """Evaluate, keep the best, checkpoint, report; True when early stopping says stop."""
+        ev, progress = self.evaluation, self.progress
+        result = ev.evaluate(state.params)
+        result["epoch"] = round(progress.step / per_epoch, 3)
+        progress.history.append({"step": progress.step, **result})
+        self.runlog.log(progress.step, result, prefix="dev_")
+        log.info("step %d dev %s", progress.step, fmt(result))
+        improved = result[ev.metric] > progress.best_score
+        if improved:
+            progress.best_score, progress.evals_since_best = result[ev.metric], 0
+            progress.best = {"step": progress.step, **result}
+            ev.keep_best(state.params, progress.best)
+        else:
+            progress.evals_since_best += 1
+        # Only a new best carries a score, so the checkpoint kept as best is `progress.best` (ties go to the
+        # earlier step, as in the export).
+        self.checkpoint(state, result[ev.metric] if improved else None)
+        if ev.report is not None:
+            self.ckpt.wait()  # the caller may end the process (a stopped search trial): no half-written save
+            ev.report(progress.step, result, progress.best)
+        return self.patience_spent()
+
+
+def _log_train(runlog: RunLog, bar, progress: Progress, m: dict, lr: float) -> None:
+    if not np.isfinite(m["loss_sum"]):
+        raise FloatingPointError(f"non-finite loss at step {progress.step}; lower the learning rate")
+    speed = progress.examples_seen / max(progress.train_seconds, 1e-9)
+    loss = float(m["loss_sum"] / max(m["loss_count"], 1))
+    bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{speed:.0f}")
+    terms = {
+        k[: -len("_sum")]: float(m[k] / max(m[k[: -len("_sum")] + "_count"], 1))
+        for k in m
+        if k.endswith("_sum") and k != "loss_sum"
+    }
+    runlog.log(
+        progress.step,
+        {"loss": loss, "grad_norm": float(m["grad_norm"]), "learning_rate": lr, "examples_per_second": speed, **terms},
+        prefix="train_",
+    )
+
+
+def fmt(result: dict) -> str:
+    return ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())

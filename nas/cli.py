@@ -1,0 +1,173 @@
+"""The `bertnas` command: `bertnas {finetune,distill,search,evaluate,predict,quantize} ...`.
+
+  bertnas search --task sst2 --output runs/search-sst2
+  bertnas search --task sst2 --smoke-test --output runs/smoke
+  bertnas search --resume runs/search-sst2
+
+`search` fine-tunes the teacher (or reuses the cached one), runs a Ray Tune
+search over student architectures (local Ray on this machine by default;
+`--address auto` or $RAY_ADDRESS joins a cluster), and writes to --output: the
+config, results.csv / results.json (every trial), pareto.png, leaderboard.txt
+and the Pareto-front students in export/ (which `bertnas evaluate` and
+`bertnas predict` take). The most accurate candidate at least
+--target-speedup times faster than the teacher is then trained again, longer
+and on augmented data, in the time the trials left (final/); it joins the
+front. --quantize int8 adds int8 copies of the front's students
+(export/<rank>-<arch>-int8), measured like the others; they join the front.
+
+The other subcommands are `distill.cli`'s tools; `scripts/*.py` call the same
+functions. Flags map to each tool's one run config in its module (`config(args)`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from types import ModuleType
+from typing import Callable
+
+from distill import cli
+from distill.cli import distill as distill_tool
+from distill.cli import evaluate as evaluate_tool
+from distill.cli import finetune as finetune_tool
+from distill.cli import predict as predict_tool
+from distill.cli import quantize as quantize_tool
+from nas.config import ALGORITHMS, SCHEDULERS, SearchConfig, smoke
+from nas.cost import Constraints
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """The flags of `bertnas search`."""
+    p.add_argument("--task", default="sst2")
+    p.add_argument("--teacher", default="minilm", help="fine-tuned teacher directory, or a pre-trained one")
+    p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
+    p.add_argument("--output", default=None, help="output directory (default runs/search-<task>)")
+    p.add_argument("--resume", metavar="DIR", default=None, help="continue the interrupted search in DIR")
+    p.add_argument("--smoke-test", action="store_true", help="tiny end-to-end run: data slice, 4 small trials")
+    p.add_argument("--space", default="default",
+                   help="preset (default, uniform, shared, smoke, tiny) or a .yaml/.json file")
+    p.add_argument("--num-samples", type=int, default=24, help="candidates to try")
+    p.add_argument("--budget-minutes", type=float, default=60.0, help="bound on the whole run's wall time")
+    p.add_argument("--trial-steps", type=int, default=600, help="distillation steps of a full trial")
+    p.add_argument("--evals-per-trial", type=int, default=3, help="validation evaluations (scheduler rungs)")
+    p.add_argument("--validation", type=int, default=2000, help="training examples held out to compare candidates")
+    p.add_argument("--augment", type=int, default=0, help="augmented copies per training example")
+    _constraint_arguments(p)
+    _final_arguments(p)
+    cli.add_quantize_arg(p)
+    _ray_arguments(p)
+    p.add_argument("--teacher-epochs", type=int, default=2)
+    p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                   help="tagging: students with a linear-chain CRF (default: when the teacher has one)")
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--dev-limit", type=int, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true")
+
+
+def _constraint_arguments(p) -> None:
+    p.add_argument("--max-latency-ms", type=float, default=None, help="skip candidates slower than this (batch 1)")
+    p.add_argument("--min-speedup", type=float, default=None, help="skip candidates less than this much faster")
+    p.add_argument("--max-params", type=int, default=None, help="skip candidates with more parameters")
+    p.add_argument("--latency-threads", type=int, default=1,
+                   help="CPU threads latency is measured on (0: all; 1 gives stable batch-1 figures)")
+
+
+def _final_arguments(p) -> None:
+    p.add_argument("--target-speedup", type=float, default=5.0,
+                   help="final student: the most accurate candidate at least this much faster than the teacher")
+    p.add_argument("--final-steps", type=int, default=40000,
+                   help="training steps of the final student, fewer if the budget ends first (0: none)")
+    p.add_argument("--final-augment", type=int, default=4, help="augmented copies per example for the final student")
+    p.add_argument("--final-share", type=float, default=0.45, help="share of the budget kept for the final student")
+
+
+def _ray_arguments(p) -> None:
+    p.add_argument("--algorithm", default="tpe", choices=list(ALGORITHMS))
+    p.add_argument("--scheduler", default="asha", choices=list(SCHEDULERS))
+    p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:10001); default local")
+    p.add_argument("--cpus-per-trial", type=float, default=0, help="0: a whole node's CPUs")
+    p.add_argument("--gpus-per-trial", type=float, default=0)
+    p.add_argument("--storage-path", default=None, help="Ray results storage (shared FS or URI); default OUTPUT/ray")
+
+
+def config(args: argparse.Namespace) -> SearchConfig:
+    """The search's `SearchConfig`, from the flags (the only place they are mapped)."""
+    cfg = SearchConfig(
+        task=args.task, teacher=args.teacher, data_dir=args.data_dir, space=args.space,
+        num_samples=args.num_samples, budget_minutes=args.budget_minutes, trial_steps=args.trial_steps,
+        evals_per_trial=args.evals_per_trial, validation=args.validation, augment=args.augment,
+        constraints=Constraints(
+            max_latency_ms=args.max_latency_ms, min_speedup=args.min_speedup, max_params=args.max_params
+        ),
+        algorithm=args.algorithm, scheduler=args.scheduler, address=args.address,
+        cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, storage_path=args.storage_path,
+        latency_threads=args.latency_threads, target_speedup=args.target_speedup, final_steps=args.final_steps,
+        final_augment=args.final_augment, final_share=args.final_share, teacher_epochs=args.teacher_epochs,
+        train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed, quantize=args.quantize, crf=args.crf,
+    )
+    return smoke(cfg) if args.smoke_test else cfg
+
+
+def search_main(args: argparse.Namespace) -> int:
+    # The driver shares the accelerator with the trials: no up-front grab of most of its memory (read when
+    # JAX first starts, which is after this).
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    from nas.tune import search
+
+    if args.resume:
+        summary = search(None, args.resume, resume=True)
+    else:
+        summary = search(config(args), args.output or f"runs/search-{args.task}")
+    brief = {k: summary[k] for k in ("task", "metric", "candidates", "counts", "pareto", "seconds")}
+    final = summary.get("final")
+    keys = ("arch", "speedup", "val_metric", "dev_metric", "steps", "export")
+    brief["final"] = {k: final.get(k) for k in keys} if final else None
+    print(json.dumps(brief))
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class Tool:
+    """A subcommand: its help text, its flags and what it runs."""
+
+    doc: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    main: Callable[[argparse.Namespace], int]
+
+    @classmethod
+    def of(cls, module: ModuleType) -> Tool:
+        return cls(module.__doc__, module.add_arguments, module.main)
+
+
+TOOLS: dict[str, Tool] = {
+    "finetune": Tool.of(finetune_tool), "distill": Tool.of(distill_tool), "search": Tool(__doc__, add_arguments, search_main),
+    "evaluate": Tool.of(evaluate_tool), "predict": Tool.of(predict_tool), "quantize": Tool.of(quantize_tool),
+}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bertnas", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, tool in TOOLS.items():
+        sp = sub.add_parser(name, help=tool.doc.splitlines()[0], description=tool.doc,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        tool.add_arguments(sp)
+    return p
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    return parser().parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`bertnas ...` (the console script), also behind `scripts/*.py`: exits 2 with one line on bad input."""
+    def run() -> int:
+        args = parse(sys.argv[1:] if argv is None else argv)
+        cli.setup_logging(getattr(args, "verbose", False))
+        return TOOLS[args.command].main(args)
+
+    cli.run(run)

@@ -1,0 +1,169 @@
+"""Optimizer config: schedules, layer-wise LR decay, frozen embeddings, weight-decay mask, LAMB."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from distill.arch import BertArch
+from distill.model.bert import abstract_params, build_model
+from distill.train.optim import OptimizerConfig, layer_lr_scales
+from tasks.errors import UserError
+
+ARCH = BertArch.uniform(2, 36, 3, 37, vocab_size=41, max_position_embeddings=16)
+
+
+def tiny_params(seed: int = 0) -> dict:
+    """The real parameter tree of a tiny classification BERT, every leaf random (no init compile)."""
+    rng = np.random.default_rng(seed)
+    shapes = abstract_params(build_model(ARCH, "classification", 2))
+    return jax.tree.map(lambda x: rng.normal(0.0, 0.5, x.shape).astype(np.float32), shapes)
+
+
+def flat(tree) -> dict:
+    return {path: np.asarray(x) for path, x in traverse_util.flatten_dict(tree).items()}
+
+
+def one_update(cfg: OptimizerConfig, params, grads, total_steps: int = 10):
+    tx = cfg.build(params, total_steps, ARCH.num_layers)
+    updates, _ = tx.update(grads, tx.init(params), params)
+    return optax.apply_updates(params, updates)
+
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    s = OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.1, schedule="linear").schedule_fn(100)
+    assert float(s(0)) == 0.0
+    assert float(s(5)) == pytest.approx(5e-4)  # mid warm-up
+    assert float(s(10)) == pytest.approx(1e-3)  # peak
+    assert float(s(55)) == pytest.approx(5e-4)  # half-way down
+    assert float(s(100)) == pytest.approx(0.0, abs=1e-12)  # end
+
+
+def test_cosine_and_constant_schedules():
+    cosine = OptimizerConfig(learning_rate=2e-3, warmup_ratio=0.2, schedule="cosine").schedule_fn(50)
+    assert float(cosine(10)) == pytest.approx(2e-3)
+    assert float(cosine(30)) == pytest.approx(1e-3)  # cosine midpoint
+    assert float(cosine(50)) == pytest.approx(0.0, abs=1e-12)
+    constant = OptimizerConfig(learning_rate=2e-3, warmup_ratio=0.2, schedule="constant").schedule_fn(50)
+    assert float(constant(5)) == pytest.approx(1e-3)
+    assert [float(constant(t)) for t in (10, 30, 50)] == pytest.approx([2e-3] * 3)
+
+
+def test_no_warmup_starts_at_the_peak():
+    s = OptimizerConfig(learning_rate=1e-3, warmup_ratio=0.0).schedule_fn(7)
+    assert float(s(0)) == pytest.approx(1e-3)
+    assert float(s(7)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_layer_lr_scales():
+    scales = flat(layer_lr_scales(tiny_params(), ARCH.num_layers, 0.5))
+    for path, value in scales.items():
+        if path[0] == "embeddings":
+            expected = 0.5**3  # decay ** (L + 1)
+        elif path[:2] == ("encoder", "layer_0"):
+            expected = 0.5**2  # decay ** (L - 0)
+        elif path[:2] == ("encoder", "layer_1"):
+            expected = 0.5  # decay ** (L - 1)
+        else:
+            assert path[0] in ("pooler", "classifier"), path
+            expected = 1.0
+        assert value == pytest.approx(expected), path
+
+
+def test_layer_lr_scales_with_shared_layers():
+    # 3 layers in groups (0, 0, 1): group 0 (layers 0 and 1) takes its deepest layer's rate, decay ** (3 - 1).
+    arch = BertArch.uniform(3, 36, 3, 37, vocab_size=41, max_position_embeddings=16).replace(layer_groups=(0, 0, 1))
+    params = abstract_params(build_model(arch, "classification", 2))
+    scales = flat(layer_lr_scales(params, arch.num_layers, 0.5, arch.groups))
+    assert {p[1] for p in scales if p[0] == "encoder"} == {"layer_0", "layer_1"}
+    for path, value in scales.items():
+        if path[0] == "encoder":
+            assert value == pytest.approx(0.25 if path[1] == "layer_0" else 0.5), path
+        elif path[0] == "embeddings":
+            assert value == pytest.approx(0.5**4), path
+
+
+def test_layer_lr_decay_scales_each_update():
+    # Adam's first step moves every weight by lr (grads all ones, no decay, no clipping),
+    # so each leaf moves by lr times its layer's scale.
+    params = tiny_params()
+    grads = jax.tree.map(np.ones_like, params)
+    cfg = OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, weight_decay=0.0, max_grad_norm=0.0,
+                          schedule="constant", layer_lr_decay=0.5)
+    new = flat(one_update(cfg, params, grads))
+    scales = flat(layer_lr_scales(params, ARCH.num_layers, 0.5))
+    for path, old in flat(params).items():
+        np.testing.assert_allclose(old - new[path], 1e-2 * scales[path], rtol=1e-4, err_msg=str(path))
+
+
+def test_freeze_embeddings_leaves_every_embedding_leaf_unchanged():
+    params = tiny_params()
+    rng = np.random.default_rng(1)
+    grads = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+    cfg = OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, weight_decay=0.1, freeze_embeddings=True)
+    old, new = flat(params), flat(one_update(cfg, params, grads))
+    assert any(p[0] == "embeddings" for p in old)
+    for path in old:
+        if path[0] == "embeddings":
+            np.testing.assert_array_equal(new[path], old[path], err_msg=str(path))
+        else:
+            assert not np.allclose(new[path], old[path]), path
+
+
+def test_weight_decay_skips_biases_and_layernorm():
+    params = tiny_params()
+    zeros = jax.tree.map(np.zeros_like, params)
+    cfg = OptimizerConfig(learning_rate=1e-2, warmup_ratio=0.0, weight_decay=0.1, schedule="constant")
+    old, new = flat(params), flat(one_update(cfg, params, zeros))
+    seen = set()
+    for path in old:
+        seen.add(path[-1])
+        if path[-1] in ("bias", "scale"):  # biases, LayerNorm scales and LayerNorm biases
+            np.testing.assert_array_equal(new[path], old[path], err_msg=str(path))
+        else:  # kernels and embedding tables: p <- p - lr * wd * p
+            np.testing.assert_allclose(new[path], old[path] * (1 - 1e-2 * 0.1), rtol=1e-6, err_msg=str(path))
+    assert seen == {"bias", "scale", "kernel", "embedding"}
+
+
+def test_lamb_reduces_a_simple_loss():
+    params = {"encoder": {"layer_0": {"dense": {"kernel": jnp.full((5, 3), 2.0), "bias": jnp.full((3,), -1.0)}}}}
+
+    def loss(p):
+        d = p["encoder"]["layer_0"]["dense"]
+        return jnp.sum((d["kernel"] - 0.5) ** 2) + jnp.sum((d["bias"] - 0.25) ** 2)
+
+    cfg = OptimizerConfig(name="lamb", learning_rate=0.05, warmup_ratio=0.0, schedule="constant", weight_decay=0.0)
+    tx = cfg.build(params, 100, 1)
+    state = tx.init(params)
+
+    @jax.jit
+    def step(p, s):
+        updates, s = tx.update(jax.grad(loss)(p), s, p)
+        return optax.apply_updates(p, updates), s
+
+    start = float(loss(params))
+    for _ in range(40):
+        params, state = step(params, state)
+    assert float(loss(params)) < 0.05 * start
+
+
+@pytest.mark.parametrize(
+    "kw, field",
+    [
+        ({"name": "sgd"}, "optimizer: unknown 'sgd'; valid: adamw, lamb"),
+        ({"schedule": "step"}, "schedule: unknown 'step'; valid: linear, cosine, constant"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"learning_rate": -1e-3}, "learning_rate"),
+        ({"warmup_ratio": 1.0}, "warmup_ratio"),
+        ({"layer_lr_decay": 0.0}, "layer_lr_decay"),
+        ({"layer_lr_decay": 1.5}, "layer_lr_decay"),
+    ],
+)
+def test_invalid_settings_raise_user_error(kw, field):
+    with pytest.raises(UserError) as err:
+        OptimizerConfig(**kw)
+    assert str(err.value).startswith(field)
