@@ -37,8 +37,7 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import compile_cache, inference, peak, search_time, size, students, train_step
-from bench import quantize
+from bench import compile_cache, inference, peak, quantize, search_time, size, students, train_step
 from bench.common import Skip, cpu_threads
 
 ROOT = Path(__file__).resolve().parent.parent

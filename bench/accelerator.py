@@ -195,8 +195,8 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
     import jax.numpy as jnp
 
     from distill.model.bert import build_model, init_params
-    from distill.train.optim import OptimizerConfig
     from distill.model.infer import logits_step
+    from distill.train.optim import OptimizerConfig
     from distill.train.steps import TrainState, make_supervised_step
 
     timing = _timing(args)

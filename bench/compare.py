@@ -35,7 +35,6 @@ from bench import steps
 from bench.common import HEAD, NUM_LABELS, cpu_threads, hf_bert_kwargs, make_batch, shape_arch, time_steps
 
 
-
 @dataclasses.dataclass(frozen=True)
 class Case:
     mode: str  # "infer" or "train"
@@ -166,8 +165,8 @@ def _ours(cases: list[Case], args, add) -> None:
     import numpy as np
     from safetensors.numpy import save_file
 
-    from distill.model.hf import to_hf
     from distill.model.bert import build_model, init_params
+    from distill.model.hf import to_hf
 
     host_params = {}
     info = {"side": "ours", "device": jax.devices()[0].device_kind, "jax": jax.__version__}

@@ -75,10 +75,10 @@ def child(arch_name: str, buckets: list[int], batch_size: int) -> dict:
 
     from bench.common import make_batch
     from distill.arch import parse_arch_name
-    from distill.model.bert import build_model, init_params
-    from distill.kd.objective import LossConfig, TeacherOutputs
-    from distill.train.optim import OptimizerConfig
     from distill.files import enable_compilation_cache
+    from distill.kd.objective import LossConfig, TeacherOutputs
+    from distill.model.bert import build_model, init_params
+    from distill.train.optim import OptimizerConfig
     from distill.train.steps import TrainState, make_train_step
 
     cache = enable_compilation_cache()

@@ -19,9 +19,9 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import numpy as np  # noqa: E402
 
-from distill.run.evaluation import evaluate_model  # noqa: E402
 from distill.model.bert import build_model  # noqa: E402
 from distill.model.store import load_bert  # noqa: E402
+from distill.run.evaluation import evaluate_model  # noqa: E402
 from tasks.features import encode  # noqa: E402
 from tasks.readers import load_task, read_split  # noqa: E402
 

@@ -19,6 +19,7 @@ from distill.model.bert import build_model, init_params  # noqa: E402
 from distill.train.optim import OptimizerConfig  # noqa: E402
 from distill.train.steps import TrainState, make_supervised_step  # noqa: E402
 from tasks.registry import get_task  # noqa: E402
+
 task = get_task("conll2003")
 rng = np.random.default_rng(0)
 B, T = 32, 64

@@ -62,8 +62,8 @@ def inputs(ctx) -> dict:
 
 def measure_student(path: Path, examples, *, seq_len: int | None, quick: bool, tmp: Path) -> dict:
     """One float32 export against its int8 quantization: metric, size and latency."""
-    from distill.run.evaluation import load_for_task
     from distill.export.int8 import export_quantized, quantize
+    from distill.run.evaluation import load_for_task
     from distill.run.quantization import compare_models
     from nas.cost import CostModel, typical_length
     from tasks.features import encode

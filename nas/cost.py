@@ -46,8 +46,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill.arch import BertArch, head_outputs
-from distill.model.bert import build_model, init_params
 from distill.files import cache_root
+from distill.model.bert import build_model, init_params
 from tasks.errors import UserError
 
 log = logging.getLogger(__name__)

@@ -28,8 +28,17 @@ from distill.export.int8 import quantize_export
 from distill.export.scheme import scheme
 from distill.files import export_path, write_json
 from distill.run import (
-    AugmentConfig, Stage, distill, evaluate_dir, evaluate_model, fine_tuned_teacher, load_for_task, loss_layer_map,
-    read_data, teacher_labels, training_features,
+    AugmentConfig,
+    Stage,
+    distill,
+    evaluate_dir,
+    evaluate_model,
+    fine_tuned_teacher,
+    load_for_task,
+    loss_layer_map,
+    read_data,
+    teacher_labels,
+    training_features,
 )
 from nas.cost import CostModel
 from nas.trial import TrialSetup, trial_distill_config

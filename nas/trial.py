@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from distill.arch import BertArch
-from distill.run import DistillConfig, distill
 from distill.files import enable_compilation_cache, write_json
+from distill.run import DistillConfig, distill
 from nas.cost import Constraints, CostModel
 from nas.space import SearchSpace
 

@@ -39,8 +39,19 @@ from distill.files import cache_root, check_output_path, enable_compilation_cach
 from distill.model.crf import check_crf
 from distill.model.store import arch_from_config, read_config, resolve_model_dir
 from distill.run import (
-    AugmentConfig, DistillConfig, LoopConfig, LossConfig, OptimizerConfig, Stage, evaluate_dir, evaluate_model,
-    fine_tuned_teacher, read_data, teacher_importance, teacher_labels, training_features,
+    AugmentConfig,
+    DistillConfig,
+    LoopConfig,
+    LossConfig,
+    OptimizerConfig,
+    Stage,
+    evaluate_dir,
+    evaluate_model,
+    fine_tuned_teacher,
+    read_data,
+    teacher_importance,
+    teacher_labels,
+    training_features,
 )
 from nas import report
 from nas.config import SearchConfig

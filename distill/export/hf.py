@@ -33,12 +33,19 @@ import numpy as np
 from flax import traverse_util
 
 from distill.arch import BertArch
-from distill.model.hf import WeightsError, from_hf
-from distill.model.bert import abstract_params, build_model
-from distill.model.store import (
-    WEIGHTS, LoadedBert, TeacherError, arch_from_config, load_tokenizer, read_config, read_weights, save_bert,
-)
 from distill.files import check_output_path
+from distill.model.bert import abstract_params, build_model
+from distill.model.hf import WeightsError, from_hf
+from distill.model.store import (
+    WEIGHTS,
+    LoadedBert,
+    TeacherError,
+    arch_from_config,
+    load_tokenizer,
+    read_config,
+    read_weights,
+    save_bert,
+)
 from tasks.base import Task
 from tasks.errors import UserError
 

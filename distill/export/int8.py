@@ -41,11 +41,18 @@ import qwix
 from flax import traverse_util
 
 from distill.arch import BertArch
-from distill.export.hf import _check_tokenizer, load_float_export, config_crf, config_head, is_quantized, is_quantized_dir
+from distill.export.hf import (
+    _check_tokenizer,
+    config_crf,
+    config_head,
+    is_quantized,
+    is_quantized_dir,
+    load_float_export,
+)
 from distill.export.scheme import QuantConfig
 from distill.files import check_output_path
-from distill.model.hf import WeightsError
 from distill.model.bert import abstract_params, build_model
+from distill.model.hf import WeightsError
 from distill.model.store import WEIGHTS, LoadedBert, TeacherError, load_tokenizer, read_config, write_model_dir
 from tasks.errors import UserError
 

@@ -30,8 +30,8 @@ import ml_dtypes
 import numpy as np
 from tqdm.auto import tqdm
 
-from distill.kd.objective import TeacherOutputs
 from distill.files import cache_root, config_key, write_json
+from distill.kd.objective import TeacherOutputs
 from tasks.batching import batches, default_buckets, num_batches
 from tasks.features import Features
 

@@ -26,8 +26,8 @@ import jax
 import numpy as np
 
 from distill.arch import BertArch
-from distill.model.hf import from_hf, to_hf
 from distill.model.bert import BertForTask, abstract_params, build_model, init_params
+from distill.model.hf import from_hf, to_hf
 from tasks.errors import UserError
 
 log = logging.getLogger(__name__)

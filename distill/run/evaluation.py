@@ -13,11 +13,11 @@ from typing import Any
 
 import numpy as np
 
-from distill.model import crf
 from distill.export.hf import is_quantized_dir
 from distill.export.load import load_export
-from distill.model.store import LoadedBert, load_bert
+from distill.model import crf
 from distill.model.infer import predict
+from distill.model.store import LoadedBert, load_bert
 from tasks import metrics
 from tasks.base import Task
 from tasks.batching import batches

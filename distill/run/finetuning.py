@@ -22,15 +22,14 @@ from typing import Any
 
 import jax
 
+from distill.files import cache_root, check_output_path, config_key, file_fingerprint
+from distill.model.bert import init_params
 from distill.model.crf import check_crf
+from distill.model.store import load_bert, resolve_model_dir, save_bert, weights_fingerprint
 from distill.run.config import FinetuneConfig
 from distill.run.evaluation import evaluate_model
-from distill.files import check_output_path
 from distill.train.loop import Evaluation, StepSchedule, TrainData, fit, refuse_overwrite
-from distill.model.bert import init_params
-from distill.files import cache_root, config_key, file_fingerprint
 from distill.train.runlog import RunLog
-from distill.model.store import load_bert, resolve_model_dir, save_bert, weights_fingerprint
 from distill.train.steps import TrainState, make_supervised_step
 from tasks.datafiles import split_path
 from tasks.errors import UserError

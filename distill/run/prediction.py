@@ -19,7 +19,6 @@ from tasks.decode import predict_labels
 from tasks.errors import UserError
 from tasks.features import encode
 
-
 # CJK ideographs, as BERT's tokenizer (`_is_chinese_char`) splits them off one by one.
 _CJK = re.compile(
     "([\u4E00-\u9FFF\u3400-\u4DBF\U00020000-\U0002A6DF\U0002A700-\U0002B73F"

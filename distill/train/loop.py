@@ -25,8 +25,8 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from pathlib import Path
 import time
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jax

@@ -17,9 +17,9 @@ import optax
 from flax import struct
 
 from distill.kd.losses import hard_loss
+from distill.kd.objective import PROJ, LossConfig, TeacherOutputs, distill_loss, teacher_forward
 from distill.model.bert import BertForTask
 from distill.model.infer import model_inputs
-from distill.kd.objective import PROJ, LossConfig, TeacherOutputs, distill_loss, teacher_forward
 
 
 @struct.dataclass

@@ -28,10 +28,10 @@ if str(ROOT) not in sys.path:
 from bench import plot, search_time, size  # noqa: E402
 from bench.__main__ import table  # noqa: E402
 from bench.common import Skip  # noqa: E402
-from distill.train.checkpoint import Checkpointer  # noqa: E402
 from distill.arch import BertArch, parse_arch_name  # noqa: E402
 from distill.export.hf import export_model  # noqa: E402
 from distill.model.bert import abstract_params, build_model  # noqa: E402
+from distill.train.checkpoint import Checkpointer  # noqa: E402
 from tasks.registry import get_task  # noqa: E402
 
 HAS_TORCH = importlib.util.find_spec("torch") is not None

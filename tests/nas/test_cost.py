@@ -13,8 +13,8 @@ import pytest
 
 import nas.cost
 from distill.arch import BertArch
-from distill.model.bert import build_model, init_params
 from distill.files import cache_root
+from distill.model.bert import build_model, init_params
 from nas.cost import Constraints, Cost, CostModel, device_name, measure_latency, typical_length
 from tasks.errors import UserError
 from tasks.features import Features

@@ -70,14 +70,14 @@ def test_quantized_copies_of_the_front_are_measured_rows(tmp_path, monkeypatch):
     import numpy as np
     from helpers import make_tokenizer, write_sst2
 
+    import nas.cost
     from distill.arch import parse_arch_name
-    from distill.run.config import DistillConfig
-    from distill.run.evaluation import evaluate_dir
     from distill.export.hf import export_model
+    from distill.export.int8 import QuantizedBert
     from distill.export.load import load_export
     from distill.model.bert import abstract_params, build_model
-    import nas.cost
-    from distill.export.int8 import QuantizedBert
+    from distill.run.config import DistillConfig
+    from distill.run.evaluation import evaluate_dir
     from nas.cost import Constraints
     from nas.final import quantized_rows
     from nas.report import leaderboard, pareto_front, write_table

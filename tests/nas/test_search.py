@@ -19,7 +19,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import write_sst2, write_tiny_teacher
 
 pytestmark = pytest.mark.slow
@@ -98,8 +97,8 @@ def test_search_writes_every_output(searched, env):
 
 
 def test_pareto_front_is_exported_and_scores_on_dev(searched, env):
-    from distill.run.evaluation import evaluate_dir
     from distill.export.load import load_export
+    from distill.run.evaluation import evaluate_dir
     from nas.report import pareto_front
 
     out, summary = searched

@@ -42,8 +42,9 @@ def _claim(trial_id: str) -> str | None:
 
 def faulty_trial(config: dict, setup) -> None:
     """`nas.trial.run_trial`, with this trial's fault (pickled by value into the Ray workers)."""
-    import nas.trial as trial
     from ray import tune
+
+    import nas.trial as trial
 
     fault = _claim(tune.get_context().get_trial_id())
     if fault == "host_oom":

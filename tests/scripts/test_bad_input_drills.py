@@ -256,6 +256,10 @@ def results(env, tmp_path_factory) -> dict:
     return {case: (*prepared[case], procs[case]) for case in CASES}
 
 
+COMMANDS = {"finetune_teacher.py": "finetune", "distill_student.py": "distill", "search.py": "search",
+            "evaluate.py": "evaluate", "predict.py": "predict", "quantize.py": "quantize"}
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda f: f.__name__)
 def test_bad_input_gives_one_error_line_and_exit_2(case, results):
     script, _, expected, must_not_exist, proc = results[case]
@@ -263,8 +267,9 @@ def test_bad_input_gives_one_error_line_and_exit_2(case, results):
     assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
     lines = proc.stderr.strip().splitlines()
     last = lines[-1]
-    # Ours: `error: ...`; a flag argparse refuses: `<script>: error: argument --flag: ...` after the usage.
-    assert last.startswith(("error: ", f"{script}: error: argument ")), last
+    # Ours: `error: ...`; a flag argparse refuses: `bertnas <command>: error: argument --flag: ...` after the
+    # usage (every script is its `bertnas` command).
+    assert last.startswith(("error: ", f"bertnas {COMMANDS[script]}: error: argument ")), last
     assert sum("error:" in line for line in lines) == 1, lines
     for text in expected:
         assert text in last, (text, last)

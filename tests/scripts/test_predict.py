@@ -13,8 +13,8 @@ from helpers import make_tokenizer
 
 from distill.arch import BertArch
 from distill.model.bert import build_model, init_params
-from distill.run.prediction import predict_lines
 from distill.model.store import save_bert
+from distill.run.prediction import predict_lines
 from tasks.errors import UserError
 from tasks.registry import get_task
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from task_data import GLUE, needs_data
+
 from tasks.batching import batch_plan, batches, default_buckets, num_batches
 from tasks.features import IGNORE, Features, encode
 from tasks.readers import read_split

@@ -12,8 +12,19 @@ from tasks.decode import ClassPrediction, predict_labels
 from tasks.errors import UserError
 from tasks.features import encode
 from tasks.metrics import (
-    accuracy, binary_f1, entity_f1, entity_precision, entity_recall, evaluate, get_metric,
-    matthews_corr, normalize_answer, pearson, spearmanr, squad_exact_match, squad_f1,
+    accuracy,
+    binary_f1,
+    entity_f1,
+    entity_precision,
+    entity_recall,
+    evaluate,
+    get_metric,
+    matthews_corr,
+    normalize_answer,
+    pearson,
+    spearmanr,
+    squad_exact_match,
+    squad_f1,
 )
 from tasks.registry import get_task
 

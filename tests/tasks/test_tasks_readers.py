@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from task_data import CONLL, GLUE, needs_data
+
 from tasks.base import SpanExample, TaggingExample, TextExample
 from tasks.errors import DataError, UserError
 from tasks.readers import read_split, resolve_data_dir

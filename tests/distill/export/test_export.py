@@ -18,8 +18,8 @@ from helpers import make_tokenizer
 from distill.arch import parse_arch_name
 from distill.export.hf import RESERVED, export_model
 from distill.export.load import load_export
-from distill.model.hf import WeightsError
 from distill.model.bert import build_model
+from distill.model.hf import WeightsError
 from tasks.errors import UserError
 from tasks.registry import get_task
 

@@ -21,14 +21,14 @@ from flax import traverse_util
 from helpers import make_tokenizer, write_sst2
 
 from distill.arch import parse_arch_name
-from distill.run.evaluation import evaluate_dir
 from distill.export.hf import export_model
-from distill.export.load import load_export
-from distill.model.bert import build_model
-from distill.run.prediction import predict_lines
-from distill.export.scheme import QuantConfig
 from distill.export.int8 import SCALE, QuantizedBert, export_quantized, quantize, quantize_params
+from distill.export.load import load_export
+from distill.export.scheme import QuantConfig
+from distill.model.bert import build_model
 from distill.model.store import TeacherError, load_bert
+from distill.run.evaluation import evaluate_dir
+from distill.run.prediction import predict_lines
 from tasks.registry import get_task
 
 REPO = Path(__file__).resolve().parents[3]
@@ -231,8 +231,8 @@ def test_quantize_run_after_distillation(tmp_path, monkeypatch):
 
     from distill.run.config import DistillConfig
     from distill.run.distillation import distill
-    from distill.train.loop import LoopConfig
     from distill.run.quantization import quantize_run
+    from distill.train.loop import LoopConfig
 
     monkeypatch.setenv("BERTNAS_CACHE", str(tmp_path / "cache"))
     data = write_sst2(tmp_path / "SST-2", n_train=40, n_dev=16)

@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
 from helpers import write_sst2, write_task_teacher
 
 
 def _setup(tmp_path):
+    from distill.model.store import load_bert
     from distill.run.config import DistillConfig
     from distill.run.data import Stage, read_data, training_features
-    from distill.model.store import load_bert
     from tasks.registry import get_task
 
     data = write_sst2(tmp_path / "data", n_train=60, n_dev=10)
@@ -25,8 +24,8 @@ def _setup(tmp_path):
 
 
 def test_importance_scores_are_cached_as_arrays_and_reused(tmp_path):
-    from distill.kd.importance import cached_importance
     from distill.files import cache_root
+    from distill.kd.importance import cached_importance
 
     cfg, task, teacher, train = _setup(tmp_path)
     first = cached_importance(teacher, train, task.name, task.kind, seed=cfg.loop.seed, num_batches=cfg.init.importance_batches)
@@ -45,8 +44,8 @@ def test_importance_scores_are_cached_as_arrays_and_reused(tmp_path):
 
 
 def test_a_corrupt_importance_cache_is_recomputed(tmp_path, caplog):
-    from distill.kd.importance import cached_importance
     from distill.files import cache_root
+    from distill.kd.importance import cached_importance
 
     cfg, task, teacher, train = _setup(tmp_path)
     first = cached_importance(teacher, train, task.name, task.kind, seed=cfg.loop.seed, num_batches=cfg.init.importance_batches)

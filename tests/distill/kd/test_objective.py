@@ -9,8 +9,8 @@ import pytest
 
 from distill.arch import BertArch
 from distill.kd.losses import attention_mse, hidden_mse, kl_divergence, prediction_distill_loss, soft_cross_entropy
-from distill.model.bert import build_model, init_params
 from distill.kd.objective import PROJ, LossConfig, TeacherOutputs, distill_loss, init_projection, teacher_forward
+from distill.model.bert import build_model, init_params
 from distill.train.optim import OptimizerConfig
 from distill.train.steps import TrainState, train_step
 from tasks.errors import UserError

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from helpers import make_tokenizer, write_conll, write_sst2
 
-from distill.kd import outputs as teacher_outputs
 from distill.arch import BertArch
-from distill.model.bert import build_model, init_params
+from distill.kd import outputs as teacher_outputs
 from distill.kd.outputs import cached_teacher_outputs, features_fingerprint, label_features
+from distill.model.bert import build_model, init_params
 from tasks.batching import batches
 from tasks.features import encode
 from tasks.readers import read_split

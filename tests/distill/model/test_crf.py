@@ -10,7 +10,16 @@ import numpy as np
 import pytest
 
 from distill.model.crf import (
-    FORBIDDEN, CrfParams, compact, constrain, expand, iob2_constraints, log_likelihood, log_partition, sequence_score, viterbi,
+    FORBIDDEN,
+    CrfParams,
+    compact,
+    constrain,
+    expand,
+    iob2_constraints,
+    log_likelihood,
+    log_partition,
+    sequence_score,
+    viterbi,
 )
 
 LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]

@@ -16,10 +16,10 @@ from flax import traverse_util
 from helpers import conll_sentences, make_tokenizer
 
 from distill.arch import BertArch
-from distill.model.crf import CrfParams, constrain, iob2_constraints, log_likelihood
-from distill.run.evaluation import predict_features, task_outputs, viterbi_tags
 from distill.kd.losses import IGNORE, hard_loss, tagging_loss
 from distill.model.bert import abstract_params, build_model
+from distill.model.crf import CrfParams, constrain, iob2_constraints, log_likelihood
+from distill.run.evaluation import predict_features, task_outputs, viterbi_tags
 from tasks.base import TaggingExample
 from tasks.decode import predict_labels
 from tasks.errors import UserError

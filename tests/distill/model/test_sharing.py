@@ -19,11 +19,11 @@ from flax import traverse_util
 from distill.arch import HEADS, ArchError, BertArch, parse_arch_name
 from distill.export.hf import export_model
 from distill.export.load import load_export
-from distill.model.hf import WeightsError, from_hf, to_hf
 from distill.kd.importance import importance_scores, weight_scores
 from distill.kd.init import InitConfig, init_student
 from distill.kd.losses import task_loss
 from distill.model.bert import abstract_params, build_model
+from distill.model.hf import WeightsError, from_hf, to_hf
 from tasks.registry import get_task
 
 SHARED = [
@@ -309,11 +309,11 @@ def test_distill_a_shared_student_end_to_end(tmp_path):
     """`distill` with a `-G` student: teacher init, per-layer hidden loss, checkpoints, export, load_export."""
     from helpers import write_sst2, write_task_teacher
 
+    from distill.kd.objective import LossConfig
     from distill.run.config import DistillConfig
     from distill.run.distillation import distill
     from distill.run.evaluation import predict_features
     from distill.train.loop import LoopConfig
-    from distill.kd.objective import LossConfig
     from tasks.features import encode
     from tasks.readers import read_split
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from distill.arch import HEADS, ArchError, BertArch, parse_arch_name
-from distill.model.hf import WeightsError
 from distill.model.bert import abstract_params, build_model
+from distill.model.hf import WeightsError
 from distill.model.store import TeacherError, load_bert, load_tokenizer, save_bert
 from tasks.errors import UserError
 

@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 from helpers import write_chinese_hf_teacher, write_chinese_ner
 
-from distill.run.evaluation import evaluate_dir
+from distill.model.store import load_bert
 from distill.run.config import FinetuneConfig
+from distill.run.evaluation import evaluate_dir
 from distill.run.finetuning import finetune
+from distill.run.prediction import predict_lines
 from distill.train.loop import LoopConfig
 from distill.train.optim import OptimizerConfig
-from distill.run.prediction import predict_lines
-from distill.model.store import load_bert
 
 
 @pytest.fixture(scope="module")

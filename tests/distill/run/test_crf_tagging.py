@@ -16,19 +16,18 @@ import pytest
 from helpers import write_conll, write_sst2, write_tiny_teacher
 
 from distill.arch import resolve_student
-from distill.run.config import DistillConfig
-from distill.run.distillation import distill
-from distill.run.evaluation import evaluate_model, task_outputs
 from distill.export.hf import export_model
 from distill.export.load import load_export
-from distill.run.config import FinetuneConfig
-from distill.run.finetuning import finetune
 from distill.kd.init import InitConfig, init_student
-from distill.train.loop import LoopConfig
 from distill.kd.objective import LossConfig
-from distill.train.optim import OptimizerConfig
-from distill.run.prediction import predict_lines, split_words
 from distill.model.store import load_bert, read_weights
+from distill.run.config import DistillConfig, FinetuneConfig
+from distill.run.distillation import distill
+from distill.run.evaluation import evaluate_model, task_outputs
+from distill.run.finetuning import finetune
+from distill.run.prediction import predict_lines, split_words
+from distill.train.loop import LoopConfig
+from distill.train.optim import OptimizerConfig
 from tasks.errors import UserError
 from tasks.features import encode
 from tasks.readers import read_split

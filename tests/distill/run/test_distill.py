@@ -14,21 +14,20 @@ import numpy as np
 import pytest
 from helpers import write_conll, write_sst2, write_stsb, write_task_teacher, write_tiny_teacher
 
-from distill.kd.augment import AugmentConfig
-from distill.train.checkpoint import Checkpointer
 from distill.arch import resolve_student
-from distill.run.config import DistillConfig
+from distill.export.load import load_export
+from distill.kd.augment import AugmentConfig
+from distill.kd.init import InitConfig
+from distill.kd.objective import PROJ, LossConfig
+from distill.model.bert import abstract_params
+from distill.model.store import load_bert
+from distill.run.config import DistillConfig, FinetuneConfig
 from distill.run.distillation import distill, ensure_export
 from distill.run.evaluation import predict_features
-from distill.export.load import load_export
-from distill.run.config import FinetuneConfig
 from distill.run.finetuning import finetune
-from distill.kd.init import InitConfig
+from distill.train.checkpoint import Checkpointer
 from distill.train.loop import LoopConfig
-from distill.model.bert import abstract_params
-from distill.kd.objective import PROJ, LossConfig
 from distill.train.optim import OptimizerConfig
-from distill.model.store import load_bert
 from tasks.errors import UserError
 from tasks.features import encode
 from tasks.readers import read_split

@@ -17,13 +17,13 @@ import pytest
 from flax import traverse_util
 from helpers import write_conll, write_squad, write_sst2, write_stsb, write_tiny_teacher
 
+from distill.model.bert import init_params
+from distill.model.store import load_bert
 from distill.run.config import FinetuneConfig
 from distill.run.evaluation import evaluate_model
 from distill.run.finetuning import finetune, reinit_top
-from distill.model.bert import init_params
 from distill.train.loop import LoopConfig
 from distill.train.optim import OptimizerConfig
-from distill.model.store import load_bert
 from tasks.errors import UserError
 from tasks.features import encode
 from tasks.readers import read_split

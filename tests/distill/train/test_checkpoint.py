@@ -6,9 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-from distill.train.checkpoint import CheckpointConfig, Checkpointer
 from distill.arch import BertArch
 from distill.model.bert import build_model, init_params
+from distill.train.checkpoint import CheckpointConfig, Checkpointer
 from distill.train.optim import OptimizerConfig
 from distill.train.steps import TrainState, make_supervised_step
 from tasks.errors import UserError
