@@ -1,4 +1,5 @@
-"""Teacher fine-tuning and distillation for one task: the library under `bertnas finetune|distill|evaluate|predict|quantize`.
+"""Teacher fine-tuning and distillation for one task: the library behind
+`bertnas finetune|distill|evaluate|predict|quantize`.
 
 Rooms, from the bottom up (A -> B: A may import B; every room may import `tasks`):
 
@@ -10,7 +11,8 @@ Rooms, from the bottom up (A -> B: A may import B; every room may import `tasks`
   train/     optimizer, pure steps, loop, Orbax checkpoints, run log         -> kd, model, arch, files
   export/    HF export, the int8 format, loading any export                  -> model, arch, files
   run/       finetune, distill, evaluate, predict, quantize as named stages  -> any room of distill
-  cli.py     the tools' flags, mapped to one run config each                 -> run (lazily: --help needs no JAX)
+  cli/       the tools' flags, mapped to one run config each                 -> run, export, arch, files
+             (run only inside a tool's `main`: --help and flag errors load no JAX)
 
 `nas` imports `distill.run` (its public API), `arch`, `model`, `export`, `files` and
 `cli`; never `train` or `kd`. Only `train/checkpoint.py` imports orbax and only

@@ -26,6 +26,8 @@ from typing import Any
 from tasks.errors import UserError
 
 HEADS = ("classification", "regression", "tagging", "span", "none")
+DEFAULT_TEACHER = "minilm"
+"""The teacher every tool starts from by default: all-MiniLM-L6-v2 (6L-384), shipped by a PyPI package."""
 LAYER_MAPS = ("uniform", "first", "last")
 """Named maps from student to teacher layers (`distill.kd.layers.teacher_layers`); else explicit indices."""
 

@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tasks.errors import UserError
 
 
@@ -32,6 +34,16 @@ def file_fingerprint(*paths: os.PathLike) -> str:
             for chunk in iter(lambda: fh.read(1 << 22), b""):
                 h.update(chunk)
         h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def features_fingerprint(features) -> str:
+    """A hash of the exact inputs (token ids, segment ids, lengths) of every feature of a `tasks.features.Features`."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(features.lengths, np.int64).tobytes())
+    for ids, types in zip(features.input_ids, features.token_type_ids):
+        h.update(np.ascontiguousarray(ids, np.int32).tobytes())
+        h.update(np.ascontiguousarray(types, np.int32).tobytes())
     return h.hexdigest()[:16]
 
 

@@ -35,8 +35,7 @@ from distill.cli import evaluate as evaluate_tool
 from distill.cli import finetune as finetune_tool
 from distill.cli import predict as predict_tool
 from distill.cli import quantize as quantize_tool
-from nas.config import ALGORITHMS, SCHEDULERS, SearchConfig, smoke
-from nas.cost import Constraints
+from nas.config import ALGORITHMS, SCHEDULERS, Constraints, SearchConfig, smoke
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -144,8 +143,12 @@ class Tool:
 
 
 TOOLS: dict[str, Tool] = {
-    "finetune": Tool.of(finetune_tool), "distill": Tool.of(distill_tool), "search": Tool(__doc__, add_arguments, search_main),
-    "evaluate": Tool.of(evaluate_tool), "predict": Tool.of(predict_tool), "quantize": Tool.of(quantize_tool),
+    "finetune": Tool.of(finetune_tool),
+    "distill": Tool.of(distill_tool),
+    "search": Tool(__doc__, add_arguments, search_main),
+    "evaluate": Tool.of(evaluate_tool),
+    "predict": Tool.of(predict_tool),
+    "quantize": Tool.of(quantize_tool),
 }
 
 
@@ -171,3 +174,7 @@ def main(argv: list[str] | None = None) -> None:
         return TOOLS[args.command].main(args)
 
     cli.run(run)
+
+
+if __name__ == "__main__":
+    main()

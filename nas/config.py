@@ -9,10 +9,42 @@ from __future__ import annotations
 
 import dataclasses
 
+from distill.arch import DEFAULT_TEACHER
 from distill.export.scheme import scheme
-from distill.model.store import DEFAULT_TEACHER
-from nas.cost import Constraints
 from tasks.errors import UserError
+
+
+class ConstraintError(UserError, ValueError):
+    """An invalid constraint (a bad command-line value)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Constraints:
+    max_latency_ms: float | None = None
+    min_speedup: float | None = None
+    max_params: int | None = None
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is not None and not (isinstance(value, (int, float)) and value > 0):
+                raise ConstraintError(f"--{f.name.replace('_', '-')} must be positive, got {value!r}")
+
+    def violations(self, cost) -> list[str]:
+        """`cost`: a `nas.cost.Cost`."""
+        """Why `cost` breaks the constraints (empty when it meets them all)."""
+        out = []
+        if self.max_latency_ms is not None and cost.latency_ms > self.max_latency_ms:
+            out.append(f"latency {cost.latency_ms:.3g} ms > --max-latency-ms {self.max_latency_ms:g}")
+        if self.min_speedup is not None:
+            if cost.speedup is None:
+                raise ValueError("--min-speedup needs Cost.speedup: call cost.with_speedup(teacher_cost)")
+            if cost.speedup < self.min_speedup:
+                out.append(f"speedup {cost.speedup:.3g}x < --min-speedup {self.min_speedup:g}")
+        if self.max_params is not None and cost.params > self.max_params:
+            out.append(f"params {cost.params / 1e6:.4g}M > --max-params {self.max_params / 1e6:.4g}M")
+        return out
+
 
 ALGORITHMS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("asha", "none")
@@ -99,6 +131,10 @@ class SearchConfig:
             raise UserError(f"latency_threads: must be >= 0, got {self.latency_threads}")
         if self.augment < 0:
             raise UserError(f"augment: must be >= 0, got {self.augment}")
+        for name in ("train_limit", "dev_limit"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"{name}: must be a positive number of examples (or unset for all), got {value}")
         if self.quantize is not None:
             scheme(self.quantize)  # a UserError naming the valid schemes
 

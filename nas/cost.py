@@ -48,13 +48,9 @@ import numpy as np
 from distill.arch import BertArch, head_outputs
 from distill.files import cache_root
 from distill.model.bert import build_model, init_params
-from tasks.errors import UserError
+from nas.config import ConstraintError
 
 log = logging.getLogger(__name__)
-
-
-class ConstraintError(UserError, ValueError):
-    """An invalid constraint (a bad command-line value)."""
 
 
 def typical_length(features_or_lengths, percentile: float = 95, multiple: int = 8, *, max_length=None) -> int:
@@ -88,33 +84,6 @@ class Cost:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
-
-
-@dataclasses.dataclass(frozen=True)
-class Constraints:
-    max_latency_ms: float | None = None
-    min_speedup: float | None = None
-    max_params: int | None = None
-
-    def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
-            if value is not None and not (isinstance(value, (int, float)) and value > 0):
-                raise ConstraintError(f"--{f.name.replace('_', '-')} must be positive, got {value!r}")
-
-    def violations(self, cost: Cost) -> list[str]:
-        """Why `cost` breaks the constraints (empty when it meets them all)."""
-        out = []
-        if self.max_latency_ms is not None and cost.latency_ms > self.max_latency_ms:
-            out.append(f"latency {cost.latency_ms:.3g} ms > --max-latency-ms {self.max_latency_ms:g}")
-        if self.min_speedup is not None:
-            if cost.speedup is None:
-                raise ValueError("--min-speedup needs Cost.speedup: call cost.with_speedup(teacher_cost)")
-            if cost.speedup < self.min_speedup:
-                out.append(f"speedup {cost.speedup:.3g}x < --min-speedup {self.min_speedup:g}")
-        if self.max_params is not None and cost.params > self.max_params:
-            out.append(f"params {cost.params / 1e6:.4g}M > --max-params {self.max_params / 1e6:.4g}M")
-        return out
 
 
 def measure_latency(arch: BertArch, head: str, num_labels: int, seq_len: int, batch_size: int, *,

@@ -22,7 +22,8 @@ from pathlib import Path
 from distill.arch import BertArch
 from distill.files import enable_compilation_cache, write_json
 from distill.run import DistillConfig, distill
-from nas.cost import Constraints, CostModel
+from nas.config import Constraints
+from nas.cost import CostModel
 from nas.space import SearchSpace
 
 REJECTED = -1.0

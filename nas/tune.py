@@ -54,8 +54,8 @@ from distill.run import (
     training_features,
 )
 from nas import report
-from nas.config import SearchConfig
-from nas.cost import Constraints, Cost, CostModel, typical_length
+from nas.config import Constraints, SearchConfig
+from nas.cost import Cost, CostModel, typical_length
 from nas.final import quantized_rows, train_final
 from nas.space import SearchSpace, SpaceError, get_space
 from nas.trial import OBJECTIVE_LATENCY, REJECTED, TrialSetup, run_trial

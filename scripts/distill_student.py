@@ -1,4 +1,7 @@
-"""Distil a BERT teacher into a compact student for one task: `bertnas distill`, as a script (same flags; `python scripts/distill_student.py --help`)."""
+"""Distil a BERT teacher into a compact student for one task: `bertnas distill` as a script.
+
+Same flags: `python scripts/distill_student.py --help`.
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""Evaluate a saved model on a task split: `bertnas evaluate`, as a script (same flags; `python scripts/evaluate.py --help`)."""
+"""Evaluate a saved model on a task split: `bertnas evaluate` as a script.
+
+Same flags: `python scripts/evaluate.py --help`.
+"""
 
 import sys
 

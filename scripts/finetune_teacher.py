@@ -1,4 +1,7 @@
-"""Fine-tune a BERT teacher on a task: `bertnas finetune`, as a script (same flags; `python scripts/finetune_teacher.py --help`)."""
+"""Fine-tune a BERT teacher on a task: `bertnas finetune` as a script.
+
+Same flags: `python scripts/finetune_teacher.py --help`.
+"""
 
 import sys
 

@@ -1,4 +1,7 @@
-"""Predict with a saved model, one JSON line per input line: `bertnas predict`, as a script (same flags; `python scripts/predict.py --help`)."""
+"""Predict with a saved model, one JSON line per input line: `bertnas predict` as a script.
+
+Same flags: `python scripts/predict.py --help`.
+"""
 
 import sys
 

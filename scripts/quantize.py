@@ -1,4 +1,7 @@
-"""Quantize an exported student to int8: `bertnas quantize`, as a script (same flags; `python scripts/quantize.py --help`)."""
+"""Quantize an exported student to int8: `bertnas quantize` as a script.
+
+Same flags: `python scripts/quantize.py --help`.
+"""
 
 import sys
 

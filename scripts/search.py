@@ -1,4 +1,7 @@
-"""Search compact students for one task: `bertnas search`, as a script (same flags; `python scripts/search.py --help`)."""
+"""Search compact students for one task: `bertnas search` as a script.
+
+Same flags: `python scripts/search.py --help`.
+"""
 
 import sys
 

@@ -19,7 +19,6 @@ from tasks.base import TaggingExample, Task
 from tasks.datafiles import numbered_lines
 from tasks.errors import DataError
 
-
 FIELDS = {"conll": (3, 4), "ner": (2, 3, 4)}
 """Fields a token line may have, by reader."""
 _LAYOUT = {2: "token tag", 3: "token POS tag", 4: "token POS chunk tag"}

@@ -89,8 +89,6 @@ def add_run_args(p, *, lr: float, epochs: int) -> None:
     p.add_argument("-v", "--verbose", action="store_true")
 
 
-
-
 def add_quantize_arg(p) -> None:
     """`--quantize NAME` of the training tools: also an int8 copy of what they export, measured against float32."""
     p.add_argument("--quantize", default=None, choices=list(SCHEMES),

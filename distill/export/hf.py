@@ -88,7 +88,7 @@ def export_model(
     """
     out_dir = check_output_path(out_dir, "export directory")
     check_params(params, arch, task.kind, task.num_labels, crf="crf" in params)  # a CRF tagger: bertnas.crf
-    _check_tokenizer(tokenizer, arch)
+    check_tokenizer(tokenizer, arch)
     meta = _meta(task, extra)
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
     labels = task.labels if task.kind in ("classification", "tagging") else ()
@@ -121,7 +121,7 @@ def check_params(params: dict[str, Any], arch: BertArch, head: str, num_labels: 
     raise WeightsError(f"parameters do not fit {arch.name} with a {head} head ({num_labels} outputs){hint}: {shown}")
 
 
-def _check_tokenizer(tokenizer, arch: BertArch) -> None:
+def check_tokenizer(tokenizer, arch: BertArch) -> None:
     if len(tokenizer) > arch.vocab_size:
         raise UserError(f"tokenizer has {len(tokenizer)} tokens but {arch.name} only {arch.vocab_size} embeddings")
 
@@ -180,7 +180,7 @@ def load_float_export(path: str | os.PathLike) -> LoadedBert:
     model = build_model(arch, head, num_labels, crf=crf)
     params, _, _ = from_hf(read_weights(path), arch, abstract_params(model), source=str(path))
     tokenizer = load_tokenizer(path)
-    _check_tokenizer(tokenizer, arch)
+    check_tokenizer(tokenizer, arch)
     log.info("loaded %s (%s, head=%s, %d outputs) from %s", path.name, arch.name, head, model.num_labels, path)
     return LoadedBert(arch, head, model.num_labels, params, tokenizer, path, cfg, crf=crf)
 

@@ -42,7 +42,7 @@ from flax import traverse_util
 
 from distill.arch import BertArch
 from distill.export.hf import (
-    _check_tokenizer,
+    check_tokenizer,
     config_crf,
     config_head,
     is_quantized,
@@ -302,7 +302,7 @@ def load_quantized(path: str | os.PathLike, cfg: dict[str, Any] | None = None) -
         tokenizer = load_tokenizer(path)
     finally:
         quiet.setLevel(level)
-    _check_tokenizer(tokenizer, arch)
+    check_tokenizer(tokenizer, arch)
     log.info("loaded %s (%s int8, head=%s, %d outputs) from %s", path.name, arch.name, head, num_labels, path)
     return QuantizedBert(arch, head, num_labels, params, tokenizer, path, cfg, crf=crf, quantization=qcfg,
                          tensors=tensors)

@@ -20,9 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill.arch import BertArch
-from distill.files import cache_root, config_key
+from distill.files import cache_root, config_key, features_fingerprint
 from distill.kd.losses import task_loss
-from distill.kd.outputs import features_fingerprint
 from distill.model.bert import BertForTask
 from distill.model.store import LoadedBert, weights_fingerprint
 from tasks.batching import batches, default_buckets
@@ -34,12 +33,12 @@ log = logging.getLogger(__name__)
 Scores = dict[str, Any]
 
 
-def _layer(params: dict, arch: BertArch, i: int) -> dict:
+def layer_params(params: dict, arch: BertArch, i: int) -> dict:
     """Layer i's parameters (its group's, when layers share them)."""
     return params["encoder"][f"layer_{arch.groups[i]}"]
 
 
-def _np(x) -> np.ndarray:
+def as_f64(x) -> np.ndarray:
     return np.asarray(x, dtype=np.float64)
 
 
@@ -51,16 +50,16 @@ def weight_scores(params: dict, arch: BertArch) -> Scores:
     hidden: sum of |scale| over every LayerNorm.
     """
     heads, ffn = [], []
-    hidden = np.abs(_np(params["embeddings"]["LayerNorm"]["scale"]))
+    hidden = np.abs(as_f64(params["embeddings"]["LayerNorm"]["scale"]))
     for i in range(arch.num_layers):
-        layer = _layer(params, arch, i)
-        qkv, wo = layer["attention"]["qkv"], _np(layer["attention"]["output"]["kernel"])
-        v = np.concatenate([_np(qkv["kernel"])[:, 2], _np(qkv["bias"])[None, 2]], axis=0)  # (h + 1, N, D)
+        layer = layer_params(params, arch, i)
+        qkv, wo = layer["attention"]["qkv"], as_f64(layer["attention"]["output"]["kernel"])
+        v = np.concatenate([as_f64(qkv["kernel"])[:, 2], as_f64(qkv["bias"])[None, 2]], axis=0)  # (h + 1, N, D)
         heads.append(np.sqrt(np.sum(wo**2, axis=(1, 2)) * np.sum(v**2, axis=(0, 2))))
-        w_in = np.concatenate([_np(layer["intermediate"]["kernel"]), _np(layer["intermediate"]["bias"])[None]], 0)
-        w_out = _np(layer["output"]["kernel"])
+        w_in = np.concatenate([as_f64(layer["intermediate"]["kernel"]), as_f64(layer["intermediate"]["bias"])[None]], 0)
+        w_out = as_f64(layer["output"]["kernel"])
         ffn.append(np.sqrt(np.sum(w_in**2, axis=0) * np.sum(w_out**2, axis=1)))
-        hidden = hidden + np.abs(_np(layer["attention_norm"]["scale"])) + np.abs(_np(layer["output_norm"]["scale"]))
+        hidden = hidden + np.abs(as_f64(layer["attention_norm"]["scale"])) + np.abs(as_f64(layer["output_norm"]["scale"]))
     return {"heads": heads, "ffn": ffn, "hidden": hidden}
 
 
@@ -82,7 +81,7 @@ def _importance_step(model: BertForTask, loss_fn: Callable, params: dict, batch:
     grads, (count, hidden) = jax.grad(loss, has_aux=True)(params)
     heads, ffn = [], []
     for i in range(model.arch.num_layers):
-        w, g = _layer(params, model.arch, i), _layer(grads, model.arch, i)
+        w, g = layer_params(params, model.arch, i), layer_params(grads, model.arch, i)
         wo, go = w["attention"]["output"]["kernel"], g["attention"]["output"]["kernel"]
         heads.append(jnp.abs(jnp.sum(wo * go, axis=(1, 2))))
         ffn.append(jnp.abs(jnp.sum(w["output"]["kernel"] * g["output"]["kernel"], axis=1)))
@@ -127,9 +126,9 @@ def importance_scores(
     for batch in batches:
         b_heads, b_ffn, b_act, b_tokens, b_count = step(params, {k: jnp.asarray(v) for k, v in batch.items()})
         for i in range(arch.num_layers):
-            heads[i] += _np(b_heads[i])
-            ffn[i] += _np(b_ffn[i])
-        act += _np(b_act)
+            heads[i] += as_f64(b_heads[i])
+            ffn[i] += as_f64(b_ffn[i])
+        act += as_f64(b_act)
         tokens += float(b_tokens)
         count += float(b_count)
         seen += 1

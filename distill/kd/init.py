@@ -46,7 +46,7 @@ import numpy as np
 from flax import traverse_util
 
 from distill.arch import ArchError, BertArch, has_pooler
-from distill.kd.importance import Scores, _layer, _np, importance_scores, weight_scores
+from distill.kd.importance import Scores, as_f64, importance_scores, layer_params, weight_scores
 from distill.kd.layers import parse_layers, teacher_layers
 from distill.kd.losses import task_loss
 from distill.model.bert import BertForTask, abstract_params, build_model, init_params
@@ -152,9 +152,9 @@ def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
 
 def _shrink_layer(layer: dict, heads: np.ndarray, ffn: np.ndarray, head_size: int) -> dict:
     """A teacher layer with only `heads`, `head_size` dims of each and `ffn` neurons (hidden axes untouched)."""
-    qkv_k = _np(layer["attention"]["qkv"]["kernel"])[:, :, heads]  # (h, 3, N, D)
-    qkv_b = _np(layer["attention"]["qkv"]["bias"])[:, heads]  # (3, N, D)
-    wo = _np(layer["attention"]["output"]["kernel"])[heads]  # (N, D, h)
+    qkv_k = as_f64(layer["attention"]["qkv"]["kernel"])[:, :, heads]  # (h, 3, N, D)
+    qkv_b = as_f64(layer["attention"]["qkv"]["bias"])[:, heads]  # (3, N, D)
+    wo = as_f64(layer["attention"]["output"]["kernel"])[heads]  # (N, D, h)
     d_t = qkv_k.shape[-1]
     if head_size < d_t:
         full = np.concatenate([qkv_k, qkv_b[None]], axis=0)  # bias as the weight of a constant input
@@ -173,20 +173,20 @@ def _shrink_layer(layer: dict, heads: np.ndarray, ffn: np.ndarray, head_size: in
     return {
         "attention": {
             "qkv": {"kernel": qkv_k, "bias": qkv_b},
-            "output": {"kernel": wo, "bias": _np(layer["attention"]["output"]["bias"])},
+            "output": {"kernel": wo, "bias": as_f64(layer["attention"]["output"]["bias"])},
         },
         "attention_norm": _copy(layer["attention_norm"]),
         "intermediate": {
-            "kernel": _np(layer["intermediate"]["kernel"])[:, ffn],
-            "bias": _np(layer["intermediate"]["bias"])[ffn],
+            "kernel": as_f64(layer["intermediate"]["kernel"])[:, ffn],
+            "bias": as_f64(layer["intermediate"]["bias"])[ffn],
         },
-        "output": {"kernel": _np(layer["output"]["kernel"])[ffn], "bias": _np(layer["output"]["bias"])},
+        "output": {"kernel": as_f64(layer["output"]["kernel"])[ffn], "bias": as_f64(layer["output"]["bias"])},
         "output_norm": _copy(layer["output_norm"]),
     }
 
 
 def _copy(tree: dict) -> dict:
-    return jax.tree_util.tree_map(_np, tree)
+    return jax.tree_util.tree_map(as_f64, tree)
 
 
 def pca_projection(embeddings: np.ndarray, k: int) -> np.ndarray:
@@ -196,7 +196,7 @@ def pca_projection(embeddings: np.ndarray, k: int) -> np.ndarray:
     vocabulary costs no more than one pass over the matrix; each column's sign
     makes its largest entry positive, so the result is deterministic.
     """
-    e = _np(embeddings)
+    e = as_f64(embeddings)
     if not 1 <= k <= e.shape[1]:
         raise ArchError(f"hidden_size: cannot project {e.shape[1]} hidden dims onto {k}")
     e = e - e.mean(axis=0, keepdims=True)
@@ -327,7 +327,7 @@ def init_student(
     for g, (j, i) in enumerate(zip(student.group_starts, copied)):
         heads = _select(cfg.heads, by[cfg.heads]["heads"][i], student.num_heads[j])
         ffn = _select(cfg.ffn, by[cfg.ffn]["ffn"][i], student.ffn_sizes[j])
-        layer = _layer(teacher_params, teacher_arch, i)
+        layer = layer_params(teacher_params, teacher_arch, i)
         tree["encoder"][f"layer_{g}"] = _shrink_layer(layer, heads, ffn, student.head_size)
     tree.update(_head_parts(teacher_params, head, model.num_labels, teacher_head))
 

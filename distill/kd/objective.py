@@ -77,10 +77,14 @@ class LossConfig:
     def intermediate(self) -> bool:
         return bool(self.hidden_weight or self.attention_weight or self.embedding_weight)
 
+    def prediction_start(self, total: int) -> int:
+        """The first step of the prediction stage (0 without two stages)."""
+        return int(self.intermediate_ratio * total) if self.two_stage else 0
+
     def stage_at(self, step: int, total: int) -> str:
         if not self.two_stage:
             return "all"
-        return "intermediate" if step < int(self.intermediate_ratio * total) else "prediction"
+        return "intermediate" if step < self.prediction_start(total) else "prediction"
 
     def teacher_hidden_layers(self, layer_map: tuple[int, ...]) -> tuple[int, ...]:
         """Teacher hidden-state indices (0 = embeddings, i = output of layer i-1) the losses read."""

@@ -15,7 +15,6 @@ ragged: one (sum of lengths, ...) array plus per-feature offsets.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import shutil
@@ -30,7 +29,7 @@ import ml_dtypes
 import numpy as np
 from tqdm.auto import tqdm
 
-from distill.files import cache_root, config_key, write_json
+from distill.files import cache_root, config_key, features_fingerprint, write_json
 from distill.kd.objective import TeacherOutputs
 from tasks.batching import batches, default_buckets, num_batches
 from tasks.features import Features
@@ -81,16 +80,6 @@ class OutputCache:
                 lo, hi = self.offsets[i], self.offsets[i + 1]
                 out[r, : hi - lo] = flat[lo:hi]
         return out
-
-
-def features_fingerprint(features: Features) -> str:
-    """A hash of the exact inputs (token ids, segment ids, lengths) of every feature."""
-    h = hashlib.sha256()
-    h.update(np.ascontiguousarray(features.lengths, np.int64).tobytes())
-    for ids, types in zip(features.input_ids, features.token_type_ids):
-        h.update(np.ascontiguousarray(ids, np.int32).tobytes())
-        h.update(np.ascontiguousarray(types, np.int32).tobytes())
-    return h.hexdigest()[:16]
 
 
 @functools.lru_cache(maxsize=8)

@@ -4,7 +4,7 @@ Layers may differ in their number of heads and FFN size (see `BertArch`).
 The model returns logits plus, on request, every layer's hidden states and
 pre-softmax attention scores, which distillation needs.
 
-Parameter tree (HF names in `distill/hf.py` map onto it one to one):
+Parameter tree (HF names in `distill/model/hf.py` map onto it one to one):
 
     embeddings/{word_embeddings,position_embeddings,token_type_embeddings,LayerNorm}
     encoder/layer_{g}/attention/{qkv,output}   qkv kernel: (hidden, 3, heads, head_size)

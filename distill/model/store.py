@@ -25,14 +25,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from distill.arch import BertArch
+from distill.arch import DEFAULT_TEACHER, BertArch
 from distill.model.bert import BertForTask, abstract_params, build_model, init_params
 from distill.model.hf import from_hf, to_hf
 from tasks.errors import UserError
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TEACHER = "minilm"
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
 HUB_FILES = [

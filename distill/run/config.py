@@ -14,10 +14,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from distill.arch import DEFAULT_TEACHER
 from distill.kd.augment import AugmentConfig
 from distill.kd.init import InitConfig
 from distill.kd.objective import LossConfig
-from distill.model.store import DEFAULT_TEACHER
 from distill.train.loop import LoopConfig
 from distill.train.optim import OptimizerConfig
 from tasks.errors import UserError

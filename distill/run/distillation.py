@@ -1,15 +1,19 @@
 """Distil a fine-tuned teacher into a compact student for one task.
 
-`distill(config, output_dir)`:
-  1. gets a fine-tuned teacher: a directory fine-tuned on this task is used
-     as is; otherwise (e.g. `minilm`) the teacher is fine-tuned first,
-     through `finetune`'s cache;
-  2. reads and encodes the task's data, plus augmented copies (optional);
-  3. has the teacher label the training features once (`teacher_outputs`,
-     cached on disk, so later runs and search trials skip it);
-  4. initialises the student from the teacher (`init`) and distils it
-     (`objective`, `train.train_step`, `loop.fit`), evaluating on dev;
-  5. exports the best student to `output_dir/export` (`export`).
+`distill(config, output_dir)` runs named stages:
+  1. `prepare`: a fine-tuned teacher (a directory fine-tuned on this task is
+     used as is; otherwise, e.g. `minilm`, it is fine-tuned first through
+     `finetune`'s cache, `distill.run.teacher`), the student's architecture,
+     and the task's data encoded with augmented copies (`distill.run.data`);
+  2. `batch_extras`: the teacher labels the training features once
+     (`distill.kd.outputs`, cached on disk, so later runs and search trials
+     skip it), or runs in the step when attention scores are distilled;
+  3. `train_student`: the student initialised from the teacher
+     (`distill.kd.init`) and distilled (`distill.kd.objective`,
+     `distill.train.steps.make_train_step`, `distill.train.loop.fit`),
+     evaluated on dev, the best one exported to `output_dir/export` as it comes
+     (`distill.export.hf`);
+  4. `run_results`: results.json.
 
 On a token-tagging task the student may have a linear-chain CRF (`crf`; by
 default it has one when the teacher has): its hard loss is the negative CRF
@@ -35,11 +39,10 @@ import numpy as np
 
 from distill.arch import BertArch, resolve_student
 from distill.export.hf import export_model, export_summary
-from distill.files import check_output_path, config_key, write_json
+from distill.files import check_output_path, config_key, features_fingerprint, write_json
 from distill.kd.init import check_compatible, hidden_map, init_student
 from distill.kd.layers import teacher_layers
 from distill.kd.objective import PROJ, init_projection
-from distill.kd.outputs import features_fingerprint
 from distill.model.bert import build_model
 from distill.model.crf import check_crf
 from distill.model.store import LoadedBert, weights_fingerprint
@@ -99,7 +102,7 @@ def student_params(params: dict) -> dict:
 
 
 def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
-    """What defines a run: resuming under another key is refused (see `loop.fit`)."""
+    """What defines a run: resuming under another key is refused (see `distill.train.loop.fit`)."""
     settings = dataclasses.asdict(cfg)
     for k in ("data_dir", "eval_batch_size", "teacher"):
         settings.pop(k)
@@ -107,7 +110,9 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
         settings["loop"].pop(k)
     if settings["crf"] is None:  # runs from before the flag keep their key
         settings.pop("crf")
-    return config_key({"settings": settings, "teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train)})
+    return config_key(
+        {"settings": settings, "teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train)}
+    )
 
 
 @dataclasses.dataclass
@@ -156,9 +161,7 @@ def distill(
     )
     log.info("teacher %s %s=%.4f", prep.eval_split, prep.task.metric, teacher_dev[prep.task.metric])
     export_meta = {"teacher": str(prep.teacher.path), "teacher_dev": teacher_dev, "eval_split": prep.eval_split}
-    t0 = time.perf_counter()
     state, progress = train_student(cfg, prep, extras, export_meta, report=report, resume=resume)
-    prep.times.distill = time.perf_counter() - t0
     export = ensure_export(prep.out / "export", prep.out, prep.student, prep.task, state.params, progress.best,
                            prep.teacher.tokenizer, export_meta)
     results = run_results(prep, teacher_dev, progress, export)
@@ -183,9 +186,10 @@ def prepare(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool) -> 
         check_crf_loss(cfg)
     if cfg.init.method == "teacher":
         check_compatible(student, teacher.arch, cfg.init)
+    layer_map = loss_layer_map(cfg, teacher.arch, student)  # a bad --layer-map fails before the data work
     train, original, num_augmented = training_features(cfg, task, teacher, train_ex, times)
     return Prepared(
-        out=out, task=task, teacher=teacher, student=student, layer_map=loss_layer_map(cfg, teacher.arch, student),
+        out=out, task=task, teacher=teacher, student=student, layer_map=layer_map,
         train=train, original=original, num_augmented=num_augmented, dev=encode(task, dev_ex, teacher.tokenizer),
         dev_ex=dev_ex, eval_split=eval_split, times=times, crf=student_crf(cfg, teacher),
     )
@@ -233,10 +237,11 @@ def train_student(cfg: DistillConfig, prep: Prepared, extras: Callable, export_m
         evaluate=lambda p: evaluate_model(model, student_params(p), task, prep.dev, prep.dev_ex, cfg.eval_batch_size),
         metric=task.metric, keep_best=keep_best, report=report,
         # Two stages: the dev metric means nothing before the prediction stage.
-        start=int(cfg.loss.intermediate_ratio * total) if cfg.loss.two_stage else 0,
+        start=cfg.loss.prediction_start(total),
     )
     runlog = RunLog(prep.out, {"distill": cfg, "student_arch": student.to_dict(), "teacher_dir": str(prep.teacher.path),
                                "layer_map": prep.layer_map, "total_steps": total})
+    t0 = time.perf_counter()
     try:
         return fit(
             TrainState.create(params, tx), step_schedule(cfg, prep, model, tx, total), TrainData(prep.train, extras),
@@ -244,6 +249,7 @@ def train_student(cfg: DistillConfig, prep: Prepared, extras: Callable, export_m
             run_key=run_key(cfg, prep.teacher, prep.train), resume=resume, desc=f"{task.name} {student.name}",
         )
     finally:
+        prep.times.distill = time.perf_counter() - t0
         runlog.close()
 
 
@@ -256,7 +262,7 @@ def step_schedule(cfg: DistillConfig, prep: Prepared, model, tx, total: int) -> 
     first, last = cfg.loss.stage_at(0, total), cfg.loss.stage_at(total - 1, total)
     if first == last:
         return StepSchedule.single(make(first))
-    return StepSchedule(((0, make(first)), (int(cfg.loss.intermediate_ratio * total), make(last))))
+    return StepSchedule(((0, make(first)), (cfg.loss.prediction_start(total), make(last))))
 
 
 def run_results(prep: Prepared, teacher_dev: dict, progress, export: dict) -> dict[str, Any]:

@@ -96,7 +96,9 @@ class Progress:
 def refuse_overwrite(out: Path, resume: bool) -> None:
     ckpts = out / "checkpoints"
     if not resume and ckpts.is_dir() and any(ckpts.iterdir()):
-        raise UserError(f"{out}: holds checkpoints of an earlier run; pass --resume to continue it or pick another --output")
+        raise UserError(
+            f"{out}: holds checkpoints of an earlier run; pass --resume to continue it or pick another --output"
+        )
 
 
 StepFn = Callable[..., tuple[TrainState, dict]]

@@ -4,7 +4,7 @@ Run once, with torch installed, from the repository root:
 
     python tests/data/make_reference.py
 
-It writes `tests/data/minilm_reference.npz`, which `tests/distill/test_parity.py`
+It writes `tests/data/minilm_reference.npz`, which `tests/distill/model/test_parity.py`
 reads without torch. Three groups, each with `<group>_input_ids`,
 `<group>_token_type_ids`, `<group>_attention_mask` (int32, (B, T)),
 `<group>_last_hidden_state` (float32, (B, T, 384)) and `<group>_pooler_output`

@@ -5,8 +5,7 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from nas.config import SearchConfig, smoke
-from nas.cost import Constraints
+from nas.config import Constraints, SearchConfig, smoke
 from tasks.errors import UserError
 
 

@@ -15,7 +15,8 @@ import nas.cost
 from distill.arch import BertArch
 from distill.files import cache_root
 from distill.model.bert import build_model, init_params
-from nas.cost import Constraints, Cost, CostModel, device_name, measure_latency, typical_length
+from nas.config import Constraints
+from nas.cost import Cost, CostModel, device_name, measure_latency, typical_length
 from tasks.errors import UserError
 from tasks.features import Features
 

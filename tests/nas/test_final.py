@@ -78,7 +78,7 @@ def test_quantized_copies_of_the_front_are_measured_rows(tmp_path, monkeypatch):
     from distill.model.bert import abstract_params, build_model
     from distill.run.config import DistillConfig
     from distill.run.evaluation import evaluate_dir
-    from nas.cost import Constraints
+    from nas.config import Constraints
     from nas.final import quantized_rows
     from nas.report import leaderboard, pareto_front, write_table
     from nas.space import get_space
@@ -135,8 +135,7 @@ def test_the_final_run_takes_its_candidate_from_the_configs_beside_the_rows(tmp_
     import nas.final
     from distill.arch import BertArch
     from distill.run.config import DistillConfig
-    from nas.config import SearchConfig
-    from nas.cost import Constraints
+    from nas.config import Constraints, SearchConfig
     from nas.final import train_final
     from nas.space import get_space
     from nas.trial import TrialSetup

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from distill.arch import BertArch
-from nas.cost import Constraints
+from nas.config import Constraints
 from nas.trial import TrialSetup
 from nas.tune import TrialHandle, _export_front, _row, _rows
 

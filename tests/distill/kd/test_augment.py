@@ -1,4 +1,4 @@
-"""Tests for distill/augment.py: neighbours from a hand-made embedding matrix, and the copies made with them."""
+"""Tests for distill/kd/augment.py: neighbours from a hand-made embedding matrix, and the copies made with them."""
 
 from __future__ import annotations
 

@@ -8,8 +8,9 @@ import pytest
 from helpers import make_tokenizer, write_conll, write_sst2
 
 from distill.arch import BertArch
+from distill.files import features_fingerprint
 from distill.kd import outputs as teacher_outputs
-from distill.kd.outputs import cached_teacher_outputs, features_fingerprint, label_features
+from distill.kd.outputs import cached_teacher_outputs, label_features
 from distill.model.bert import build_model, init_params
 from tasks.batching import batches
 from tasks.features import encode

@@ -235,3 +235,24 @@ def test_reinit_too_many_layers_fails_before_training(teacher_dir, tmp_path, no_
     assert not (tmp_path / "out").exists()
     with pytest.raises(UserError, match="reinit_top_layers"):
         FinetuneConfig(reinit_top_layers=-1)
+
+
+def test_the_teacher_cache_key_is_stable():
+    """Teachers cached by earlier versions (before the loop settings were nested) keep hitting the cache."""
+    from distill.files import config_key
+
+    assert config_key(FinetuneConfig().cache_settings()) == "d9b15ad74956c25f"
+    assert config_key(FinetuneConfig(task="conll2003", crf=True).cache_settings()) == "328d50989f1d2b6f"
+
+
+def test_a_cache_hit_never_replaces_an_earlier_run(sst2_run, tmp_path):
+    """An output holding another run's checkpoints is refused before the cached teacher is copied over it."""
+    cfg, _, _, cache = sst2_run
+    out = tmp_path / "earlier"
+    (out / "checkpoints" / "40").mkdir(parents=True)
+    (out / "results.json").write_text('{"mine": true}')
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BERTNAS_CACHE", str(cache))
+        with pytest.raises(UserError, match="holds checkpoints of an earlier run"):
+            finetune(cfg, out)
+    assert (out / "results.json").read_text() == '{"mine": true}' and not (out / "teacher").exists()

@@ -1,0 +1,49 @@
+"""The `bertnas` command: its console script, its subcommands, and a start that loads no JAX."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import nas.cli
+
+ROOT = Path(__file__).resolve().parents[2]
+COMMANDS = ("finetune", "distill", "search", "evaluate", "predict", "quantize")
+
+
+def _python(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def test_the_console_script_is_nas_cli_main():
+    (ep,) = [e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == "bertnas"]
+    assert ep.load() is nas.cli.main
+
+
+def test_every_subcommand_has_help_and_the_tools_flags():
+    assert tuple(nas.cli.TOOLS) == COMMANDS
+    done = _python("-m", "nas.cli", "--help")
+    assert done.returncode == 0 and all(c in done.stdout for c in COMMANDS), done.stdout + done.stderr
+    assert nas.cli.parse(["distill", "--output", "o", "--student", "2L-36"]).student == "2L-36"
+    assert nas.cli.parse(["search", "--smoke-test"]).smoke_test
+
+
+def test_starting_the_command_loads_no_jax():
+    """--help and flag errors answer at once: the tools import the library only inside their `main`."""
+    code = "import sys, nas.cli; print(sorted(m for m in ('jax', 'flax', 'ray', 'qwix', 'orbax') if m in sys.modules))"
+    done = _python("-c", code)
+    assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+@pytest.mark.parametrize("argv, text", [
+    (["evaluate", "--model", "no/such/dir"], "no/such/dir"),
+    (["distill", "--output", "o", "--batch-size", "x"], "argument --batch-size"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, text):
+    done = _python("-m", "nas.cli", *argv)
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr and text in last, done.stderr
