@@ -294,7 +294,11 @@ def test_ctrl_c_stops_the_search_and_resume_finishes_it(env, tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
     assert proc.returncode == 130, stderr[-3000:]
-    assert f"--resume {out}" in stderr and "Traceback" not in stderr
+    # The driver prints no traceback. A trial worker killed in the middle of an Orbax save may have its
+    # save thread's traceback forwarded by Ray ("(run_trial pid=...)" lines): that save is incomplete by
+    # design, and the resume below continues from the last complete checkpoint.
+    driver = "\n".join(line for line in stderr.splitlines() if "(run_trial pid=" not in line)
+    assert f"--resume {out}" in stderr and "Traceback" not in driver
     assert not (out / "results.csv").exists()  # written once the search ends
     r = subprocess.run([sys.executable, "scripts/search.py", "--resume", str(out)], cwd=ROOT, env=child_env,
                        capture_output=True, text=True, timeout=600)
