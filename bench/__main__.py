@@ -12,6 +12,7 @@ ratios is printed at the end and saved with everything else in suite.json):
   size         export vs checkpoint bytes per parameter (bench/size.py)
   quantize     int8 students vs their float32 exports: accuracy, size, latency (bench/quantize.py)
   accelerator  GPU/TPU MFU (bench/accelerator.py); skipped on a CPU-only machine
+  realdata     fine-tuning and labelling on real sentences, ours vs a dynamic-padding PyTorch loop (bench/realdata.py)
 
 With `--search`, the suite also draws the student speedup against accuracy
 (bench/plot.py) into <out>/speedup_vs_accuracy.png.
@@ -37,8 +38,8 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import compile_cache, inference, peak, quantize, search_time, size, students, train_step
-from bench.common import Skip, cpu_threads
+from bench import compile_cache, inference, peak, quantize, realdata, search_time, size, students, train_step
+from bench.common import Skip, cpu_info, cpu_threads
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -79,8 +80,12 @@ PARTS = {
     "quantize": (quantize.part, True),
     "compile_cache": (compile_cache.part, True),
     "accelerator": (_accelerator, True),
+    "realdata": (realdata.part, True),
 }
-TABLE_ORDER = ("inference", "train_step", "peak", "students", "quantize", "search_time", "compile_cache", "size", "accelerator")
+TABLE_ORDER = (
+    "realdata", "inference", "train_step", "peak", "students", "quantize", "search_time", "compile_cache", "size",
+    "accelerator",
+)
 
 
 @dataclasses.dataclass
@@ -97,6 +102,7 @@ class Context:
     students: list[str] = dataclasses.field(default_factory=list)
     data_dir: str | None = None
     latency_threads: int | None = None
+    data_root: Path = ROOT.parent / "shared" / "data"
     results: dict = dataclasses.field(default_factory=dict)
 
 
@@ -108,7 +114,7 @@ def machine() -> dict:
         except importlib.metadata.PackageNotFoundError:
             versions[name] = None
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-            "cpu_threads": cpu_threads(), "python": platform.python_version(), **versions,
+            "cpu": cpu_info(), "cpu_threads": cpu_threads(), "python": platform.python_version(), **versions,
             "xla_flags": os.environ.get("XLA_FLAGS", "")}
 
 
@@ -174,6 +180,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", help="fine-tuned teacher directory for `students` (default: the search's)")
     p.add_argument("--student", dest="students", nargs="+", default=[], help="exported student directories")
     p.add_argument("--data-dir", help="the task's data folder for `students` (default: the search's)")
+    p.add_argument("--data-root", type=Path, default=ROOT.parent / "shared" / "data",
+                   help="folder with glue/SST-2, glue/STS-B (part realdata; default %(default)s)")
     p.add_argument("--latency-threads", type=int, help="CPU threads for `students` (default: what the search's "
                    "cost model used, 1 without a search; 0: all, in-process)")
     p.add_argument("--threads", type=int, help="run the suite on this many of the CPUs (sched_setaffinity, "
@@ -211,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(quick=args.quick, out=args.out, deadline=t0 + 60 * budget if budget else None,
                       weights_dir=weights, search=args.search, run=args.run, teacher=args.teacher,
                       students=args.students, data_dir=args.data_dir, latency_threads=args.latency_threads,
+                      data_root=args.data_root,
                       results=records)
         for name in (n for n in PARTS if n in args.only):
             rec = records[name] = run_part(name, ctx)

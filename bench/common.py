@@ -83,6 +83,27 @@ def child_main(measure: Callable[[dict], dict], argv: list[str]) -> None:
     Path(argv[1]).write_text(json.dumps(result, default=str))
 
 
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile")
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and the vector / matrix extensions that decide which kernels run (Linux)."""
+    info = {"model": None, "flags": []}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return info
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and info["model"] is None:
+            info["model"] = value.strip()
+        if key.strip() == "flags":
+            present = set(value.split())
+            info["flags"] = [f for f in CPU_FLAGS if f in present]
+            break
+    return info
+
+
 def cpu_threads() -> int:
     """CPUs this process may run on (what XLA's CPU client uses by default; PyTorch is set to match)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -100,7 +100,7 @@ def measure_model(path: Path, task, examples, *, seq_len: int | None, quick: boo
 
     from distill.export.load import load_export
     from nas.cost import CostModel, typical_length
-    from tasks.batching import batches, collate, default_buckets
+    from tasks.batching import batches, buckets_for, collate
     from tasks.features import encode
 
     model = load_export(path)
@@ -108,7 +108,7 @@ def measure_model(path: Path, task, examples, *, seq_len: int | None, quick: boo
     net = model.model
     forward = jax.jit(lambda p, ids, types, mask: net.apply({"params": p}, ids, types, mask, deterministic=True).logits)
     params = jax.device_put(model.params)
-    buckets = np.asarray(default_buckets(features.max_length))
+    buckets = np.asarray(buckets_for(features))
     bucket = buckets[np.searchsorted(buckets, features.lengths)]
 
     def put(batch):

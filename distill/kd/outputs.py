@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 
 from distill.files import cache_root, config_key, features_fingerprint, write_json
 from distill.kd.objective import TeacherOutputs
-from tasks.batching import batches, default_buckets, num_batches
+from tasks.batching import batches, buckets_for, num_batches
 from tasks.features import Features
 
 log = logging.getLogger(__name__)
@@ -134,13 +134,13 @@ def label_features(
             hidden[i][: head.offsets[-1]] = head.hidden[i]
     t0 = time.perf_counter()
     todo = rows(features, done)
-    buckets = default_buckets(features.max_length)
+    buckets = buckets_for(features)
     bar = tqdm(
         batches(todo, batch_size, buckets=buckets) if len(todo) else iter(()),
         desc=desc or "teacher labelling",
         unit="batch",
         mininterval=2.0,
-        total=num_batches(todo, batch_size, buckets) if len(todo) else 0,
+        total=num_batches(todo, batch_size, buckets, shuffle=False) if len(todo) else 0,
     )
     for batch in bar:
         out_logits, out_hidden = jax.device_get(fn(params, batch))

@@ -106,7 +106,7 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
     settings = dataclasses.asdict(cfg)
     for k in ("data_dir", "eval_batch_size", "teacher"):
         settings.pop(k)
-    for k in ("eval_every", "patience", "checkpoint_every", "log_every"):
+    for k in ("eval_every", "patience", "checkpoint_every", "log_every", "profile_steps"):
         settings["loop"].pop(k)
     if settings["crf"] is None:  # runs from before the flag keep their key
         settings.pop("crf")

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from distill.train.checkpoint import CheckpointConfig, Checkpointer
 from distill.train.runlog import RunLog
 from distill.train.steps import TrainState
-from tasks.batching import batches, default_buckets, num_batches
+from tasks.batching import batches, buckets_for, num_batches
 from tasks.errors import UserError
 from tasks.features import Features
 
@@ -58,13 +58,16 @@ class LoopConfig:
     """Save a resumable checkpoint every this many steps (and at each evaluation)."""
     log_every: int = 50
     seed: int = 0
+    profile_steps: int = 0
+    """Write a JAX profiler trace of this many steps, from step `PROFILE_FROM` on (compiled by then), to
+    OUTPUT/profile (TensorBoard's profile plugin or Perfetto read it); 0: none."""
 
     def __post_init__(self):
         if self.epochs < 1 and self.max_steps < 1:
             raise UserError("epochs: need epochs >= 1 or max_steps >= 1")
         if self.batch_size < 1:
             raise UserError("batch_size: must be >= 1")
-        for name in ("eval_every", "patience", "max_steps"):
+        for name in ("eval_every", "patience", "max_steps", "profile_steps"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.checkpoint_every < 1 or self.log_every < 1:
@@ -72,7 +75,7 @@ class LoopConfig:
 
     def total_steps(self, train: Features) -> tuple[int, int]:
         """(total steps, batches per epoch)."""
-        per_epoch = num_batches(train, self.batch_size, default_buckets(train.max_length))
+        per_epoch = num_batches(train, self.batch_size, buckets_for(train))
         if per_epoch == 0:
             raise UserError("no training examples")
         return self.max_steps or per_epoch * self.epochs, per_epoch
@@ -100,6 +103,9 @@ def refuse_overwrite(out: Path, resume: bool) -> None:
             f"{out}: holds checkpoints of an earlier run; pass --resume to continue it or pick another --output"
         )
 
+
+PROFILE_FROM = 5
+"""The first profiled step (`LoopConfig.profile_steps`): after the first steps' compilation."""
 
 StepFn = Callable[..., tuple[TrainState, dict]]
 """`step(state, batch, rng, *extra) -> (state, metrics)`: metrics `loss_sum`, `loss_count`, `grad_norm` and
@@ -134,7 +140,7 @@ class TrainData:
 
     def epoch(self, cfg: LoopConfig, epoch: int, start: int) -> Iterator[tuple[dict, tuple]]:
         """Epoch `epoch`'s batches from batch `start` on: the same order for the same seed and epoch."""
-        buckets = default_buckets(self.features.max_length)
+        buckets = buckets_for(self.features)
         for batch in batches(self.features, cfg.batch_size, buckets=buckets, shuffle=True, seed=cfg.seed,
                              epoch=epoch, start=start):
             yield self.extras(batch) if self.extras is not None else (batch, ())
@@ -186,6 +192,7 @@ def fit(
                 break
             state, stop = _epoch(run, state, steps, data, epoch, lr_at, desc)
     finally:
+        run.profile(None, state)
         run.ckpt.close()
     return state, run.progress
 
@@ -200,6 +207,7 @@ def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, e
     rng = jax.random.key(cfg.seed)
     stop, t_last = False, time.perf_counter()
     for batch, extra in bar:
+        run.profile(progress.step, state)
         state, m = steps.at(progress.step)(state, batch, rng, *extra)
         progress.step += 1
         progress.examples_seen += int(batch["weights"].sum())
@@ -231,6 +239,21 @@ class _Run:
     evaluation: Evaluation
     ckpt: Checkpointer
     progress: Progress = dataclasses.field(default_factory=Progress)
+    tracing: bool = False
+
+    def profile(self, step: int | None, state: TrainState) -> None:
+        """Start the profiler trace before step `PROFILE_FROM`, stop it `profile_steps` later (or at the end,
+        `step` None), once the traced steps have finished."""
+        n = self.cfg.profile_steps
+        if n and not self.tracing and step == PROFILE_FROM:
+            jax.profiler.start_trace(str(self.runlog.dir / "profile"))
+            self.tracing = True
+        elif self.tracing and (step is None or step >= PROFILE_FROM + n):
+            if step is not None:  # at the end the state may be gone (an exception in a step that donated it)
+                jax.block_until_ready(state)
+            jax.profiler.stop_trace()
+            self.tracing = False
+            log.info("profiler trace of steps %d-%d in %s", PROFILE_FROM, PROFILE_FROM + n - 1, self.runlog.dir / "profile")
 
     def restore(self, state: TrainState, run_key: str, resume: bool) -> TrainState:
         """The state to start from: the last complete checkpoint when resuming (same `run_key` only)."""

@@ -176,18 +176,18 @@ def test_table_lists_skips_and_errors():
     assert "skipped: no torch" in text and "ERROR: ValueError: bad" in text and "50.0%" in text
 
 
-@pytest.mark.slow  # two to three minutes on 2 cores: six children (JAX, PyTorch) and some tiny compiles
+@pytest.mark.slow  # three to four minutes on 2 cores: eight children (JAX, PyTorch) and some tiny compiles
 def test_quick_suite_end_to_end(fake_search, tmp_path):
     out = tmp_path / "results"
     # Compile fast (the children inherit it): the timings mean nothing here.
     env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"}
     cmd = [sys.executable, "-m", "bench", "--quick", "--out", str(out), "--search", str(fake_search)]
-    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=480)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "plot: skipped" in done.stdout  # the fake search has no validation scores
     parts = {p: json.loads((out / f"{p}.json").read_text()) for p in
              ("inference", "train_step", "peak", "students", "quantize", "search_time", "compile_cache", "size",
-              "accelerator")}
+              "accelerator", "realdata")}
     for name, rec in parts.items():
         assert "error" not in rec, (name, rec.get("traceback"))
 
@@ -233,6 +233,22 @@ def test_quick_suite_end_to_end(fake_search, tmp_path):
     for r in cc["runs"]:
         assert [b["seq"] for b in r["buckets"]] == cc["buckets"] and r["compile_s"] > 0
     assert cc["ratios"][0]["ratio"] == pytest.approx(cc["runs"][1]["compile_s"] / cc["runs"][0]["compile_s"])
+
+    rd = parts["realdata"]["tasks"]["sst2"]  # 512 real SST-2 sentences, the minilm teacher, 4 steps
+    fixed, fitted = rd["ours"]["before"], rd["ours"]["after"]
+    for workload in ("finetune", "label"):
+        assert fixed[workload]["examples_per_s"] > 0 and fitted[workload]["examples_per_s"] > 0
+        assert fitted[workload]["tokens_per_real_token"] >= 1.0 and fixed[workload]["tokens_per_real_token"] >= 1.0
+        if HAS_TORCH:
+            torch_side = rd["torch"][workload]
+            assert torch_side["examples_per_s"] > 0 and torch_side["tokens_per_real_token"] >= 1.0
+    # a few shuffled training batches may go either way; the length-ordered labelling pads less
+    assert fitted["label"]["tokens_per_real_token"] < fixed["label"]["tokens_per_real_token"]
+    assert len(fitted["buckets"]) <= 8 and fixed["buckets"] == [16, 32, 48, 64, 96, 128]
+    if HAS_TORCH:
+        row = next(r for r in parts["realdata"]["ratios"] if r["name"] == "sst2 finetune (after)")
+        torch_rate = rd["torch"]["finetune"]["examples_per_s"]
+        assert row["ratio"] == pytest.approx(fitted["finetune"]["examples_per_s"] / torch_rate)
 
     assert parts["search_time"]["stages"]["trials"] == 40.0
     assert parts["size"]["checkpoint"]["kept_steps"] == [40]

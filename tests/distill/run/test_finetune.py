@@ -256,3 +256,11 @@ def test_a_cache_hit_never_replaces_an_earlier_run(sst2_run, tmp_path):
         with pytest.raises(UserError, match="holds checkpoints of an earlier run"):
             finetune(cfg, out)
     assert (out / "results.json").read_text() == '{"mine": true}' and not (out / "teacher").exists()
+
+
+def test_profile_writes_a_trace_of_the_asked_steps(teacher_dir, tmp_path):
+    data = write_sst2(tmp_path / "data", n_train=120, n_dev=20)
+    cfg = sst2_config(teacher_dir, data, loop=LoopConfig(max_steps=9, batch_size=16, profile_steps=2))
+    finetune(cfg, tmp_path / "out", use_cache=False)
+    traces = list((tmp_path / "out" / "profile").rglob("*.xplane.pb"))
+    assert len(traces) == 1 and traces[0].stat().st_size > 0

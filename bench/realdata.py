@@ -1,0 +1,322 @@
+"""Suite part `realdata`: end-to-end examples/s on real sentences, ours against transformers + PyTorch.
+
+  python -m bench --only realdata                       # SST-2, STS-B, CoNLL-2003; the minilm teacher
+  python -m bench.realdata --task sst2 --steps 300      # one task, printed as a table
+
+Workloads, each on the task's real training sentences with the `minilm` teacher (6L-384) and the same
+tokenized features on both sides, each side in its own child process pinned to the same CPUs:
+
+  finetune  `--steps` supervised steps at batch 32 (AdamW 1e-4, global-norm clipping at 1.0, dropout on):
+            ours is `distill.train.steps.make_supervised_step` on `tasks.batching` batches (shuffled,
+            length-bucketed), PyTorch a plain loop over length-grouped batches padded to their own
+            longest sentence (transformers' `group_by_length`: megabatches of 50 batches sorted by
+            length), as `DataCollatorWithPadding` does;
+  label     forwards at batch 128 over the first `--label-limit` training features (the teacher's
+            labelling pass): ours through our buckets, PyTorch sorted by length and padded per batch.
+
+Ours runs twice: `before`, with the fixed bucket lengths (`default_buckets`: 16, 32, 48, 64, 96, 128) and
+bucket-by-bucket batches everywhere (the batching before this benchmark existed), and `after`, with the
+lengths fitted to the data (`buckets_for`) and inference batches in length order (`batch_plan` without
+shuffling). Batches are assembled inside the timed loop on both sides; every bucket shape is compiled
+before the clock starts (a warm-up step per shape on a throwaway state), as the persistent compilation
+cache makes it for any later run. Reported: examples/s, tokens computed per real token, ours / PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from bench.common import Skip, child_main, cpu_info, cpu_threads, run_child
+
+TASKS = {"sst2": "glue/SST-2", "stsb": "glue/STS-B", "conll2003": "conll2003"}
+STRATEGIES = ("before", "after")
+"""before: the fixed buckets and bucket-by-bucket batches for every workload; after: buckets fitted to the data,
+and inference batches in length order."""
+
+
+def _features(request: dict):
+    """The task's training features (our tokenizer, our encoding: both sides compute on the same tokens)."""
+    from transformers import AutoTokenizer
+
+    from tasks.features import encode
+    from tasks.readers import read_split
+    from tasks.registry import get_task
+
+    task = get_task(request["task"])
+    examples = read_split(task, "train", request["data_dir"], limit=request.get("limit"))
+    tokenizer = AutoTokenizer.from_pretrained(request["teacher_dir"])
+    return task, encode(task, examples, tokenizer)
+
+
+# ----------------------------------------------------------------------------------------------- ours
+
+
+def _ours(request: dict) -> dict:
+    import jax
+
+    from distill.model.store import load_bert
+    from distill.run import OptimizerConfig
+    from distill.train.steps import TrainState, make_supervised_step
+    from tasks.batching import buckets_for, default_buckets
+
+    task, features = _features(request)
+    teacher = load_bert(request["teacher_dir"], head=task.kind, num_labels=task.num_labels, seed=0)
+    out = {}
+    for strategy in STRATEGIES:
+        buckets = buckets_for(features) if strategy == "after" else default_buckets(features.max_length)
+        tx = OptimizerConfig(learning_rate=1e-4).build(teacher.params, request["steps"], teacher.arch.num_layers)
+        step = make_supervised_step(teacher.model, tx, task.kind)
+        fresh = lambda: TrainState.create(jax.device_put(teacher.params), tx)  # noqa: E731
+        train = _timed_steps(step, fresh, features, buckets, request["steps"], jax.random.key(0))
+        label = _timed_labelling(teacher, features, buckets, request["label_limit"], grouped=strategy == "before")
+        out[strategy] = {"buckets": list(buckets), "finetune": train, "label": label}
+    return {"side": "ours", "device": jax.devices()[0].device_kind, **out}
+
+
+def _timed_steps(step, fresh_state, features, buckets, steps: int, rng) -> dict:
+    """`steps` training steps timed end to end, batches assembled in the loop as `fit` does (one sync at the
+    end), after one warm-up step per shape on a throwaway state."""
+    import jax
+
+    from tasks.batching import batch_plan, collate
+
+    plan = batch_plan(features, 32, buckets=buckets, shuffle=True, seed=0)[:steps]
+    warm = fresh_state()
+    for length in sorted({length for length, _ in plan}):
+        rows = next(r for n, r in plan if n == length)
+        warm, m = step(warm, collate(features, rows, length), rng)
+    jax.block_until_ready(m)
+    del warm
+    state = fresh_state()
+    t0 = time.perf_counter()
+    for length, rows in plan:
+        state, m = step(state, collate(features, rows, length), rng)
+    jax.block_until_ready(m)
+    return _rates(features, plan, time.perf_counter() - t0)
+
+
+def _timed_labelling(teacher, features, buckets, limit: int, grouped: bool) -> dict:
+    """Forwards at batch 128 over the first `limit` features, each batch's logits fetched to the host as the
+    teacher's labelling does. `grouped`: batches of one bucket each (the plan before length-sorted inference)."""
+    import jax
+    import numpy as np
+
+    from distill.model.infer import _jitted_logits
+    from tasks.batching import batch_plan, collate
+
+    head = _first(features, limit)
+    plan = batch_plan(head, 128, buckets=buckets, shuffle=grouped)
+    fn = _jitted_logits(teacher.model)
+    params = jax.device_put(teacher.params)
+    for length in sorted({length for length, _ in plan}):
+        rows = next(r for n, r in plan if n == length)
+        jax.block_until_ready(fn(params, collate(head, rows, length)))
+    t0 = time.perf_counter()
+    for length, rows in plan:
+        np.asarray(fn(params, collate(head, rows, length)))
+    return _rates(head, plan, time.perf_counter() - t0)
+
+
+def _first(features, n: int):
+    from distill.kd.outputs import rows
+
+    return rows(features, 0, min(n, len(features)))
+
+
+def _rates(features, plan: list, seconds: float) -> dict:
+    real_rows = [rows[rows >= 0] for _, rows in plan]
+    examples = sum(len(r) for r in real_rows)
+    computed = sum(length * len(rows) for length, rows in plan)
+    real = sum(int(features.lengths[r].sum()) for r in real_rows)
+    return {"examples_per_s": examples / seconds, "seconds": seconds, "batches": len(plan),
+            "tokens_per_real_token": computed / real, "shapes": len({length for length, _ in plan})}
+
+
+# -------------------------------------------------------------------------------------------- PyTorch
+
+
+def _torch(request: dict) -> dict:
+    try:
+        import torch
+        from transformers import BertForSequenceClassification, BertForTokenClassification
+    except ImportError as e:
+        raise Skip(f"PyTorch side skipped: {e}") from None
+    torch.set_num_threads(cpu_threads())
+    torch.manual_seed(0)
+    task, features = _features(request)
+    num_labels = 1 if task.kind == "regression" else task.num_labels
+    cls = BertForTokenClassification if task.kind == "tagging" else BertForSequenceClassification
+    model = cls.from_pretrained(request["teacher_dir"], num_labels=num_labels)
+    train = _torch_finetune(model, features, request["steps"], torch)
+    label = _torch_label(model, _first_torch(features, request["label_limit"]), torch)
+    return {"side": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "attn_implementation": model.config._attn_implementation, "finetune": train, "label": label}
+
+
+def _first_torch(features, n: int) -> tuple[list, list]:
+    """The first `n` features' token ids and token types."""
+    n = min(n, len(features))
+    return list(features.input_ids[:n]), list(features.token_type_ids[:n])
+
+
+def _grouped(lengths, batch_size: int, seed: int = 0) -> list:
+    """transformers' `group_by_length` order: shuffled, then sorted by length (longest first) within
+    megabatches of 50 batches."""
+    import numpy as np
+
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    mega = 50 * batch_size
+    out = []
+    for lo in range(0, len(order), mega):
+        chunk = sorted(order[lo: lo + mega], key=lambda i: -lengths[i])
+        out += [chunk[i: i + batch_size] for i in range(0, len(chunk), batch_size)]
+    return out
+
+
+def _pad(ids, types, rows, torch) -> dict:
+    longest = max(len(ids[i]) for i in rows)
+    x = torch.zeros((len(rows), longest), dtype=torch.long)
+    t, m = torch.zeros_like(x), torch.zeros_like(x)
+    for r, i in enumerate(rows):
+        n = len(ids[i])
+        x[r, :n], t[r, :n], m[r, :n] = torch.as_tensor(ids[i]), torch.as_tensor(types[i]), 1
+    return {"input_ids": x, "token_type_ids": t, "attention_mask": m}
+
+
+def _torch_finetune(model, features, steps: int, torch) -> dict:
+
+    ids, types = list(features.input_ids), list(features.token_type_ids)
+    plan = _grouped(features.lengths, 32)[:steps]
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    computed = real = examples = 0
+    t0 = time.perf_counter()
+    for rows in plan:
+        batch = _pad(ids, types, rows, torch)
+        loss = model(**batch, labels=_targets(features, rows, batch["input_ids"].shape[1], torch)).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        computed += batch["input_ids"].numel()
+        real += int(batch["attention_mask"].sum())
+        examples += len(rows)
+    seconds = time.perf_counter() - t0
+    return {"examples_per_s": examples / seconds, "seconds": seconds, "batches": len(plan),
+            "tokens_per_real_token": computed / real}
+
+
+def _targets(features, rows, length: int, torch):
+    """The batch's labels as transformers takes them: class ids, float scores, or tags padded with -100."""
+    import numpy as np
+
+    if isinstance(features.labels, list):  # tagging: per token, -100 where no tag is scored
+        out = torch.full((len(rows), length), -100, dtype=torch.long)
+        for r, i in enumerate(rows):
+            out[r, : len(features.labels[i])] = torch.as_tensor(np.asarray(features.labels[i], np.int64))
+        return out
+    target = torch.as_tensor(np.asarray(features.labels)[rows])
+    return target.float() if target.is_floating_point() else target.long()
+
+
+def _torch_label(model, data, torch) -> dict:
+    ids, types = data
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    plan = [order[i: i + 128] for i in range(0, len(order), 128)]
+    model.eval()
+    computed = real = 0
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for rows in plan:
+            batch = _pad(ids, types, rows, torch)
+            model(**batch)
+            computed += batch["input_ids"].numel()
+            real += int(batch["attention_mask"].sum())
+    seconds = time.perf_counter() - t0
+    return {"examples_per_s": len(ids) / seconds, "seconds": seconds, "batches": len(plan),
+            "tokens_per_real_token": computed / real}
+
+
+# ----------------------------------------------------------------------------------------------- suite
+
+
+def measure(request: dict) -> dict:
+    return _torch(request) if request["side"] == "torch" else _ours(request)
+
+
+def run(task: str, data_root: Path, *, steps: int, label_limit: int, limit: int | None = None,
+        threads: int | None = None) -> dict:
+    """Both sides on one task; the ratios of ours (each bucket strategy) over PyTorch."""
+    from distill.model.store import resolve_model_dir
+
+    data_dir = data_root / TASKS[task]
+    if not data_dir.is_dir():
+        raise Skip(f"no {task} data at {data_dir}")
+    request = {"task": task, "data_dir": str(data_dir), "teacher_dir": str(resolve_model_dir("minilm")),
+               "steps": steps, "label_limit": label_limit, "limit": limit, "threads": threads or cpu_threads()}
+    ours = run_child("bench.realdata", {**request, "side": "ours"})
+    try:
+        torch = run_child("bench.realdata", {**request, "side": "torch"})
+    except Skip as e:
+        torch = {"skipped": str(e)}
+    return {"task": task, "request": request, "cpu": cpu_info(), "ours": ours, "torch": torch,
+            "ratios": ratio_rows(task, ours, torch)}
+
+
+def ratio_rows(task: str, ours: dict, torch: dict) -> list[dict]:
+    rows = []
+    for workload in ("finetune", "label"):
+        ref = (torch.get(workload) or {}).get("examples_per_s")
+        for strategy in STRATEGIES:
+            mine = ours[strategy][workload]
+            rows.append({
+                "name": f"{task} {workload} ({strategy})", "ours": mine["examples_per_s"],
+                "reference": ref, "unit": "ex/s", "ratio": mine["examples_per_s"] / ref if ref else None,
+                "ratio_is": "ours / torch", "tokens_per_real_token": mine["tokens_per_real_token"],
+                "torch_tokens_per_real_token": (torch.get(workload) or {}).get("tokens_per_real_token"),
+            })
+    return rows
+
+
+def part(ctx) -> dict:
+    data_root = Path(ctx.data_root)
+    quick = {"steps": 4, "label_limit": 256, "limit": 512} if ctx.quick else {"steps": 200, "label_limit": 4096}
+    results = {}
+    for task in (("sst2",) if ctx.quick else tuple(TASKS)):
+        if ctx.deadline and time.time() > ctx.deadline:
+            results[task] = {"skipped": "suite time budget spent"}
+            continue
+        results[task] = run(task, data_root, **quick)
+    if not any("ratios" in r for r in results.values()):
+        raise Skip(next(iter(results.values())).get("skipped", "no task ran"))
+    return {"tasks": results, "ratios": [row for r in results.values() for row in r.get("ratios", [])]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--task", default="sst2", choices=sorted(TASKS))
+    p.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
+    p.add_argument("--steps", type=int, default=300)
+    p.add_argument("--label-limit", type=int, default=4096)
+    p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    args = p.parse_args(argv)
+    result = run(args.task, args.data_root, steps=args.steps, label_limit=args.label_limit)
+    print(f"{'workload':<34} {'ours ex/s':>10} {'torch ex/s':>10} {'ratio':>6} {'tok/real':>8} {'torch':>6}")
+    for r in result["ratios"]:
+        ref = f"{r['reference']:10.1f}" if r["reference"] else f"{'-':>10}"
+        ratio = f"{r['ratio']:6.2f}" if r["ratio"] else f"{'-':>6}"
+        tt = f"{r['torch_tokens_per_real_token']:6.3f}" if r["torch_tokens_per_real_token"] else f"{'-':>6}"
+        print(f"{r['name']:<34} {r['ours']:10.1f} {ref} {ratio} {r['tokens_per_real_token']:8.3f} {tt}")
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1].startswith("{"):
+        child_main(measure, sys.argv[1:])
+    else:
+        main()
