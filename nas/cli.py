@@ -1,4 +1,4 @@
-"""The `bertnas` command: `bertnas {finetune,distill,search,evaluate,predict,quantize} ...`.
+"""The `bertnas` command: `bertnas {finetune,distill,supernet,search,evaluate,predict,quantize} ...`.
 
   bertnas search --task sst2 --output runs/search-sst2
   bertnas search --task sst2 --smoke-test --output runs/smoke
@@ -35,6 +35,7 @@ from distill.cli import evaluate as evaluate_tool
 from distill.cli import finetune as finetune_tool
 from distill.cli import predict as predict_tool
 from distill.cli import quantize as quantize_tool
+from distill.cli import supernet as supernet_tool
 from nas.config import ALGORITHMS, SCHEDULERS, Constraints, SearchConfig, smoke
 
 
@@ -145,6 +146,7 @@ class Tool:
 TOOLS: dict[str, Tool] = {
     "finetune": Tool.of(finetune_tool),
     "distill": Tool.of(distill_tool),
+    "supernet": Tool.of(supernet_tool),
     "search": Tool(__doc__, add_arguments, search_main),
     "evaluate": Tool.of(evaluate_tool),
     "predict": Tool.of(predict_tool),

@@ -34,10 +34,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from distill.arch import BertArch
 from distill.files import cache_root, check_output_path, enable_compilation_cache, export_path, to_jsonable, write_json
 from distill.model.crf import check_crf
-from distill.model.store import arch_from_config, read_config, resolve_model_dir
+from distill.model.store import read_arch
 from distill.run import (
     AugmentConfig,
     DistillConfig,
@@ -199,7 +198,7 @@ def _settle(cfg: SearchConfig, out: Path, *, resume: bool) -> tuple[SearchConfig
     space = get_space(cfg.space)
     data_dir = Path(resolve_data_dir(task, cfg.data_dir)).resolve()
     try:
-        space.validate(_teacher_arch(cfg.teacher))
+        space.validate(read_arch(cfg.teacher))
     except SpaceError as e:
         raise SpaceError(f"--space {cfg.space}: {e}") from None
     if cfg.storage_path and "://" not in cfg.storage_path:
@@ -324,12 +323,6 @@ def _write_reports(out: Path, prep: Prepared, rows: list[dict], front: list[dict
     board = report.leaderboard(front, prep.teacher_row, metric)
     (out / "leaderboard.txt").write_text(board + "\n")
     print(board, flush=True)
-
-
-def _teacher_arch(spec: str) -> BertArch:
-    """The teacher's architecture from its config.json alone (a bad one named as `load_bert` names it)."""
-    path = resolve_model_dir(spec)
-    return arch_from_config(read_config(path), path / "config.json")
 
 
 def _forwards(setup: dict, final: dict | None) -> dict:

@@ -51,6 +51,9 @@ def _init_arguments(g) -> None:
     g.add_argument("--heads", default="importance", choices=["importance", "norm", "first"])
     g.add_argument("--ffn", default="importance", choices=["importance", "norm", "first"])
     g.add_argument("--hidden", default="slice", choices=["slice", "project"], help="how to reduce the hidden size")
+    g.add_argument("--init-from", default=None, metavar="SUPERNET",
+                   help="take the student from a supernet (bertnas supernet's OUTPUT/supernet): the first heads, "
+                   "FFN neurons and hidden dims of the supernet layers --layers maps to")
 
 
 def _loss_arguments(g) -> None:
@@ -87,7 +90,8 @@ def config(args: argparse.Namespace):
         student=args.student,
         data_dir=args.data_dir,
         init=InitConfig(
-            method=args.init, layers=_layers(args.layers), heads=args.heads, ffn=args.ffn, hidden=args.hidden
+            method=args.init, layers=_layers(args.layers), heads=args.heads, ffn=args.ffn, hidden=args.hidden,
+            source=args.init_from,
         ),
         loss=LossConfig(
             logits=args.logit_loss, logit_weight=args.logit_weight, temperature=args.temperature,

@@ -72,6 +72,10 @@ class InitConfig:
     hidden: 'slice' (keep the top hidden dimensions) or 'project' (PCA of the
       teacher's word embeddings).
     importance_batches: batches of task data used for importance scores.
+    source: a supernet's model directory (`bertnas supernet`) to take the
+      student from instead of the teacher: its units are ordered already, so
+      the student is the exact slice (`distill.kd.supernet.student_from_supernet`)
+      of the supernet layers `layers` maps to; heads, ffn and hidden are then unused.
     """
 
     method: str = "teacher"
@@ -80,9 +84,12 @@ class InitConfig:
     ffn: str = "importance"
     hidden: str = "slice"
     importance_batches: int = 8
+    source: str | None = None
 
     def __post_init__(self):
         _choice("method", self.method, METHODS)
+        if self.source is not None and self.method != "teacher":
+            raise UserError(f"init source {self.source}: a student taken from a supernet needs method 'teacher'")
         object.__setattr__(self, "layers", parse_layers(self.layers))
         _choice("heads", self.heads, SELECTIONS)
         _choice("ffn", self.ffn, SELECTIONS)
@@ -94,7 +101,7 @@ class InitConfig:
     @property
     def needs_importance(self) -> bool:
         """Whether `init_student` wants `importance_scores` (else weight norms suffice)."""
-        return self.method == "teacher" and "importance" in (self.heads, self.ffn)
+        return self.method == "teacher" and self.source is None and "importance" in (self.heads, self.ffn)
 
 
 def _choice(field: str, value: Any, valid: tuple[str, ...]) -> None:
@@ -150,7 +157,7 @@ def _top_rows(scores: np.ndarray, k: int) -> np.ndarray:
     return np.stack([top_indices(row, k) for row in scores])
 
 
-def _shrink_layer(layer: dict, heads: np.ndarray, ffn: np.ndarray, head_size: int) -> dict:
+def shrink_layer(layer: dict, heads: np.ndarray, ffn: np.ndarray, head_size: int) -> dict:
     """A teacher layer with only `heads`, `head_size` dims of each and `ffn` neurons (hidden axes untouched)."""
     qkv_k = as_f64(layer["attention"]["qkv"]["kernel"])[:, :, heads]  # (h, 3, N, D)
     qkv_b = as_f64(layer["attention"]["qkv"]["bias"])[:, heads]  # (3, N, D)
@@ -206,7 +213,7 @@ def pca_projection(embeddings: np.ndarray, k: int) -> np.ndarray:
     return p * np.where(signs == 0, 1.0, signs)
 
 
-def _hidden_role(path: tuple[str, ...]) -> str:
+def hidden_role(path: tuple[str, ...]) -> str:
     """Which axes of a parameter are hidden: 'in' (first), 'out' (last), 'in_out', 'norm' or 'none'."""
     parent, name = path[-2], path[-1]
     if name == "embedding":
@@ -224,7 +231,7 @@ def _hidden_role(path: tuple[str, ...]) -> str:
     raise ValueError(f"no hidden-axis rule for parameter {'/'.join(path)}")
 
 
-def _slice_hidden(x: np.ndarray, role: str, keep: np.ndarray) -> np.ndarray:
+def slice_hidden(x: np.ndarray, role: str, keep: np.ndarray) -> np.ndarray:
     if role in ("in", "in_out"):
         x = np.take(x, keep, axis=0)
     if role in ("out", "in_out", "norm"):
@@ -242,9 +249,9 @@ def _project_hidden(x: np.ndarray, role: str, p: np.ndarray) -> np.ndarray:
     return x
 
 
-def _map_hidden(tree: dict, fn: Callable[[np.ndarray, str], np.ndarray]) -> dict:
+def map_hidden(tree: dict, fn: Callable[[np.ndarray, str], np.ndarray]) -> dict:
     flat = traverse_util.flatten_dict(tree)
-    return traverse_util.unflatten_dict({path: fn(x, _hidden_role(path)) for path, x in flat.items()})
+    return traverse_util.unflatten_dict({path: fn(x, hidden_role(path)) for path, x in flat.items()})
 
 
 def _head_parts(teacher_params: dict, student_head: str, num_labels: int, teacher_head: str | None) -> dict:
@@ -328,18 +335,18 @@ def init_student(
         heads = _select(cfg.heads, by[cfg.heads]["heads"][i], student.num_heads[j])
         ffn = _select(cfg.ffn, by[cfg.ffn]["ffn"][i], student.ffn_sizes[j])
         layer = layer_params(teacher_params, teacher_arch, i)
-        tree["encoder"][f"layer_{g}"] = _shrink_layer(layer, heads, ffn, student.head_size)
+        tree["encoder"][f"layer_{g}"] = shrink_layer(layer, heads, ffn, student.head_size)
     tree.update(_head_parts(teacher_params, head, model.num_labels, teacher_head))
 
     h_t, h_s = teacher_arch.hidden_size, student.hidden_size
     if h_s < h_t and cfg.hidden == "slice":
         keep = top_indices(ranked["hidden"], h_s)
-        tree = _map_hidden(tree, lambda x, role: _slice_hidden(x, role, keep))
+        tree = map_hidden(tree, lambda x, role: slice_hidden(x, role, keep))
     elif h_s < h_t:
         p = hidden_map(student, teacher_arch, teacher_params, cfg, scores)
-        tree = _map_hidden(tree, lambda x, role: _project_hidden(x, role, p))
+        tree = map_hidden(tree, lambda x, role: _project_hidden(x, role, p))
 
-    out = _fit_to(tree, target, model, seed)
+    out = fit_to(tree, target, model, seed)
     log.info(
         "init %s from %s: layers %s%s, hidden %s%s, heads %s %s%s, ffn %s %s",
         student.name,
@@ -357,7 +364,7 @@ def init_student(
     return out
 
 
-def _fit_to(tree: dict, target: dict, model: BertForTask, seed: int) -> dict:
+def fit_to(tree: dict, target: dict, model: BertForTask, seed: int) -> dict:
     """`tree` as float32 arrays in exactly the shapes of `target` (the model's abstract parameters); what the
     teacher could not supply (a head for another label set) comes from the model's random init, logged."""
     flat, want = traverse_util.flatten_dict(tree), traverse_util.flatten_dict(target)

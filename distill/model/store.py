@@ -279,6 +279,12 @@ def arch_from_config(cfg: dict[str, Any], cfg_file: Path) -> BertArch:
         raise TeacherError(f"{cfg_file}: not a BERT config ({e!r} missing or invalid)") from None
 
 
+def read_arch(spec: str | os.PathLike) -> BertArch:
+    """A model's architecture from its config.json alone (a bad one named as `load_bert` names it)."""
+    path = resolve_model_dir(spec)
+    return arch_from_config(read_config(path), path / "config.json")
+
+
 def write_model_dir(out_dir: Path, tensors: dict, cfg: dict, tokenizer, metadata: dict[str, str]) -> Path:
     """Write model.safetensors (`tensors`, with `metadata`), config.json and the tokenizer into `out_dir`,
     atomically: written beside it, then renamed; an existing directory is replaced whole, and an

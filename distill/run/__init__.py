@@ -3,11 +3,13 @@
 The public API (what `nas`, `scripts` and `bench` may use) is what this file
 re-exports; the modules behind it:
 
-  config        `FinetuneConfig`, `DistillConfig` (one run config per entry point)
+  config        `FinetuneConfig`, `DistillConfig`, `SupernetConfig` (one run config per entry point)
   finetuning    `finetune(cfg, out)`: a teacher fine-tuned on the task, cached
   teacher       `fine_tuned_teacher(cfg, task, out)`: load it, fine-tuning first if need be
   data          `read_data`, `training_features`, `teacher_labels`, `teacher_importance`
   distillation  `distill(cfg, out)`: teacher -> data -> labels -> init -> train -> export
+  supernet      `train_supernet(cfg, out)`: teacher -> data -> labels -> rewire -> sandwich training;
+                `score_subnets`: sub-networks scored with the supernet's weights
   evaluation    `evaluate_dir`, `evaluate_model`, `load_for_task`
   prediction    `predict_lines`
   quantization  `quantize_run`, `compare`, `compare_models`
@@ -18,20 +20,23 @@ May import any room of `distill` and `tasks`; nothing of `nas`.
 from distill.kd.augment import AugmentConfig
 from distill.kd.init import InitConfig
 from distill.kd.objective import LossConfig
-from distill.run.config import DistillConfig, FinetuneConfig
+from distill.kd.supernet import Subnet, SubnetChoices
+from distill.run.config import DistillConfig, FinetuneConfig, SupernetConfig
 from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
 from distill.run.distillation import distill, loss_layer_map
 from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task, predict_features
 from distill.run.finetuning import finetune
 from distill.run.prediction import predict_lines
 from distill.run.quantization import compare, compare_models, quantize_run
+from distill.run.supernet import score_subnets, train_supernet
 from distill.run.teacher import fine_tuned_teacher
 from distill.train.loop import LoopConfig
 from distill.train.optim import OptimizerConfig
 
 __all__ = [
     "AugmentConfig", "DistillConfig", "FinetuneConfig", "InitConfig", "LoopConfig", "LossConfig", "OptimizerConfig",
-    "Stage", "compare", "compare_models", "distill", "evaluate_dir", "evaluate_model", "fine_tuned_teacher",
-    "finetune", "load_for_task", "loss_layer_map", "predict_features", "predict_lines", "quantize_run", "read_data",
-    "teacher_importance", "teacher_labels", "training_features",
+    "Stage", "Subnet", "SubnetChoices", "SupernetConfig", "compare", "compare_models", "distill", "evaluate_dir",
+    "evaluate_model", "fine_tuned_teacher", "finetune", "load_for_task", "loss_layer_map", "predict_features",
+    "predict_lines", "quantize_run", "read_data", "score_subnets", "teacher_importance", "teacher_labels",
+    "train_supernet", "training_features",
 ]

@@ -1,7 +1,8 @@
 """The run configs of the training tools: one frozen dataclass per entry point, validated on construction.
 
 `FinetuneConfig` is `bertnas finetune`'s, `DistillConfig` is `bertnas distill`'s
-(and, with a validation slice and one trial's loop, every search trial's). The
+(and, with a validation slice and one trial's loop, every search trial's),
+`SupernetConfig` is the supernet training's (`distill.run.supernet`). The
 flags map onto them in one place (`distill.cli`); a distillation whose teacher
 is not yet fine-tuned on the task fine-tunes it with `DistillConfig.teacher_stage()`,
 derived from the same config, never rebuilt from flags. The nested configs
@@ -18,6 +19,7 @@ from distill.arch import DEFAULT_TEACHER
 from distill.kd.augment import AugmentConfig
 from distill.kd.init import InitConfig
 from distill.kd.objective import LossConfig
+from distill.kd.supernet import SubnetChoices
 from distill.train.loop import LoopConfig
 from distill.train.optim import OptimizerConfig
 from tasks.errors import UserError
@@ -120,3 +122,65 @@ class DistillConfig:
             loop=LoopConfig(epochs=self.teacher_epochs, seed=self.loop.seed),
             train_limit=self.train_limit, dev_limit=self.dev_limit, crf=bool(self.crf),
         )
+
+
+DEFAULT_CHOICES = SubnetChoices(
+    layers=(1, 2, 3, 4), hidden=(128, 192, 256, 320, 384), heads=(2, 4, 6, 8, 12), ffn=(256, 512, 768, 1024, 1536)
+)
+"""The default search space's widths and depths (`nas.space`), which a 6L-384 MiniLM supernet represents."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SupernetConfig:
+    """Train a weight-sharing supernet on one task by the sandwich rule (`distill.run.supernet`)."""
+
+    task: str = "sst2"
+    teacher: str = DEFAULT_TEACHER
+    """A teacher fine-tuned on the task, or a pre-trained one (fine-tuned first); the supernet starts as it."""
+    data_dir: str | None = None
+    choices: SubnetChoices = DEFAULT_CHOICES
+    num_sampled: int = 2
+    """Random sub-networks per step, besides the largest and the smallest."""
+    loss: LossConfig = LossConfig(hard_weight=0.5)
+    """Each sub-network's loss against the teacher's cached outputs (prediction terms only)."""
+    augment: AugmentConfig = AugmentConfig()
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-4)
+    loop: LoopConfig = LoopConfig(epochs=1)
+    importance_batches: int = 8
+    """Batches of task data that rank heads, FFN neurons and hidden dims for the rewiring."""
+    eval_batch_size: int = 128
+    train_limit: int | None = None
+    dev_limit: int | None = None
+    validation: int = 0
+    """Hold out this many training examples and evaluate on them instead of dev (as a search does)."""
+    teacher_epochs: int = 2
+
+    def __post_init__(self):
+        _check_data(self)
+        if isinstance(self.num_sampled, bool) or not isinstance(self.num_sampled, int) or self.num_sampled < 0:
+            raise UserError(f"num_sampled: must be an integer >= 0, got {self.num_sampled!r}")
+        if self.loss.intermediate:
+            raise UserError("loss: a supernet distils predictions only (its sub-networks differ in hidden size); "
+                            "set the hidden, attention and embedding weights to 0")
+        InitConfig(importance_batches=self.importance_batches)  # checks it
+
+    def data_stage(self) -> DistillConfig:
+        """The teacher and data stages this run shares with a distillation (`distill.run.data`): the same
+        task, teacher, data, limits, validation slice, augmentation and seed."""
+        return DistillConfig(
+            task=self.task, teacher=self.teacher, data_dir=self.data_dir, augment=self.augment,
+            init=InitConfig(importance_batches=self.importance_batches), loop=LoopConfig(seed=self.loop.seed),
+            eval_batch_size=self.eval_batch_size, train_limit=self.train_limit, dev_limit=self.dev_limit,
+            validation=self.validation, teacher_epochs=self.teacher_epochs,
+        )
+
+    def cache_settings(self) -> dict[str, Any]:
+        """What changes the trained supernet (not where data or output live, nor logging and saving)."""
+        loop = self.loop
+        return {
+            "task": self.task, "choices": self.choices, "num_sampled": self.num_sampled, "loss": self.loss,
+            "augment": self.augment, "optimizer": self.optimizer, "epochs": loop.epochs, "max_steps": loop.max_steps,
+            "batch_size": loop.batch_size, "seed": loop.seed, "importance_batches": self.importance_batches,
+            "train_limit": self.train_limit, "dev_limit": self.dev_limit, "validation": self.validation,
+            "teacher_epochs": self.teacher_epochs,
+        }

@@ -37,15 +37,16 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from distill.arch import BertArch, resolve_student
+from distill.arch import ArchError, BertArch, resolve_student
 from distill.export.hf import export_model, export_summary
 from distill.files import check_output_path, config_key, features_fingerprint, write_json
-from distill.kd.init import check_compatible, hidden_map, init_student
+from distill.kd.init import check_compatible, fit_to, hidden_map, init_student
 from distill.kd.layers import teacher_layers
 from distill.kd.objective import PROJ, init_projection
-from distill.model.bert import build_model
+from distill.kd.supernet import Subnet, student_from_supernet
+from distill.model.bert import abstract_params, build_model
 from distill.model.crf import check_crf
-from distill.model.store import LoadedBert, weights_fingerprint
+from distill.model.store import LoadedBert, load_bert, read_arch, resolve_model_dir, weights_fingerprint
 from distill.run.config import DistillConfig
 from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
 from distill.run.evaluation import evaluate_model
@@ -86,14 +87,47 @@ def student_crf(cfg: DistillConfig, teacher: LoadedBert) -> bool:
 
 def student_init(cfg: DistillConfig, task: Task, teacher: LoadedBert, student: BertArch, train: Features) -> dict:
     """The student's train-time parameters: the model's, plus the hidden projection when a loss needs it."""
-    scores = teacher_importance(cfg, task, teacher, train) if cfg.init.needs_importance else None
-    params = init_student(
-        student, teacher.arch, teacher.params, head=task.kind, num_labels=task.num_labels,
-        cfg=cfg.init, scores=scores, seed=cfg.loop.seed, crf=student_crf(cfg, teacher),
-    )
-    start = hidden_map(student, teacher.arch, teacher.params, cfg.init, scores)
+    if cfg.init.source is not None:
+        params, start = supernet_init(cfg, task, teacher, student)
+    else:
+        scores = teacher_importance(cfg, task, teacher, train) if cfg.init.needs_importance else None
+        params = init_student(
+            student, teacher.arch, teacher.params, head=task.kind, num_labels=task.num_labels,
+            cfg=cfg.init, scores=scores, seed=cfg.loop.seed, crf=student_crf(cfg, teacher),
+        )
+        start = hidden_map(student, teacher.arch, teacher.params, cfg.init, scores)
     proj = init_projection(student.hidden_size, teacher.arch.hidden_size, cfg.loss, None if start is None else start.T)
     return params if proj is None else {**params, PROJ: proj}
+
+
+def supernet_init(cfg: DistillConfig, task: Task, teacher: LoadedBert, student: BertArch):
+    """The student sliced out of the supernet `cfg.init.source` (what it lacks, e.g. a CRF, from its random
+    init), and the (teacher hidden, student hidden) map of its hidden dims: the supernet's were reordered."""
+    source = load_bert(cfg.init.source)
+    layers = teacher_layers(cfg.init.layers, source.arch.num_layers, student.num_layers)
+    model = build_model(student, task.kind, task.num_labels, crf=student_crf(cfg, teacher))
+    params = fit_to(student_from_supernet(student, source.arch, source.params, layers), abstract_params(model), model,
+                    cfg.loop.seed)
+    log.info("init %s from the supernet %s (its layers %s)", student.name, source.path, layers)
+    order = source.meta.get("supernet", {}).get("hidden_order")
+    if order is None:
+        return params, None
+    start = np.zeros((teacher.arch.hidden_size, student.hidden_size), np.float32)
+    start[np.asarray(order[: student.hidden_size]), np.arange(student.hidden_size)] = 1.0
+    return params, start
+
+
+def check_supernet_init(cfg: DistillConfig, student: BertArch) -> None:
+    """A student the supernet `cfg.init.source` cannot give is refused before the data work."""
+    if cfg.loss.attention_weight:
+        raise UserError(f"init source {cfg.init.source}: a supernet's heads are reordered, so attention scores "
+                        "cannot be matched head by head; set the attention weight to 0")
+    supernet = read_arch(cfg.init.source)
+    layers = teacher_layers(cfg.init.layers, supernet.num_layers, student.num_layers)
+    try:
+        Subnet(layers, student.hidden_size, student.num_heads, student.ffn_sizes).arch(supernet)
+    except ArchError as e:
+        raise ArchError(f"init source {cfg.init.source}: {e}") from None
 
 
 def student_params(params: dict) -> dict:
@@ -110,6 +144,9 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
         settings["loop"].pop(k)
     if settings["crf"] is None:  # runs from before the flag keep their key
         settings.pop("crf")
+    source = settings["init"].pop("source")  # likewise; a supernet counts by its weights, wherever it lies
+    if source is not None:
+        settings["init"]["source"] = weights_fingerprint(resolve_model_dir(source))
     return config_key(
         {"settings": settings, "teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train)}
     )
@@ -184,7 +221,9 @@ def prepare(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool) -> 
     student = resolve_student(cfg.student, teacher.arch)
     if student_crf(cfg, teacher):  # also a CRF inherited from the teacher
         check_crf_loss(cfg)
-    if cfg.init.method == "teacher":
+    if cfg.init.source is not None:
+        check_supernet_init(cfg, student)
+    elif cfg.init.method == "teacher":
         check_compatible(student, teacher.arch, cfg.init)
     layer_map = loss_layer_map(cfg, teacher.arch, student)  # a bad --layer-map fails before the data work
     train, original, num_augmented = training_features(cfg, task, teacher, train_ex, times)

@@ -12,7 +12,7 @@ import pytest
 import nas.cli
 
 ROOT = Path(__file__).resolve().parents[2]
-COMMANDS = ("finetune", "distill", "search", "evaluate", "predict", "quantize")
+COMMANDS = ("finetune", "distill", "supernet", "search", "evaluate", "predict", "quantize")
 
 
 def _python(*args: str) -> subprocess.CompletedProcess:
@@ -30,6 +30,7 @@ def test_every_subcommand_has_help_and_the_tools_flags():
     assert done.returncode == 0 and all(c in done.stdout for c in COMMANDS), done.stdout + done.stderr
     assert nas.cli.parse(["distill", "--output", "o", "--student", "2L-36"]).student == "2L-36"
     assert nas.cli.parse(["search", "--smoke-test"]).smoke_test
+    assert nas.cli.parse(["supernet", "--output", "o", "--hidden", "24,36"]).hidden == "24,36"
 
 
 def test_starting_the_command_loads_no_jax():
@@ -42,6 +43,8 @@ def test_starting_the_command_loads_no_jax():
 @pytest.mark.parametrize("argv, text", [
     (["evaluate", "--model", "no/such/dir"], "no/such/dir"),
     (["distill", "--output", "o", "--batch-size", "x"], "argument --batch-size"),
+    (["supernet", "--output", "o", "--hidden", "128,x"], "--hidden: expected comma-separated integers"),
+    (["supernet", "--output", "o", "--num-sampled", "-1"], "argument --num-sampled"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, text):
     done = _python("-m", "nas.cli", *argv)

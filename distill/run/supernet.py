@@ -1,0 +1,228 @@
+"""Train a weight-sharing supernet for one task, and score its sub-networks without training them.
+
+`train_supernet(config, output_dir)` runs named stages:
+  1. `prepare`: the fine-tuned teacher (fine-tuned first if need be), the data
+     (dev, or a held-out validation slice of train) and the training features
+     with any augmented copies (`distill.run.data`, as a distillation does);
+  2. the teacher labels the training features once (cached on disk);
+  3. `start`: the teacher's heads, FFN neurons and hidden dims rewired by
+     importance (`distill.kd.supernet.rewire`, scores cached): the supernet
+     starts as the teacher, and its largest sub-network is the teacher;
+  4. the sandwich rule (`distill.train.sandwich`) in the shared loop: each
+     step trains the largest, the smallest and `num_sampled` random
+     sub-networks of `config.choices` on the teacher's outputs; each
+     evaluation scores the largest and the smallest and keeps the best
+     supernet in OUTPUT/supernet (a teacher-shaped model directory that
+     `load_bert` reads, its `bertnas.supernet` recording the choices);
+  5. results.json, and the result cached under
+     `cache_root()/supernets/<task>-<key>` (teacher weights, training
+     features, settings): a later run with the same key copies it instead of
+     training, as the fine-tuned-teacher cache does.
+
+`score_subnets` evaluates sub-networks straight from the supernet's weights:
+each runs at its shape (layers, hidden size) with the widths as masks, so a
+compilation per shape (and evaluation bucket) serves every width.
+
+The supernet has no CRF: a CRF teacher's transitions are dropped (a student
+distilled from the supernet may add its own).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import jax
+import numpy as np
+
+from distill.files import cache_root, check_output_path, config_key, features_fingerprint, write_json
+from distill.kd.supernet import Subnet, extract, masked, padded, ranking, rewire, width_masks
+from distill.model.bert import build_model
+from distill.model.store import LoadedBert, read_arch, save_bert, weights_fingerprint
+from distill.run.config import SupernetConfig
+from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
+from distill.run.evaluation import evaluate_model
+from distill.run.teacher import fine_tuned_teacher
+from distill.train.loop import Evaluation, StepSchedule, TrainData, fit, refuse_overwrite
+from distill.train.runlog import RunLog
+from distill.train.sandwich import make_sandwich_step
+from distill.train.steps import TrainState
+from tasks.base import Task
+from tasks.features import Features, encode
+from tasks.readers import load_task
+
+log = logging.getLogger(__name__)
+
+SUPERNET_DIR = "supernet"
+
+
+@dataclasses.dataclass
+class Prepared:
+    """What the stages before training produce."""
+
+    out: Path
+    task: Task
+    teacher: LoadedBert
+    train: Features
+    dev: Features
+    dev_ex: list
+    eval_split: str
+    times: Stage
+
+
+def train_supernet(cfg: SupernetConfig, output_dir: str | Path, *, resume: bool = False,
+                   use_cache: bool = True) -> dict[str, Any]:
+    """Train a supernet for `cfg.task`; returns the results dict (also OUTPUT/results.json), whose
+    `supernet_dir` is the trained supernet."""
+    out = check_output_path(output_dir)
+    if resume and (out / "results.json").is_file() and (out / SUPERNET_DIR / "config.json").is_file():
+        log.info("%s: already finished; nothing to resume", out)
+        return _read_results(out)
+    refuse_overwrite(out, resume)
+    prep = prepare(cfg, out, resume=resume, use_cache=use_cache)
+    cached = cache_dir(cfg, prep.teacher, prep.train)
+    if use_cache and not resume and (cached / "results.json").is_file():
+        log.info("reusing the cached supernet %s", cached)
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(cached, out, dirs_exist_ok=True)
+        return {**_read_results(out), "cached": str(cached)}
+    teacher_params = jax.device_put(prep.teacher.params)
+    labels = teacher_labels(cfg.data_stage(), prep.task, prep.teacher, prep.train, use_cache=use_cache,
+                            params=teacher_params)
+    prep.times.labelling = labels.seconds
+    teacher_dev = evaluate_model(prep.teacher.model, teacher_params, prep.task, prep.dev, prep.dev_ex,
+                                 cfg.eval_batch_size)
+    params, hidden_order = start(cfg, prep)
+    progress = _train(cfg, prep, params, hidden_order, lambda batch: (batch, (labels.gather(batch, ()),)),
+                      resume=resume)
+    results = _results(cfg, prep, teacher_dev, progress)
+    write_json(out / "results.json", results)
+    if use_cache:
+        _store(out, cached)
+    return results
+
+
+def prepare(cfg: SupernetConfig, out: Path, *, resume: bool, use_cache: bool) -> Prepared:
+    """The task, the fine-tuned teacher (checked as a supernet for the choices), the data and features."""
+    stage = cfg.data_stage()
+    task, data_dir = load_task(cfg.task, cfg.data_dir)
+    cfg.choices.check(read_arch(cfg.teacher))  # before any training: fine-tuning keeps the architecture
+    train_ex, dev_ex, eval_split = read_data(stage, task, data_dir)
+    times = Stage()
+    teacher, times.teacher = fine_tuned_teacher(dataclasses.replace(stage, data_dir=str(data_dir)), task, out,
+                                                resume=resume, use_cache=use_cache)
+    cfg.choices.check(teacher.arch)
+    train, _, _ = training_features(stage, task, teacher, train_ex, times)
+    return Prepared(out, task, teacher, train, encode(task, dev_ex, teacher.tokenizer), dev_ex, eval_split, times)
+
+
+def start(cfg: SupernetConfig, prep: Prepared) -> tuple[dict, list[int]]:
+    """The supernet's first weights: the teacher's, rewired by importance on the training features; and
+    the teacher hidden dim behind each supernet hidden dim (a student's hidden loss projects through it)."""
+    t0 = time.perf_counter()
+    scores = teacher_importance(cfg.data_stage(), prep.task, prep.teacher, prep.train)
+    params = {k: v for k, v in prep.teacher.params.items() if k != "crf"}
+    params = rewire(params, prep.teacher.arch, scores)
+    prep.times.init = time.perf_counter() - t0
+    return params, ranking(scores["hidden"]).tolist()
+
+
+def cache_dir(cfg: SupernetConfig, teacher: LoadedBert, train: Features) -> Path:
+    key = config_key({"teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train),
+                      "settings": cfg.cache_settings()})
+    return cache_root() / "supernets" / f"{cfg.task}-{key}"
+
+
+def _train(cfg: SupernetConfig, prep: Prepared, params: dict, hidden_order: list[int], extras, *, resume: bool):
+    """`fit` with the sandwich step; each evaluation scores the largest and smallest sub-networks."""
+    task, arch = prep.task, prep.teacher.arch
+    total, _ = cfg.loop.total_steps(prep.train)
+    tx = cfg.optimizer.build(params, total, arch.num_layers, arch.groups)
+    step = make_sandwich_step(arch, cfg.choices, tx, head=task.kind, num_labels=task.num_labels, kind=task.kind,
+                              loss_cfg=cfg.loss, num_sampled=cfg.num_sampled, seed=cfg.loop.seed)
+    ends = {"largest": cfg.choices.largest(arch), "smallest": cfg.choices.smallest(arch)}
+
+    def evaluate(p):
+        scores = dict(zip(ends, score_subnets(p, arch, ends.values(), task, prep.dev, prep.dev_ex,
+                                              cfg.eval_batch_size, exact=True)))
+        return {"score": float(np.mean([s[task.metric] for s in scores.values()])),
+                **{f"{name}_{k}": v for name, s in scores.items() for k, v in s.items()}}
+
+    def keep_best(p, best):
+        save_bert(prep.out / SUPERNET_DIR, arch, jax.device_get(p), prep.teacher.tokenizer, head=task.kind,
+                  labels=task.labels, extra={"task": task.name, "max_length": task.max_length,
+                                             "supernet": {**supernet_meta(cfg), "hidden_order": hidden_order},
+                                             "eval": best})
+
+    key = config_key({"settings": cfg.cache_settings(), "teacher": weights_fingerprint(prep.teacher.path),
+                      "train": features_fingerprint(prep.train)})
+    runlog = RunLog(prep.out, {"supernet": cfg, "teacher_dir": str(prep.teacher.path), "total_steps": total,
+                               "largest": ends["largest"], "smallest": ends["smallest"]})
+    t0 = time.perf_counter()
+    try:
+        _, progress = fit(TrainState.create(params, tx), StepSchedule.single(step), TrainData(prep.train, extras),
+                          cfg.loop, Evaluation(evaluate, "score", keep_best), runlog,
+                          lr_at=cfg.optimizer.schedule_fn(total), run_key=key, resume=resume,
+                          desc=f"{task.name} supernet")
+    finally:
+        prep.times.distill = time.perf_counter() - t0
+        runlog.close()
+    return progress
+
+
+def supernet_meta(cfg: SupernetConfig) -> dict:
+    """What `bertnas.supernet` records in the supernet's config.json: the sub-networks it was trained for."""
+    return {"choices": dataclasses.asdict(cfg.choices), "num_sampled": cfg.num_sampled}
+
+
+def score_subnets(params, supernet, subnets: Iterable[Subnet], task: Task, features: Features, examples,
+                  batch_size: int = 128, *, exact: bool = False) -> list[dict]:
+    """Each sub-network's task metrics (`evaluate_model`) with the supernet's weights, untrained.
+
+    Masked at its shape by default (one compilation per shape serves every width); `exact` runs the
+    extracted student itself (one compilation per architecture).
+    """
+    out = []
+    for sub in subnets:
+        if exact:
+            model = build_model(sub.arch(supernet), task.kind, task.num_labels)
+            weights = extract(params, supernet, sub)
+        else:
+            model = build_model(padded(supernet, sub.shape).arch(supernet), task.kind, task.num_labels)
+            weights = masked(params, supernet, sub.shape, *width_masks(sub, supernet))
+        out.append(evaluate_model(model, jax.device_put(weights), task, features, examples, batch_size))
+    return out
+
+
+def _results(cfg: SupernetConfig, prep: Prepared, teacher_dev: dict, progress) -> dict[str, Any]:
+    task = prep.task
+    return {
+        "task": task.name, "metric": task.metric, "eval_split": prep.eval_split,
+        "teacher_dir": str(prep.teacher.path), "teacher_dev": teacher_dev, "best": progress.best,
+        "history": progress.history, "steps": progress.step, "train_features": len(prep.train),
+        "train_examples_per_second": progress.examples_seen / max(progress.train_seconds, 1e-9),
+        "seconds": dataclasses.asdict(prep.times), "supernet_dir": str(prep.out / SUPERNET_DIR),
+        "supernet": supernet_meta(cfg),
+    }
+
+
+def _read_results(out: Path) -> dict:
+    return {**json.loads((out / "results.json").read_text()), "supernet_dir": str(out / SUPERNET_DIR)}
+
+
+def _store(out: Path, cached: Path) -> None:
+    """Copy the supernet and its results into the cache, atomically."""
+    tmp = cached.with_name(f".{cached.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copytree(out / SUPERNET_DIR, tmp / SUPERNET_DIR)
+    for name in ("config.json", "results.json"):
+        shutil.copy2(out / name, tmp / name)
+    shutil.rmtree(cached, ignore_errors=True)
+    tmp.rename(cached)
+    log.info("cached the supernet at %s", cached)
