@@ -36,7 +36,8 @@ from distill.cli import finetune as finetune_tool
 from distill.cli import predict as predict_tool
 from distill.cli import quantize as quantize_tool
 from distill.cli import supernet as supernet_tool
-from nas.config import ALGORITHMS, SCHEDULERS, Constraints, SearchConfig, smoke
+from nas.config import ALGORITHMS, SCHEDULERS, STRATEGIES, Constraints, SearchConfig, smoke
+from tasks.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,7 +50,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke-test", action="store_true", help="tiny end-to-end run: data slice, 4 small trials")
     p.add_argument("--space", default="default",
                    help="preset (default, uniform, shared, smoke, tiny) or a .yaml/.json file")
-    p.add_argument("--num-samples", type=int, default=24, help="candidates to try")
+    p.add_argument("--strategy", default="trials", choices=list(STRATEGIES),
+                   help="trials: distil each candidate for --trial-steps; supernet: train one weight-sharing "
+                   "supernet, score hundreds of candidates with its weights, train the best at each --targets")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help="candidates to try (default 24 trials, 240 with --strategy supernet)")
     p.add_argument("--budget-minutes", type=float, default=60.0, help="bound on the whole run's wall time")
     p.add_argument("--trial-steps", type=int, default=600, help="distillation steps of a full trial")
     p.add_argument("--evals-per-trial", type=int, default=3, help="validation evaluations (scheduler rungs)")
@@ -83,6 +88,11 @@ def _final_arguments(p) -> None:
                    help="training steps of the final student, fewer if the budget ends first (0: none)")
     p.add_argument("--final-augment", type=int, default=4, help="augmented copies per example for the final student")
     p.add_argument("--final-share", type=float, default=0.45, help="share of the budget kept for the final student")
+    p.add_argument("--targets", default="3,5,10",
+                   help="supernet strategy: speedups over the teacher; the best candidate at each is trained further")
+    p.add_argument("--supernet-steps", type=int, default=2000, help="supernet strategy: supernet training steps")
+    p.add_argument("--latency-design", type=int, default=12,
+                   help="supernet strategy: candidates measured to fit the latency predictor")
 
 
 def _ray_arguments(p) -> None:
@@ -94,11 +104,20 @@ def _ray_arguments(p) -> None:
     p.add_argument("--storage-path", default=None, help="Ray results storage (shared FS or URI); default OUTPUT/ray")
 
 
+def _targets(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError:
+        raise UserError(f"--targets: expected comma-separated speedups such as 3,5,10; got {text!r}") from None
+
+
 def config(args: argparse.Namespace) -> SearchConfig:
     """The search's `SearchConfig`, from the flags (the only place they are mapped)."""
     cfg = SearchConfig(
-        task=args.task, teacher=args.teacher, data_dir=args.data_dir, space=args.space,
-        num_samples=args.num_samples, budget_minutes=args.budget_minutes, trial_steps=args.trial_steps,
+        task=args.task, teacher=args.teacher, data_dir=args.data_dir, space=args.space, strategy=args.strategy,
+        num_samples=args.num_samples or (240 if args.strategy == "supernet" else 24),
+        supernet_steps=args.supernet_steps, latency_design=args.latency_design, targets=_targets(args.targets),
+        budget_minutes=args.budget_minutes, trial_steps=args.trial_steps,
         evals_per_trial=args.evals_per_trial, validation=args.validation, augment=args.augment,
         constraints=Constraints(
             max_latency_ms=args.max_latency_ms, min_speedup=args.min_speedup, max_params=args.max_params

@@ -8,6 +8,7 @@ any config into the end-to-end smoke run (a small data slice, 4 tiny trials).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from distill.arch import DEFAULT_TEACHER
 from distill.export.scheme import scheme
@@ -48,6 +49,9 @@ class Constraints:
 
 ALGORITHMS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("asha", "none")
+STRATEGIES = ("trials", "supernet")
+"""'trials': each candidate distilled for a few hundred steps (`nas.trial`); 'supernet': candidates scored
+with the weights of one supernet trained for the task (`nas.oneshot`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +62,15 @@ class SearchConfig:
     data_dir: str | None = None
     space: str = "default"
     """A preset name (see `nas.space.PRESETS`) or a .json / .yaml file."""
+    strategy: str = "trials"
     num_samples: int = 24
     """Candidates to try (the time budget may end the search earlier)."""
+    supernet_steps: int = 2000
+    """The supernet strategy: sandwich steps of supernet training."""
+    latency_design: int = 12
+    """The supernet strategy: sub-networks measured to fit the latency predictor that screens candidates."""
+    targets: tuple[float, ...] = (3.0, 5.0, 10.0)
+    """The supernet strategy: speedups over the teacher; the best candidate at or above each is trained further."""
     budget_minutes: float = 60.0
     """Wall-clock bound of the whole run, teacher fine-tuning included."""
     trial_steps: int = 600
@@ -108,6 +119,13 @@ class SearchConfig:
             raise UserError(f"algorithm: {self.algorithm!r} is not one of {list(ALGORITHMS)}")
         if self.scheduler not in SCHEDULERS:
             raise UserError(f"scheduler: {self.scheduler!r} is not one of {list(SCHEDULERS)}")
+        if self.strategy not in STRATEGIES:
+            raise UserError(f"strategy: {self.strategy!r} is not one of {list(STRATEGIES)}")
+        object.__setattr__(self, "targets", tuple(float(t) for t in self.targets))
+        if not self.targets or not all(math.isfinite(t) and t > 0 for t in self.targets):
+            raise UserError(f"targets: need speedups > 0, got {list(self.targets)}")
+        if self.supernet_steps < 1 or self.latency_design < 3:
+            raise UserError("supernet_steps: must be >= 1; latency_design: must be >= 3")
         for name in ("num_samples", "trial_steps", "evals_per_trial", "batch_size", "teacher_epochs"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name}: must be >= 1, got {getattr(self, name)}")
@@ -144,11 +162,15 @@ class SearchConfig:
 
 
 def smoke(cfg: SearchConfig) -> SearchConfig:
-    """The smoke run: teacher fine-tuned on a small slice, 4 tiny candidates, a few steps each."""
+    """The smoke run: teacher fine-tuned on a small slice, 4 tiny candidates, a few steps each (with the
+    supernet strategy: a few supernet steps, 16 candidates, 4 measured for the latency predictor)."""
     return dataclasses.replace(
         cfg,
+        supernet_steps=24,
+        latency_design=4,
+        targets=(1.5, 3.0),
         space=cfg.space if cfg.space != "default" else "smoke",
-        num_samples=4,
+        num_samples=16 if cfg.strategy == "supernet" else 4,
         trial_steps=24,
         evals_per_trial=2,
         validation=64,

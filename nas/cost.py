@@ -231,3 +231,48 @@ def _valid(entry) -> bool:
     return isinstance(entry, dict) and all(
         isinstance(entry.get(k), (int, float)) and entry[k] > 0 for k in ("median_ms", "p95_ms"))
 
+
+
+def latency_features(arch: BertArch, seq_len: int) -> np.ndarray:
+    """What batch-1 latency grows with, one term per kind of work: a constant, a per-layer overhead, the
+    projections (QKV and output: hidden x attention width), attention itself (length x attention width),
+    the FFN (hidden x FFN size) and the per-token elementwise work (hidden, per layer), each summed over
+    the layers (FLOP-like units of one token; HAT's `get_config_features` in spirit, but linear)."""
+    s, h = seq_len, arch.hidden_size
+    widths = np.asarray(arch.attention_widths, np.float64)
+    ffn = np.asarray(arch.ffn_sizes, np.float64)
+    return np.array([1.0, arch.num_layers, 4 * h * widths.sum() / 1e6, 2 * s * widths.sum() / 1e6,
+                     2 * h * ffn.sum() / 1e6, arch.num_layers * h / 1e3])
+
+
+@dataclasses.dataclass(frozen=True)
+class LatencyPredictor:
+    """Batch-1 latency from `latency_features`, fitted by non-negative least squares on measured candidates.
+
+    `error` is the mean relative error of leave-one-out predictions on the measurements it was fitted on:
+    how far a prediction for an unmeasured candidate may be off. The search screens candidates with it and
+    measures every candidate that reaches the front."""
+
+    seq_len: int
+    coef: tuple[float, ...]
+    error: float
+    measured: int
+
+    @classmethod
+    def fit(cls, archs: list[BertArch], latencies_ms: list[float], seq_len: int) -> LatencyPredictor:
+        from scipy.optimize import nnls
+
+        if len(archs) < 3:
+            raise ValueError(f"a latency predictor needs >= 3 measured candidates, got {len(archs)}")
+        x = np.stack([latency_features(a, seq_len) for a in archs])
+        y = np.asarray(latencies_ms, np.float64)
+        coef, _ = nnls(x, y)
+        errors = []
+        for i in range(len(y)):  # leave one out
+            keep = np.arange(len(y)) != i
+            c, _ = nnls(x[keep], y[keep])
+            errors.append(abs(float(x[i] @ c) - y[i]) / y[i])
+        return cls(seq_len, tuple(float(c) for c in coef), float(np.mean(errors)), len(y))
+
+    def predict(self, arch: BertArch) -> float:
+        return max(float(latency_features(arch, self.seq_len) @ np.asarray(self.coef)), 1e-6)

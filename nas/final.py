@@ -112,7 +112,7 @@ def _plan(cfg, setup: TrialSetup, rows: list[dict], configs: Mapping[str, dict],
     write_json(root / "student.json", setup.space.arch(sample, setup.teacher_arch).to_dict())
     dcfg = final_config(cfg, setup, sample, max_steps=cfg.final_steps, student_file=str(root / "student.json"))
     t0 = time.perf_counter()
-    label_seconds, labelled = _label(dcfg, root)  # before planning: labelling the copies may take minutes
+    label_seconds, labelled = label_copies(dcfg, root)  # before planning: labelling the copies may take minutes
     seconds_left = deadline - time.time() - 30  # the front's export and dev evaluation follow
     steps = plan_steps(cfg.final_steps, seconds_left, steps_per_second(chosen))
     if steps < min(MIN_STEPS, cfg.final_steps):
@@ -173,7 +173,7 @@ def final_config(cfg, setup: TrialSetup, sample: dict, *, max_steps: int, studen
     )
 
 
-def _label(dcfg, root: Path) -> tuple[float, int]:
+def label_copies(dcfg, root: Path) -> tuple[float, int]:
     """Augment and label the final run's training data into the cache (distill() then reads it); seconds and
     features labelled. The originals were labelled for the trials: only their copies go through the teacher."""
     task = get_task(dcfg.task)

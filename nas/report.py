@@ -1,9 +1,13 @@
 """What a search leaves behind: the trial table, the Pareto front, the plot and the leaderboard.
 
 Rows are plain dicts, one per trial (see `COLUMNS`); `pareto_front` keeps the
-trained candidates that no other candidate beats on both the metric (higher is
-better) and the measured batch-1 latency (lower is better). With `--quantize`,
-the int8 copies of the front's students are rows too (status `quantized`).
+scored candidates that no other candidate beats on both the metric (higher is
+better) and the batch-1 latency (lower is better). With the supernet strategy a
+row's `kind` says whether it is a supernet estimate (status `scored`: untrained
+weights taken from the supernet) or a trained final, and `latency_source`
+whether its latency was measured or predicted (the front's are all measured).
+With `--quantize`, the int8 copies of the front's students are rows too (status
+`quantized`).
 """
 
 from __future__ import annotations
@@ -15,13 +19,15 @@ from pathlib import Path
 from distill.files import write_json
 
 COLUMNS = (
-    "trial_id", "status", "arch", "params", "flops", "latency_ms", "batch_latency_ms", "speedup",
-    "val_metric", "dev_metric", "steps", "steps_per_second", "seconds", "learning_rate", "temperature", "hard_weight",
-    "hidden_weight", "init_layers", "pareto", "export", "quantized", "weight_ratio", "error",
+    "trial_id", "status", "kind", "arch", "params", "flops", "latency_ms", "batch_latency_ms", "speedup",
+    "latency_source", "val_metric", "dev_metric", "steps", "steps_per_second", "seconds", "learning_rate",
+    "temperature", "hard_weight", "hidden_weight", "init_layers", "pareto", "export", "quantized", "weight_ratio",
+    "error",
 )
 
 
-TRAINED = ("completed", "stopped", "final", "quantized")  # quantized: an int8 copy of a front member (--quantize)
+TRAINED = ("completed", "stopped", "scored", "final", "quantized")
+"""Rows with a score: trials, supernet estimates (`scored`), finals, int8 copies of front members (--quantize)."""
 
 
 def _finite(x) -> bool:
@@ -38,7 +44,9 @@ def pareto_front(rows: list[dict], metric: str = "val_metric", cost: str = "late
         )
 
     front, seen = [], set()
-    for r in sorted((r for r in ok if not dominated(r)), key=lambda r: (-r[metric], r[cost])):
+    # On a tie, a trained final before the supernet estimate it came from.
+    order = lambda r: (-r[metric], r[cost], r["status"] != "final")  # noqa: E731
+    for r in sorted((r for r in ok if not dominated(r)), key=order):
         if (r.get("arch"), r[metric], r[cost]) not in seen:  # the same candidate sampled twice: listed once
             seen.add((r.get("arch"), r[metric], r[cost]))
             front.append(r)
@@ -70,7 +78,9 @@ def plot(path: Path, rows: list[dict], front: list[dict], teacher: dict, metric_
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     pts = [r for r in rows if _finite(r.get("val_metric")) and _finite(r.get("latency_ms"))]
-    ax.scatter([r["latency_ms"] for r in pts], [r["val_metric"] for r in pts], c="0.6", s=18, label="candidates")
+    estimates = any(r.get("kind") == "supernet" for r in pts)
+    ax.scatter([r["latency_ms"] for r in pts], [r["val_metric"] for r in pts], c="0.6", s=18,
+               label="supernet estimates (untrained)" if estimates else "candidates")
     if front:
         ax.plot([r["latency_ms"] for r in front], [r["val_metric"] for r in front], "o-", c="C0", label="Pareto front")
         for r in front:
@@ -78,7 +88,7 @@ def plot(path: Path, rows: list[dict], front: list[dict], teacher: dict, metric_
     final = [r for r in pts if r.get("status") == "final"]
     if final:
         ax.scatter([r["latency_ms"] for r in final], [r["val_metric"] for r in final], marker="D", s=50, c="C2",
-                   label="final student", zorder=3)
+                   label="trained finals" if estimates else "final student", zorder=3)
     quantized = [r for r in pts if r.get("quantized")]
     if quantized:
         ax.scatter([r["latency_ms"] for r in quantized], [r["val_metric"] for r in quantized], marker="x", s=40,
@@ -109,5 +119,6 @@ def leaderboard(front: list[dict], teacher: dict, metric_name: str) -> str:
 
     lines.append(line("teacher", {**teacher, "speedup": 1.0}))
     lines += [line(r["arch"] + (" (final)" if r.get("status") == "final" else "")
+                   + (" (supernet)" if r.get("kind") == "supernet" else "")
                    + (f" ({r['quantized']})" if r.get("quantized") else ""), r) for r in front]
     return "\n".join(lines)

@@ -41,6 +41,7 @@ from typing import Any
 import yaml
 
 from distill.arch import LAYER_MAPS, BertArch
+from distill.run import SubnetChoices
 from tasks.errors import UserError
 
 INT_FIELDS = ("layers", "hidden", "heads", "ffn", "share")
@@ -113,6 +114,18 @@ class SearchSpace:
             _check(h % hs == 0, "hidden", f"{h} is not a multiple of the head size {hs}")
             _check(bool(self._fitting_heads(h, hs)), "heads",
                    f"no choice in {list(self.heads)} fits hidden {h} (at most {h // hs} heads of size {hs})")
+
+    def subnet_choices(self, teacher: BertArch) -> SubnetChoices:
+        """The space as a supernet sees it (`--strategy supernet`): `SpaceError` naming the field when a
+        supernet shaped as `teacher` cannot represent it."""
+        self.validate(teacher)
+        _check(self.resolved_head_size(teacher) == teacher.head_size, "head_size",
+               f"the supernet strategy keeps the teacher's head size {teacher.head_size}")
+        _check(self.share == (1,), "share", "the supernet strategy cannot share layers; use share: [1]")
+        _check(len(self.init_layers) == 1, "init_layers",
+               f"the supernet strategy takes each layer count's layers by one map, got {list(self.init_layers)}")
+        return SubnetChoices(layers=self.layers, hidden=self.hidden, heads=self.heads, ffn=self.ffn,
+                             layer_map=self.init_layers[0])
 
     def size(self, teacher: BertArch) -> int:
         """The number of distinct student architectures in the space."""

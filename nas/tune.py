@@ -16,6 +16,11 @@
      exported to `OUTPUT/export/`, with `results.csv`, `results.json`,
      `pareto.png` and a leaderboard.
 
+With `strategy='supernet'` stages 4 and 5 are `nas.oneshot`'s instead: one
+supernet trained for the task, every candidate scored with its weights in a
+Tune trial, the front measured, the best candidate at each target speedup
+trained further.
+
 Local by default (Ray on this machine's CPUs); `address='auto'` or
 `$RAY_ADDRESS` joins a cluster. `search(..., resume=True)` continues an
 interrupted search with Tuner.restore: finished trials are not re-run.
@@ -25,6 +30,7 @@ This package is the only one that imports ray.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import logging
 import math
@@ -32,7 +38,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from distill.files import cache_root, check_output_path, enable_compilation_cache, export_path, to_jsonable, write_json
 from distill.model.crf import check_crf
@@ -52,7 +58,7 @@ from distill.run import (
     teacher_labels,
     training_features,
 )
-from nas import report
+from nas import oneshot, report
 from nas.config import Constraints, SearchConfig
 from nas.cost import Cost, CostModel, typical_length
 from nas.final import quantized_rows, train_final
@@ -135,6 +141,8 @@ class TrialHandle:
 
     config: dict
     checkpoint: Any = None
+    export: Callable[[Path], None] | None = None
+    """Writes the candidate's export to a directory (a supernet estimate: its weights sliced from the supernet)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,24 +173,80 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
     seconds = dict(prep.seconds)
     setup = _trial_setup(cfg, prep, space)
     deadline = start + cfg.budget_minutes * 60 - 60  # a minute for the front's export
-    budget = _trial_budget(cfg, deadline)
-    t0 = time.perf_counter()
-    grid = _run_tune(cfg, setup, out, resume=resume, time_budget_s=budget)
-    seconds["trials"] = time.perf_counter() - t0
-    rows, handles = _rows(grid, setup)
-    final = None
-    if cfg.final_steps:
-        t0 = time.perf_counter()
-        final = _final(cfg, setup, rows, handles, out, deadline=deadline, resume=resume)
-        seconds["final"] = time.perf_counter() - t0
-        rows += [final] if final is not None else []
+    stages = _oneshot_stages if cfg.strategy == "supernet" else _trial_stages
+    rows, handles, finals, extra = stages(cfg, setup, prep, out, deadline=deadline, resume=resume, seconds=seconds)
     t0 = time.perf_counter()
     rows, front = _front_and_exports(cfg, setup, prep, rows, handles, out)
     seconds["export"] = time.perf_counter() - t0
     seconds["total"] = time.time() - start
-    summary = _summary(prep, space, rows, front, final, seconds)
+    summary = {**_summary(prep, space, rows, front, finals, seconds), "strategy": cfg.strategy, **extra}
     _write_reports(out, prep, rows, front, summary)
     return summary
+
+
+def _trial_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Path, *, deadline: float, resume: bool,
+                  seconds: dict) -> tuple[list[dict], dict[str, TrialHandle], list[dict], dict]:
+    """Stages 4-5 of the trials strategy: every candidate distilled for a few hundred steps, then the chosen
+    one trained longer. Returns the rows, their handles, the final rows and what the summary adds."""
+    budget = _trial_budget(cfg, deadline)
+    t0 = time.perf_counter()
+    trainable = tune_trainable(cfg, run_trial, setup)
+    grid = _run_tune(cfg, trainable, setup, out, resume=resume, time_budget_s=budget, asha=cfg.scheduler == "asha")
+    seconds["trials"] = time.perf_counter() - t0
+    rows, handles = _rows(grid, setup)
+    finals = []
+    if cfg.final_steps:
+        t0 = time.perf_counter()
+        final = _final(cfg, setup, rows, handles, out, deadline=deadline, resume=resume)
+        seconds["final"] = time.perf_counter() - t0
+        finals = [final] if final is not None else []
+    return rows + finals, handles, finals, {}
+
+
+def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Path, *, deadline: float,
+                    resume: bool, seconds: dict) -> tuple[list[dict], dict[str, TrialHandle], list[dict], dict]:
+    """Stages of the supernet strategy (`nas.oneshot`): supernet, latency predictor, scoring trials, the
+    front measured, the targets trained."""
+    space, teacher_arch = setup.space, prep.teacher.arch
+    choices = space.subnet_choices(teacher_arch)
+    t0 = time.perf_counter()
+    supernet = oneshot.train_stage(cfg, prep.base, choices, out, resume=resume)
+    seconds["supernet"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    predictor = oneshot.fit_latency(cfg, setup, space, choices)
+    seconds["latency_design"] = time.perf_counter() - t0
+    score_setup = oneshot.ScoreSetup(
+        space=space, choices=choices, teacher_arch=teacher_arch, supernet_dir=supernet["supernet_dir"],
+        task=prep.task.name, val_examples=tuple(prep.val_examples), constraints=cfg.constraints,
+        metric=setup.metric, task_metric=setup.task_metric, predictor=predictor,
+        teacher_latency_ms=prep.teacher_cost.latency_ms, head=setup.head, num_labels=setup.num_labels,
+        seq_len=setup.seq_len, eval_batch_size=prep.base.eval_batch_size, cache_root=setup.cache_root,
+    )
+    t0 = time.perf_counter()
+    trainable = tune_trainable(cfg, oneshot.score_trial, score_setup)
+    grid = _run_tune(cfg, trainable, setup, out, resume=resume, time_budget_s=_trial_budget(cfg, deadline), asha=False,
+                     reuse_actors=True)
+    rows, configs = oneshot.score_rows(grid, score_setup)
+    seconds["scoring"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    measured = oneshot.measure_front(rows, configs, setup, space, cfg.constraints, prep.teacher_cost.latency_ms)
+    seconds["measure_front"] = time.perf_counter() - t0
+    finals = []
+    if cfg.final_steps:
+        t0 = time.perf_counter()
+        finals = oneshot.train_targets(cfg, setup, rows, configs, out, supernet=supernet, choices=choices,
+                                       deadline=deadline, resume=resume)
+        seconds["final"] = time.perf_counter() - t0
+    handles = {tid: TrialHandle(config=c, export=functools.partial(
+        oneshot.export_candidate, supernet["supernet_dir"], choices, space.arch(c, teacher_arch), prep.task))
+        for tid, c in configs.items() if c}
+    extra = {
+        "supernet": {k: supernet.get(k) for k in ("supernet_dir", "steps", "train_examples_per_second", "best",
+                                                  "cached")},
+        "latency_predictor": {"design": predictor.measured, "loo_error": predictor.error,
+                              "front_measured": measured["measured"], "front_error": measured["error"]},
+    }
+    return rows + finals, handles, finals, extra
 
 
 def _settle(cfg: SearchConfig, out: Path, *, resume: bool) -> tuple[SearchConfig, SearchSpace, Any, Path]:
@@ -198,7 +262,10 @@ def _settle(cfg: SearchConfig, out: Path, *, resume: bool) -> tuple[SearchConfig
     space = get_space(cfg.space)
     data_dir = Path(resolve_data_dir(task, cfg.data_dir)).resolve()
     try:
-        space.validate(read_arch(cfg.teacher))
+        teacher_arch = read_arch(cfg.teacher)
+        space.validate(teacher_arch)
+        if cfg.strategy == "supernet":
+            space.subnet_choices(teacher_arch)
     except SpaceError as e:
         raise SpaceError(f"--space {cfg.space}: {e}") from None
     if cfg.storage_path and "://" not in cfg.storage_path:
@@ -296,10 +363,11 @@ def _front_and_exports(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, row
     return rows, front
 
 
-def _summary(prep: Prepared, space: SearchSpace, rows: list[dict], front: list[dict], final: dict | None,
+def _summary(prep: Prepared, space: SearchSpace, rows: list[dict], front: list[dict], finals: list[dict],
              seconds: dict[str, float]) -> dict[str, Any]:
     """What results.json holds besides the rows (and what `search` returns)."""
-    statuses = ("completed", "stopped", "rejected", "failed", "not_started")
+    statuses = ("completed", "stopped", "scored", "rejected", "failed", "not_started")
+    final = finals[0] if finals else None
     return {
         "task": prep.task.name,
         "metric": prep.task.metric,
@@ -308,10 +376,11 @@ def _summary(prep: Prepared, space: SearchSpace, rows: list[dict], front: list[d
         "teacher": prep.teacher_row,
         "pareto": [r["trial_id"] for r in front],
         "final": final,
-        "candidates": sum(r["status"] in ("completed", "stopped") for r in rows),
+        "finals": finals,
+        "candidates": sum(r["status"] in ("completed", "stopped", "scored") for r in rows),
         "counts": {s: sum(r["status"] == s for r in rows) for s in statuses},
         "seconds": seconds,
-        "teacher_forwards": _forwards(prep.forwards, final),
+        "teacher_forwards": _forwards(prep.forwards, finals),
     }
 
 
@@ -325,18 +394,29 @@ def _write_reports(out: Path, prep: Prepared, rows: list[dict], front: list[dict
     print(board, flush=True)
 
 
-def _forwards(setup: dict, final: dict | None) -> dict:
+def _forwards(setup: dict, finals: list[dict]) -> dict:
     """Teacher forwards spent labelling in this run (0 for what a cache held) and the distinct training
     features the students trained on; per_feature is 1 when nothing was labelled twice (a cold cache)."""
-    out = {**setup, "final": (final or {}).get("labelled_features") or 0}
-    features = max(setup["train_features"], (final or {}).get("train_features") or 0)
+    out = {**setup, "final": sum(f.get("labelled_features") or 0 for f in finals)}
+    features = max([setup["train_features"], *(f.get("train_features") or 0 for f in finals)])
     out.update(total=out["trials"] + out["final"], distinct_features=features)
     out["per_feature"] = out["total"] / features if features else None
     return out
 
 
-def _run_tune(cfg: SearchConfig, setup: TrialSetup, out: Path, *, resume: bool, time_budget_s: float):
+def tune_trainable(cfg: SearchConfig, fn, setup):
+    """`fn(config, setup)` as a Tune trainable with the search's resources per trial."""
     import ray
+    from ray import tune
+
+    cpus = cfg.cpus_per_trial or max(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"])
+    return tune.with_resources(tune.with_parameters(fn, setup=setup), {"cpu": cpus, "gpu": cfg.gpus_per_trial})
+
+
+def _run_tune(cfg: SearchConfig, trainable, setup: TrialSetup, out: Path, *, resume: bool, time_budget_s: float,
+              asha: bool, reuse_actors: bool = False):
+    """Tune with Optuna over the space; `reuse_actors`: a worker process runs trial after trial (a scoring
+    trial takes milliseconds once its process holds the supernet and the compiled shapes)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -344,10 +424,6 @@ def _run_tune(cfg: SearchConfig, setup: TrialSetup, out: Path, *, resume: bool, 
     # Ctrl+C raises KeyboardInterrupt here, as anywhere else in the search: Tune's own handler would return
     # a partial result as if the search had ended. Its state on disk resumes either way (`--resume`).
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
-    cpus = cfg.cpus_per_trial or max(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"])
-    trainable = tune.with_resources(
-        tune.with_parameters(run_trial, setup=setup), {"cpu": cpus, "gpu": cfg.gpus_per_trial}
-    )
     storage = cfg.storage_path or str(out / "ray")
     path = f"{storage.rstrip('/')}/{EXPERIMENT}"
     if resume and tune.Tuner.can_restore(path):
@@ -361,7 +437,7 @@ def _run_tune(cfg: SearchConfig, setup: TrialSetup, out: Path, *, resume: bool, 
         space=Sampler(setup.space, setup.teacher_arch), metric=[setup.metric, OBJECTIVE_LATENCY], mode=["max", "min"],
         sampler=sampler,
     )
-    if cfg.scheduler == "asha":
+    if asha:
         # Rungs in training steps (epoch ends add evaluations, so iterations would drift). A trial sends
         # its final report only once distill() has finished (see run_trial), so a stop there cuts nothing.
         scheduler = ASHAScheduler(
@@ -374,7 +450,7 @@ def _run_tune(cfg: SearchConfig, setup: TrialSetup, out: Path, *, resume: bool, 
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher, scheduler=scheduler, num_samples=cfg.num_samples, time_budget_s=time_budget_s,
-            trial_dirname_creator=trial_dirname,
+            trial_dirname_creator=trial_dirname, reuse_actors=reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=EXPERIMENT,
@@ -520,8 +596,11 @@ def _export_front(out: Path, front: list[dict], handles: dict[str, TrialHandle],
         shutil.rmtree(root)
     for i, r in enumerate(front):
         dest = export_path(root, f"{i + 1:02d}-{r['arch']}")
+        handle = handles.get(r["trial_id"])
         if r.get("export_dir"):  # the final run's export
             shutil.copytree(r["export_dir"], dest)
+        elif handle is not None and handle.export is not None:  # a supernet estimate
+            handle.export(dest)
         elif (checkpoint := _checkpoint(handles, r["trial_id"])) is not None:
             checkpoint.to_directory(str(dest))
         else:

@@ -9,7 +9,7 @@ re-exports; the modules behind it:
   data          `read_data`, `training_features`, `teacher_labels`, `teacher_importance`
   distillation  `distill(cfg, out)`: teacher -> data -> labels -> init -> train -> export
   supernet      `train_supernet(cfg, out)`: teacher -> data -> labels -> rewire -> sandwich training;
-                `score_subnets`: sub-networks scored with the supernet's weights
+                `score_subnets`: sub-networks scored with the supernet's weights; `export_subnet`
   evaluation    `evaluate_dir`, `evaluate_model`, `load_for_task`
   prediction    `predict_lines`
   quantization  `quantize_run`, `compare`, `compare_models`
@@ -28,7 +28,7 @@ from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task, 
 from distill.run.finetuning import finetune
 from distill.run.prediction import predict_lines
 from distill.run.quantization import compare, compare_models, quantize_run
-from distill.run.supernet import score_subnets, train_supernet
+from distill.run.supernet import export_subnet, score_subnets, train_supernet
 from distill.run.teacher import fine_tuned_teacher
 from distill.train.loop import LoopConfig
 from distill.train.optim import OptimizerConfig
@@ -36,7 +36,7 @@ from distill.train.optim import OptimizerConfig
 __all__ = [
     "AugmentConfig", "DistillConfig", "FinetuneConfig", "InitConfig", "LoopConfig", "LossConfig", "OptimizerConfig",
     "Stage", "Subnet", "SubnetChoices", "SupernetConfig", "compare", "compare_models", "distill", "evaluate_dir",
-    "evaluate_model", "fine_tuned_teacher", "finetune", "load_for_task", "loss_layer_map", "predict_features",
-    "predict_lines", "quantize_run", "read_data", "score_subnets", "teacher_importance", "teacher_labels",
-    "train_supernet", "training_features",
+    "evaluate_model", "export_subnet", "fine_tuned_teacher", "finetune", "load_for_task", "loss_layer_map",
+    "predict_features", "predict_lines", "quantize_run", "read_data", "score_subnets", "teacher_importance",
+    "teacher_labels", "train_supernet", "training_features",
 ]

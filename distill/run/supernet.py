@@ -40,6 +40,7 @@ from typing import Any, Iterable
 import jax
 import numpy as np
 
+from distill.export.hf import export_model
 from distill.files import cache_root, check_output_path, config_key, features_fingerprint, write_json
 from distill.kd.supernet import Subnet, extract, masked, padded, ranking, rewire, width_masks
 from distill.model.bert import build_model
@@ -197,6 +198,13 @@ def score_subnets(params, supernet, subnets: Iterable[Subnet], task: Task, featu
             weights = masked(params, supernet, sub.shape, *width_masks(sub, supernet))
         out.append(evaluate_model(model, jax.device_put(weights), task, features, examples, batch_size))
     return out
+
+
+def export_subnet(supernet: LoadedBert, sub: Subnet, out_dir: str | Path, task: Task, *,
+                  extra: dict | None = None) -> dict:
+    """Export a sub-network with its supernet weights as an ordinary student (`export_model`)."""
+    params = jax.device_get(extract(supernet.params, supernet.arch, sub))
+    return export_model(out_dir, sub.arch(supernet.arch), params, supernet.tokenizer, task, extra=extra)
 
 
 def _results(cfg: SupernetConfig, prep: Prepared, teacher_dev: dict, progress) -> dict[str, Any]:

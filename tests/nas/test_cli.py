@@ -45,6 +45,7 @@ def test_starting_the_command_loads_no_jax():
     (["distill", "--output", "o", "--batch-size", "x"], "argument --batch-size"),
     (["supernet", "--output", "o", "--hidden", "128,x"], "--hidden: expected comma-separated integers"),
     (["supernet", "--output", "o", "--num-sampled", "-1"], "argument --num-sampled"),
+    (["search", "--strategy", "supernet", "--targets", "3,x"], "--targets: expected comma-separated speedups"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, text):
     done = _python("-m", "nas.cli", *argv)

@@ -22,6 +22,12 @@ from tasks.errors import UserError
         ({"cpus_per_trial": -1}, "cpus_per_trial"),
         ({"reduction_factor": 1}, "reduction_factor"),
         ({"augment": -1}, "augment"),
+        ({"strategy": "evolution"}, "strategy"),
+        ({"targets": ()}, "targets"),
+        ({"targets": (3.0, float("inf"))}, "targets"),
+        ({"targets": (0.0,)}, "targets"),
+        ({"supernet_steps": 0}, "supernet_steps"),
+        ({"latency_design": 2}, "latency_design"),
     ],
 )
 def test_invalid_settings_name_the_field(changes, field):
@@ -39,14 +45,17 @@ def test_smoke_is_small_and_keeps_the_users_task_and_space():
     assert (cfg.task, cfg.space, cfg.num_samples, cfg.teacher_epochs) == ("stsb", "tiny", 4, 1)
     assert cfg.train_limit and cfg.train_limit <= 512 and cfg.budget_minutes <= 10
     assert smoke(SearchConfig()).space == "smoke"
+    oneshot = smoke(SearchConfig(strategy="supernet"))
+    assert oneshot.num_samples == 16 and oneshot.supernet_steps <= 32 and oneshot.latency_design >= 3
 
 
 def test_saved_config_round_trips(tmp_path):
     from nas.tune import load_config, save_config
 
-    cfg = SearchConfig(task="stsb", constraints=Constraints(min_speedup=5.0, max_params=10_000_000), seed=3)
+    cfg = SearchConfig(task="stsb", constraints=Constraints(min_speedup=5.0, max_params=10_000_000), seed=3,
+                       strategy="supernet", targets=(2, 4.5))
     save_config(tmp_path, cfg)
-    assert load_config(tmp_path) == cfg
+    assert load_config(tmp_path) == cfg and cfg.targets == (2.0, 4.5)
     with pytest.raises(UserError, match="not a search output"):
         load_config(tmp_path / "elsewhere")
 

@@ -16,7 +16,7 @@ from distill.arch import BertArch
 from distill.files import cache_root
 from distill.model.bert import build_model, init_params
 from nas.config import Constraints
-from nas.cost import Cost, CostModel, device_name, measure_latency, typical_length
+from nas.cost import Cost, CostModel, LatencyPredictor, device_name, latency_features, measure_latency, typical_length
 from tasks.errors import UserError
 from tasks.features import Features
 
@@ -208,3 +208,22 @@ def test_quantized_latency_is_its_own_measurement(tmp_path):
     assert median > 0
     with pytest.raises(UserError, match="int4"):
         measure_latency(TINY, "classification", 2, 7, 1, quantize="int4")
+
+
+def test_latency_predictor_recovers_a_linear_cost_and_reports_its_error():
+    """On latencies that are exactly linear in the features, the fit is exact (leave-one-out error ~0);
+    on noisy ones its leave-one-out error is about the noise."""
+    rng = np.random.default_rng(0)
+    archs = [BertArch(num_layers=n, hidden_size=h, head_size=12, num_heads=tuple(rng.integers(1, h // 12 + 1, n)),
+                      ffn_sizes=tuple(rng.integers(8, 64, n)), vocab_size=101, max_position_embeddings=16)
+             for n, h in [(1, 24), (2, 36), (3, 36), (2, 24), (1, 36), (3, 24), (2, 48), (4, 48)]]
+    coef = np.array([0.05, 0.02, 0.3, 0.1, 0.2, 0.01])
+    exact = [float(latency_features(a, 16) @ coef) for a in archs]
+    fitted = LatencyPredictor.fit(archs, exact, 16)
+    assert fitted.error < 1e-6 and fitted.measured == 8
+    for a, y in zip(archs, exact):
+        assert fitted.predict(a) == pytest.approx(y, rel=1e-6)
+    noisy = LatencyPredictor.fit(archs, [y * (1 + 0.1 * rng.standard_normal()) for y in exact], 16)
+    assert 0.01 < noisy.error < 0.5
+    with pytest.raises(ValueError, match=">= 3"):
+        LatencyPredictor.fit(archs[:2], exact[:2], 16)

@@ -152,7 +152,7 @@ def test_the_final_run_takes_its_candidate_from_the_configs_beside_the_rows(tmp_
             _row("b", val=0.8, speedup=7.0, arch="1L-128", steps_per_second=10.0)]
     configs = {"a": sample, "b": {**sample, "layers": 1}}
     trained = []
-    monkeypatch.setattr(nas.final, "_label", lambda dcfg, root: (1.5, 7))
+    monkeypatch.setattr(nas.final, "label_copies", lambda dcfg, root: (1.5, 7))
     monkeypatch.setattr(nas.final, "distill", lambda dcfg, run, **kw: trained.append(dcfg) or {
         "best": {"accuracy": 0.91}, "student": "2L-256", "steps": dcfg.loop.max_steps,
         "train_examples_per_second": 100.0, "augmented_examples": 0, "train_features": 30,

@@ -1,0 +1,353 @@
+"""The supernet strategy of the search (`--strategy supernet`): one weight-sharing supernet trained for the
+task, hundreds of candidates scored with its weights, the best at each target speedup trained further.
+
+After the preparation `nas.tune` shares with the trials strategy (the fine-tuned teacher, the validation
+slice, the teacher's labels and cost), `nas.tune` runs these stages:
+
+  1. `train_stage`: the supernet (`distill.run.train_supernet`), trained by the sandwich rule on the
+     search's training features and validated on its validation slice, in OUTPUT/supernet (cached: a
+     second search on the same task and space starts from it);
+  2. `fit_latency`: a design set of sub-networks (the largest, the smallest and random ones) measured
+     by the cost model (cached per device) and a `LatencyPredictor` fitted on them, with its
+     leave-one-out error;
+  3. Ray Tune + Optuna over the space (multi-objective: validation metric up, latency down): a trial
+     (`score_trial`) takes its candidate's weights from the supernet, masked at its shape (one
+     compilation per shape), scores it on the validation slice and predicts its latency; a candidate
+     that breaks a constraint is rejected unscored (`score_rows` turns the results into rows);
+  4. `measure_front`: every candidate on the front is measured for real and the front taken again,
+     until all its members' latencies are measured;
+  5. `train_targets`: for each target speedup, the most accurate measured candidate at or above it is
+     distilled further from its supernet weights (`InitConfig.source`), on augmented data, in an equal
+     share of the time left.
+
+Rows have `kind` 'supernet' (a supernet estimate: the candidate with the supernet's weights, untrained)
+or 'final' (a trained student), and `latency_source` 'measured' or 'predicted'.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from distill.arch import BertArch
+from distill.files import enable_compilation_cache, write_json
+from distill.model.store import LoadedBert, load_bert
+from distill.run import (
+    DistillConfig,
+    LoopConfig,
+    LossConfig,
+    OptimizerConfig,
+    Subnet,
+    SubnetChoices,
+    SupernetConfig,
+    distill,
+    export_subnet,
+    score_subnets,
+    train_supernet,
+)
+from nas import report
+from nas.config import Constraints, SearchConfig
+from nas.cost import Cost, CostModel, LatencyPredictor
+from nas.final import final_config, label_copies, plan_steps
+from nas.space import SearchSpace
+from nas.trial import OBJECTIVE_LATENCY, REJECTED, WORST_LATENCY, TrialSetup
+from tasks.features import encode
+from tasks.registry import get_task
+
+log = logging.getLogger(__name__)
+
+SUPERNET = "supernet"
+KNOB_COLUMNS = ("learning_rate", "temperature", "hard_weight", "hidden_weight", "init_layers")
+
+
+# ------------------------------------------------------------------ 1. the supernet
+def supernet_config(cfg: SearchConfig, base: DistillConfig, choices: SubnetChoices) -> SupernetConfig:
+    """The supernet training of a search: its data, validation slice and seed, `supernet_steps` steps."""
+    steps = cfg.supernet_steps
+    every = max(1, steps // 4)
+    return SupernetConfig(
+        task=cfg.task, teacher=base.teacher, data_dir=base.data_dir, choices=choices,
+        loss=LossConfig(hard_weight=0.5), augment=base.augment, optimizer=OptimizerConfig(learning_rate=1e-4),
+        loop=LoopConfig(epochs=1, max_steps=steps, batch_size=cfg.batch_size, eval_every=every,
+                        checkpoint_every=every, log_every=min(50, every), seed=cfg.seed),
+        eval_batch_size=base.eval_batch_size, train_limit=cfg.train_limit, dev_limit=cfg.dev_limit,
+        validation=cfg.validation, teacher_epochs=cfg.teacher_epochs,
+    )
+
+
+def train_stage(cfg: SearchConfig, base: DistillConfig, choices: SubnetChoices, out: Path, *, resume: bool) -> dict:
+    """Stage 1: the supernet in OUTPUT/supernet (its results; `supernet_dir` is the model)."""
+    run = out / SUPERNET
+    return train_supernet(supernet_config(cfg, base, choices), run, resume=resume and run.is_dir())
+
+
+# ------------------------------------------------------------------ 2. latency
+def design_set(choices: SubnetChoices, space: SearchSpace, teacher: BertArch, n: int, seed: int) -> list[BertArch]:
+    """`n` distinct students of the space to measure: the largest, the smallest, then random ones."""
+    rng = np.random.default_rng(seed)
+    subs = [choices.largest(teacher), choices.smallest(teacher)]
+    archs: dict[BertArch, None] = {}
+    for attempt in range(20 * n):
+        sub = subs[attempt] if attempt < len(subs) else choices.sample(teacher, rng)
+        archs[sub.arch(teacher).replace(head_size=space.resolved_head_size(teacher))] = None
+        if len(archs) >= n:
+            break
+    return list(archs)
+
+
+def fit_latency(cfg: SearchConfig, setup: TrialSetup, space: SearchSpace, choices: SubnetChoices) -> LatencyPredictor:
+    """Stage 2: measure the design set (cached per device) and fit the predictor that screens candidates."""
+    model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads)
+    archs = design_set(choices, space, setup.teacher_arch, cfg.latency_design, cfg.seed)
+    latencies = [model.cost(a).latency_ms for a in archs]
+    predictor = LatencyPredictor.fit(archs, latencies, setup.seq_len)
+    log.info("latency predictor: fitted on %d measured candidates, leave-one-out error %.1f%%", len(archs),
+             100 * predictor.error)
+    return predictor
+
+
+# ------------------------------------------------------------------ 3. scoring trials
+@dataclasses.dataclass(frozen=True)
+class ScoreSetup:
+    """Everything a scoring trial needs besides its sampled config (pickled to the workers)."""
+
+    space: SearchSpace
+    choices: SubnetChoices
+    teacher_arch: BertArch
+    supernet_dir: str
+    task: str
+    val_examples: tuple
+    constraints: Constraints
+    metric: str
+    task_metric: str
+    predictor: LatencyPredictor
+    teacher_latency_ms: float
+    head: str
+    num_labels: int
+    seq_len: int
+    eval_batch_size: int
+    cache_root: str
+
+
+_LOADED: dict[str, tuple[LoadedBert, Any, Any]] = {}
+"""A worker's supernet, task and encoded validation slice, by supernet directory (Tune reuses workers)."""
+
+
+def _supernet(setup: ScoreSetup):
+    if setup.supernet_dir not in _LOADED:
+        supernet = load_bert(setup.supernet_dir)
+        task = get_task(setup.task)
+        _LOADED.clear()
+        _LOADED[setup.supernet_dir] = (supernet, task, encode(task, list(setup.val_examples), supernet.tokenizer))
+    return _LOADED[setup.supernet_dir]
+
+
+def predicted_cost(setup: ScoreSetup, arch: BertArch) -> Cost:
+    latency = setup.predictor.predict(arch)
+    return Cost(arch.name, arch.num_params(setup.head, setup.num_labels),
+                arch.flops(setup.seq_len, setup.head, setup.num_labels), setup.seq_len, latency_ms=latency,
+                latency_ms_p95=latency, batch_latency_ms=math.nan, throughput=math.nan,
+                speedup=setup.teacher_latency_ms / latency)
+
+
+def score_candidate(config: dict, setup: ScoreSetup) -> dict:
+    """A candidate's report: its validation score with the supernet's weights and its predicted cost, or
+    a rejection (nothing scored) when the predicted cost breaks a constraint."""
+    arch = setup.space.arch(config, setup.teacher_arch)
+    cost = predicted_cost(setup, arch)
+    info = {"arch": arch.name, "params": cost.params, "flops": cost.flops, "latency_ms": cost.latency_ms,
+            "speedup": cost.speedup}
+    violations = setup.constraints.violations(cost)
+    if violations:
+        return {setup.metric: REJECTED, OBJECTIVE_LATENCY: WORST_LATENCY, "status": "rejected",
+                "reason": "; ".join(violations), **info}
+    t0 = time.perf_counter()
+    supernet, task, features = _supernet(setup)
+    sub = setup.choices.subnet(supernet.arch, arch.hidden_size, arch.num_heads, arch.ffn_sizes)
+    (m,) = score_subnets(supernet.params, supernet.arch, [sub], task, features, list(setup.val_examples),
+                         setup.eval_batch_size)
+    return {setup.metric: m[setup.task_metric], OBJECTIVE_LATENCY: cost.latency_ms, "status": "scored",
+            "score_seconds": time.perf_counter() - t0, **info}
+
+
+def score_trial(config: dict, setup: ScoreSetup) -> None:
+    """The Tune trainable of the supernet strategy: one report per candidate."""
+    from ray import tune
+
+    os.environ.setdefault("BERTNAS_CACHE", setup.cache_root)
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    enable_compilation_cache()
+    tune.report(score_candidate(config, setup))
+
+
+def score_rows(results, setup: ScoreSetup) -> tuple[list[dict], dict[str, dict]]:
+    """The scored candidates' rows, in Tune's order, and each one's sampled config by trial id."""
+    rows, configs = [], {}
+    for result in results:
+        config, m = result.config or {}, result.metrics or {}
+        trial_id = m.get("trial_id") or Path(result.path).name.removeprefix("trial_")
+        row = {"trial_id": trial_id, "kind": "supernet", "latency_source": "predicted", "steps": 0,
+               "seconds": m.get("time_total_s"), "pareto": False, "error": None,
+               **{k: m.get(k) for k in ("arch", "params", "flops", "latency_ms", "speedup")},
+               **{k: config.get(k) for k in KNOB_COLUMNS}}
+        score = m.get(setup.metric)
+        if result.error is not None:
+            row["status"], row["error"] = "failed", str(result.error).strip().splitlines()[-1][:300]
+        elif not m or setup.metric not in m:
+            row["status"], row["error"] = "not_started", "the search ended (budget or interruption) before its score"
+        elif m.get("status") == "rejected":
+            row["status"], row["error"] = "rejected", m.get("reason")
+        elif score is None or score == REJECTED or not math.isfinite(score):
+            row["status"], row["error"] = "failed", "no finite validation score"
+        else:
+            row["status"] = "scored"
+        row["val_metric"] = score if row["status"] == "scored" else None
+        rows.append(row)
+        configs[trial_id] = config
+    return rows, configs
+
+
+# ------------------------------------------------------------------ 4. the front, measured
+def measure_front(rows: list[dict], configs: dict[str, dict], setup: TrialSetup, space: SearchSpace,
+                  constraints: Constraints, teacher_latency_ms: float) -> dict:
+    """Measure the front's predicted latencies until the front holds measured ones only; the predictor's
+    error against those measurements."""
+    model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads)
+    errors = []
+    while todo := [r for r in report.pareto_front(rows) if r.get("latency_source") == "predicted"]:
+        for r in todo:
+            cost = model.cost(space.arch(configs[r["trial_id"]], setup.teacher_arch))
+            cost = dataclasses.replace(cost, speedup=teacher_latency_ms / cost.latency_ms)
+            errors.append(abs(r["latency_ms"] - cost.latency_ms) / cost.latency_ms)
+            r.update(predicted_latency_ms=r["latency_ms"], latency_ms=cost.latency_ms,
+                     batch_latency_ms=cost.batch_latency_ms, speedup=cost.speedup, latency_source="measured")
+            if violations := constraints.violations(cost):
+                r.update(status="rejected", error="measured: " + "; ".join(violations), val_metric=None)
+    return {"measured": len(errors), "error": float(np.mean(errors)) if errors else None}
+
+
+# ------------------------------------------------------------------ 5. the targets, trained
+def pick_targets(rows: list[dict], targets: tuple[float, ...]) -> dict[str, list[float]]:
+    """For each target speedup, the most accurate measured candidate at or above it (ties: the faster), by
+    trial id with the targets it serves; a target no measured candidate reaches is skipped (logged)."""
+    measured = [r for r in rows if r["status"] == "scored" and r.get("latency_source") == "measured"]
+    picks: dict[str, list[float]] = {}
+    for t in sorted(targets):
+        fast = [r for r in measured if r["speedup"] >= t]
+        if not fast:
+            log.warning("no measured candidate is %.3gx faster than the teacher: target %.3gx skipped", t, t)
+            continue
+        best = max(fast, key=lambda r: (r["val_metric"], r["speedup"]))
+        picks.setdefault(best["trial_id"], []).append(t)
+    return picks
+
+
+def student_speed(supernet: dict, choices: SubnetChoices, teacher: BertArch, student: BertArch,
+                  cfg: SearchConfig, seq_len: int) -> float | None:
+    """A student's training steps/s, estimated from the supernet's: a sandwich step trains the (padded)
+    largest, smallest and sampled sub-networks, so it costs their FLOPs together; at most 8x as fast."""
+    ex_s = supernet.get("train_examples_per_second")
+    if not ex_s:
+        return None
+    steps_s = ex_s / cfg.batch_size
+    sandwich = np.mean([sum(_padded_flops(s, teacher, seq_len) for s in choices.sandwich(teacher, i, cfg.seed, 2))
+                        for i in range(16)])
+    return steps_s * min(8.0, sandwich / student.flops(seq_len))
+
+
+def _padded_flops(sub: Subnet, teacher: BertArch, seq_len: int) -> int:
+    """FLOPs of what training `sub` computes: its shape with every head that fits and every FFN neuron."""
+    n = len(sub.layers)
+    heads = min(teacher.num_heads[0], sub.hidden_size // teacher.head_size)
+    wide = teacher.replace(num_layers=n, hidden_size=sub.hidden_size, num_heads=(heads,) * n,
+                           ffn_sizes=(teacher.ffn_sizes[0],) * n, layer_groups=None)
+    return wide.flops(seq_len)
+
+
+def train_targets(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], configs: dict[str, dict], out: Path, *,
+                  supernet: dict, choices: SubnetChoices, deadline: float, resume: bool) -> list[dict]:
+    """Stage 5: each picked candidate distilled further from its supernet weights, in an equal share of the
+    time left; their rows (status 'final'). A plan per candidate (OUTPUT/final/<trial>/plan.json) lets a
+    resumed search continue the same runs."""
+    picks = pick_targets(rows, cfg.targets)
+    finals = []
+    for i, (trial_id, targets) in enumerate(picks.items()):
+        root = out / "final" / trial_id
+        plan = _plan(cfg, setup, rows, configs, root, trial_id, targets, supernet=supernet, choices=choices,
+                     seconds=(deadline - time.time() - 30) / (len(picks) - i), resume=resume)
+        if plan is None:
+            continue
+        finals.append(_train_final(setup, plan, root, rows, supernet_dir=supernet["supernet_dir"], resume=resume,
+                                   cfg=cfg))
+    return finals
+
+
+def _final_config(cfg: SearchConfig, setup: TrialSetup, sample: dict, root: Path, steps: int, supernet_dir: str):
+    dcfg = final_config(cfg, setup, sample, max_steps=steps, student_file=str(root / "student.json"))
+    return dataclasses.replace(dcfg, init=dataclasses.replace(dcfg.init, source=supernet_dir))
+
+
+def _plan(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], configs: dict[str, dict], root: Path,
+          trial_id: str, targets: list[float], *, supernet: dict, choices: SubnetChoices, seconds: float,
+          resume: bool) -> dict | None:
+    """The final run of one candidate: its steps in `seconds` (after labelling the augmented copies)."""
+    if resume and (root / "plan.json").is_file():
+        return json.loads((root / "plan.json").read_text())
+    sample = configs[trial_id]
+    arch = setup.space.arch(sample, setup.teacher_arch)
+    root.mkdir(parents=True, exist_ok=True)
+    write_json(root / "student.json", arch.to_dict())
+    t0 = time.perf_counter()
+    label_seconds, labelled = label_copies(_final_config(cfg, setup, sample, root, 1, supernet["supernet_dir"]), root)
+    speed = student_speed(supernet, choices, setup.teacher_arch, arch, cfg, setup.seq_len)
+    steps = plan_steps(cfg.final_steps, seconds - (time.perf_counter() - t0), speed)
+    if steps < min(50, cfg.final_steps):
+        log.warning("final training of %s skipped: %.0f s left in the budget", arch.name, seconds)
+        return None
+    plan = {"trial_id": trial_id, "arch": arch.name, "targets": targets, "config": sample, "steps": steps,
+            "steps_per_second": speed, "labelling_seconds": label_seconds, "labelled_features": labelled}
+    write_json(root / "plan.json", plan)
+    source = next(r for r in rows if r["trial_id"] == trial_id)
+    log.info("final training for %s: %s (val %.4f with supernet weights, %.2fx) for %d steps",
+             "/".join(f"{t:g}x" for t in targets), arch.name, source["val_metric"], source["speedup"], steps)
+    return plan
+
+
+def _train_final(setup: TrialSetup, plan: dict, root: Path, rows: list[dict], *, supernet_dir: str, resume: bool,
+                 cfg: SearchConfig) -> dict:
+    run, t0 = root / "run", time.perf_counter()
+    dcfg = _final_config(cfg, setup, plan["config"], root, plan["steps"], supernet_dir)
+    done = run / "results.json"
+    if resume and done.is_file() and json.loads(done.read_text()).get("steps", 0) >= plan["steps"]:
+        result = json.loads(done.read_text())
+    else:
+        ckpts = run / "checkpoints"
+        result = distill(dcfg, run, resume=ckpts.is_dir() and any(ckpts.iterdir()), teacher_eval=setup.teacher_eval)
+    source = next(r for r in rows if r["trial_id"] == plan["trial_id"])
+    return {
+        **{k: source.get(k) for k in ("params", "flops", "latency_ms", "batch_latency_ms", "speedup",
+                                      "latency_source", *KNOB_COLUMNS)},
+        "trial_id": f"final-{plan['trial_id']}", "status": "final", "kind": "final", "from_trial": plan["trial_id"],
+        "targets": plan["targets"], "arch": result["student"], "supernet_metric": source["val_metric"],
+        "val_metric": (result["best"] or {}).get(setup.task_metric), "steps": result["steps"],
+        "seconds": time.perf_counter() - t0, "train_examples_per_second": result["train_examples_per_second"],
+        "augmented_examples": result["augmented_examples"], "labelled_features": plan.get("labelled_features"),
+        "train_features": result.get("train_features"), "export_dir": str(run / "export"), "pareto": False,
+        "error": None,
+    }
+
+
+def export_candidate(supernet_dir: str, choices: SubnetChoices, arch: BertArch, task, dest: Path) -> None:
+    """A supernet estimate's export: the candidate with its supernet weights, as an ordinary student."""
+    supernet = load_bert(supernet_dir)
+    sub: Subnet = choices.subnet(supernet.arch, arch.hidden_size, arch.num_heads, arch.ffn_sizes)
+    export_subnet(supernet, sub, dest, task, extra={"kind": "supernet", "supernet": supernet_dir})
+

@@ -1,0 +1,109 @@
+"""The supernet strategy end to end on a tiny teacher: a supernet trained once, every candidate scored with
+its weights through Ray Tune, the front measured, the best candidate at each target trained further from
+its supernet weights, estimates and finals told apart in the results."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import write_sst2, write_tiny_teacher
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    import ray
+
+    from nas.config import SearchConfig
+    from nas.tune import search
+
+    root = tmp_path_factory.mktemp("oneshot")
+    data = write_sst2(root / "data", n_train=300, n_dev=40)
+    teacher = write_tiny_teacher(root / "teacher")
+    cfg = SearchConfig(
+        task="sst2", teacher=str(teacher), data_dir=str(data), space="tiny", strategy="supernet", num_samples=16,
+        supernet_steps=12, latency_design=4, targets=(1.2, 1.5), validation=40, teacher_epochs=1,
+        algorithm="random", seed=0, final_steps=16, final_augment=1,
+    )
+    try:
+        summary = search(cfg, root / "out")
+    finally:
+        ray.shutdown()
+    return root / "out", summary, data
+
+
+def test_every_candidate_is_scored_with_the_supernet(searched):
+    out, summary, _ = searched
+    assert summary["strategy"] == "supernet" and summary["counts"]["scored"] == 16
+    with open(out / "results.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    estimates = [r for r in rows if r["kind"] == "supernet"]
+    assert len(estimates) == 16 and all(r["status"] == "scored" and r["steps"] == "0" for r in estimates)
+    sn = summary["supernet"]
+    assert sn["steps"] == 12 and Path(sn["supernet_dir"]) == out / "supernet" / "supernet"
+    predictor = summary["latency_predictor"]
+    assert predictor["design"] == 4 and np.isfinite(predictor["loo_error"]) and predictor["front_measured"] >= 1
+
+
+def test_the_front_is_measured_and_exported(searched):
+    from distill.export.load import load_export
+    from distill.model.store import load_bert
+
+    out, summary, _ = searched
+    trials = json.loads((out / "results.json").read_text())["trials"]
+    front = [t for t in trials if t["pareto"]]
+    assert [t["trial_id"] for t in front] == summary["pareto"]
+    for t in front:
+        assert t["latency_source"] == "measured" and Path(t["export"]).is_dir()
+        assert load_export(t["export"]).arch.name == t["arch"]
+        assert t["dev_metric"] is not None
+    supernet = load_bert(summary["supernet"]["supernet_dir"])
+    for t in front:
+        if t["kind"] == "supernet":  # an estimate's export holds its supernet weights, sliced
+            exported = load_export(t["export"])
+            words = np.asarray(supernet.params["embeddings"]["word_embeddings"]["embedding"])
+            np.testing.assert_array_equal(exported.params["embeddings"]["word_embeddings"]["embedding"],
+                                          words[:, :exported.arch.hidden_size])
+
+
+def test_targets_are_trained_further_from_the_supernet(searched):
+    out, summary, _ = searched
+    trials = json.loads((out / "results.json").read_text())["trials"]
+    finals = summary["finals"]
+    assert finals, "a measured candidate at 1.2x or faster is trained further"
+    measured = [t for t in trials if t["kind"] == "supernet" and t["latency_source"] == "measured"
+                and t["status"] == "scored"]
+    for f in finals:
+        source = next(t for t in trials if t["trial_id"] == f["from_trial"])
+        target = min(f["targets"])
+        best = max((t for t in measured if t["speedup"] >= target), key=lambda t: (t["val_metric"], t["speedup"]))
+        assert source["trial_id"] == best["trial_id"] and f["arch"] == source["arch"]
+        assert f["kind"] == "final" and f["steps"] == 16 and f["latency_ms"] == source["latency_ms"]
+        run = out / "final" / source["trial_id"] / "run"
+        config = json.loads((run / "config.json").read_text())
+        assert config["distill"]["init"]["source"] == summary["supernet"]["supernet_dir"]
+        assert json.loads((run / "results.json").read_text())["augmented_examples"] == 270
+
+
+def test_a_space_the_supernet_cannot_hold_is_refused_before_any_training(tmp_path):
+    import subprocess
+    import sys
+
+    teacher = write_tiny_teacher(tmp_path / "teacher")
+    data = write_sst2(tmp_path / "data", n_train=20, n_dev=8)
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"layers": [1, 2], "hidden": [36], "heads": [3], "ffn": [37], "share": [1, 2]}))
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "scripts" / "search.py"), "--task", "sst2", "--teacher", str(teacher),
+         "--data-dir", str(data), "--space", str(space), "--strategy", "supernet", "--output", str(tmp_path / "o")],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "share: the supernet strategy cannot share layers" in done.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "o").exists()
