@@ -115,7 +115,7 @@ def config(args: argparse.Namespace) -> SearchConfig:
     """The search's `SearchConfig`, from the flags (the only place they are mapped)."""
     cfg = SearchConfig(
         task=args.task, teacher=args.teacher, data_dir=args.data_dir, space=args.space, strategy=args.strategy,
-        num_samples=args.num_samples or (240 if args.strategy == "supernet" else 24),
+        num_samples=(240 if args.strategy == "supernet" else 24) if args.num_samples is None else args.num_samples,
         supernet_steps=args.supernet_steps, latency_design=args.latency_design, targets=_targets(args.targets),
         budget_minutes=args.budget_minutes, trial_steps=args.trial_steps,
         evals_per_trial=args.evals_per_trial, validation=args.validation, augment=args.augment,

@@ -199,10 +199,16 @@ def score_rows(results, setup: ScoreSetup) -> tuple[list[dict], dict[str, dict]]
                **{k: m.get(k) for k in ("arch", "params", "flops", "latency_ms", "speedup")},
                **{k: config.get(k) for k in KNOB_COLUMNS}}
         score = m.get(setup.metric)
+        try:
+            setup.space.arch(config, setup.teacher_arch)
+        except (KeyError, TypeError, ValueError):
+            config = {}
         if result.error is not None:
             row["status"], row["error"] = "failed", str(result.error).strip().splitlines()[-1][:300]
         elif not m or setup.metric not in m:
             row["status"], row["error"] = "not_started", "the search ended (budget or interruption) before its score"
+        elif not config:  # a score without the sampled config: nothing to measure, train or export from it
+            row["status"], row["error"] = "failed", "Tune kept no configuration for this trial"
         elif m.get("status") == "rejected":
             row["status"], row["error"] = "rejected", m.get("reason")
         elif score is None or score == REJECTED or not math.isfinite(score):
@@ -211,7 +217,8 @@ def score_rows(results, setup: ScoreSetup) -> tuple[list[dict], dict[str, dict]]
             row["status"] = "scored"
         row["val_metric"] = score if row["status"] == "scored" else None
         rows.append(row)
-        configs[trial_id] = config
+        if config:
+            configs[trial_id] = config
     return rows, configs
 
 
@@ -258,7 +265,8 @@ def student_speed(supernet: dict, choices: SubnetChoices, teacher: BertArch, stu
     if not ex_s:
         return None
     steps_s = ex_s / cfg.batch_size
-    sandwich = np.mean([sum(_padded_flops(s, teacher, seq_len) for s in choices.sandwich(teacher, i, cfg.seed, 2))
+    sampled = supernet.get("supernet", {}).get("num_sampled", 2)
+    sandwich = np.mean([sum(_padded_flops(s, teacher, seq_len) for s in choices.sandwich(teacher, i, cfg.seed, sampled))
                         for i in range(16)])
     return steps_s * min(8.0, sandwich / student.flops(seq_len))
 

@@ -124,8 +124,13 @@ class SearchSpace:
         _check(self.share == (1,), "share", "the supernet strategy cannot share layers; use share: [1]")
         _check(len(self.init_layers) == 1, "init_layers",
                f"the supernet strategy takes each layer count's layers by one map, got {list(self.init_layers)}")
-        return SubnetChoices(layers=self.layers, hidden=self.hidden, heads=self.heads, ffn=self.ffn,
-                             layer_map=self.init_layers[0])
+        choices = SubnetChoices(layers=self.layers, hidden=self.hidden, heads=self.heads, ffn=self.ffn,
+                                layer_map=self.init_layers[0])
+        try:
+            choices.check(teacher)
+        except UserError as e:
+            raise SpaceError(str(e)) from None
+        return choices
 
     def size(self, teacher: BertArch) -> int:
         """The number of distinct student architectures in the space."""

@@ -239,7 +239,7 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
         seconds["final"] = time.perf_counter() - t0
     handles = {tid: TrialHandle(config=c, export=functools.partial(
         oneshot.export_candidate, supernet["supernet_dir"], choices, space.arch(c, teacher_arch), prep.task))
-        for tid, c in configs.items() if c}
+        for tid, c in configs.items()}
     extra = {
         "supernet": {k: supernet.get(k) for k in ("supernet_dir", "steps", "train_examples_per_second", "best",
                                                   "cached")},
@@ -266,6 +266,9 @@ def _settle(cfg: SearchConfig, out: Path, *, resume: bool) -> tuple[SearchConfig
         space.validate(teacher_arch)
         if cfg.strategy == "supernet":
             space.subnet_choices(teacher_arch)
+            if space.size(teacher_arch) < 3:
+                raise SpaceError(f"the supernet strategy needs >= 3 distinct students to fit its latency model; "
+                                 f"the space has {space.size(teacher_arch)}")
     except SpaceError as e:
         raise SpaceError(f"--space {cfg.space}: {e}") from None
     if cfg.storage_path and "://" not in cfg.storage_path:

@@ -172,15 +172,21 @@ def extract(params: dict, supernet: BertArch, sub: Subnet) -> dict:
     )
 
 
-def student_from_supernet(student: BertArch, supernet: BertArch, params: dict, layers: tuple[int, ...]) -> dict:
-    """The parameters of `student` taken from a supernet: the first heads, FFN neurons and hidden dims of the
-    supernet layers `layers` (`extract`); `ArchError` naming the field when it is no slice of the supernet."""
+def check_student(student: BertArch, supernet: BertArch, layers: tuple[int, ...]) -> None:
+    """Raise `ArchError` naming the field when `student` is no slice of the supernet layers `layers`."""
     for field in ("head_size", "vocab_size", "type_vocab_size", "max_position_embeddings"):
         if getattr(student, field) != getattr(supernet, field):
             raise ArchError(f"{field}: the student has {getattr(student, field)}, the supernet "
                             f"{getattr(supernet, field)}; a student taken from a supernet needs equal")
     if student.layer_groups is not None:
         raise ArchError(f"layer_groups: a student taken from a supernet cannot share layers ({student.layer_groups})")
+    Subnet(layers, student.hidden_size, student.num_heads, student.ffn_sizes).arch(supernet)
+
+
+def student_from_supernet(student: BertArch, supernet: BertArch, params: dict, layers: tuple[int, ...]) -> dict:
+    """The parameters of `student` taken from a supernet: the first heads, FFN neurons and hidden dims of the
+    supernet layers `layers` (`extract`); `ArchError` naming the field when it is no slice of the supernet."""
+    check_student(student, supernet, layers)
     return extract(params, supernet, Subnet(layers, student.hidden_size, student.num_heads, student.ffn_sizes))
 
 
@@ -283,6 +289,6 @@ class SubnetChoices:
     def sandwich(self, supernet: BertArch, step: int, seed: int, num_sampled: int) -> tuple[Subnet, ...]:
         """The sub-networks trained at `step` (a function of the step, so a resumed run trains the same ones):
         the largest, the smallest and `num_sampled` random ones."""
-        rng = np.random.default_rng([seed, step])
+        rng = np.random.default_rng([seed & 0xFFFFFFFF, step])  # any int seed, negative included
         sampled = tuple(self.sample(supernet, rng) for _ in range(num_sampled))
         return (self.largest(supernet), self.smallest(supernet), *sampled)

@@ -127,7 +127,8 @@ class DistillConfig:
 DEFAULT_CHOICES = SubnetChoices(
     layers=(1, 2, 3, 4), hidden=(128, 192, 256, 320, 384), heads=(2, 4, 6, 8, 12), ffn=(256, 512, 768, 1024, 1536)
 )
-"""The default search space's widths and depths (`nas.space`), which a 6L-384 MiniLM supernet represents."""
+"""`bertnas supernet`'s default space: 1-4 layers, hidden 128-384, per-layer heads 2-12 and FFN 256-1536, which a
+6L-384 MiniLM supernet represents (a search trains its own supernet on its `--space`)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +181,8 @@ class SupernetConfig:
         return {
             "task": self.task, "choices": self.choices, "num_sampled": self.num_sampled, "loss": self.loss,
             "augment": self.augment, "optimizer": self.optimizer, "epochs": loop.epochs, "max_steps": loop.max_steps,
-            "batch_size": loop.batch_size, "seed": loop.seed, "importance_batches": self.importance_batches,
+            "batch_size": loop.batch_size, "seed": loop.seed, "eval_every": loop.eval_every,
+            "patience": loop.patience, "importance_batches": self.importance_batches,
             "train_limit": self.train_limit, "dev_limit": self.dev_limit, "validation": self.validation,
             "teacher_epochs": self.teacher_epochs,
         }

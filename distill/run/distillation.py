@@ -40,13 +40,13 @@ import numpy as np
 from distill.arch import ArchError, BertArch, resolve_student
 from distill.export.hf import export_model, export_summary
 from distill.files import check_output_path, config_key, features_fingerprint, write_json
-from distill.kd.init import check_compatible, fit_to, hidden_map, init_student
+from distill.kd.init import check_compatible, fit_to, hidden_map, init_student, map_hidden, slice_hidden
 from distill.kd.layers import teacher_layers
 from distill.kd.objective import PROJ, init_projection
-from distill.kd.supernet import Subnet, student_from_supernet
+from distill.kd.supernet import check_student, student_from_supernet
 from distill.model.bert import abstract_params, build_model
 from distill.model.crf import check_crf
-from distill.model.store import LoadedBert, load_bert, read_arch, resolve_model_dir, weights_fingerprint
+from distill.model.store import LoadedBert, load_bert, read_arch, read_config, resolve_model_dir, weights_fingerprint
 from distill.run.config import DistillConfig
 from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
 from distill.run.evaluation import evaluate_model
@@ -112,22 +112,36 @@ def supernet_init(cfg: DistillConfig, task: Task, teacher: LoadedBert, student: 
     order = source.meta.get("supernet", {}).get("hidden_order")
     if order is None:
         return params, None
+    if student.hidden_size == teacher.arch.hidden_size:  # every dim kept: back in the teacher's order, exactly
+        inverse = np.argsort(np.asarray(order))
+        return map_hidden(params, lambda x, role: slice_hidden(np.asarray(x), role, inverse)), None
     start = np.zeros((teacher.arch.hidden_size, student.hidden_size), np.float32)
     start[np.asarray(order[: student.hidden_size]), np.arange(student.hidden_size)] = 1.0
     return params, start
 
 
-def check_supernet_init(cfg: DistillConfig, student: BertArch) -> None:
-    """A student the supernet `cfg.init.source` cannot give is refused before the data work."""
+def check_supernet_init(cfg: DistillConfig, task: Task, teacher: BertArch, student: BertArch) -> None:
+    """A student the supernet `cfg.init.source` cannot give is refused before the data work: the source must
+    be a supernet of this task and teacher shape, and the student one of its slices."""
+    where = f"init source {cfg.init.source}"
     if cfg.loss.attention_weight:
-        raise UserError(f"init source {cfg.init.source}: a supernet's heads are reordered, so attention scores "
-                        "cannot be matched head by head; set the attention weight to 0")
-    supernet = read_arch(cfg.init.source)
+        raise UserError(f"{where}: a supernet's heads are reordered, so attention scores cannot be matched head "
+                        "by head; set the attention weight to 0")
+    path = resolve_model_dir(cfg.init.source)
+    meta = read_config(path).get("bertnas", {})
+    if "supernet" not in meta:
+        raise UserError(f"{where}: not a supernet (bertnas supernet's OUTPUT/supernet); its units are not ordered")
+    if meta.get("task") != task.name or meta.get("num_labels") != task.num_labels:
+        raise UserError(f"{where}: a supernet for task {meta.get('task')!r}, not {task.name!r}")
+    supernet = read_arch(path)
+    if supernet.hidden_size != teacher.hidden_size or supernet.num_layers != teacher.num_layers:
+        raise UserError(f"{where}: a {supernet.name} supernet, but the teacher is {teacher.name}; distil from "
+                        "the teacher the supernet was trained from")
     layers = teacher_layers(cfg.init.layers, supernet.num_layers, student.num_layers)
     try:
-        Subnet(layers, student.hidden_size, student.num_heads, student.ffn_sizes).arch(supernet)
+        check_student(student, supernet, layers)
     except ArchError as e:
-        raise ArchError(f"init source {cfg.init.source}: {e}") from None
+        raise ArchError(f"{where}: {e}") from None
 
 
 def student_params(params: dict) -> dict:
@@ -222,7 +236,7 @@ def prepare(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool) -> 
     if student_crf(cfg, teacher):  # also a CRF inherited from the teacher
         check_crf_loss(cfg)
     if cfg.init.source is not None:
-        check_supernet_init(cfg, student)
+        check_supernet_init(cfg, task, teacher.arch, student)
     elif cfg.init.method == "teacher":
         check_compatible(student, teacher.arch, cfg.init)
     layer_map = loss_layer_map(cfg, teacher.arch, student)  # a bad --layer-map fails before the data work

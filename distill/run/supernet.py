@@ -70,6 +70,8 @@ class Prepared:
     task: Task
     teacher: LoadedBert
     train: Features
+    original: np.ndarray
+    """1.0 for the features of original examples, 0.0 for augmented copies."""
     dev: Features
     dev_ex: list
     eval_split: str
@@ -93,14 +95,21 @@ def train_supernet(cfg: SupernetConfig, output_dir: str | Path, *, resume: bool 
         shutil.copytree(cached, out, dirs_exist_ok=True)
         return {**_read_results(out), "cached": str(cached)}
     teacher_params = jax.device_put(prep.teacher.params)
+    augmented = prep.original is not None and not prep.original.all()
     labels = teacher_labels(cfg.data_stage(), prep.task, prep.teacher, prep.train, use_cache=use_cache,
-                            params=teacher_params)
+                            params=teacher_params, prefix=int(prep.original.sum()) if augmented else 0)
     prep.times.labelling = labels.seconds
     teacher_dev = evaluate_model(prep.teacher.model, teacher_params, prep.task, prep.dev, prep.dev_ex,
                                  cfg.eval_batch_size)
     params, hidden_order = start(cfg, prep)
-    progress = _train(cfg, prep, params, hidden_order, lambda batch: (batch, (labels.gather(batch, ()),)),
-                      resume=resume)
+    original = prep.original if augmented else None
+
+    def extras(batch: dict) -> tuple[dict, tuple]:
+        if original is not None:  # the gold-label loss reads only the original examples, never their copies
+            batch["original"] = np.where(batch["index"] >= 0, original[np.maximum(batch["index"], 0)], 0.0)
+        return batch, (labels.gather(batch, ()),)
+
+    progress = _train(cfg, prep, params, hidden_order, extras, resume=resume)
     results = _results(cfg, prep, teacher_dev, progress)
     write_json(out / "results.json", results)
     if use_cache:
@@ -118,8 +127,9 @@ def prepare(cfg: SupernetConfig, out: Path, *, resume: bool, use_cache: bool) ->
     teacher, times.teacher = fine_tuned_teacher(dataclasses.replace(stage, data_dir=str(data_dir)), task, out,
                                                 resume=resume, use_cache=use_cache)
     cfg.choices.check(teacher.arch)
-    train, _, _ = training_features(stage, task, teacher, train_ex, times)
-    return Prepared(out, task, teacher, train, encode(task, dev_ex, teacher.tokenizer), dev_ex, eval_split, times)
+    train, original, _ = training_features(stage, task, teacher, train_ex, times)
+    return Prepared(out, task, teacher, train, original, encode(task, dev_ex, teacher.tokenizer), dev_ex,
+                    eval_split, times)
 
 
 def start(cfg: SupernetConfig, prep: Prepared) -> tuple[dict, list[int]]:

@@ -10,10 +10,11 @@ one optimizer update of the supernet.
 
 Compilation. One jitted function per step would compile once per combination
 of sampled shapes, which never repeats. So `subnet_grads` (module-level,
-pure) is jitted per sub-network *shape* (its layers and hidden size) with the
-widths as mask arrays (`distill.kd.supernet.masked`): a search space with 4
-layer counts and 5 hidden sizes compiles at most 20 gradient functions,
-whatever the per-layer heads and FFN sizes; `apply_update` is jitted once.
+pure) is jitted per sub-network *shape* (its layers and hidden size) and batch
+length, with the widths as mask arrays (`distill.kd.supernet.masked`): a space
+with 4 layer counts and 5 hidden sizes compiles at most 20 gradient functions
+per length bucket, whatever the per-layer heads and FFN sizes; `apply_update`
+is jitted once.
 A masked sub-network costs what its shape's widest member costs.
 """
 

@@ -100,6 +100,7 @@ def test_sandwich_is_a_function_of_the_step(teacher_arch):
     a = choices.sandwich(teacher_arch, step=4, seed=0, num_sampled=3)
     assert a == choices.sandwich(teacher_arch, step=4, seed=0, num_sampled=3)
     assert a[0] == choices.largest(teacher_arch) and a[1] == choices.smallest(teacher_arch) and len(a) == 5
+    assert choices.sandwich(teacher_arch, step=4, seed=-1, num_sampled=3)[0] == a[0]  # any int seed works
     seen = {s for step in range(20) for s in choices.sandwich(teacher_arch, step, 0, 3)[2:]}
     assert len(seen) > 10
     for sub in seen:  # every sampled sub-network is a valid student of the space

@@ -173,8 +173,20 @@ def test_a_student_taken_from_the_supernet_is_its_slice_and_distils(files, tmp_p
     assert results["steps"] == 6 and results["student"] == arch.name
     assert load_bert(tmp_path / "student" / "export").arch == arch
 
+    # A full-width student keeps every dim: it is put back in the teacher's dim order (its hidden states
+    # then line up with the teacher's for the hidden loss), an exact relabelling of the supernet's slice.
+    full = resolve_student("1L-36-H3-F37", supernet.arch)
+    params, start = supernet_init(dataclasses.replace(student, student="1L-36-H3-F37"), task, load_bert(teacher), full)
+    assert start is None
+    words = np.asarray(supernet.params["embeddings"]["word_embeddings"]["embedding"])
+    np.testing.assert_array_equal(params["embeddings"]["word_embeddings"]["embedding"], words[:, np.argsort(order)])
+
+    plain = InitConfig(layers="last", source=str(teacher))  # a model directory that is no supernet
     for bad, message in ((dataclasses.replace(student, student="1L-48-H4-F31"), "hidden_size: 48 exceeds"),
+                         (dataclasses.replace(student, student="1L-24-H1-F31-D24"), "head_size"),
+                         (dataclasses.replace(student, init=plain), "not a supernet"),
                          (dataclasses.replace(student, loss=LossConfig(attention_weight=1.0)), "attention")):
+        bad_out = tmp_path / f"bad-{len(message)}"
         with pytest.raises(UserError, match=message):
-            distill(bad, tmp_path / f"bad-{bad.student}-{bad.loss.attention_weight}")
-        assert not (tmp_path / f"bad-{bad.student}-{bad.loss.attention_weight}" / "checkpoints").exists()
+            distill(bad, bad_out)
+        assert not (bad_out / "checkpoints").exists()
