@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +104,16 @@ def export_path(root: str | os.PathLike, name: str) -> Path:
     if Path(name).is_absolute() or ".." in Path(name).parts or not dest.resolve().is_relative_to(root.resolve()):
         raise UserError(f"{dest}: an export must stay inside {root}")
     return dest
+
+
+def publish(out: Path, cached: Path, model_dir: str) -> None:
+    """Copy a finished run's model directory `out/model_dir` and its config.json and results.json to the
+    cache entry `cached`, atomically (a temporary sibling renamed into place)."""
+    tmp = cached.with_name(f".{cached.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    shutil.copytree(out / model_dir, tmp / model_dir)
+    for name in ("config.json", "results.json"):
+        shutil.copy2(out / name, tmp / name)
+    shutil.rmtree(cached, ignore_errors=True)
+    tmp.rename(cached)

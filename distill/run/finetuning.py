@@ -22,7 +22,7 @@ from typing import Any
 
 import jax
 
-from distill.files import cache_root, check_output_path, config_key, file_fingerprint
+from distill.files import cache_root, check_output_path, config_key, file_fingerprint, publish
 from distill.model.bert import init_params
 from distill.model.crf import check_crf
 from distill.model.store import load_bert, resolve_model_dir, save_bert, weights_fingerprint
@@ -88,7 +88,8 @@ def finetune(
     teacher, params = _start(cfg, task, teacher_dir)
     results = _train(cfg, task, teacher, params, train_ex, dev_ex, out, resume=resume)
     if use_cache:
-        _store(out, cached)
+        publish(out, cached, "teacher")
+        log.info("cached the fine-tuned teacher at %s", cached)
     return results
 
 
@@ -156,19 +157,6 @@ def _train(cfg: FinetuneConfig, task, teacher, params, train_ex, dev_ex, out: Pa
     finally:
         runlog.close()
     return results
-
-
-def _store(out: Path, cached: Path) -> None:
-    """Copy the run's teacher and results into the cache, atomically."""
-    tmp = cached.with_name(f".{cached.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copytree(out / "teacher", tmp / "teacher")
-    for name in ("config.json", "results.json"):
-        shutil.copy2(out / name, tmp / name)
-    shutil.rmtree(cached, ignore_errors=True)
-    tmp.rename(cached)
-    log.info("cached the fine-tuned teacher at %s", cached)
 
 
 def _read_json(path: Path) -> dict:

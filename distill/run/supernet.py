@@ -41,7 +41,7 @@ import jax
 import numpy as np
 
 from distill.export.hf import export_model
-from distill.files import cache_root, check_output_path, config_key, features_fingerprint, write_json
+from distill.files import cache_root, check_output_path, config_key, features_fingerprint, publish, write_json
 from distill.kd.supernet import Subnet, extract, masked, padded, ranking, rewire, width_masks
 from distill.model.bert import build_model
 from distill.model.store import LoadedBert, read_arch, save_bert, weights_fingerprint
@@ -88,7 +88,8 @@ def train_supernet(cfg: SupernetConfig, output_dir: str | Path, *, resume: bool 
         return _read_results(out)
     refuse_overwrite(out, resume)
     prep = prepare(cfg, out, resume=resume, use_cache=use_cache)
-    cached = cache_dir(cfg, prep.teacher, prep.train)
+    key = run_key(cfg, prep.teacher, prep.train)
+    cached = cache_root() / "supernets" / f"{cfg.task}-{key}"
     if use_cache and not resume and (cached / "results.json").is_file():
         log.info("reusing the cached supernet %s", cached)
         out.mkdir(parents=True, exist_ok=True)
@@ -109,11 +110,12 @@ def train_supernet(cfg: SupernetConfig, output_dir: str | Path, *, resume: bool 
             batch["original"] = np.where(batch["index"] >= 0, original[np.maximum(batch["index"], 0)], 0.0)
         return batch, (labels.gather(batch, ()),)
 
-    progress = _train(cfg, prep, params, hidden_order, extras, resume=resume)
+    progress = _train(cfg, prep, params, hidden_order, extras, key, resume=resume)
     results = _results(cfg, prep, teacher_dev, progress)
     write_json(out / "results.json", results)
     if use_cache:
-        _store(out, cached)
+        publish(out, cached, SUPERNET_DIR)
+        log.info("cached the supernet at %s", cached)
     return results
 
 
@@ -143,13 +145,15 @@ def start(cfg: SupernetConfig, prep: Prepared) -> tuple[dict, list[int]]:
     return params, ranking(scores["hidden"]).tolist()
 
 
-def cache_dir(cfg: SupernetConfig, teacher: LoadedBert, train: Features) -> Path:
-    key = config_key({"teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train),
-                      "settings": cfg.cache_settings()})
-    return cache_root() / "supernets" / f"{cfg.task}-{key}"
+def run_key(cfg: SupernetConfig, teacher: LoadedBert, train: Features) -> str:
+    """What defines the trained supernet: the key of its cache entry, and of its checkpoints (a resume
+    under another key is refused)."""
+    return config_key({"teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train),
+                       "settings": cfg.cache_settings()})
 
 
-def _train(cfg: SupernetConfig, prep: Prepared, params: dict, hidden_order: list[int], extras, *, resume: bool):
+def _train(cfg: SupernetConfig, prep: Prepared, params: dict, hidden_order: list[int], extras, key: str, *,
+           resume: bool):
     """`fit` with the sandwich step; each evaluation scores the largest and smallest sub-networks."""
     task, arch = prep.task, prep.teacher.arch
     total, _ = cfg.loop.total_steps(prep.train)
@@ -170,8 +174,6 @@ def _train(cfg: SupernetConfig, prep: Prepared, params: dict, hidden_order: list
                                              "supernet": {**supernet_meta(cfg), "hidden_order": hidden_order},
                                              "eval": best})
 
-    key = config_key({"settings": cfg.cache_settings(), "teacher": weights_fingerprint(prep.teacher.path),
-                      "train": features_fingerprint(prep.train)})
     runlog = RunLog(prep.out, {"supernet": cfg, "teacher_dir": str(prep.teacher.path), "total_steps": total,
                                "largest": ends["largest"], "smallest": ends["smallest"]})
     t0 = time.perf_counter()
@@ -231,16 +233,3 @@ def _results(cfg: SupernetConfig, prep: Prepared, teacher_dev: dict, progress) -
 
 def _read_results(out: Path) -> dict:
     return {**json.loads((out / "results.json").read_text()), "supernet_dir": str(out / SUPERNET_DIR)}
-
-
-def _store(out: Path, cached: Path) -> None:
-    """Copy the supernet and its results into the cache, atomically."""
-    tmp = cached.with_name(f".{cached.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copytree(out / SUPERNET_DIR, tmp / SUPERNET_DIR)
-    for name in ("config.json", "results.json"):
-        shutil.copy2(out / name, tmp / name)
-    shutil.rmtree(cached, ignore_errors=True)
-    tmp.rename(cached)
-    log.info("cached the supernet at %s", cached)
