@@ -58,7 +58,15 @@ from nas.config import Constraints, SearchConfig
 from nas.cost import Cost, CostModel, LatencyPredictor
 from nas.final import final_config, label_copies, plan_steps
 from nas.space import SearchSpace
-from nas.trial import OBJECTIVE_LATENCY, REJECTED, WORST_LATENCY, TrialSetup
+from nas.trial import (
+    OBJECTIVE_LATENCY,
+    REJECTED,
+    WORST_LATENCY,
+    TrialSetup,
+    result_trial_id,
+    sampled_arch,
+    trial_status,
+)
 from tasks.features import encode
 from tasks.registry import get_task
 
@@ -193,32 +201,17 @@ def score_rows(results, setup: ScoreSetup) -> tuple[list[dict], dict[str, dict]]
     rows, configs = [], {}
     for result in results:
         config, m = result.config or {}, result.metrics or {}
-        trial_id = m.get("trial_id") or Path(result.path).name.removeprefix("trial_")
-        row = {"trial_id": trial_id, "kind": "supernet", "latency_source": "predicted", "steps": 0,
-               "seconds": m.get("time_total_s"), "pareto": False, "error": None,
+        tid = result_trial_id(result)
+        has_config = sampled_arch(setup.space, config, setup.teacher_arch) is not None
+        row = {"trial_id": tid, "kind": "supernet", "latency_source": "predicted", "steps": 0,
+               "seconds": m.get("time_total_s"), "pareto": False,
                **{k: m.get(k) for k in ("arch", "params", "flops", "latency_ms", "speedup")},
                **{k: config.get(k) for k in KNOB_COLUMNS}}
-        score = m.get(setup.metric)
-        try:
-            setup.space.arch(config, setup.teacher_arch)
-        except (KeyError, TypeError, ValueError):
-            config = {}
-        if result.error is not None:
-            row["status"], row["error"] = "failed", str(result.error).strip().splitlines()[-1][:300]
-        elif not m or setup.metric not in m:
-            row["status"], row["error"] = "not_started", "the search ended (budget or interruption) before its score"
-        elif not config:  # a score without the sampled config: nothing to measure, train or export from it
-            row["status"], row["error"] = "failed", "Tune kept no configuration for this trial"
-        elif m.get("status") == "rejected":
-            row["status"], row["error"] = "rejected", m.get("reason")
-        elif score is None or score == REJECTED or not math.isfinite(score):
-            row["status"], row["error"] = "failed", "no finite validation score"
-        else:
-            row["status"] = "scored"
-        row["val_metric"] = score if row["status"] == "scored" else None
+        row["status"], row["error"] = trial_status(result, setup.metric, has_config=has_config, done="scored")
+        row["val_metric"] = m.get(setup.metric) if row["status"] == "scored" else None
         rows.append(row)
-        if config:
-            configs[trial_id] = config
+        if has_config:
+            configs[tid] = config
     return rows, configs
 
 

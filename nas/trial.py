@@ -15,6 +15,7 @@ and the search goes on.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import time
 from pathlib import Path
@@ -54,6 +55,45 @@ class TrialSetup:
     """The teacher's metrics on the validation slice (measured once by the driver)."""
     latency_threads: int = 1
     """CPU threads latency is measured on (`nas.cost.CostModel`)."""
+
+
+def sampled_arch(space: SearchSpace, config: dict, teacher: BertArch) -> BertArch | None:
+    """The student a trial's config samples; None when Tune kept no (whole) config for it."""
+    try:
+        return space.arch(config, teacher)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def result_trial_id(result) -> str:
+    return (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
+
+
+def trial_status(result, metric: str, *, has_config: bool, done: str) -> tuple[str, str | None]:
+    """(status, error line) of a finished Tune trial; `done` is the status of one with a finite score.
+
+    A trial the time budget stopped before its first report may come back with no config and no
+    metrics (Tune had written neither): it is listed as not started, never a crash of the search.
+    """
+    m = result.metrics or {}
+    score = m.get(metric)
+    if result.error is not None:
+        return "failed", error_line(result.error)
+    if not m or (not has_config and metric not in m):  # at most Tune's own bookkeeping, no report
+        return "not_started", "the search ended (budget or interruption) before its first report"
+    if not has_config:  # metrics without the sampled config: nothing to measure, train or export from it
+        return "failed", "Tune kept no configuration for this trial"
+    if m.get("status") == "rejected":
+        return "rejected", m.get("reason")
+    if score is None or score == REJECTED or not math.isfinite(score):
+        return "failed", "no finite validation score"
+    return done, None
+
+
+def error_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    cause = [t for t in text if "Error" in t or "error" in t]
+    return (cause[-1] if cause else (text[-1] if text else type(error).__name__))[:300]
 
 
 def trial_distill_config(setup: TrialSetup, sample: dict, student_file: str) -> DistillConfig:

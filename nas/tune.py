@@ -33,7 +33,6 @@ import dataclasses
 import functools
 import json
 import logging
-import math
 import os
 import shutil
 import time
@@ -63,7 +62,7 @@ from nas.config import Constraints, SearchConfig
 from nas.cost import Cost, CostModel, typical_length
 from nas.final import quantized_rows, train_final
 from nas.space import SearchSpace, SpaceError, get_space
-from nas.trial import OBJECTIVE_LATENCY, REJECTED, TrialSetup, run_trial
+from nas.trial import OBJECTIVE_LATENCY, TrialSetup, result_trial_id, run_trial, sampled_arch, trial_status
 from tasks.datafiles import resolve_data_dir
 from tasks.errors import UserError
 from tasks.features import encode
@@ -540,18 +539,11 @@ def _rows(results, setup: TrialSetup) -> tuple[list[dict], dict[str, TrialHandle
 
 
 def _row(result, setup: TrialSetup) -> tuple[dict, TrialHandle]:
-    """One trial's line of results.csv, from its Tune result, and its handle (sampled config, best checkpoint).
-
-    A trial the time budget stopped before its first report may come back with no config and no
-    metrics (Tune had written neither): it is listed as not started, never a crash of the search.
-    """
+    """One trial's line of results.csv, from its Tune result, and its handle (sampled config, best checkpoint)."""
     config, m = result.config or {}, result.metrics or {}
-    try:
-        arch = setup.space.arch(config, setup.teacher_arch)
-    except (KeyError, TypeError, ValueError):
-        arch = None
+    arch = sampled_arch(setup.space, config, setup.teacher_arch)
     row = {
-        "trial_id": m.get("trial_id") or Path(result.path).name.removeprefix("trial_"),
+        "trial_id": result_trial_id(result),
         "arch": arch.name if arch is not None else m.get("arch"),
         "params": m.get("params", arch.num_params(setup.head, setup.num_labels) if arch is not None else None),
         "flops": m.get("flops", arch.flops(setup.seq_len, setup.head, setup.num_labels) if arch is not None else None),
@@ -563,31 +555,13 @@ def _row(result, setup: TrialSetup) -> tuple[dict, TrialHandle]:
         "seconds": m.get("time_total_s"),
         **{k: config.get(k) for k in ("learning_rate", "temperature", "hard_weight", "hidden_weight", "init_layers")},
         "pareto": False,
-        "error": None,
     }
-    score = m.get(setup.metric)
-    if result.error is not None:
-        row["status"], row["error"] = "failed", _error_line(result.error)
-    elif not m or (arch is None and setup.metric not in m):  # at most Tune's own bookkeeping, no report
-        row["status"], row["error"] = "not_started", "the search ended (budget or interruption) before its first report"
-    elif arch is None:  # metrics without the sampled config: nothing to retrain or export from it
-        row["status"], row["error"] = "failed", "Tune kept no configuration for this trial"
-    elif m.get("status") == "rejected":
-        row["status"], row["error"] = "rejected", m.get("reason")
-    elif score is None or score == REJECTED or not math.isfinite(score):
-        row["status"], row["error"] = "failed", "no finite validation score"
-    else:
-        row["status"] = "completed" if m.get("step", 0) >= setup.base.loop.max_steps else "stopped"
-    row["val_metric"] = score if row["status"] in ("completed", "stopped") else None
+    done = "completed" if m.get("step", 0) >= setup.base.loop.max_steps else "stopped"
+    row["status"], row["error"] = trial_status(result, setup.metric, has_config=arch is not None, done=done)
+    row["val_metric"] = m.get(setup.metric) if row["status"] in ("completed", "stopped") else None
     best = result.get_best_checkpoint(setup.metric, "max") if result.best_checkpoints else result.checkpoint
     row["checkpoint"] = best.path if best is not None else None
     return row, TrialHandle(config=config, checkpoint=best)
-
-
-def _error_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    cause = [t for t in text if "Error" in t or "error" in t]
-    return (cause[-1] if cause else (text[-1] if text else type(error).__name__))[:300]
 
 
 def _export_front(out: Path, front: list[dict], handles: dict[str, TrialHandle], task: str, data_dir: Path,
