@@ -279,7 +279,9 @@ def has_pooler(head: str) -> bool:
     return head in ("classification", "regression", "none")
 
 
-_NAME = re.compile(r"^(\d+)L-(\d+)((?:-[HFDG][\d,]+)*)$")
+_NAME = re.compile(r"^(\d+)L-(\d+)((?:-[HFDG]\d+(?:,\d+)*)*)$")
+MAX_LAYERS, MAX_WIDTH = 1024, 1 << 20
+"""Bounds on a name's numbers: beyond them a name is a typo, not a model (and would exhaust memory)."""
 
 
 def parse_arch_name(name: str, base: BertArch | None = None) -> BertArch:
@@ -297,8 +299,10 @@ def parse_arch_name(name: str, base: BertArch | None = None) -> BertArch:
     layers, hidden = int(m.group(1)), int(m.group(2))
     opts = {}
     for part in filter(None, m.group(3).split("-")):
-        values = tuple(int(v) for v in part[1:].split(","))
-        opts[part[0]] = values
+        if part[0] in opts:
+            raise ArchError(f"architecture name {name!r}: -{part[0]} given twice")
+        opts[part[0]] = tuple(int(v) for v in part[1:].split(","))
+    _check_name_numbers(name, layers, hidden, opts)
     heads = opts.get("H") or (_default_heads(hidden),)
     ffn = opts.get("F") or (4 * hidden,)
     head_size = opts["D"][0] if "D" in opts else hidden // max(heads)
@@ -318,6 +322,19 @@ def parse_arch_name(name: str, base: BertArch | None = None) -> BertArch:
         layer_groups=opts.get("G"),
         **shared,
     )
+
+
+def _check_name_numbers(name: str, layers: int, hidden: int, opts: dict[str, tuple[int, ...]]) -> None:
+    """An ArchError naming the field of `name` that is out of range (before anything is built from it)."""
+    fields = {"layers": ((layers,), MAX_LAYERS), "hidden size": ((hidden,), MAX_WIDTH),
+              "-H (heads)": (opts.get("H", ()), MAX_WIDTH), "-F (FFN sizes)": (opts.get("F", ()), MAX_WIDTH),
+              "-D (head size)": (opts.get("D", ()), MAX_WIDTH)}
+    for field, (values, high) in fields.items():
+        bad = [v for v in values if not 1 <= v <= high]
+        if bad:
+            raise ArchError(f"architecture name {name!r}: {field} {bad[0]} is out of range 1-{high}")
+    if len(opts.get("D", ())) > 1:
+        raise ArchError(f"architecture name {name!r}: -D takes one head size, got {len(opts['D'])}")
 
 
 def _default_heads(hidden: int) -> int:

@@ -1,18 +1,29 @@
-"""Files and keys that every room shares: the cache root, content keys, atomic JSON, output paths.
+"""Files and keys that every room shares: the cache root, content keys, atomic JSON, output paths and
+the ownership of run directories.
 
 Imports nothing of ours but `tasks` (its errors). Anything that writes a run's
 directory or a cache entry names its files through here.
+
+A run directory is owned: `owned_output` claims it for one tool (a marker file naming the tool) and one
+process (an OS file lock, released when the process dies), and refuses a directory that holds anything
+else: a file, another tool's run, files no run of ours wrote, an earlier run without `--resume`, a run that
+another process is writing.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import errno
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -67,11 +78,30 @@ def to_jsonable(obj: Any) -> Any:
 
 
 def write_json(path: os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
+    """Write JSON atomically (a temporary file of this writer's own, then rename): two writers of the same
+    file never share a temporary, and a reader sees the old file or the new one. A failed write (disk full,
+    no permission) is a UserError naming the path; the old file stays as it was."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    text = json.dumps(to_jsonable(obj), indent=2, sort_keys=True) + "\n"
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise write_error(path, e) from None
+    try:
+        os.fchmod(fd, 0o644)  # as a plain write would leave it (mkstemp's files are private)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise write_error(path, e) from None
+
+
+def write_error(path: os.PathLike, e: OSError) -> UserError:
+    """The one-line error for a failed write: the path, the system's reason, and for a full disk what to do."""
+    hint = "; free some space and run again" if e.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+    return UserError(f"{path}: cannot write: {e.strerror or e}{hint}")
 
 
 def enable_compilation_cache() -> Path:
@@ -108,12 +138,120 @@ def export_path(root: str | os.PathLike, name: str) -> Path:
 
 def publish(out: Path, cached: Path, model_dir: str) -> None:
     """Copy a finished run's model directory `out/model_dir` and its config.json and results.json to the
-    cache entry `cached`, atomically (a temporary sibling renamed into place)."""
-    tmp = cached.with_name(f".{cached.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    shutil.copytree(out / model_dir, tmp / model_dir)
-    for name in ("config.json", "results.json"):
-        shutil.copy2(out / name, tmp / name)
-    shutil.rmtree(cached, ignore_errors=True)
-    tmp.rename(cached)
+    cache entry `cached`, atomically: a temporary sibling of this writer's own, renamed into place. When an
+    identical run published the same entry meanwhile, that one stays (the key names the same content)."""
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+    try:
+        shutil.copytree(out / model_dir, tmp / model_dir)
+        for name in ("config.json", "results.json"):
+            shutil.copy2(out / name, tmp / name)
+        old = cached.with_name(f".{cached.name}.old-{tmp.name}")
+        with contextlib.suppress(FileNotFoundError):
+            cached.rename(old)  # an older entry of the same key (e.g. a damaged one) makes way
+        try:
+            tmp.rename(cached)
+        except OSError:  # another run published it between the two renames
+            pass
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+RUN_MARKER = ".bertnas-run.json"
+"""In every run directory: `{"tool": ..., "created": ...}`, the tool that owns it."""
+RUN_LOCK = ".bertnas.lock"
+"""In every run directory: the file a running tool holds an exclusive lock on (its pid inside)."""
+
+
+def run_owner(path: Path) -> str | None:
+    """The tool that owns run directory `path` (its marker), None when it has no marker."""
+    marker = path / RUN_MARKER
+    if not marker.is_file():
+        return None
+    try:
+        data = json.loads(marker.read_text())
+        return str(data["tool"]) if isinstance(data, dict) else "?"
+    except (OSError, ValueError, KeyError, RecursionError):
+        return "?"
+
+
+def check_owner(out: Path, tool: str, *, resume: bool, what: str = "--output") -> None:
+    """A UserError unless `out` is one `tool` may write: missing, empty, or its own run (with `resume` when
+    it holds anything): never a file, another tool's run, or files that no run of ours wrote."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{what} {out}: exists and is not a directory")
+    if not out.is_dir():
+        return
+    try:
+        held = sorted(set(os.listdir(out)) - {RUN_MARKER, RUN_LOCK})
+    except OSError as e:
+        raise UserError(f"{what} {out}: cannot read it: {e.strerror or e}") from None
+    owner = run_owner(out)
+    listing = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
+    if owner is None and held:
+        raise UserError(f"{what} {out}: holds files that no bertnas run wrote ({listing}); "
+                        f"pick a new or empty directory")
+    if owner is not None and owner != tool:
+        raise UserError(f"{what} {out}: holds a bertnas {owner} run, not a {tool} run; pick another directory")
+    if held and not resume:
+        raise UserError(f"{what} {out}: holds an earlier {tool} run ({listing}); pass --resume to continue it "
+                        f"or pick another directory")
+
+
+@contextlib.contextmanager
+def owned_output(path: str | os.PathLike, tool: str, *, resume: bool = False,
+                 what: str = "--output") -> Iterator[Path]:
+    """`path`, claimed for `tool` by this process for the duration: checked (`check_owner`), created, locked
+    (a second process on the same directory is refused), marked. When the body fails and the directory
+    holds nothing but the claim, the claim is taken back: what did not exist before is removed again."""
+    out = check_output_path(path, what)
+    check_owner(out, tool, resume=resume, what=what)
+    created = [p for p in (out, *out.parents) if not p.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{what} {out}: cannot create it: {e.strerror or e}") from None
+    fd = _lock(out, what)
+    try:
+        check_owner(out, tool, resume=resume, what=what)  # again, under the lock: another run may have written
+        if run_owner(out) is None:
+            write_json(out / RUN_MARKER, {"tool": tool, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        yield out
+    except BaseException:
+        _unclaim(out, created)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _lock(out: Path, what: str) -> int:
+    """An exclusive, non-blocking lock on `out/RUN_LOCK` (the open descriptor; closing it unlocks)."""
+    try:
+        fd = os.open(out / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise UserError(f"{what} {out}: cannot write in it: {e.strerror or e}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        pid = f" (pid {holder})" if holder else ""
+        raise UserError(f"{what} {out}: another bertnas process{pid} is writing to it; wait for it to end or "
+                        f"pick another directory") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, str(os.getpid()).encode())
+    return fd
+
+
+def _unclaim(out: Path, created: list[Path]) -> None:
+    """Undo `owned_output`'s claim when nothing but the claim is in `out`: marker and lock removed, and the
+    directories it created (deepest first) removed while empty."""
+    with contextlib.suppress(OSError):
+        if set(os.listdir(out)) - {RUN_MARKER, RUN_LOCK}:
+            return
+        for name in (RUN_MARKER, RUN_LOCK):
+            with contextlib.suppress(FileNotFoundError):
+                (out / name).unlink()
+        for d in created:
+            d.rmdir()

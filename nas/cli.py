@@ -53,45 +53,45 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strategy", default="trials", choices=list(STRATEGIES),
                    help="trials: distil each candidate for --trial-steps; supernet: train one weight-sharing "
                    "supernet, score hundreds of candidates with its weights, train the best at each --targets")
-    p.add_argument("--num-samples", type=int, default=None,
+    p.add_argument("--num-samples", type=cli.at_least(1), default=None,
                    help="candidates to try (default 24 trials, 240 with --strategy supernet)")
-    p.add_argument("--budget-minutes", type=float, default=60.0, help="bound on the whole run's wall time")
-    p.add_argument("--trial-steps", type=int, default=600, help="distillation steps of a full trial")
-    p.add_argument("--evals-per-trial", type=int, default=3, help="validation evaluations (scheduler rungs)")
-    p.add_argument("--validation", type=int, default=2000, help="training examples held out to compare candidates")
-    p.add_argument("--augment", type=int, default=0, help="augmented copies per training example")
+    p.add_argument("--budget-minutes", type=cli.number(above=0), default=60.0, help="bound on the whole run's wall time")
+    p.add_argument("--trial-steps", type=cli.at_least(1), default=600, help="distillation steps of a full trial")
+    p.add_argument("--evals-per-trial", type=cli.at_least(1), default=3, help="validation evaluations (scheduler rungs)")
+    p.add_argument("--validation", type=cli.at_least(1), default=2000, help="training examples held out to compare candidates")
+    p.add_argument("--augment", type=cli.at_least(0), default=0, help="augmented copies per training example")
     _constraint_arguments(p)
     _final_arguments(p)
     cli.add_quantize_arg(p)
     _ray_arguments(p)
-    p.add_argument("--teacher-epochs", type=int, default=2)
+    p.add_argument("--teacher-epochs", type=cli.at_least(1), default=2)
     p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
                    help="tagging: students with a linear-chain CRF (default: when the teacher has one)")
-    p.add_argument("--train-limit", type=int, default=None)
-    p.add_argument("--dev-limit", type=int, default=None)
+    p.add_argument("--train-limit", type=cli.at_least(1), default=None)
+    p.add_argument("--dev-limit", type=cli.at_least(1), default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-v", "--verbose", action="store_true")
 
 
 def _constraint_arguments(p) -> None:
-    p.add_argument("--max-latency-ms", type=float, default=None, help="skip candidates slower than this (batch 1)")
-    p.add_argument("--min-speedup", type=float, default=None, help="skip candidates less than this much faster")
-    p.add_argument("--max-params", type=int, default=None, help="skip candidates with more parameters")
-    p.add_argument("--latency-threads", type=int, default=1,
+    p.add_argument("--max-latency-ms", type=cli.number(above=0), default=None, help="skip candidates slower than this (batch 1)")
+    p.add_argument("--min-speedup", type=cli.number(above=0), default=None, help="skip candidates less than this much faster")
+    p.add_argument("--max-params", type=cli.at_least(1), default=None, help="skip candidates with more parameters")
+    p.add_argument("--latency-threads", type=cli.at_least(0), default=1,
                    help="CPU threads latency is measured on (0: all; 1 gives stable batch-1 figures)")
 
 
 def _final_arguments(p) -> None:
-    p.add_argument("--target-speedup", type=float, default=5.0,
+    p.add_argument("--target-speedup", type=cli.number(above=0), default=5.0,
                    help="final student: the most accurate candidate at least this much faster than the teacher")
-    p.add_argument("--final-steps", type=int, default=40000,
+    p.add_argument("--final-steps", type=cli.at_least(0), default=40000,
                    help="training steps of the final student, fewer if the budget ends first (0: none)")
-    p.add_argument("--final-augment", type=int, default=4, help="augmented copies per example for the final student")
-    p.add_argument("--final-share", type=float, default=0.45, help="share of the budget kept for the final student")
+    p.add_argument("--final-augment", type=cli.at_least(0), default=4, help="augmented copies per example for the final student")
+    p.add_argument("--final-share", type=cli.number(low=0, below=1), default=0.45, help="share of the budget kept for the final student")
     p.add_argument("--targets", default="3,5,10",
                    help="supernet strategy: speedups over the teacher; the best candidate at each is trained further")
-    p.add_argument("--supernet-steps", type=int, default=2000, help="supernet strategy: supernet training steps")
-    p.add_argument("--latency-design", type=int, default=12,
+    p.add_argument("--supernet-steps", type=cli.at_least(1), default=2000, help="supernet strategy: supernet training steps")
+    p.add_argument("--latency-design", type=cli.at_least(3), default=12,
                    help="supernet strategy: candidates measured to fit the latency predictor")
 
 
@@ -99,8 +99,8 @@ def _ray_arguments(p) -> None:
     p.add_argument("--algorithm", default="tpe", choices=list(ALGORITHMS))
     p.add_argument("--scheduler", default="asha", choices=list(SCHEDULERS))
     p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:10001); default local")
-    p.add_argument("--cpus-per-trial", type=float, default=0, help="0: a whole node's CPUs")
-    p.add_argument("--gpus-per-trial", type=float, default=0)
+    p.add_argument("--cpus-per-trial", type=cli.number(low=0), default=0, help="0: a whole node's CPUs")
+    p.add_argument("--gpus-per-trial", type=cli.number(low=0), default=0)
     p.add_argument("--storage-path", default=None, help="Ray results storage (shared FS or URI); default OUTPUT/ray")
 
 
@@ -174,7 +174,7 @@ TOOLS: dict[str, Tool] = {
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="bertnas", description=__doc__.splitlines()[0])
+    p = cli.Parser(prog="bertnas", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, tool in TOOLS.items():
         sp = sub.add_parser(name, help=tool.doc.splitlines()[0], description=tool.doc,

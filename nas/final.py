@@ -134,13 +134,12 @@ def _train_planned(cfg, setup: TrialSetup, plan: dict, root: Path, *, resume: bo
     """Train the planned run (from its checkpoints, or not at all when it had finished); its row."""
     dcfg = final_config(cfg, setup, plan["config"], max_steps=plan["steps"], student_file=str(root / "student.json"))
     run = root / "run"
-    ckpts = run / "checkpoints"
     t0 = time.perf_counter()
     done = run / "results.json"
     if resume and done.is_file() and json.loads(done.read_text()).get("steps", 0) >= plan["steps"]:
         result = json.loads(done.read_text())  # finished before the interruption: nothing to redo
     else:
-        result = distill(dcfg, run, resume=ckpts.is_dir() and any(ckpts.iterdir()), teacher_eval=setup.teacher_eval)
+        result = distill(dcfg, run, resume=run.is_dir(), teacher_eval=setup.teacher_eval)  # its own earlier start
     best = result["best"] or {}
     return {
         "trial_id": "final",

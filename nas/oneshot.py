@@ -330,8 +330,7 @@ def _train_final(setup: TrialSetup, plan: dict, root: Path, rows: list[dict], *,
     if resume and done.is_file() and json.loads(done.read_text()).get("steps", 0) >= plan["steps"]:
         result = json.loads(done.read_text())
     else:
-        ckpts = run / "checkpoints"
-        result = distill(dcfg, run, resume=ckpts.is_dir() and any(ckpts.iterdir()), teacher_eval=setup.teacher_eval)
+        result = distill(dcfg, run, resume=run.is_dir(), teacher_eval=setup.teacher_eval)  # its own earlier start
     source = next(r for r in rows if r["trial_id"] == plan["trial_id"])
     return {
         **{k: source.get(k) for k in ("params", "flops", "latency_ms", "batch_latency_ms", "speedup",

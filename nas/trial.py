@@ -159,12 +159,11 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
         })
         return
 
-    out = trial_dir / "run"
-    out.mkdir(parents=True, exist_ok=True)
-    student_file = out / "student.json"
+    out = trial_dir / "run"  # the distillation's own run directory (owned by it: nothing else goes in)
+    student_file = trial_dir / "student.json"
     write_json(student_file, arch.to_dict())
     cfg = trial_distill_config(setup, config, str(student_file))
-    resume = (out / "checkpoints").is_dir() and any((out / "checkpoints").iterdir())
+    resume = out.is_dir()  # a restarted trial: the run continues from its last checkpoint, if it has one
 
     last: dict = {}
     first: list = []  # (step, time) of the first report: training speed is measured from there (compiled)

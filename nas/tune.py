@@ -39,7 +39,15 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from distill.files import cache_root, check_output_path, enable_compilation_cache, export_path, to_jsonable, write_json
+from distill.files import (
+    cache_root,
+    check_output_path,
+    enable_compilation_cache,
+    export_path,
+    owned_output,
+    to_jsonable,
+    write_json,
+)
 from distill.model.crf import check_crf
 from distill.model.store import read_arch
 from distill.run import (
@@ -123,13 +131,14 @@ def base_distill_config(cfg: SearchConfig, data_dir: Path) -> DistillConfig:
 def search(cfg: SearchConfig, output_dir: str | Path, *, resume: bool = False) -> dict[str, Any]:
     """Run (or, with `resume`, continue) a search; returns the summary also written to results.json.
     Ctrl+C stops it (KeyboardInterrupt) with everything needed to resume it saved."""
-    out = check_output_path(output_dir, "--resume" if resume else "--output").resolve()
-    try:
-        return _search(cfg, out, resume=resume)
-    except KeyboardInterrupt:
-        if (out / CONFIG_FILE).is_file():
-            log.warning("search interrupted; continue it with: python scripts/search.py --resume %s", out)
-        raise
+    what = "--resume" if resume else "--output"
+    with owned_output(check_output_path(output_dir, what).resolve(), "search", resume=resume, what=what) as out:
+        try:
+            return _search(cfg, out, resume=resume)
+        except KeyboardInterrupt:
+            if (out / CONFIG_FILE).is_file():
+                log.warning("search interrupted; continue it with: python scripts/search.py --resume %s", out)
+            raise
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,8 +263,6 @@ def _settle(cfg: SearchConfig, out: Path, *, resume: bool) -> tuple[SearchConfig
     fine-tuning or trial; a new search saves its config."""
     if resume:
         cfg = load_config(out)
-    elif (out / CONFIG_FILE).exists():
-        raise UserError(f"{out}: holds an earlier search; pass --resume to continue it or pick another --output")
     task = get_task(cfg.task)
     check_crf(task, bool(cfg.crf))
     space = get_space(cfg.space)

@@ -4,7 +4,7 @@
 
 This file holds their shared plumbing: logging, errors and exit codes. A `UserError` (bad file, flag,
 directory or name) prints one line, `error: <message>`, and exits with status 2; an interrupted run
-exits with 130. Anything else is a bug and keeps its traceback.
+exits with 130. Anything else is a bug: one line naming the log file that holds its traceback, exit 70.
 
 May import `distill.run`, only inside a tool's `main` or config mapping: `--help` and flag errors
 answer without loading JAX.
@@ -13,12 +13,19 @@ answer without loading JAX.
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import math
 import os
 import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
 from typing import Callable
 
 from distill.export.scheme import SCHEMES
+from distill.files import cache_root
 from tasks.errors import UserError
 
 
@@ -30,11 +37,23 @@ def setup_logging(verbose: bool = False) -> None:
     )
     for noisy in ("jax._src", "absl", "httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:  # Orbax's writer threads log each failure with its traceback; ours says it in one line
+        logging.getLogger("absl").addFilter(_without_traceback)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
+def _without_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info, record.exc_text, record.stack_info = None, None, None
+    return True
+
+
+BUG_EXIT = 70
+"""The exit status of an unexpected exception (a bug of ours: EX_SOFTWARE), distinct from bad input's 2."""
+
+
 def run(main: Callable[[], int | None]) -> None:
-    """Call `main()` and turn user errors into a one-line message and exit 2."""
+    """Call `main()`: user errors become a one-line message and exit 2, Ctrl+C exit 130, and anything else
+    (a bug) one line naming a log file that holds its traceback, exit 70."""
     try:
         code = main()
     except UserError as e:
@@ -44,7 +63,80 @@ def run(main: Callable[[], int | None]) -> None:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+    except OSError as e:
+        if e.errno not in ENVIRONMENT_ERRORS:
+            _bug(e)
+        hint = "; free some space and run again (with --resume where the tool has it)" if e.errno in (
+            errno.ENOSPC, errno.EDQUOT) else ""
+        print(f"error: {e.filename or type(e).__name__}: {e.strerror}{hint}", file=sys.stderr)
+        sys.exit(2)
+    except Exception as e:  # noqa: BLE001 - the catch-all: a bug must not look like a crash of the user's data
+        _bug(e)
     sys.exit(code or 0)
+
+
+ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
+"""OS errors that are the machine's, not ours: a full disk, no permission, a read-only file system."""
+
+
+def _bug(e: Exception) -> None:
+    """Exit 70 with one line that names the log file holding the traceback of `e` (the current exception)."""
+    log_file = crash_log(traceback.format_exc())
+    what = " ".join(f"{type(e).__name__}: {e}".split())[:200]
+    print(f"error: internal error ({what}); this is a bug in bertnas, not a problem with your files; "
+          f"the traceback is in {log_file}", file=sys.stderr)
+    sys.exit(BUG_EXIT)
+
+
+def crash_log(text: str) -> Path:
+    """Write a traceback to a new file under `cache_root()/crashes` (else the temporary directory); its path."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for root in (cache_root() / "crashes", Path(tempfile.gettempdir())):
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            fd, path = tempfile.mkstemp(dir=root, prefix=f"bertnas-{stamp}-{os.getpid()}-", suffix=".log")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"bertnas {' '.join(sys.argv[1:])}\n\n{text}")
+            return Path(path)
+        except OSError:
+            continue
+    return Path("(no writable place for the log)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the tools' error format: a bad flag is a UserError (one line `error: ...`, exit 2),
+    not the usage text followed by argparse's message."""
+
+    def error(self, message: str):
+        raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    def parse_known_args(self, args=None, namespace=None):
+        ns, rest = super().parse_known_args(args, namespace)
+        for a in self._actions:  # `--flag=--` leaves [] (argparse drops the '--' and never calls the type)
+            if a.option_strings and a.nargs is None and a.type is not None and getattr(ns, a.dest, None) == []:
+                self.error(f"argument {a.option_strings[-1]}: expected one value")
+        return ns, rest
+
+
+def number(*, low: float | None = None, high: float | None = None, above: float | None = None,
+           below: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite float, >= `low`, <= `high`, > `above`, < `below` (those given)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bounds = [(low, value >= (low or 0), ">="), (high, value <= (high or 0), "<="),
+                  (above, value > (above or 0), ">"), (below, value < (below or 0), "<")]
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+        for bound, ok, op in bounds:
+            if bound is not None and not ok:
+                raise argparse.ArgumentTypeError(f"must be {op} {bound:g}, got {text}")
+        return value
+
+    return parse
 
 
 def at_least(low: int) -> Callable[[str], int]:
@@ -68,24 +160,24 @@ def add_run_args(p, *, lr: float, epochs: int) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
     p.add_argument("--output", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
-    p.add_argument("--epochs", type=int, default=epochs)
-    p.add_argument("--max-steps", type=int, default=0, help="stop after N steps (0: all epochs)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=lr, help="peak learning rate")
-    p.add_argument("--weight-decay", type=float, default=0.01)
-    p.add_argument("--warmup-ratio", type=float, default=0.1)
+    p.add_argument("--epochs", type=at_least(0), default=epochs)
+    p.add_argument("--max-steps", type=at_least(0), default=0, help="stop after N steps (0: all epochs)")
+    p.add_argument("--batch-size", type=at_least(1), default=32)
+    p.add_argument("--lr", type=number(above=0), default=lr, help="peak learning rate")
+    p.add_argument("--weight-decay", type=number(low=0), default=0.01)
+    p.add_argument("--warmup-ratio", type=number(low=0, below=1), default=0.1)
     p.add_argument("--schedule", default="linear", choices=["linear", "cosine", "constant"])
     p.add_argument("--optimizer", default="adamw", choices=["adamw", "lamb"])
-    p.add_argument("--max-grad-norm", type=float, default=1.0)
-    p.add_argument("--layer-lr-decay", type=float, default=1.0, help="layer-wise LR decay factor (1: off)")
+    p.add_argument("--max-grad-norm", type=number(low=0), default=1.0)
+    p.add_argument("--layer-lr-decay", type=number(above=0, high=1), default=1.0, help="layer-wise LR decay factor (1: off)")
     p.add_argument("--freeze-embeddings", action="store_true")
-    p.add_argument("--eval-every", type=int, default=0, help="also evaluate every N steps")
-    p.add_argument("--patience", type=int, default=0, help="early stopping after N evaluations without gain")
-    p.add_argument("--train-limit", type=int, default=None, help="first N training examples only")
-    p.add_argument("--dev-limit", type=int, default=None)
+    p.add_argument("--eval-every", type=at_least(0), default=0, help="also evaluate every N steps")
+    p.add_argument("--patience", type=at_least(0), default=0, help="early stopping after N evaluations without gain")
+    p.add_argument("--train-limit", type=at_least(1), default=None, help="first N training examples only")
+    p.add_argument("--dev-limit", type=at_least(1), default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reusing cached results")
-    p.add_argument("--checkpoint-every", type=int, default=500, help="save a resumable checkpoint every N steps")
+    p.add_argument("--checkpoint-every", type=at_least(1), default=500, help="save a resumable checkpoint every N steps")
     p.add_argument("--profile", type=at_least(0), default=0, metavar="N",
                    help="write a JAX profiler trace of N steps (from step 5) to OUTPUT/profile")
     p.add_argument("-v", "--verbose", action="store_true")

@@ -24,7 +24,7 @@ from tasks.errors import UserError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     cli.add_run_args(p, lr=2e-4, epochs=3)
     p.add_argument("--teacher", default="minilm", help="fine-tuned teacher directory, or a pre-trained one")
-    p.add_argument("--teacher-epochs", type=int, default=2, help="epochs when the teacher must be fine-tuned first")
+    p.add_argument("--teacher-epochs", type=cli.at_least(1), default=2, help="epochs when the teacher must be fine-tuned first")
     p.add_argument("--student", default="4L-312", help="architecture name (4L-312, 3L-384-H4,6,8-D32, "
                    "4L-384-G0,0,1,1 for shared layers) or JSON file")
     p.add_argument(
@@ -33,16 +33,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--crf also gives a teacher fine-tuned here one)",
     )
     p.add_argument(
-        "--validation", type=int, default=0,
+        "--validation", type=cli.at_least(0), default=0,
         help="hold out N training examples and select on them instead of dev (dev stays unseen)",
     )
     cli.add_quantize_arg(p)
     _init_arguments(p.add_argument_group("initialisation"))
     _loss_arguments(p.add_argument_group("losses"))
     g = p.add_argument_group("augmentation")
-    g.add_argument("--augment", type=int, default=0, help="augmented copies per training example")
-    g.add_argument("--augment-prob", type=float, default=0.4, help="probability of replacing each word")
-    g.add_argument("--augment-neighbours", type=int, default=15)
+    g.add_argument("--augment", type=cli.at_least(0), default=0, help="augmented copies per training example")
+    g.add_argument("--augment-prob", type=cli.number(low=0, high=1), default=0.4, help="probability of replacing each word")
+    g.add_argument("--augment-neighbours", type=cli.at_least(1), default=15)
 
 
 def _init_arguments(g) -> None:
@@ -58,17 +58,17 @@ def _init_arguments(g) -> None:
 
 def _loss_arguments(g) -> None:
     g.add_argument("--logit-loss", default="ce", choices=["ce", "kl", "mse"])
-    g.add_argument("--logit-weight", type=float, default=1.0)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--hard-weight", type=float, default=0.0, help="task loss on gold labels")
-    g.add_argument("--hidden-weight", type=float, default=0.0)
-    g.add_argument("--attention-weight", type=float, default=0.0, help="> 0 runs the teacher online")
-    g.add_argument("--embedding-weight", type=float, default=0.0)
+    g.add_argument("--logit-weight", type=cli.number(low=0), default=1.0)
+    g.add_argument("--temperature", type=cli.number(above=0), default=1.0)
+    g.add_argument("--hard-weight", type=cli.number(low=0), default=0.0, help="task loss on gold labels")
+    g.add_argument("--hidden-weight", type=cli.number(low=0), default=0.0)
+    g.add_argument("--attention-weight", type=cli.number(low=0), default=0.0, help="> 0 runs the teacher online")
+    g.add_argument("--embedding-weight", type=cli.number(low=0), default=0.0)
     g.add_argument(
         "--layer-map", default=None, help="teacher layer matched by each student layer (default: those of --layers)"
     )
     g.add_argument("--two-stage", action="store_true", help="TinyBERT: intermediate losses first, then prediction")
-    g.add_argument("--intermediate-ratio", type=float, default=0.5)
+    g.add_argument("--intermediate-ratio", type=cli.number(above=0, below=1), default=0.5)
 
 
 def _layers(value: str | None):

@@ -22,7 +22,7 @@ from distill import cli
 def add_arguments(p: argparse.ArgumentParser) -> None:
     cli.add_run_args(p, lr=1e-4, epochs=3)
     p.add_argument("--teacher", default="minilm", help="model directory, alias (minilm) or Hub name")
-    p.add_argument("--reinit-top-layers", type=int, default=0, help="re-initialise the top k layers")
+    p.add_argument("--reinit-top-layers", type=cli.at_least(0), default=0, help="re-initialise the top k layers")
     p.add_argument("--crf", action="store_true", help="tagging: a linear-chain CRF over the tags (Viterbi decoding)")
 
 

@@ -25,8 +25,8 @@ from tasks.errors import UserError
 def add_arguments(p: argparse.ArgumentParser) -> None:
     cli.add_run_args(p, lr=1e-4, epochs=1)
     p.add_argument("--teacher", default="minilm", help="fine-tuned teacher directory, or a pre-trained one")
-    p.add_argument("--teacher-epochs", type=int, default=2, help="epochs when the teacher must be fine-tuned first")
-    p.add_argument("--validation", type=int, default=0,
+    p.add_argument("--teacher-epochs", type=cli.at_least(1), default=2, help="epochs when the teacher must be fine-tuned first")
+    p.add_argument("--validation", type=cli.at_least(0), default=0,
                    help="hold out N training examples and evaluate on them instead of dev")
     g = p.add_argument_group("space")
     g.add_argument("--layers", default="1,2,3,4", help="layer counts of the sub-networks")
@@ -38,8 +38,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--num-sampled", type=cli.at_least(0), default=2,
                    help="random sub-networks per step, besides the largest and the smallest")
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--hard-weight", type=float, default=0.5, help="task loss on gold labels")
+    g.add_argument("--temperature", type=cli.number(above=0), default=1.0)
+    g.add_argument("--hard-weight", type=cli.number(low=0), default=0.5, help="task loss on gold labels")
     g.add_argument("--importance-batches", type=cli.at_least(1), default=8,
                    help="batches that rank heads, neurons and hidden dims for the rewiring")
     g.add_argument("--augment", type=cli.at_least(0), default=0, help="augmented copies per training example")

@@ -237,9 +237,46 @@ def quantize_export(src: str | os.PathLike, out_dir: str | os.PathLike, cfg: Qua
         source = (read_config(src).get("bertnas") or {}).get("quantization", {}).get("source")
         hint = f"; quantize the float32 export it came from ({source})" if source else ""
         raise UserError(f"{src}: already quantized{hint}")
-    if not overwrite and out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise UserError(f"{out_dir}: already exists; pass --overwrite to replace it")
+    check_replaceable(out_dir, src, overwrite=overwrite)
     return export_quantized(out_dir, quantize(load_float_export(src), cfg))
+
+
+EXPORT_FILES = frozenset({
+    "config.json", WEIGHTS, "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
+    "special_tokens_map.json", "added_tokens.json", "vocab.txt", "README.md",
+})
+"""Every name an export directory of ours may hold (`write_model_dir`: weights, config, tokenizer)."""
+
+
+def check_replaceable(out_dir: Path, src: Path, *, overwrite: bool) -> None:
+    """A UserError unless writing the export `out_dir` loses nothing: it is new or empty, or, with
+    `overwrite`, an export of ours holding only an export's files; never the source `src`, a directory
+    holding it or one inside it."""
+    out_r, src_r = out_dir.resolve(), src.resolve()
+    if out_r == src_r or out_r in src_r.parents or src_r in out_r.parents:
+        raise UserError(f"--output {out_dir}: is, holds or lies inside the source model {src}; pick a directory "
+                        f"outside it")
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise UserError(f"--output {out_dir}: exists and is not a directory")
+    held = sorted(p.name for p in out_dir.iterdir())
+    if not held:
+        return
+    if not overwrite:
+        raise UserError(f"--output {out_dir}: already exists; pass --overwrite to replace it")
+    others = [name for name in held if name not in EXPORT_FILES]
+    if others or "bertnas" not in _config_or_empty(out_dir):
+        what = f"files an export does not write ({', '.join(others[:4])})" if others else "no bertnas export"
+        raise UserError(f"--output {out_dir}: holds {what}; --overwrite replaces only an export of ours")
+
+
+def _config_or_empty(path: Path) -> dict:
+    try:
+        cfg = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError, RecursionError):
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
 
 
 def size_summary(path: Path, source: str | os.PathLike | None, arch: BertArch, head: str, num_labels: int,

@@ -39,7 +39,7 @@ import numpy as np
 
 from distill.arch import ArchError, BertArch, resolve_student
 from distill.export.hf import export_model, export_summary
-from distill.files import check_output_path, config_key, features_fingerprint, write_json
+from distill.files import config_key, features_fingerprint, owned_output, write_json
 from distill.kd.init import check_compatible, fit_to, hidden_map, init_student, map_hidden, slice_hidden
 from distill.kd.layers import teacher_layers
 from distill.kd.objective import PROJ, init_projection
@@ -52,7 +52,7 @@ from distill.run.data import Stage, read_data, teacher_importance, teacher_label
 from distill.run.evaluation import evaluate_model
 from distill.run.teacher import fine_tuned_teacher
 from distill.train.checkpoint import Checkpointer
-from distill.train.loop import Evaluation, StepSchedule, TrainData, fit, refuse_overwrite
+from distill.train.loop import Evaluation, StepSchedule, TrainData, fit
 from distill.train.runlog import RunLog
 from distill.train.steps import TrainState, make_train_step
 from tasks.base import Task
@@ -204,7 +204,13 @@ def distill(
     `teacher_eval`: the teacher's metrics on the evaluation split when the caller
     already has them (search trials), so the teacher is not evaluated again.
     """
-    prep = prepare(cfg, check_output_path(output_dir), resume=resume, use_cache=use_cache)
+    with owned_output(output_dir, "distill", resume=resume) as out:
+        return _distill(cfg, out, resume=resume, use_cache=use_cache, report=report, teacher_eval=teacher_eval)
+
+
+def _distill(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool,
+             report: Callable[[int, dict, dict | None], None] | None, teacher_eval: dict | None) -> dict[str, Any]:
+    prep = prepare(cfg, out, resume=resume, use_cache=use_cache)
     teacher_params = jax.device_put(prep.teacher.params)  # once, not with every batch
     extras = batch_extras(cfg, prep, teacher_params, use_cache)
     teacher_dev = teacher_eval or evaluate_model(
@@ -226,7 +232,6 @@ def prepare(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool) -> 
     check_crf(task, bool(cfg.crf))
     if cfg.crf:
         check_crf_loss(cfg)
-    refuse_overwrite(out, resume)
     train_ex, dev_ex, eval_split = read_data(cfg, task, data_dir)
     times = Stage()
     teacher, times.teacher = fine_tuned_teacher(

@@ -22,13 +22,13 @@ from typing import Any
 
 import jax
 
-from distill.files import cache_root, check_output_path, config_key, file_fingerprint, publish
+from distill.files import cache_root, config_key, file_fingerprint, owned_output, publish
 from distill.model.bert import init_params
 from distill.model.crf import check_crf
 from distill.model.store import load_bert, resolve_model_dir, save_bert, weights_fingerprint
 from distill.run.config import FinetuneConfig
 from distill.run.evaluation import evaluate_model
-from distill.train.loop import Evaluation, StepSchedule, TrainData, fit, refuse_overwrite
+from distill.train.loop import Evaluation, StepSchedule, TrainData, fit
 from distill.train.runlog import RunLog
 from distill.train.steps import TrainState, make_supervised_step
 from tasks.datafiles import split_path
@@ -72,10 +72,14 @@ def finetune(
 
     With `resume`, continues from the last complete checkpoint in
     `output_dir/checkpoints` (same data order and learning rate). Without it,
-    an output directory that already holds checkpoints is refused rather than
-    overwritten.
+    an output directory that holds anything (an earlier run included) is
+    refused rather than written into (`distill.files.owned_output`).
     """
-    out = check_output_path(output_dir)
+    with owned_output(output_dir, "finetune", resume=resume) as out:
+        return _finetune(cfg, out, use_cache=use_cache, resume=resume)
+
+
+def _finetune(cfg: FinetuneConfig, out: Path, *, use_cache: bool, resume: bool) -> dict[str, Any]:
     task, data_dir = load_task(cfg.task, cfg.data_dir)
     check_crf(task, cfg.crf)
     train_ex = read_split(task, "train", data_dir, limit=cfg.train_limit)
@@ -95,12 +99,11 @@ def finetune(
 
 def _finished(out: Path, cached: Path, *, resume: bool, use_cache: bool) -> dict[str, Any] | None:
     """The results when nothing is left to train: a finished run being resumed, or a cache hit (copied to
-    `out`); else None, after refusing an `out` that holds an earlier run's checkpoints (unless resuming)."""
+    `out`, which `owned_output` has checked is empty); else None."""
     if resume and (out / "results.json").is_file() and (out / "teacher" / "config.json").is_file():
         # A finished run: resuming it changes nothing (and keeps the teacher's bytes, which keys depend on).
         log.info("%s: already finished; nothing to resume", out)
         return {**_read_json(out / "results.json"), "teacher_dir": str(out / "teacher")}
-    refuse_overwrite(out, resume)  # before a cache hit too: it would replace that run's files
     if use_cache and not resume and (cached / "results.json").is_file():
         log.info("reusing the cached fine-tuned teacher %s", cached)
         out.mkdir(parents=True, exist_ok=True)

@@ -41,7 +41,7 @@ import jax
 import numpy as np
 
 from distill.export.hf import export_model
-from distill.files import cache_root, check_output_path, config_key, features_fingerprint, publish, write_json
+from distill.files import cache_root, config_key, features_fingerprint, owned_output, publish, write_json
 from distill.kd.supernet import Subnet, extract, masked, padded, ranking, rewire, width_masks
 from distill.model.bert import build_model
 from distill.model.store import LoadedBert, read_arch, save_bert, weights_fingerprint
@@ -49,7 +49,7 @@ from distill.run.config import SupernetConfig
 from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
 from distill.run.evaluation import evaluate_model
 from distill.run.teacher import fine_tuned_teacher
-from distill.train.loop import Evaluation, StepSchedule, TrainData, fit, refuse_overwrite
+from distill.train.loop import Evaluation, StepSchedule, TrainData, fit
 from distill.train.runlog import RunLog
 from distill.train.sandwich import make_sandwich_step
 from distill.train.steps import TrainState
@@ -82,11 +82,14 @@ def train_supernet(cfg: SupernetConfig, output_dir: str | Path, *, resume: bool 
                    use_cache: bool = True) -> dict[str, Any]:
     """Train a supernet for `cfg.task`; returns the results dict (also OUTPUT/results.json), whose
     `supernet_dir` is the trained supernet."""
-    out = check_output_path(output_dir)
+    with owned_output(output_dir, "supernet", resume=resume) as out:
+        return _train_supernet(cfg, out, resume=resume, use_cache=use_cache)
+
+
+def _train_supernet(cfg: SupernetConfig, out: Path, *, resume: bool, use_cache: bool) -> dict[str, Any]:
     if resume and (out / "results.json").is_file() and (out / SUPERNET_DIR / "config.json").is_file():
         log.info("%s: already finished; nothing to resume", out)
         return _read_results(out)
-    refuse_overwrite(out, resume)
     prep = prepare(cfg, out, resume=resume, use_cache=use_cache)
     key = run_key(cfg, prep.teacher, prep.train)
     cached = cache_root() / "supernets" / f"{cfg.task}-{key}"

@@ -14,8 +14,12 @@ Restore order (as big_vision): the run's own checkpoints, then an explicit
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
+import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +69,7 @@ class Checkpointer:
             best_mode="max",
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("params", "opt_state", "meta"))
+        self._failed = False
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
@@ -76,17 +81,37 @@ class Checkpointer:
         return list(self._manager.all_steps())
 
     def save(self, step: int, params: Any, opt_state: Any, meta: dict[str, Any], score: float | None = None) -> None:
+        """Save `step` (asynchronously). A failed write, this one's or the previous asynchronous one's (disk
+        full, no permission), is a UserError naming the directory and the last complete step, which stays
+        intact and resumable; the failed step's temporary directory is removed."""
         metrics = {self._best_metric: float(score)} if score is not None else None
-        self._manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
-                meta=ocp.args.JsonSave(meta),
-            ),
-            metrics=metrics,
-            force=True,
+        args = ocp.args.Composite(
+            params=ocp.args.StandardSave(params),
+            opt_state=ocp.args.StandardSave(opt_state),
+            meta=ocp.args.JsonSave(meta),
         )
+        with self._writing():
+            self._manager.save(step, args=args, metrics=metrics, force=True)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turn an OS error of the checkpoint writer into the one-line UserError of `save`."""
+        try:
+            yield
+        except Exception as e:
+            cause = _os_error(e)
+            if cause is None:
+                raise
+            self._failed = True
+            with contextlib.suppress(Exception):
+                self._manager.close()
+            _join_writers(timeout=60)  # the writer threads end before their files are removed
+            for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
+                shutil.rmtree(tmp, ignore_errors=True)
+            done = sorted(int(d.name) for d in self.directory.iterdir() if d.name.isdigit())
+            last = f"the last complete checkpoint (step {done[-1]}) is intact" if done else "no checkpoint was complete"
+            raise UserError(f"{self.directory}: cannot write checkpoints: {cause.strerror or cause}; {last}: "
+                            f"free some space, then continue with --resume") from None
 
     def restore(self, step: int | None, params_like: Any, opt_state_like: Any) -> tuple[Any, Any, dict[str, Any]]:
         """Restore `step` (None: the latest) onto the structure of the given trees."""
@@ -118,8 +143,30 @@ class Checkpointer:
         return restored["params"]
 
     def wait(self) -> None:
-        self._manager.wait_until_finished()
+        with self._writing():
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        """Wait for the last save and close; after a failed write (already reported), only close."""
+        if self._failed:  # closed when the failure was reported
+            return
+        self.wait()
         self._manager.close()
+
+
+def _join_writers(timeout: float) -> None:
+    """Wait (at most `timeout` seconds in all) for Orbax's background writer threads to end."""
+    deadline = time.monotonic() + timeout
+    for t in threading.enumerate():
+        if t is not threading.current_thread() and type(t).__module__.startswith("orbax"):
+            t.join(max(0.0, deadline - time.monotonic()))
+
+
+def _os_error(e: BaseException) -> OSError | None:
+    """The OSError behind `e` (itself, or in its chain of causes), None when there is none."""
+    seen = 0
+    while e is not None and seen < 20:
+        if isinstance(e, OSError):
+            return e
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return None

@@ -26,7 +26,6 @@ import dataclasses
 import logging
 import math
 import time
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import jax
@@ -94,14 +93,6 @@ class Progress:
     train_seconds: float = 0.0
     run_key: str = ""
     """A hash of the settings that define the run; a resume with other settings is refused."""
-
-
-def refuse_overwrite(out: Path, resume: bool) -> None:
-    ckpts = out / "checkpoints"
-    if not resume and ckpts.is_dir() and any(ckpts.iterdir()):
-        raise UserError(
-            f"{out}: holds checkpoints of an earlier run; pass --resume to continue it or pick another --output"
-        )
 
 
 PROFILE_FROM = 5

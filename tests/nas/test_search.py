@@ -87,7 +87,7 @@ def test_search_writes_every_output(searched, env):
         if r["status"] == "final":
             continue
         arch = BertArch.from_dict(json.loads((out / "ray" / "search").glob(f"*{r['trial_id']}*").__next__()
-                                           .joinpath("run", "student.json").read_text()))
+                                           .joinpath("student.json").read_text()))
         assert arch.name == r["arch"]
         assert r["params"] == arch.num_params("classification", 2)
         assert arch.num_layers in space.layers and arch.hidden_size in space.hidden
@@ -211,7 +211,10 @@ def test_bad_input_fails_before_any_trial(env, tmp_path):
     out = tmp_path / "b"
     out.mkdir()
     (out / "search_config.json").write_text("{}")
-    with pytest.raises(UserError, match="--resume"):
+    with pytest.raises(UserError, match="holds files that no bertnas run wrote"):
+        search(_cfg(env), out)
+    (out / ".bertnas-run.json").write_text('{"tool": "search"}')  # an earlier search of ours
+    with pytest.raises(UserError, match="holds an earlier search run.*--resume"):
         search(_cfg(env), out)
     r = subprocess.run(
         [sys.executable, "scripts/search.py", "--task", "nope", "--output", str(tmp_path / "c")],

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 from helpers import squad_doc, write_conll, write_squad, write_sst2, write_stsb, write_tiny_teacher, write_tsv
 
+from distill.files import RUN_LOCK, RUN_MARKER
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "scripts" / "finetune_teacher.py"
 
@@ -165,13 +167,15 @@ def test_bad_input_gives_one_error_line_and_exit_2(case, teacher, tmp_path):
 
 
 def test_a_failed_run_keeps_the_previous_teacher(teacher, tmp_path):
+    """A resumed fine-tune of an earlier run that fails on its data leaves that run's files as they were."""
     out = tmp_path / "run"
     (out / "teacher").mkdir(parents=True)
     (out / "teacher" / "model.safetensors").write_bytes(b"previous weights")
     (out / "results.json").write_text('{"best": "before"}')
+    (out / RUN_MARKER).write_text('{"tool": "finetune"}')
     args, expected = label_outside_the_task(tmp_path, teacher)
-    proc = run_script(*args, "--output", str(out))
+    proc = run_script(*args, "--output", str(out), "--resume")
     assert proc.returncode == 2 and expected[1] in proc.stderr
     assert (out / "teacher" / "model.safetensors").read_bytes() == b"previous weights"
     assert (out / "results.json").read_text() == '{"best": "before"}'
-    assert sorted(p.name for p in out.iterdir()) == ["results.json", "teacher"]
+    assert sorted(p.name for p in out.iterdir()) == sorted([RUN_LOCK, RUN_MARKER, "results.json", "teacher"])

@@ -17,6 +17,7 @@ import pytest
 from flax import traverse_util
 from helpers import write_conll, write_squad, write_sst2, write_stsb, write_tiny_teacher
 
+from distill.files import owned_output
 from distill.model.bert import init_params
 from distill.model.store import load_bert
 from distill.run.config import FinetuneConfig
@@ -246,16 +247,22 @@ def test_the_teacher_cache_key_is_stable():
 
 
 def test_a_cache_hit_never_replaces_an_earlier_run(sst2_run, tmp_path):
-    """An output holding another run's checkpoints is refused before the cached teacher is copied over it."""
+    """The same fine-tune again on a finished run's --output (a cache hit) is refused before the cached teacher
+    is copied over it: the earlier run's files stay byte-identical. With --resume it is the finished run."""
     cfg, _, _, cache = sst2_run
     out = tmp_path / "earlier"
-    (out / "checkpoints" / "40").mkdir(parents=True)
-    (out / "results.json").write_text('{"mine": true}')
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BERTNAS_CACHE", str(cache))
-        with pytest.raises(UserError, match="holds checkpoints of an earlier run"):
+        first = finetune(cfg, out)
+        assert first.get("cached")
+        (out / "results.json").write_text('{"mine": true}')  # as if an earlier run with other results
+        before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+        with pytest.raises(UserError, match="holds an earlier finetune run.*--resume"):
             finetune(cfg, out)
-    assert (out / "results.json").read_text() == '{"mine": true}' and not (out / "teacher").exists()
+        with pytest.raises(UserError, match="holds a bertnas finetune run, not a distill run"):
+            with owned_output(out, "distill"):
+                pass
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 def test_profile_writes_a_trace_of_the_asked_steps(teacher_dir, tmp_path):
