@@ -19,7 +19,7 @@ from typing import Any
 
 from distill.arch import HEADS
 from tasks.errors import DataError, UserError
-from tasks.userfiles import read_json
+from tasks.userfiles import read_json, text_lines
 
 WEIGHTS = "model.safetensors"
 WEIGHTS_INDEX = "model.safetensors.index.json"
@@ -157,17 +157,24 @@ def weight_files(path: Path) -> list[Path]:
 
 
 def check_tokenizer_files(path: Path) -> None:
-    """The tokenizer files of `path`, and every file tokenizer_config.json names (its `*_file` and
-    `*_files` keys, which older transformers opened as given), must be inside `path`."""
+    """The tokenizer files of `path`: inside it, readable (vocab.txt UTF-8 text, the JSON files JSON
+    objects), and every file tokenizer_config.json names (its `*_file` and `*_files` keys, which older
+    transformers opened as given) inside it too. A TeacherError naming the file otherwise."""
     check_own_files(path, TOKENIZER_FILES)
-    cfg_file = Path(path) / "tokenizer_config.json"
-    if not cfg_file.is_file():
-        return
+    docs = {}
     try:
-        cfg = read_json(cfg_file, "a tokenizer config")
+        for name in TOKENIZER_FILES:
+            if not (Path(path) / name).is_file():
+                continue
+            if name.endswith(".json"):
+                docs[name] = read_json(Path(path) / name, f"a tokenizer file, {name}")
+            else:
+                for _ in text_lines(Path(path) / name):
+                    pass
     except DataError as e:
         raise TeacherError(str(e)) from None
-    for key, value in cfg.items():
+    cfg_file = Path(path) / "tokenizer_config.json"
+    for key, value in docs.get(cfg_file.name, {}).items():
         if not key.endswith(("_file", "_files")) or value is None:
             continue
         for name in value if isinstance(value, list) else [value]:

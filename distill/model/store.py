@@ -29,6 +29,7 @@ from distill.arch import DEFAULT_TEACHER, BertArch
 from distill.model.bert import BertForTask, abstract_params, build_model, init_params
 from distill.model.hf import from_hf, to_hf
 from distill.model.modeldir import (  # noqa: F401 - WEIGHTS_INDEX, TeacherError, read_config: this module's API
+    TOKENIZER_FILES,
     WEIGHTS,
     WEIGHTS_INDEX,
     TeacherError,
@@ -150,20 +151,31 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer, BertTokenizerFast
-
+    """The fast tokenizer of a model directory; its files checked first (`check_tokenizer_files`), and
+    whatever transformers still cannot use a TeacherError naming the directory and its tokenizer files."""
     if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         raise TeacherError(f"{path}: no tokenizer (vocab.txt or tokenizer.json) found")
     check_tokenizer_files(path)
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)  # never a model dir's own code
-    except Exception:  # noqa: BLE001 - a bare vocab.txt without tokenizer_config
-        # from_pretrained, not BertTokenizerFast(vocab_file=...): transformers 5
-        # ignores `vocab_file` and silently builds a 5-token, all-[UNK] tokenizer.
-        tok = BertTokenizerFast.from_pretrained(str(path))
+        tok = _from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - files that parse but that transformers cannot use
+        present = ", ".join(f for f in TOKENIZER_FILES if (path / f).is_file())
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise TeacherError(f"{path}: cannot load the tokenizer from {present} ({type(e).__name__}: {reason})") from None
     if not getattr(tok, "is_fast", False):
         raise TeacherError(f"{path}: a fast (Rust) tokenizer is needed; add tokenizer.json or vocab.txt")
     return tok
+
+
+def _from_pretrained(path: Path):
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)  # never a model dir's own code
+    except Exception:  # noqa: BLE001 - a bare vocab.txt without tokenizer_config
+        # from_pretrained, not BertTokenizerFast(vocab_file=...): transformers 5
+        # ignores `vocab_file` and silently builds a 5-token, all-[UNK] tokenizer.
+        return BertTokenizerFast.from_pretrained(str(path))
 
 
 def load_bert(

@@ -114,3 +114,28 @@ def test_plain_hf_config_with_null_fields_still_loads(saved, tmp_path):
                                                         "architectures": ["BertForSequenceClassification"]}))
     loaded = load_export(model)
     assert (loaded.head, loaded.num_labels) == ("classification", 2)
+
+
+TOKENIZER_CASES = {
+    "tokenizer_json_not_a_tokenizer": ("tokenizer.json", b'{"x": 1}', "cannot load the tokenizer from tokenizer.json"),
+    "tokenizer_json_binary": ("tokenizer.json", b"\x00\xff" * 8, "tokenizer.json: not UTF-8 text at line 1"),
+    "tokenizer_json_nested": ("tokenizer.json", b"[" * 100_000, "tokenizer.json: malformed JSON: nested too deeply"),
+    "vocab_binary": ("vocab.txt", b"[PAD]\n\xff\xfe\x00\n", "vocab.txt: not UTF-8 text at line 2"),
+    "special_tokens_map_syntax": ("special_tokens_map.json", b"[1, 2", "special_tokens_map.json:1: malformed JSON"),
+    "added_tokens_a_list": ("added_tokens.json", b"[]", "added_tokens.json: expected a JSON object"),
+    "tokenizer_config_bad_values": ("tokenizer_config.json", b'{"do_lower_case": "maybe", "model_max_length": "x"}',
+                                    "cannot load the tokenizer from tokenizer.json, tokenizer_config.json"),
+}
+
+
+@pytest.mark.parametrize("case", list(TOKENIZER_CASES), ids=list(TOKENIZER_CASES))
+def test_malformed_tokenizer_file_names_it(saved, tmp_path, case):
+    name, raw, expected = TOKENIZER_CASES[case]
+    model = tmp_path / "model"
+    shutil.copytree(saved, model)
+    (model / name).write_bytes(raw)
+    for load in (load_bert, load_export):
+        with pytest.raises(TeacherError) as err:
+            load(model)
+        message = str(err.value)
+        assert message.startswith(str(model)) and expected in message and "\n" not in message, message
