@@ -49,8 +49,8 @@ def _lines(path, fh: IO[bytes]) -> Iterator[tuple[int, str]]:
         if not raw:
             return
         if len(raw) > MAX_LINE_BYTES and not raw.endswith(b"\n"):
-            raise DataError(path, f"line {number + 1} is longer than {MAX_LINE_BYTES} bytes; not a text file "
-                                  "of this kind?", line=number + 1)
+            raise DataError(path, f"line longer than {MAX_LINE_BYTES} bytes (not a text file of this kind?)",
+                            line=number + 1)
         text = _decode(path, raw, number + 1, bom=number == 0)
         pieces = text.rstrip("\n").removesuffix("\r").split("\r")
         for piece in pieces:

@@ -52,7 +52,7 @@ def inside(path: Path, name: Any, named_in: Path | None = None) -> Path:
         raise TeacherError(f"{where}: expected a file name, got {name!r}")
     if Path(name).is_absolute() or ".." in Path(name).parts:
         raise TeacherError(f"{where}: names {name!r}, outside the model directory {path}; "
-                           "a model directory may only name its own files")
+                           "a model directory may only name its own files (fix or remove that entry)")
     target = (Path(path) / name).resolve()
     if not any(target == root or root in target.parents for root in roots(path)):
         raise TeacherError(f"{where}: {name!r} leads to {target}, outside the model directory {path} "
@@ -85,7 +85,7 @@ def read_config(path: Path) -> dict[str, Any]:
 def check_config(cfg: dict[str, Any], cfg_file: Path) -> None:
     """The fields of config.json that our loaders read, each of its type; a TeacherError naming the file
     and field otherwise. (The architecture's own fields are checked by `BertArch`.)"""
-    _check_fields(cfg, cfg_file, "", {"num_labels": _labels_count(1), "id2label": dict, "label2id": dict,
+    _check_fields(cfg, cfg_file, "", {"num_labels": _labels_count(1), "id2label": _label_map, "label2id": _label_map,
                                       "architectures": _strings, "model_type": str, "problem_type": str,
                                       "quantization_config": dict}, nullable=True)
     _check_fields(cfg, cfg_file, "", {"bertnas": dict}, nullable=False)
@@ -113,6 +113,13 @@ def _labels_count(least: int):
 
     check.__doc__ = f"an integer in [{least}, {MAX_LABELS}]"
     return check
+
+
+def _label_map(value) -> bool:
+    return isinstance(value, dict) and len(value) <= MAX_LABELS
+
+
+_label_map.__doc__ = f"an object of at most {MAX_LABELS} labels"
 
 
 def _strings(value) -> bool:

@@ -272,7 +272,7 @@ def arch_from_config(cfg: dict[str, Any], cfg_file: Path) -> BertArch:
     try:
         return BertArch.from_hf_config(cfg)
     except UserError as e:
-        raise TeacherError(f"{cfg_file}: {e}") from None
+        raise TeacherError(f"{cfg_file}: not a BERT config: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise TeacherError(f"{cfg_file}: not a BERT config ({e!r} missing or invalid)") from None
 

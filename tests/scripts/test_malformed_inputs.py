@@ -136,7 +136,7 @@ def predict_overlong_input_line(tmp, env):
     texts = tmp / "texts.txt"
     texts.write_bytes(b"a fun movie\n" + b"fun " * (3 << 18) + b"\n")
     args = ["--model", str(env["model"]), "--input", str(texts)]
-    return "predict.py", args, None, [f"{texts}:2: line 2 is longer than 1048576 bytes"], None
+    return "predict.py", args, None, [f"{texts}:2: line longer than 1048576 bytes"], None
 
 
 def predict_stdin_not_utf8(tmp, env):

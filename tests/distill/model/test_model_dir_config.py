@@ -61,7 +61,7 @@ CASES = {
     "hf_layers_bool": (_hf({"num_hidden_layers": True}), "num_layers: must be an integer in [1, 1024], got True"),
     "hf_layers_string": (_hf({"num_hidden_layers": "2"}), "num_layers: must be an integer"),
     "hf_dropout_string": (_hf({"hidden_dropout_prob": "0.1"}), "hidden_dropout: must be a number in [0.0, 1.0)"),
-    "hf_id2label_list": (_hf({"id2label": ["a", "b"]}), "id2label: expected a dict"),
+    "hf_id2label_list": (_hf({"id2label": ["a", "b"]}), "id2label: expected an object of at most 65536 labels"),
     "hf_architectures_string": (_hf({"architectures": "BertModel"}), "architectures: expected a list of strings"),
     "hf_pad_beyond_vocab": (_hf({"pad_token_id": 10**6}), "pad_token_id: must be an integer in [0, 100]"),
     "hf_missing_field": (_hf({"hidden_size": None}), "hidden_size: must be an integer"),
