@@ -23,13 +23,25 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import UserError
+from tasks.errors import DataError, UserError
+from tasks.userfiles import read_json
 
 HEADS = ("classification", "regression", "tagging", "span", "none")
 DEFAULT_TEACHER = "minilm"
 """The teacher every tool starts from by default: all-MiniLM-L6-v2 (6L-384), shipped by a PyPI package."""
 LAYER_MAPS = ("uniform", "first", "last")
 """Named maps from student to teacher layers (`distill.kd.layers.teacher_layers`); else explicit indices."""
+
+
+LIMITS = {"num_layers": 1024, "hidden_size": 1 << 16, "head_size": 1 << 16, "vocab_size": 1 << 22,
+          "max_position_embeddings": 1 << 20, "type_vocab_size": 1 << 10}
+"""Upper bounds of the integer fields: far beyond any BERT, low enough that a config.json with
+`vocab_size: 1000000000` is refused before anything is allocated."""
+MAX_LAYER_SIZE = 1 << 20
+"""Upper bound of a layer's heads and FFN size."""
+FLOATS = (("layer_norm_eps", 0.0, 1.0), ("hidden_dropout", 0.0, 1.0), ("attention_dropout", 0.0, 1.0),
+          ("initializer_range", 0.0, 1e3))
+"""(field, lowest, above the highest) of the float fields."""
 
 
 class ArchError(UserError, ValueError):
@@ -54,14 +66,17 @@ class BertArch:
     layer_groups: tuple[int, ...] | None = None
 
     def __post_init__(self):
-        # Accept lists (from JSON) but store tuples so the arch stays hashable.
-        object.__setattr__(self, "num_heads", tuple(int(h) for h in self.num_heads))
-        object.__setattr__(self, "ffn_sizes", tuple(int(f) for f in self.ffn_sizes))
-        _check(self.num_layers >= 1, "num_layers", f"must be >= 1, got {self.num_layers}")
-        for field in ("hidden_size", "head_size", "vocab_size", "max_position_embeddings"):
+        for field, most in LIMITS.items():  # types and bounds first: JSON may hold "two", true, 1e9 or -3
+            object.__setattr__(self, field, _int(getattr(self, field), field, most))
+        object.__setattr__(self, "pad_token_id", _int(self.pad_token_id, "pad_token_id", self.vocab_size - 1, 0))
+        for field in ("num_heads", "ffn_sizes"):  # lists (from JSON) stored as tuples: the arch stays hashable
+            values = getattr(self, field)
+            _check(isinstance(values, (list, tuple)), field, f"expected one value per layer, got {values!r}")
+            object.__setattr__(self, field, tuple(_int(v, field, MAX_LAYER_SIZE, layer=i) for i, v in enumerate(values)))
+        for field, low, high in FLOATS:
             value = getattr(self, field)
-            _check(isinstance(value, int) and value >= 1, field, f"must be a positive integer, got {value!r}")
-        _check(self.type_vocab_size >= 1, "type_vocab_size", f"must be >= 1, got {self.type_vocab_size}")
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and low <= value < high
+            _check(ok, field, f"must be a number in [{low}, {high}), got {value!r}")
         _check(
             self.hidden_size % self.head_size == 0,
             "head_size",
@@ -75,25 +90,22 @@ class BertArch:
                 f"has {len(values)} entries for {self.num_layers} layers",
             )
         for i, heads in enumerate(self.num_heads):
-            _check(heads >= 1, "num_heads", f"layer {i} has {heads} heads; every layer needs >= 1")
             _check(
                 heads * self.head_size <= self.hidden_size,
                 "num_heads",
                 f"layer {i}: {heads} heads x head size {self.head_size} = {heads * self.head_size}"
                 f" exceeds hidden size {self.hidden_size}",
             )
-        for i, ffn in enumerate(self.ffn_sizes):
-            _check(ffn >= 1, "ffn_sizes", f"layer {i} has FFN size {ffn}; must be >= 1")
-        for field in ("hidden_dropout", "attention_dropout"):
-            value = getattr(self, field)
-            _check(0.0 <= value < 1.0, field, f"must be in [0, 1), got {value}")
         object.__setattr__(self, "layer_groups", _check_groups(self))
 
     # ------------------------------------------------------------------ build
     @classmethod
     def uniform(cls, num_layers: int, hidden_size: int, num_heads: int, ffn_size: int, **kw) -> BertArch:
         """A homogeneous architecture; head size is hidden / heads unless given."""
-        if num_heads < 1 or hidden_size % num_heads:
+        num_layers = _int(num_layers, "num_layers", LIMITS["num_layers"])
+        num_heads = _int(num_heads, "num_heads", MAX_LAYER_SIZE)
+        hidden_size = _int(hidden_size, "hidden_size", LIMITS["hidden_size"])
+        if hidden_size % num_heads:
             raise ArchError(f"num_heads: {num_heads} heads do not divide hidden size {hidden_size}")
         kw.setdefault("head_size", hidden_size // num_heads)
         return cls(
@@ -369,6 +381,14 @@ def _check_groups(arch: BertArch) -> tuple[int, ...] | None:
     return groups if len(first) < len(groups) else None
 
 
+def _int(value: Any, field: str, most: int, least: int = 1, layer: int | None = None) -> int:
+    """`value` as an int, refused (naming `field`, and `layer`) unless an integer (not a bool) in [least, most]."""
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and least <= value <= most
+    where = "" if layer is None else f"layer {layer}: "
+    _check(ok, field, f"{where}must be an integer in [{least}, {most}], got {value!r}")
+    return int(value)
+
+
 def _check(ok: bool, field: str, problem: str) -> None:
     if not ok:
         raise ArchError(f"{field}: {problem}")
@@ -380,14 +400,19 @@ def resolve_student(spec: str, teacher: BertArch) -> BertArch:
     if spec.endswith(".json") or path.is_file():
         if not path.is_file():
             raise UserError(f"{spec}: student architecture file not found")
-        try:
-            d = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise UserError(f"{path}: not valid JSON ({e})") from None
+        try:  # one line naming the file: bad UTF-8, syntax, nesting, not an object
+            d = read_json(path, "a student architecture")
+        except DataError as e:
+            if e.line is None:
+                raise
+            problem = e.problem.removeprefix("malformed JSON: ")
+            raise UserError(f"{path}: not valid JSON at line {e.line} ({problem})") from None
         try:
             if "bertnas" in d or "model_type" in d:
                 return BertArch.from_hf_config(d)
             return BertArch.from_dict(d)
-        except (KeyError, TypeError) as e:
+        except UserError as e:
+            raise UserError(f"{path}: {e}") from None
+        except (KeyError, TypeError, ValueError) as e:
             raise UserError(f"{path}: not a student architecture ({e!r} missing or invalid)") from None
     return parse_arch_name(spec, base=teacher)

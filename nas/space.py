@@ -33,7 +33,6 @@ field); `validate(teacher)` checks the space against the teacher.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,8 @@ import yaml
 
 from distill.arch import LAYER_MAPS, BertArch
 from distill.run import SubnetChoices
-from tasks.errors import UserError
+from tasks.errors import DataError, UserError
+from tasks.userfiles import parse_json, read_text
 
 INT_FIELDS = ("layers", "hidden", "heads", "ffn", "share")
 FLOAT_FIELDS = ("learning_rate", "temperature", "hard_weight", "hidden_weight")
@@ -209,17 +209,16 @@ class SearchSpace:
         if suffix not in (".json", ".yaml", ".yml"):
             raise SpaceError(f"{path}: a search space file must end in .json, .yaml or .yml")
         try:
-            text = path.read_text()
-        except OSError as e:
-            raise SpaceError(f"{path}: cannot read the search space file ({e.strerror or e})") from None
-        try:
-            d = json.loads(text) if suffix == ".json" else yaml.safe_load(text)
-        except json.JSONDecodeError as e:
-            raise SpaceError(f"{path}:{e.lineno}: malformed JSON: {e.msg}") from None
+            text = read_text(path)
+            d = parse_json(path, text) if suffix == ".json" else yaml.safe_load(text)
+        except DataError as e:
+            raise SpaceError(str(e)) from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f"{path}:{mark.line + 1}" if mark is not None else str(path)
             raise SpaceError(f"{where}: malformed YAML: {getattr(e, 'problem', None) or e}") from None
+        except RecursionError:
+            raise SpaceError(f"{path}: malformed YAML: nested too deeply") from None
         if isinstance(d, dict):
             d.setdefault("name", path.stem)
         return cls.from_dict(d, source=str(path))

@@ -15,6 +15,7 @@ from typing import Iterator
 
 from tasks.base import Task
 from tasks.errors import DataError, UserError
+from tasks.userfiles import text_lines
 
 DATA_DIR_FLAG = "--data-dir"
 """How the scripts spell the explicit data-directory flag (used in messages)."""
@@ -78,14 +79,11 @@ def split_path(task: Task, split: str, data_dir: Path) -> Path:
 
 
 def numbered_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, line without newline); DataError if empty or not UTF-8."""
+    """(1-based line number, line without newline); DataError if empty, not UTF-8, binary or with an
+    over-long line (`tasks.userfiles.text_lines`)."""
     empty = True
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:
-            for number, line in enumerate(f, start=1):
-                empty = False
-                yield number, line.rstrip("\r\n")
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text: {e.reason}") from None
+    for number, line in text_lines(path):
+        empty = False
+        yield number, line
     if empty:
         raise DataError(path, "file is empty")

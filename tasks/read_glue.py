@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import Iterator
 
 from tasks.base import Task, TextExample
 from tasks.datafiles import numbered_lines
@@ -20,14 +21,12 @@ from tasks.errors import DataError
 
 def read_glue_tsv(task: Task, split: str, path: Path, limit: int | None = None) -> list[TextExample]:
     """Examples of `path` (at most `limit`); DataError on any malformed row."""
-    rows = csv.reader(
-        (line for _, line in numbered_lines(path)), delimiter="\t", quoting=csv.QUOTE_NONE
-    )
-    first = next(rows)
+    rows = _rows(path)
+    _, first = next(rows)
     header = _header(task, first)
     if header is None:
         columns = {name: i for i, name in enumerate(task.column_names)}
-        pending = [first]
+        pending = [(1, first)]
     else:
         columns = {}
         for i, name in enumerate(header):
@@ -44,9 +43,7 @@ def read_glue_tsv(task: Task, split: str, path: Path, limit: int | None = None) 
     need = max(text_idx + ([label_idx] if label_idx is not None else [])) + 1
 
     examples: list[TextExample] = []
-    line = 0 if header is None else 1
-    for row in _chain(pending, rows):
-        line += 1
+    for line, row in _chain(pending, rows):
         if limit is not None and len(examples) >= limit:
             break
         if not row:
@@ -77,7 +74,28 @@ def _header(task: Task, first: list[str]) -> list[str] | None:
     return first if all(col in names for col in task.text_columns) else None
 
 
-def _chain(pending: list[list[str]], rows):
+def _rows(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) of each line; a DataError naming the line for what the csv module refuses
+    (e.g. a field over its size limit)."""
+    current = 0
+
+    def lines():
+        nonlocal current
+        for current, line in numbered_lines(path):  # `current`: the line the reader is on
+            yield line
+
+    reader = csv.reader(lines(), delimiter="\t", quoting=csv.QUOTE_NONE)
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as e:
+            raise DataError(path, f"malformed TSV row ({e})", line=current) from None
+        yield current, row
+
+
+def _chain(pending: list[tuple[int, list[str]]], rows):
     yield from pending
     yield from rows
 

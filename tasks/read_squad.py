@@ -8,25 +8,16 @@ Questions without answers are kept (answers ()) for prediction-only files.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tasks.base import SpanExample, Task
 from tasks.errors import DataError
+from tasks.userfiles import read_json
 
 
 def read_squad(task: Task, split: str, path: Path, limit: int | None = None) -> list[SpanExample]:
     """Questions of `path` (at most `limit`); DataError on bad JSON or answers."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(path, f"not UTF-8 text: {e.reason}") from None
-    if not text.strip():
-        raise DataError(path, "file is empty")
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"malformed JSON: {e.msg} (column {e.colno})", line=e.lineno) from None
+    doc = read_json(path, max_bytes=None)  # one-line errors: bad UTF-8, syntax, nesting
 
     examples: list[SpanExample] = []
     for a, article in enumerate(_list(doc, "data", path, "the top level")):
@@ -47,8 +38,11 @@ def _example(qa, context: str, path: Path, where: str) -> SpanExample:
     question = _str(qa, "question", path, f"question {qid}")
     if qa.get("is_impossible"):
         raise DataError(path, f"question {qid} is unanswerable (SQuAD v2); only v1.1 is supported")
+    raw_answers = qa.get("answers", [])
+    if not isinstance(raw_answers, list):
+        raise DataError(path, f"question {qid}: expected a list under 'answers', got {raw_answers!r:.40}")
     answers = []
-    for ans in qa.get("answers", []):
+    for ans in raw_answers:
         if not isinstance(ans, dict) or not isinstance(ans.get("text"), str):
             raise DataError(path, f"question {qid}: an answer lacks a 'text' string")
         start = ans.get("answer_start")

@@ -14,7 +14,7 @@ import json
 import sys
 
 from distill import cli
-from tasks.errors import DataError
+from tasks.userfiles import text_lines
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,17 +26,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def read_lines(path: str | None) -> list[str]:
-    """The input's lines (stdin when `path` is None); a DataError naming it when it cannot be read."""
-    source = path or "stdin"
-    try:
-        if path:
-            with open(path, encoding="utf-8") as f:
-                return f.readlines()
-        return sys.stdin.readlines()
-    except OSError as e:
-        raise DataError(source, f"cannot read ({e.strerror})") from None
-    except UnicodeDecodeError as e:
-        raise DataError(source, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    """The input's lines (stdin when `path` is None); a DataError naming it (and the line) when it cannot
+    be read: missing, not UTF-8, binary, or a line over `tasks.userfiles.MAX_LINE_BYTES`."""
+    if path:
+        return [line for _, line in text_lines(path)]
+    return [line for _, line in text_lines("stdin", sys.stdin.buffer)]
 
 
 def main(args: argparse.Namespace) -> int:

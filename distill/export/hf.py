@@ -195,10 +195,9 @@ def is_quantized(cfg: dict[str, Any]) -> bool:
 
 def is_quantized_dir(path: str | os.PathLike) -> bool:
     """Whether `path` is a model directory whose config.json describes a quantized model."""
-    cfg_file = Path(path) / "config.json"
     try:
-        return cfg_file.is_file() and is_quantized(json.loads(cfg_file.read_text()))
-    except (OSError, ValueError):
+        return (Path(path) / "config.json").is_file() and is_quantized(read_config(Path(path)))
+    except UserError:
         return False  # the loader reports it
 
 
@@ -220,7 +219,7 @@ def config_head(cfg: dict[str, Any]) -> tuple[str, int]:
         return head, 2
     if head == "none":
         return head, 0
-    n = len(cfg.get("id2label") or {}) or int(cfg.get("num_labels", 2))
+    n = len(cfg.get("id2label") or {}) or int(cfg.get("num_labels") or 2)
     if head == "classification" and (cfg.get("problem_type") == "regression" or n == 1):
         return "regression", 1
     return head, n

@@ -53,6 +53,7 @@ from distill.export.scheme import QuantConfig
 from distill.files import check_output_path
 from distill.model.bert import abstract_params, build_model
 from distill.model.hf import WeightsError
+from distill.model.modeldir import inside
 from distill.model.store import WEIGHTS, LoadedBert, TeacherError, load_tokenizer, read_config, write_model_dir
 from tasks.errors import UserError
 
@@ -322,7 +323,7 @@ def load_quantized(path: str | os.PathLike, cfg: dict[str, Any] | None = None) -
         raise TeacherError(f"{where}: invalid quantized config ({e!r})") from None
     head, num_labels = config_head(cfg)
     crf = config_crf(cfg) and head == "tagging"
-    weights = path / WEIGHTS
+    weights = inside(path, WEIGHTS)  # a link out of the directory is refused
     if not weights.is_file():
         raise TeacherError(f"{path}: no weights ({WEIGHTS} not found)")
     try:

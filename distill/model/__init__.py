@@ -1,5 +1,6 @@
 """The model and its files: Flax BERT (`bert`), the CRF head (`crf`), Hugging Face weight mapping (`hf`),
-model directories (`store`: load, save, the `minilm` alias) and batched inference (`infer`).
+model directories (`store`: load, save, the `minilm` alias; `modeldir`: what a directory's files may
+name, config.json's field types, the weight index) and batched inference (`infer`).
 
 May import `distill.arch`, `distill.files` and `tasks`; nothing about training or distillation.
 """

@@ -28,12 +28,19 @@ import numpy as np
 from distill.arch import DEFAULT_TEACHER, BertArch
 from distill.model.bert import BertForTask, abstract_params, build_model, init_params
 from distill.model.hf import from_hf, to_hf
+from distill.model.modeldir import (  # noqa: F401 - WEIGHTS_INDEX, TeacherError, read_config: this module's API
+    TOKENIZER_FILES,
+    WEIGHTS,
+    WEIGHTS_INDEX,
+    TeacherError,
+    check_tokenizer_files,
+    read_config,
+    weight_files,
+)
 from tasks.errors import UserError
 
 log = logging.getLogger(__name__)
 
-WEIGHTS = "model.safetensors"
-WEIGHTS_INDEX = "model.safetensors.index.json"
 HUB_FILES = [
     "config.json",
     "model.safetensors",
@@ -51,10 +58,6 @@ HF_ARCHITECTURES = {
     "span": "BertForQuestionAnswering",
     "none": "BertModel",
 }
-
-
-class TeacherError(UserError):
-    """A teacher that cannot be found or read; the message names it."""
 
 
 def _minilm_dir() -> Path:
@@ -124,29 +127,12 @@ def _download(repo_id: str) -> Path:
         ) from None
 
 
-def read_config(path: Path) -> dict[str, Any]:
-    cfg_file = path / "config.json"
-    if not cfg_file.is_file():
-        raise TeacherError(f"{cfg_file}: not found; a model directory needs config.json")
-    try:
-        cfg = json.loads(cfg_file.read_text())
-    except json.JSONDecodeError as e:
-        raise TeacherError(f"{cfg_file}: invalid JSON ({e})") from None
-    if not isinstance(cfg, dict):
-        raise TeacherError(f"{cfg_file}: expected a JSON object (a BERT config), got a {type(cfg).__name__}")
-    return cfg
-
-
 def read_weights(path: Path) -> dict[str, np.ndarray]:
-    """All tensors of a model directory's safetensors file(s), as numpy."""
+    """All tensors of a model directory's safetensors file(s), as numpy (each inside the directory)."""
     from safetensors.numpy import load_file
 
-    if (path / WEIGHTS).is_file():
-        files = [path / WEIGHTS]
-    elif (path / WEIGHTS_INDEX).is_file():
-        index = json.loads((path / WEIGHTS_INDEX).read_text())
-        files = [path / f for f in sorted(set(index["weight_map"].values()))]
-    else:
+    files = weight_files(path)
+    if not files:
         legacy = [f for f in ("pytorch_model.bin", "tf_model.h5", "flax_model.msgpack") if (path / f).exists()]
         if legacy:
             raise TeacherError(
@@ -165,19 +151,31 @@ def read_weights(path: Path) -> dict[str, np.ndarray]:
 
 
 def load_tokenizer(path: Path):
-    from transformers import AutoTokenizer, BertTokenizerFast
-
+    """The fast tokenizer of a model directory; its files checked first (`check_tokenizer_files`), and
+    whatever transformers still cannot use a TeacherError naming the directory and its tokenizer files."""
     if not any((path / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         raise TeacherError(f"{path}: no tokenizer (vocab.txt or tokenizer.json) found")
+    check_tokenizer_files(path)
     try:
-        tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)  # never a model dir's own code
-    except Exception:  # noqa: BLE001 - a bare vocab.txt without tokenizer_config
-        # from_pretrained, not BertTokenizerFast(vocab_file=...): transformers 5
-        # ignores `vocab_file` and silently builds a 5-token, all-[UNK] tokenizer.
-        tok = BertTokenizerFast.from_pretrained(str(path))
+        tok = _from_pretrained(path)
+    except Exception as e:  # noqa: BLE001 - files that parse but that transformers cannot use
+        present = ", ".join(f for f in TOKENIZER_FILES if (path / f).is_file())
+        reason = str(e).strip().splitlines()[0][:200] if str(e).strip() else ""
+        raise TeacherError(f"{path}: cannot load the tokenizer from {present} ({type(e).__name__}: {reason})") from None
     if not getattr(tok, "is_fast", False):
         raise TeacherError(f"{path}: a fast (Rust) tokenizer is needed; add tokenizer.json or vocab.txt")
     return tok
+
+
+def _from_pretrained(path: Path):
+    from transformers import AutoTokenizer, BertTokenizerFast
+
+    try:
+        return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)  # never a model dir's own code
+    except Exception:  # noqa: BLE001 - a bare vocab.txt without tokenizer_config
+        # from_pretrained, not BertTokenizerFast(vocab_file=...): transformers 5
+        # ignores `vocab_file` and silently builds a 5-token, all-[UNK] tokenizer.
+        return BertTokenizerFast.from_pretrained(str(path))
 
 
 def load_bert(
@@ -274,7 +272,7 @@ def arch_from_config(cfg: dict[str, Any], cfg_file: Path) -> BertArch:
     try:
         return BertArch.from_hf_config(cfg)
     except UserError as e:
-        raise TeacherError(f"{cfg_file}: {e}") from None
+        raise TeacherError(f"{cfg_file}: not a BERT config: {e}") from None
     except (KeyError, TypeError, ValueError) as e:
         raise TeacherError(f"{cfg_file}: not a BERT config ({e!r} missing or invalid)") from None
 
@@ -314,7 +312,10 @@ def write_model_dir(out_dir: Path, tensors: dict, cfg: dict, tokenizer, metadata
 def weights_fingerprint(path: Path) -> str:
     """A content hash of a model directory's config and weights (for cache keys)."""
     h = hashlib.sha256()
-    for name in ("config.json", WEIGHTS, WEIGHTS_INDEX):
+    names = ["config.json", WEIGHTS, WEIGHTS_INDEX]
+    if not (path / WEIGHTS).is_file() and (path / WEIGHTS_INDEX).is_file():  # the shards count too
+        names += [str(f.relative_to(path)) for f in weight_files(path)]
+    for name in names:
         f = path / name
         if f.is_file():
             h.update(name.encode())
