@@ -215,7 +215,7 @@ def test_bad_input_fails_before_any_trial(env, tmp_path):
         search(_cfg(env), out)
     r = subprocess.run(
         [sys.executable, "scripts/search.py", "--task", "nope", "--output", str(tmp_path / "c")],
-        cwd=ROOT, capture_output=True, text=True,
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert r.returncode == 2 and "nope" in r.stderr and "Traceback" not in r.stderr
 
@@ -258,7 +258,7 @@ def test_sigkilled_search_resumes_and_finishes(env, tmp_path):
         assert _terminated(out), "no trial finished in time"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the local Ray it started
-        proc.wait()
+        proc.wait(timeout=60)
     finished = _terminated(out)
     stamps = {t: (out / "ray" / "search" / f"trial_{t}" / "run" / "results.json").stat().st_mtime for t in finished}
     r = subprocess.run(
@@ -292,7 +292,7 @@ def test_ctrl_c_stops_the_search_and_resume_finishes_it(env, tmp_path):
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            proc.wait(timeout=60)
     assert proc.returncode == 130, stderr[-3000:]
     # The driver prints no traceback. A trial worker killed in the middle of an Orbax save may have its
     # save thread's traceback forwarded by Ray ("(run_trial pid=...)" lines): that save is incomplete by
@@ -371,7 +371,7 @@ def test_search_as_a_ray_job_on_a_local_cluster(env, tmp_path):
             except ProcessLookupError:
                 break
             time.sleep(3)
-        head.wait()
+        head.wait(timeout=60)
     rows = _rows(out)
     assert len(rows) == 4 and all(row["status"] in ("completed", "stopped") for row in rows)
     assert (out / "pareto.png").is_file() and any((out / "export").iterdir())
