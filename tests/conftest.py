@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -36,6 +37,15 @@ def _skip_reason(report) -> str:
 def _fail(report, what: str) -> None:
     report.outcome = "failed"
     report.longrepr = f"{REQUIRE_TORCH} is set but {what} was skipped: {_skip_reason(report)}"
+
+
+def pytest_configure(config):
+    """Fail at once when torch or transformers is not installed at all (tests that only branch on it, such as
+    the bench's, would otherwise pass without comparing anything)."""
+    if _torch_required():
+        missing = [m for m in _TORCH_SKIP if importlib.util.find_spec(m) is None]
+        if missing:
+            raise pytest.UsageError(f"{REQUIRE_TORCH} is set but {' and '.join(missing)} is not installed")
 
 
 @pytest.hookimpl(hookwrapper=True)

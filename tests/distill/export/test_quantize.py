@@ -224,6 +224,7 @@ def test_evaluate_and_predict_take_a_quantized_export(tokenizer, random_params, 
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.torch
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
 def test_transformers_refuses_the_quantized_export(tokenizer, random_params, tmp_path):
     from transformers import AutoModelForSequenceClassification
