@@ -60,7 +60,7 @@ def run_child(module: str, request: dict) -> dict:
         root = str(Path(__file__).resolve().parent.parent)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         proc = subprocess.run([sys.executable, "-m", module, json.dumps(request), str(out)], env=env,
-                              capture_output=True, text=True)
+                              capture_output=True, text=True, timeout=1800)
         if proc.returncode or not out.is_file():
             raise RuntimeError(f"{module} child failed (exit {proc.returncode}): {proc.stderr.strip()[-1500:]}")
         result = json.loads(out.read_text())

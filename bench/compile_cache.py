@@ -11,7 +11,9 @@ for the search's final architecture (else the student shape) and timing the
 first call on each bucket (trace + compile or cache load + one step) and a
 second call (one step). The first child starts with an empty cache (what a
 new architecture costs), the second finds it filled. Compilation seconds =
-first call - second call, summed over the buckets.
+first call - second call, summed over the buckets. Each child also reports the
+files in the cache and the compilations it loaded from the cache (`cache_hits`)
+and wrote to it (`cache_writes`), counted with `jax.monitoring`.
 """
 
 from __future__ import annotations
@@ -82,6 +84,13 @@ def child(arch_name: str, buckets: list[int], batch_size: int) -> dict:
     from distill.train.steps import TrainState, make_train_step
 
     cache = enable_compilation_cache()
+    events = {"/jax/compilation_cache/cache_hits": 0, "/jax/compilation_cache/cache_misses": 0}
+
+    def count(event: str, **_) -> None:  # hits: loaded from the cache; misses: compiled and written to it
+        if event in events:
+            events[event] += 1
+
+    jax.monitoring.register_event_listener(count)
     arch = parse_arch_name(arch_name)
     model = build_model(arch, "classification", 2)
     params = init_params(model, jax.random.key(0))
@@ -103,7 +112,9 @@ def child(arch_name: str, buckets: list[int], batch_size: int) -> dict:
         rows.append({"seq": t, "first_call_s": times[0], "step_s": times[1], "compile_s": max(times[0] - times[1], 0.0)})
     entries = sum(1 for p in Path(cache).rglob("*") if p.is_file())
     return {"arch": arch.name, "setup_s": import_s, "buckets": rows,
-            "compile_s": sum(r["compile_s"] for r in rows), "cache_entries": entries}
+            "compile_s": sum(r["compile_s"] for r in rows), "cache_entries": entries,
+            "cache_hits": events["/jax/compilation_cache/cache_hits"],
+            "cache_writes": events["/jax/compilation_cache/cache_misses"]}
 
 
 def main(argv=None) -> int:

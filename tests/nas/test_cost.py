@@ -6,6 +6,10 @@ import dataclasses
 import json
 import math
 import os
+import subprocess
+import threading
+import time
+import types
 
 import jax
 import numpy as np
@@ -180,6 +184,45 @@ def test_cost_model_measures_on_one_thread_in_a_child(tmp_path):
     assert all("|t1|" in k and v["threads"] == 1 for k, v in entries.items())
     in_process = CostModel("classification", 2, 7, batch_size=3, cache_path=path, repeats=3, min_seconds=0.01)
     assert in_process.key(TINY, 1) not in entries  # a different measurement: never mixed up
+
+
+def _sampling_run(samples: list[list[set[int]]]):
+    """A `subprocess.run` for nas.cost that records, every 20 ms while the child runs, the CPU affinity of each
+    of its threads (`/proc/<pid>/task`)."""
+
+    def run(cmd, *, capture_output, text, env, timeout):
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=text, env=env)
+        result = {}
+        reader = threading.Thread(target=lambda: result.update(zip(("out", "err"), proc.communicate(timeout=timeout))))
+        reader.start()
+        while proc.poll() is None:
+            try:
+                tids = os.listdir(f"/proc/{proc.pid}/task")
+                samples.append([os.sched_getaffinity(int(tid)) for tid in tids])
+            except (FileNotFoundError, ProcessLookupError):  # the child (or one of its threads) just ended
+                pass
+            time.sleep(0.02)
+        reader.join(timeout)
+        return subprocess.CompletedProcess(cmd, proc.returncode, result.get("out", ""), result.get("err", ""))
+
+    return run
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs Linux and at least 2 CPUs to tell pinned from unpinned")
+def test_latency_child_runs_every_thread_on_one_cpu(tmp_path, monkeypatch):
+    """threads=1: once JAX runs in the child (it has several threads), every thread of it may use one CPU only."""
+    samples: list[list[set[int]]] = []
+    monkeypatch.setattr(nas.cost, "subprocess", types.SimpleNamespace(run=_sampling_run(samples)))
+    model = CostModel("classification", 2, 7, batch_size=3, cache_path=tmp_path / "lat.json", repeats=3,
+                      min_seconds=1.0, threads=1)
+    assert model.cost(TINY).latency_ms > 0
+    running = [s for s in samples if len(s) >= 3]  # JAX loaded: XLA's threads are up
+    assert len(running) >= 10, f"only {len(running)} samples of the child running JAX"
+    mine = os.sched_getaffinity(0)
+    for threads in running:
+        assert all(len(cpus) == 1 and cpus <= mine for cpus in threads), f"child threads on CPUs {threads}"
+    assert len({frozenset(cpus) for threads in running for cpus in threads}) == 1  # all on the same one
 
 
 def test_child_measurement_failure_names_the_model():

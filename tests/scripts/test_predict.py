@@ -67,6 +67,7 @@ def test_cli_reads_stdin_and_prints_json_lines(tmp_path):
         input="a great movie\na dull movie\n",
         capture_output=True,
         text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr[-2000:]
     records = [json.loads(line) for line in run.stdout.splitlines()]
@@ -75,5 +76,6 @@ def test_cli_reads_stdin_and_prints_json_lines(tmp_path):
         [sys.executable, str(REPO / "scripts" / "predict.py"), "--model", str(model), "--input", str(tmp_path / "nope.txt")],
         capture_output=True,
         text=True,
+        timeout=120,
     )
     assert missing.returncode == 2 and "nope.txt" in missing.stderr and "Traceback" not in missing.stderr

@@ -129,6 +129,46 @@ def test_quantized_outputs_close_to_float(activations, tokenizer, random_params)
         got.sequence_output, ref.sequence_output)
 
 
+def _dequantized(params, tensors) -> dict:
+    """`params` with every stored int8 tensor replaced by its dequantized value (what weight-only computes with)."""
+    flat = traverse_util.flatten_dict(params)
+    for path, w in flat.items():
+        name = ".".join(path)
+        if tensors[name].dtype != np.int8:
+            continue
+        q, scale = tensors[name].astype(np.float32), tensors[name + SCALE]
+        if name.endswith(".embedding"):  # one scale per row
+            flat[path] = (q.reshape(len(scale), -1) * scale[:, None]).reshape(w.shape)
+        else:  # one scale per output channel (the kernel's trailing axes)
+            flat[path] = (q.reshape(-1, scale.size) * scale[None, :]).reshape(w.shape)
+    return traverse_util.unflatten_dict(flat)
+
+
+def test_dynamic_int8_quantizes_the_activations_weight_only_does_not(tokenizer, random_params):
+    """Same int8 weights; weight-only computes in float32 on them, dynamic also rounds each Dense input to int8."""
+    arch, task = _arch("uniform", tokenizer), get_task("sst2")
+    params = random_params(arch, task.kind, task.num_labels, seed=2)
+    batch = _batch(tokenizer)
+    dmodel, dparams, dtensors = quantize_params(arch, task.kind, task.num_labels, params, QuantConfig("int8", "dynamic"))
+    wmodel, wparams, wtensors = quantize_params(arch, task.kind, task.num_labels, params, QuantConfig("int8", "none"))
+    assert dtensors.keys() == wtensors.keys() and all(np.array_equal(dtensors[k], wtensors[k]) for k in dtensors)
+    dynamic, weight_only = _outputs(dmodel, dparams, batch), _outputs(wmodel, wparams, batch)
+
+    def rel(a, b):
+        return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+    # Weight-only is the float model on the dequantized weights (up to float32 rounding) ...
+    ref = _outputs(build_model(arch, task.kind, task.num_labels), _dequantized(params, wtensors), batch)
+    for out in ("sequence_output", "logits"):
+        err = rel(getattr(weight_only, out), getattr(ref, out))
+        assert err < 1e-5, f"weight-only {out} vs float32 on dequantized weights: relative error {err:.2e}"
+    # ... and dynamic is not: its int8 activations move the outputs by far more than float32 rounding
+    # (measured: 3.8e-3 on the last hidden state, 4.3e-2 on the logits).
+    for out in ("sequence_output", "logits"):
+        diff = rel(getattr(dynamic, out), getattr(weight_only, out))
+        assert diff > 1e-3, f"dynamic int8 {out} equals weight-only's (relative difference {diff:.2e})"
+
+
 @pytest.mark.parametrize("which,task_name,crf", [("uniform", "sst2", False), ("hetero", "conll2003", False),
                                                 ("shared", "conll2003", True)])
 def test_export_load_identical_predictions(which, task_name, crf, tokenizer, random_params, tmp_path):
@@ -184,6 +224,7 @@ def test_evaluate_and_predict_take_a_quantized_export(tokenizer, random_params, 
         assert sum(r["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
 
 
+@pytest.mark.torch
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
 def test_transformers_refuses_the_quantized_export(tokenizer, random_params, tmp_path):
     from transformers import AutoModelForSequenceClassification

@@ -17,7 +17,11 @@ from distill.model.store import load_bert
 
 REFERENCE = Path(__file__).resolve().parents[2] / "data" / "minilm_reference.npz"
 GROUPS = ("single", "pair", "padded")
-TOL = 1e-4
+# The tolerances that docs/benchmarks.md ("Parity with transformers") claims; measured on the 2-core CPU VM:
+# 2.8e-6 (last hidden state, real tokens), 2.4e-7 (pooler), 5.3e-5 (all positions, pad ones included).
+HIDDEN_TOL = 3.5e-6
+POOLER_TOL = 3e-7
+PAD_TOL = 5.8e-5
 
 
 @pytest.fixture(scope="module")
@@ -92,9 +96,9 @@ def test_each_example_alone_matches_hf(forward, ref, group):
         n = int(mask[i].sum())
         hidden, pooled = forward(ids[i : i + 1, :n], types[i : i + 1, :n], mask[i : i + 1, :n])
         diff = np.abs(hidden[0] - ref[f"{group}_last_hidden_state"][i, :n]).max()
-        assert diff <= TOL, f"{group}[{i}] last hidden state: max abs diff {diff:.2e}"
+        assert diff <= HIDDEN_TOL, f"{group}[{i}] last hidden state: max abs diff {diff:.2e}"
         diff = np.abs(pooled[0] - ref[f"{group}_pooler_output"][i]).max()
-        assert diff <= TOL, f"{group}[{i}] pooler output: max abs diff {diff:.2e}"
+        assert diff <= POOLER_TOL, f"{group}[{i}] pooler output: max abs diff {diff:.2e}"
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -107,17 +111,17 @@ def test_padded_batch_matches_hf_on_real_tokens(forward, ref, group):
     hidden, pooled = forward(ids, types, mask)
     real = mask.astype(bool)
     diff = np.abs(hidden - ref[f"{group}_last_hidden_state"])[real].max()
-    assert diff <= TOL, f"{group} last hidden state (real tokens): max abs diff {diff:.2e}"
+    assert diff <= HIDDEN_TOL, f"{group} last hidden state (real tokens): max abs diff {diff:.2e}"
     diff = np.abs(pooled - ref[f"{group}_pooler_output"]).max()
-    assert diff <= TOL, f"{group} pooler output: max abs diff {diff:.2e}"
+    assert diff <= POOLER_TOL, f"{group} pooler output: max abs diff {diff:.2e}"
 
 
 def test_padded_batch_matches_hf_on_pad_positions(forward, ref):
     """HF also computes pad positions (pad queries attend to the real keys); we must agree there too.
 
     Pad positions are numerically touchy: HF's own eager and SDPA attention
-    differ by ~4e-5 there (vs ~2e-6 on real tokens), so they get the same 1e-4
-    tolerance but are checked separately.
+    differ by ~4e-5 there (vs ~2e-6 on real tokens), so they get their own
+    tolerance (the documented 5.8e-5) and are checked separately.
     """
     ids, types, mask = _inputs(ref, "padded")
     hidden, _ = forward(ids, types, mask)
@@ -126,4 +130,4 @@ def test_padded_batch_matches_hf_on_pad_positions(forward, ref):
     assert pad.any()
     assert np.abs(expected[pad]).max() > 1.0  # HF's pad outputs are real values, not zeros
     diff = np.abs(hidden - expected).max()
-    assert diff <= TOL, f"padded last hidden state (all positions): max abs diff {diff:.2e}"
+    assert diff <= PAD_TOL, f"padded last hidden state (all positions): max abs diff {diff:.2e}"

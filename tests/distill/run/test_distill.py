@@ -218,6 +218,7 @@ def test_bad_student_and_overwrite_errors(sst2, tmp_path):
         distill(other, tmp_path / "d", resume=True)
 
 
+@pytest.mark.torch
 def test_exported_student_loads_in_transformers(sst2_run):
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForSequenceClassification, AutoTokenizer

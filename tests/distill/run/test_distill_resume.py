@@ -16,6 +16,7 @@ from helpers import write_sst2, write_task_teacher
 from distill.export.load import load_export
 
 REPO = Path(__file__).resolve().parents[3]
+TIMEOUT = 300  # seconds for any one run
 
 
 def _cmd(teacher, data, out, *extra):
@@ -36,29 +37,32 @@ def test_sigkill_then_resume_gives_the_same_student(tmp_path):
 
     proc = subprocess.Popen(_cmd(teacher, data, out), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpts = out / "checkpoints"
-    deadline = time.time() + 300
-    # Kill once a checkpoint is complete and training goes on (maybe in the middle of the next save).
-    while time.time() < deadline and proc.poll() is None:
-        if ckpts.is_dir() and [p for p in ckpts.iterdir() if p.name.isdigit()]:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"run finished before it could be killed:\n{proc.stderr.read().decode()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    deadline = time.time() + TIMEOUT
+    try:
+        # Kill once a checkpoint is complete and training goes on (maybe in the middle of the next save).
+        while time.time() < deadline and proc.poll() is None:
+            if ckpts.is_dir() and [p for p in ckpts.iterdir() if p.name.isdigit()]:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"run finished before it could be killed:\n{proc.stderr.read().decode()[-2000:]}"
+        assert time.time() < deadline, "no checkpoint in time"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
     assert not (out / "results.json").exists()
 
-    refused = subprocess.run(_cmd(teacher, data, out), capture_output=True, text=True)
+    refused = subprocess.run(_cmd(teacher, data, out), capture_output=True, text=True, timeout=TIMEOUT)
     assert refused.returncode == 2
     assert "--resume" in refused.stderr.strip().splitlines()[-1]
 
-    resumed = subprocess.run(_cmd(teacher, data, out, "--resume"), capture_output=True, text=True)
+    resumed = subprocess.run(_cmd(teacher, data, out, "--resume"), capture_output=True, text=True, timeout=TIMEOUT)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
     results = json.loads((out / "results.json").read_text())
     assert results["steps"] == 3 * 20
 
     ref_out = tmp_path / "ref"
-    ref = subprocess.run(_cmd(teacher, data, ref_out), capture_output=True, text=True)
+    ref = subprocess.run(_cmd(teacher, data, ref_out), capture_output=True, text=True, timeout=TIMEOUT)
     assert ref.returncode == 0, ref.stderr[-3000:]
     ref_results = json.loads((ref_out / "results.json").read_text())
     assert [h["accuracy"] for h in results["history"]][-3:] == [h["accuracy"] for h in ref_results["history"]][-3:]

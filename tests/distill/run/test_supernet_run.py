@@ -110,13 +110,15 @@ def test_sigkill_then_resume_gives_the_same_supernet(files, tmp_path):
     proc = subprocess.Popen(_cmd(teacher, data, out, "--no-cache"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     ckpts = out / "checkpoints"
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None:  # kill once a checkpoint is complete
-        if ckpts.is_dir() and [p for p in ckpts.iterdir() if p.name.isdigit()]:
-            break
-        time.sleep(0.05)
-    assert proc.poll() is None, f"run finished before it could be killed:\n{proc.stderr.read().decode()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
+    try:
+        while time.time() < deadline and proc.poll() is None:  # kill once a checkpoint is complete
+            if ckpts.is_dir() and [p for p in ckpts.iterdir() if p.name.isdigit()]:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, f"run finished before it could be killed:\n{proc.stderr.read().decode()[-2000:]}"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
     assert not (out / "results.json").exists()
 
     refused = subprocess.run(_cmd(teacher, data, out, "--no-cache"), capture_output=True, text=True, timeout=300)

@@ -65,12 +65,14 @@ def test_kill_during_a_checkpoint_save_keeps_the_previous_step_and_resumes(tmp_p
     proc = subprocess.Popen([sys.executable, str(stall), str(marker), "8", *_args(teacher, data, out)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 300
-    while time.time() < deadline and proc.poll() is None and not marker.exists():
-        time.sleep(0.05)
-    assert proc.poll() is None, f"the run ended before its save of step 8:\n{proc.stderr.read().decode()[-3000:]}"
-    assert marker.exists(), "the save of step 8 never started"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    try:
+        while time.time() < deadline and proc.poll() is None and not marker.exists():
+            time.sleep(0.05)
+        assert proc.poll() is None, f"the run ended before its save of step 8:\n{proc.stderr.read().decode()[-3000:]}"
+        assert marker.exists(), "the save of step 8 never started"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=60)
 
     # Killed mid-save: step 8 exists only as a temporary directory; step 4 is the last complete one.
     half = Path(marker.read_text())
@@ -87,7 +89,8 @@ def test_kill_during_a_checkpoint_save_keeps_the_previous_step_and_resumes(tmp_p
     finally:
         ckpt.close()
 
-    resumed = subprocess.run([sys.executable, *_args(teacher, data, out, "--resume")], capture_output=True, text=True)
+    resumed = subprocess.run([sys.executable, *_args(teacher, data, out, "--resume")], capture_output=True, text=True,
+                             timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from {ckpts} at step 4" in resumed.stderr  # steps 1-4 are not trained again
     results = json.loads((out / "results.json").read_text())
