@@ -142,6 +142,7 @@ def publish(out: Path, cached: Path, model_dir: str) -> None:
     identical run published the same entry meanwhile, that one stays (the key names the same content)."""
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
+    tmp.chmod(0o755)  # as a plain mkdir would leave it (copied runs inherit it)
     try:
         shutil.copytree(out / model_dir, tmp / model_dir)
         for name in ("config.json", "results.json"):

@@ -113,7 +113,7 @@ class Parser(argparse.ArgumentParser):
     def parse_known_args(self, args=None, namespace=None):
         ns, rest = super().parse_known_args(args, namespace)
         for a in self._actions:  # `--flag=--` leaves [] (argparse drops the '--' and never calls the type)
-            if a.option_strings and a.nargs is None and a.type is not None and getattr(ns, a.dest, None) == []:
+            if a.option_strings and a.nargs is None and a.default != [] and getattr(ns, a.dest, None) == []:
                 self.error(f"argument {a.option_strings[-1]}: expected one value")
         return ns, rest
 

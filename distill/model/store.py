@@ -291,6 +291,7 @@ def write_model_dir(out_dir: Path, tensors: dict, cfg: dict, tokenizer, metadata
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    tmp.chmod(0o755)  # as a plain mkdir would leave it (mkdtemp's directories are private)
     try:
         save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

@@ -145,4 +145,5 @@ def test_two_identical_runs_publish_one_cache_entry(tmp_path):
         t.join()
     assert sorted(p.name for p in cached.parent.iterdir()) == ["sst2-key"]  # no temporary left
     assert (cached / "teacher" / "model.safetensors").stat().st_size == 100_000
+    assert cached.stat().st_mode & 0o777 == 0o755  # readable as a plain directory is, not private
     assert json.loads((cached / "results.json").read_text())["run"] in (0, 1)

@@ -199,8 +199,8 @@ def space_cases(rng: random.Random, world: dict, n: int) -> list:
 
 def test_malformed_inputs_end_in_one_line_and_exit_2_or_succeed(world):
     rng = random.Random(SEED)
-    cases = (flag_cases(rng, world, 150) + arch_cases(rng, world, 80) + data_cases(rng, world, 70)
-             + model_cases(rng, world, 60) + space_cases(rng, world, 40))
+    cases = (flag_cases(rng, world, 250) + arch_cases(rng, world, 150) + data_cases(rng, world, 160)
+             + model_cases(rng, world, 160) + space_cases(rng, world, 80))
     found = []
     for what, fn in cases:
         code, err = outcome(fn)
@@ -209,5 +209,5 @@ def test_malformed_inputs_end_in_one_line_and_exit_2_or_succeed(world):
             continue
         if code != 2 or len([ln for ln in lines if ln.startswith("error: ")]) != 1 or "Traceback" in err:
             found.append(f"{what}: exit {code}: {err.strip()[-400:]}")
-    assert len(cases) == 400
+    assert len(cases) == 800
     assert not found, f"{len(found)} of {len(cases)} cases:\n" + "\n".join(found[:25])
