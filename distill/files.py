@@ -18,6 +18,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -28,6 +29,19 @@ from typing import Any, Iterator
 import numpy as np
 
 from tasks.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE, DIR_MODE = 0o666 & ~_umask(), 0o777 & ~_umask()
+"""What a plain open() / mkdir() leaves under the user's umask (temporaries made by mkstemp/mkdtemp are
+private until given these)."""
 
 
 def cache_root() -> Path:
@@ -88,7 +102,7 @@ def write_json(path: os.PathLike, obj: Any) -> None:
     except OSError as e:
         raise write_error(path, e) from None
     try:
-        os.fchmod(fd, 0o644)  # as a plain write would leave it (mkstemp's files are private)
+        os.fchmod(fd, FILE_MODE)  # as a plain write would leave it (mkstemp's files are private)
         with os.fdopen(fd, "w") as fh:
             fh.write(text)
         os.replace(tmp, path)
@@ -138,23 +152,20 @@ def export_path(root: str | os.PathLike, name: str) -> Path:
 
 def publish(out: Path, cached: Path, model_dir: str) -> None:
     """Copy a finished run's model directory `out/model_dir` and its config.json and results.json to the
-    cache entry `cached`, atomically: a temporary sibling of this writer's own, renamed into place. When an
-    identical run published the same entry meanwhile, that one stays (the key names the same content)."""
+    cache entry `cached`, atomically: a temporary sibling of this writer's own, renamed into place. An
+    entry already there stays (the key names the same content, and another run may be copying it)."""
+    if (cached / "results.json").is_file():
+        return
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{cached.name}.", dir=cached.parent))
-    tmp.chmod(0o755)  # as a plain mkdir would leave it (copied runs inherit it)
+    tmp.chmod(DIR_MODE)  # as a plain mkdir would leave it (copied runs inherit it)
     try:
         shutil.copytree(out / model_dir, tmp / model_dir)
         for name in ("config.json", "results.json"):
             shutil.copy2(out / name, tmp / name)
-        old = cached.with_name(f".{cached.name}.old-{tmp.name}")
-        with contextlib.suppress(FileNotFoundError):
-            cached.rename(old)  # an older entry of the same key (e.g. a damaged one) makes way
-        try:
+        shutil.rmtree(cached, ignore_errors=True)  # an unfinished leftover (no results.json)
+        with contextlib.suppress(OSError):  # else another run published it first
             tmp.rename(cached)
-        except OSError:  # another run published it between the two renames
-            pass
-        shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -163,6 +174,9 @@ RUN_MARKER = ".bertnas-run.json"
 """In every run directory: `{"tool": ..., "created": ...}`, the tool that owns it."""
 RUN_LOCK = ".bertnas.lock"
 """In every run directory: the file a running tool holds an exclusive lock on (its pid inside)."""
+LEGACY_RUNS = {"search": ("search_config.json",), "finetune": ("config.json", "metrics.jsonl"),
+               "distill": ("config.json", "metrics.jsonl"), "supernet": ("config.json", "metrics.jsonl")}
+"""What a run directory of each tool written before markers existed holds (accepted with --resume only)."""
 
 
 def run_owner(path: Path) -> str | None:
@@ -179,20 +193,25 @@ def run_owner(path: Path) -> str | None:
 
 def check_owner(out: Path, tool: str, *, resume: bool, what: str = "--output") -> None:
     """A UserError unless `out` is one `tool` may write: missing, empty, or its own run (with `resume` when
-    it holds anything): never a file, another tool's run, or files that no run of ours wrote."""
+    it holds anything; with `resume`, also a run of `tool` from before markers): never a file, another
+    tool's run, or files that no run of ours wrote."""
     if out.exists() and not out.is_dir():
         raise UserError(f"{what} {out}: exists and is not a directory")
     if not out.is_dir():
         return
     try:
-        held = sorted(set(os.listdir(out)) - {RUN_MARKER, RUN_LOCK})
+        held = sorted(n for n in os.listdir(out) if n not in (RUN_MARKER, RUN_LOCK)
+                      and not (n.startswith(f"{RUN_MARKER}.") and n.endswith(".tmp")))
     except OSError as e:
         raise UserError(f"{what} {out}: cannot read it: {e.strerror or e}") from None
     owner = run_owner(out)
     listing = ", ".join(held[:4]) + (f" and {len(held) - 4} more" if len(held) > 4 else "")
-    if owner is None and held:
+    legacy = owner is None and resume and all(name in held for name in LEGACY_RUNS.get(tool, ("?",)))
+    if owner is None and held and not legacy:
         raise UserError(f"{what} {out}: holds files that no bertnas run wrote ({listing}); "
                         f"pick a new or empty directory")
+    if owner == "?":
+        raise UserError(f"{what} {out}: its {RUN_MARKER} cannot be read; pick another directory")
     if owner is not None and owner != tool:
         raise UserError(f"{what} {out}: holds a bertnas {owner} run, not a {tool} run; pick another directory")
     if held and not resume:
@@ -207,7 +226,8 @@ def owned_output(path: str | os.PathLike, tool: str, *, resume: bool = False,
     (a second process on the same directory is refused), marked. When the body fails and the directory
     holds nothing but the claim, the claim is taken back: what did not exist before is removed again."""
     out = check_output_path(path, what)
-    check_owner(out, tool, resume=resume, what=what)
+    if not (out.is_dir() and run_owner(out) is not None):  # a run of ours: its lock speaks first
+        check_owner(out, tool, resume=resume, what=what)  # nothing is created in a directory not ours
     created = [p for p in (out, *out.parents) if not p.exists()]
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -215,7 +235,7 @@ def owned_output(path: str | os.PathLike, tool: str, *, resume: bool = False,
         raise UserError(f"{what} {out}: cannot create it: {e.strerror or e}") from None
     fd = _lock(out, what)
     try:
-        check_owner(out, tool, resume=resume, what=what)  # again, under the lock: another run may have written
+        check_owner(out, tool, resume=resume, what=what)  # under the lock: another run may have written
         if run_owner(out) is None:
             write_json(out / RUN_MARKER, {"tool": tool, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         yield out
@@ -223,26 +243,53 @@ def owned_output(path: str | os.PathLike, tool: str, *, resume: bool = False,
         _unclaim(out, created)
         raise
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
-def _lock(out: Path, what: str) -> int:
-    """An exclusive, non-blocking lock on `out/RUN_LOCK` (the open descriptor; closing it unlocks)."""
+def _lock(out: Path, what: str) -> int | None:
+    """An exclusive, non-blocking lock on `out/RUN_LOCK` (the open descriptor; closing it unlocks); None,
+    with a warning, on a file system without locks."""
     try:
-        fd = os.open(out / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(out / RUN_LOCK, os.O_RDWR | os.O_CREAT, FILE_MODE)
     except OSError as e:
         raise UserError(f"{what} {out}: cannot write in it: {e.strerror or e}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        holder = os.read(fd, 32).decode(errors="replace").strip()
+    except OSError as e:
+        holder = os.read(fd, 32).decode(errors="replace").strip() if e.errno in _HELD else ""
         os.close(fd)
+        if e.errno not in _HELD:
+            log.warning("%s: cannot lock it (%s); nothing stops a second run from writing to it", out, e.strerror)
+            return None
         pid = f" (pid {holder})" if holder else ""
         raise UserError(f"{what} {out}: another bertnas process{pid} is writing to it; wait for it to end or "
                         f"pick another directory") from None
-    os.ftruncate(fd, 0)
-    os.write(fd, str(os.getpid()).encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+    except OSError as e:
+        os.close(fd)
+        raise write_error(out / RUN_LOCK, e) from None
     return fd
+
+
+_HELD = (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES)
+"""flock's answers for a lock that another process holds."""
+
+
+def wait_unlocked(out: Path, seconds: float) -> None:
+    """Wait, at most `seconds`, until no process holds the run lock of `out` (a process that is ending)."""
+    deadline = time.monotonic() + seconds
+    while (out / RUN_LOCK).is_file() and time.monotonic() < deadline:
+        try:
+            with open(out / RUN_LOCK, "rb") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the file closes
+            return
+        except OSError as e:
+            if e.errno not in _HELD:
+                return
+        time.sleep(1.0)
 
 
 def _unclaim(out: Path, created: list[Path]) -> None:

@@ -69,7 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tagging: students with a linear-chain CRF (default: when the teacher has one)")
     p.add_argument("--train-limit", type=cli.at_least(1), default=None)
     p.add_argument("--dev-limit", type=cli.at_least(1), default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=cli.at_least(0), default=0)
     p.add_argument("-v", "--verbose", action="store_true")
 
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from distill.arch import BertArch
-from distill.files import enable_compilation_cache, write_json
+from distill.files import enable_compilation_cache, wait_unlocked, write_json
 from distill.run import DistillConfig, distill
 from nas.config import Constraints
 from nas.cost import CostModel
@@ -161,9 +161,11 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
 
     out = trial_dir / "run"  # the distillation's own run directory (owned by it: nothing else goes in)
     student_file = trial_dir / "student.json"
+    trial_dir.mkdir(parents=True, exist_ok=True)  # Ray creates it only at its next sync or checkpoint
     write_json(student_file, arch.to_dict())
     cfg = trial_distill_config(setup, config, str(student_file))
     resume = out.is_dir()  # a restarted trial: the run continues from its last checkpoint, if it has one
+    wait_unlocked(out, seconds=60)  # a resumed search: the killed search's worker may still be ending
 
     last: dict = {}
     first: list = []  # (step, time) of the first report: training speed is measured from there (compiled)

@@ -68,15 +68,23 @@ def run(main: Callable[[], int | None]) -> None:
             _bug(e)
         hint = "; free some space and run again (with --resume where the tool has it)" if e.errno in (
             errno.ENOSPC, errno.EDQUOT) else ""
-        print(f"error: {e.filename or type(e).__name__}: {e.strerror}{hint}", file=sys.stderr)
+        print(f"error: {e.filename or type(e).__name__}: {e.strerror or e}{hint}", file=sys.stderr)
+        sys.exit(2)
+    except MemoryError:
+        print("error: out of host memory; lower --batch-size (or the data size)", file=sys.stderr)
         sys.exit(2)
     except Exception as e:  # noqa: BLE001 - the catch-all: a bug must not look like a crash of the user's data
+        if "RESOURCE_EXHAUSTED" in str(e):  # XLA's out-of-memory on the device (jax is not imported here)
+            print(f"error: out of device memory ({' '.join(str(e).split())[:160]}); lower --batch-size",
+                  file=sys.stderr)
+            sys.exit(2)
         _bug(e)
     sys.exit(code or 0)
 
 
-ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS)
-"""OS errors that are the machine's, not ours: a full disk, no permission, a read-only file system."""
+ENVIRONMENT_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.ENAMETOOLONG)
+"""OS errors that are the machine's or the path's, not ours: a full disk, no permission, a read-only file
+system, a name too long for the file system."""
 
 
 def _bug(e: Exception) -> None:
@@ -175,7 +183,7 @@ def add_run_args(p, *, lr: float, epochs: int) -> None:
     p.add_argument("--patience", type=at_least(0), default=0, help="early stopping after N evaluations without gain")
     p.add_argument("--train-limit", type=at_least(1), default=None, help="first N training examples only")
     p.add_argument("--dev-limit", type=at_least(1), default=None)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--no-cache", action="store_true", help="recompute instead of reusing cached results")
     p.add_argument("--checkpoint-every", type=at_least(1), default=500, help="save a resumable checkpoint every N steps")
     p.add_argument("--profile", type=at_least(0), default=0, metavar="N",

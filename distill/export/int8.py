@@ -53,7 +53,7 @@ from distill.export.scheme import QuantConfig
 from distill.files import check_output_path
 from distill.model.bert import abstract_params, build_model
 from distill.model.hf import WeightsError
-from distill.model.modeldir import inside
+from distill.model.modeldir import OWN_FILES, inside
 from distill.model.store import WEIGHTS, LoadedBert, TeacherError, load_tokenizer, read_config, write_model_dir
 from tasks.errors import UserError
 
@@ -242,10 +242,8 @@ def quantize_export(src: str | os.PathLike, out_dir: str | os.PathLike, cfg: Qua
     return export_quantized(out_dir, quantize(load_float_export(src), cfg))
 
 
-EXPORT_FILES = frozenset({
-    "config.json", WEIGHTS, "model.safetensors.index.json", "tokenizer.json", "tokenizer_config.json",
-    "special_tokens_map.json", "added_tokens.json", "vocab.txt", "README.md",
-})
+EXPORT_FILES = frozenset({*OWN_FILES, "README.md", ".DS_Store", "merges.txt", "vocab.json", "spiece.model",
+                          "sentencepiece.bpe.model", "tokenizer.model"})
 """Every name an export directory of ours may hold (`write_model_dir`: weights, config, tokenizer)."""
 
 

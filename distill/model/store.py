@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from distill.arch import DEFAULT_TEACHER, BertArch
+from distill.files import DIR_MODE
 from distill.model.bert import BertForTask, abstract_params, build_model, init_params
 from distill.model.hf import from_hf, to_hf
 from distill.model.modeldir import (  # noqa: F401 - WEIGHTS_INDEX, TeacherError, read_config: this module's API
@@ -291,7 +292,7 @@ def write_model_dir(out_dir: Path, tensors: dict, cfg: dict, tokenizer, metadata
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    tmp.chmod(0o755)  # as a plain mkdir would leave it (mkdtemp's directories are private)
+    tmp.chmod(DIR_MODE)  # as a plain mkdir would leave it (mkdtemp's directories are private)
     try:
         save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")

@@ -99,7 +99,7 @@ class Checkpointer:
         try:
             yield
         except Exception as e:
-            cause = _os_error(e)
+            cause = _write_failure(e)
             if cause is None:
                 raise
             self._failed = True
@@ -108,10 +108,13 @@ class Checkpointer:
             _join_writers(timeout=60)  # the writer threads end before their files are removed
             for tmp in self.directory.glob("*.orbax-checkpoint-tmp*"):
                 shutil.rmtree(tmp, ignore_errors=True)
-            done = sorted(int(d.name) for d in self.directory.iterdir() if d.name.isdigit())
+            done = []
+            with contextlib.suppress(OSError):
+                done = sorted(int(d.name) for d in self.directory.iterdir() if d.name.isdigit())
             last = f"the last complete checkpoint (step {done[-1]}) is intact" if done else "no checkpoint was complete"
-            raise UserError(f"{self.directory}: cannot write checkpoints: {cause.strerror or cause}; {last}: "
-                            f"free some space, then continue with --resume") from None
+            fix = "free some space" if "space" in cause.lower() or "quota" in cause.lower() else "fix that"
+            raise UserError(f"{self.directory}: cannot write checkpoints: {cause}; {last}: {fix}, then continue "
+                            f"with --resume") from None
 
     def restore(self, step: int | None, params_like: Any, opt_state_like: Any) -> tuple[Any, Any, dict[str, Any]]:
         """Restore `step` (None: the latest) onto the structure of the given trees."""
@@ -158,15 +161,26 @@ def _join_writers(timeout: float) -> None:
     """Wait (at most `timeout` seconds in all) for Orbax's background writer threads to end."""
     deadline = time.monotonic() + timeout
     for t in threading.enumerate():
-        if t is not threading.current_thread() and type(t).__module__.startswith("orbax"):
+        target = getattr(t, "_target", None)  # a plain Thread running an orbax function
+        ours = type(t).__module__.startswith("orbax") or (getattr(target, "__module__", None) or "").startswith("orbax")
+        if t is not threading.current_thread() and ours:
             t.join(max(0.0, deadline - time.monotonic()))
 
 
-def _os_error(e: BaseException) -> OSError | None:
-    """The OSError behind `e` (itself, or in its chain of causes), None when there is none."""
-    seen = 0
-    while e is not None and seen < 20:
+WRITE_FAILURES = ("No space left on device", "Disk quota exceeded", "Permission denied", "Read-only file system")
+"""How a failed write reads where the writer (tensorstore, for the arrays) reports it as text, not OSError."""
+
+
+def _write_failure(e: BaseException) -> str | None:
+    """Why the checkpoint write behind `e` failed (an OSError in its chain of causes, or a known failure in
+    its message), None when `e` is something else (a bug, re-raised as it is)."""
+    for _ in range(20):
+        if e is None:
+            return None
         if isinstance(e, OSError):
-            return e
-        e, seen = e.__cause__ or e.__context__, seen + 1
+            return e.strerror or str(e)
+        known = next((text for text in WRITE_FAILURES if text in str(e)), None)
+        if known:
+            return known
+        e = e.__cause__ or e.__context__
     return None

@@ -22,6 +22,7 @@ batch; the schedule is a function of the restored step).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import math
@@ -93,6 +94,10 @@ class Progress:
     train_seconds: float = 0.0
     run_key: str = ""
     """A hash of the settings that define the run; a resume with other settings is refused."""
+
+
+class DivergedError(UserError, FloatingPointError):
+    """The loss became NaN or infinite: the settings' fault (learning rate), not a bug; one line, exit 2."""
 
 
 PROFILE_FROM = 5
@@ -182,9 +187,13 @@ def fit(
             if stop:
                 break
             state, stop = _epoch(run, state, steps, data, epoch, lr_at, desc)
-    finally:
-        run.profile(None, state)
-        run.ckpt.close()
+    except BaseException:
+        with contextlib.suppress(Exception):  # the error that ends the run is the one to report
+            run.profile(None, state)
+            run.ckpt.close()
+        raise
+    run.profile(None, state)
+    run.ckpt.close()
     return state, run.progress
 
 
@@ -296,7 +305,7 @@ class _Run:
 
 def _log_train(runlog: RunLog, bar, progress: Progress, m: dict, lr: float) -> None:
     if not np.isfinite(m["loss_sum"]):
-        raise FloatingPointError(f"non-finite loss at step {progress.step}; lower the learning rate")
+        raise DivergedError(f"non-finite loss at step {progress.step}; lower the learning rate")
     speed = progress.examples_seen / max(progress.train_seconds, 1e-9)
     loss = float(m["loss_sum"] / max(m["loss_count"], 1))
     bar.set_postfix(loss=f"{loss:.4f}", ex_s=f"{speed:.0f}")

@@ -44,6 +44,24 @@ def test_a_claim_creates_marks_and_locks_the_directory(tmp_path):
             pass
 
 
+def test_a_run_from_before_markers_is_resumed_not_overwritten(tmp_path):
+    old = tmp_path / "old"
+    (old / "checkpoints" / "40").mkdir(parents=True)
+    (old / "config.json").write_text("{}")
+    (old / "metrics.jsonl").write_text("")  # the run log of every training tool
+    before = snapshot(old)
+    with pytest.raises(UserError, match="holds files that no bertnas run wrote"):
+        with owned_output(old, "distill"):
+            pass
+    with pytest.raises(UserError, match="holds files that no bertnas run wrote"):  # not a search
+        with owned_output(old, "search", resume=True):
+            pass
+    assert snapshot(old) == before and not (old / RUN_MARKER).exists()
+    with owned_output(old, "distill", resume=True):
+        pass
+    assert json.loads((old / RUN_MARKER).read_text())["tool"] == "distill"  # marked from now on
+
+
 def test_what_is_not_ours_is_refused_and_left_as_it_was(tmp_path):
     model = tmp_path / "model"  # e.g. a saved model's folder
     model.mkdir()

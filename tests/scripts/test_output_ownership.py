@@ -15,6 +15,7 @@ from helpers import write_sst2, write_task_teacher, write_tiny_teacher
 
 from distill import cli
 from distill.files import RUN_LOCK, RUN_MARKER
+from distill.train.loop import DivergedError
 
 REPO = Path(__file__).resolve().parents[2]
 ENOSPC_AFTER = """
@@ -114,8 +115,8 @@ def test_a_second_run_on_the_same_output_is_refused_while_the_first_runs(env, tm
         assert (out / RUN_MARKER).is_file() and (out / RUN_LOCK).read_text() == str(first.pid)
         line = error_line(bertnas(tmp_path, *args, "--resume"))
         assert f"another bertnas process (pid {first.pid}) is writing to it" in line
-        line = error_line(bertnas(tmp_path, *args))
-        assert "holds an earlier finetune run" in line and "--resume" in line
+        line = error_line(bertnas(tmp_path, *args))  # without --resume: the lock speaks first
+        assert f"another bertnas process (pid {first.pid}) is writing to it" in line
     finally:
         first.kill()
         first.wait(timeout=30)
@@ -134,6 +135,20 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_resumable(env, tmp_path
     assert done.returncode == 0, done.stderr[-3000:]
     assert "resumed from" in done.stderr and (out / "teacher" / "model.safetensors").is_file()
     assert "12" in {p.name for p in (out / "checkpoints").iterdir()}
+
+
+def test_a_diverged_run_and_an_out_of_memory_are_one_line_exit_2(capsys):
+    def diverged():
+        raise DivergedError("non-finite loss at step 3; lower the learning rate")
+
+    def device_oom():
+        raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 17179869184 bytes.")
+
+    for fn, text in [(diverged, "error: non-finite loss at step 3"), (device_oom, "error: out of device memory")]:
+        with pytest.raises(SystemExit) as stop:
+            cli.run(fn)
+        assert stop.value.code == 2
+        assert capsys.readouterr().err.strip().startswith(text)
 
 
 def test_a_bug_is_one_line_naming_its_log_and_exit_70(tmp_path, monkeypatch, capsys):
