@@ -47,13 +47,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def _init_arguments(g) -> None:
     g.add_argument("--init", default="teacher", choices=["teacher", "random"])
-    g.add_argument("--layers", default="uniform", help="teacher layers for the student: uniform, first, last or 0,2,3,5")
+    g.add_argument("--layers", default=None,
+                   help="teacher layers for the student: uniform, first, last or 0,2,3,5 (default uniform; with "
+                   "--init-from, the layer map the supernet was trained with)")
     g.add_argument("--heads", default="importance", choices=["importance", "norm", "first"])
     g.add_argument("--ffn", default="importance", choices=["importance", "norm", "first"])
     g.add_argument("--hidden", default="slice", choices=["slice", "project"], help="how to reduce the hidden size")
     g.add_argument("--init-from", default=None, metavar="SUPERNET",
                    help="take the student from a supernet (bertnas supernet's OUTPUT/supernet): the first heads, "
-                   "FFN neurons and hidden dims of the supernet layers --layers maps to")
+                   "FFN neurons and hidden dims of the supernet layers --layers maps to (by default those its "
+                   "sub-networks were trained on)")
 
 
 def _loss_arguments(g) -> None:
@@ -82,7 +85,11 @@ def _layers(value: str | None):
 
 def config(args: argparse.Namespace):
     """The run's `DistillConfig`, from the flags (the only place they are mapped)."""
-    from distill.run import AugmentConfig, DistillConfig, InitConfig, LossConfig
+    from distill.run import AugmentConfig, DistillConfig, InitConfig, LossConfig, supernet_layer_map
+
+    layers = _layers(args.layers)
+    if layers is None:  # the supernet's own map: the sub-networks it trained, not others of the same widths
+        layers = supernet_layer_map(args.init_from) if args.init_from else "uniform"
 
     return DistillConfig(
         task=args.task,
@@ -90,7 +97,7 @@ def config(args: argparse.Namespace):
         student=args.student,
         data_dir=args.data_dir,
         init=InitConfig(
-            method=args.init, layers=_layers(args.layers), heads=args.heads, ffn=args.ffn, hidden=args.hidden,
+            method=args.init, layers=layers, heads=args.heads, ffn=args.ffn, hidden=args.hidden,
             source=args.init_from,
         ),
         loss=LossConfig(

@@ -28,7 +28,7 @@ from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task, 
 from distill.run.finetuning import finetune
 from distill.run.prediction import predict_lines
 from distill.run.quantization import compare, compare_models, quantize_run
-from distill.run.supernet import export_subnet, score_subnets, train_supernet
+from distill.run.supernet import export_subnet, score_subnets, supernet_layer_map, train_supernet
 from distill.run.teacher import fine_tuned_teacher
 from distill.train.loop import LoopConfig
 from distill.train.optim import OptimizerConfig
@@ -37,6 +37,6 @@ __all__ = [
     "AugmentConfig", "DistillConfig", "FinetuneConfig", "InitConfig", "LoopConfig", "LossConfig", "OptimizerConfig",
     "Stage", "Subnet", "SubnetChoices", "SupernetConfig", "compare", "compare_models", "distill", "evaluate_dir",
     "evaluate_model", "export_subnet", "fine_tuned_teacher", "finetune", "load_for_task", "loss_layer_map",
-    "predict_features", "predict_lines", "quantize_run", "read_data", "score_subnets", "teacher_importance",
+    "predict_features", "predict_lines", "quantize_run", "read_data", "score_subnets", "supernet_layer_map", "teacher_importance",
     "teacher_labels", "train_supernet", "training_features",
 ]

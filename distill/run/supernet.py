@@ -44,7 +44,7 @@ from distill.export.hf import export_model
 from distill.files import cache_root, config_key, features_fingerprint, owned_output, publish, write_json
 from distill.kd.supernet import Subnet, extract, masked, padded, ranking, rewire, width_masks
 from distill.model.bert import build_model
-from distill.model.store import LoadedBert, read_arch, save_bert, weights_fingerprint
+from distill.model.store import LoadedBert, read_arch, read_config, resolve_model_dir, save_bert, weights_fingerprint
 from distill.run.config import SupernetConfig
 from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
 from distill.run.evaluation import evaluate_model
@@ -189,6 +189,14 @@ def _train(cfg: SupernetConfig, prep: Prepared, params: dict, hidden_order: list
         prep.times.distill = time.perf_counter() - t0
         runlog.close()
     return progress
+
+
+def supernet_layer_map(path: str | Path) -> str:
+    """The layer map (`SubnetChoices.layer_map`) the supernet in model directory `path` was trained with:
+    the supernet layers its sub-networks of each depth run ('uniform' for a directory that records none)."""
+    meta = read_config(resolve_model_dir(path)).get("bertnas") or {}
+    choices = (meta.get("supernet") or {}).get("choices") or {}
+    return str(choices.get("layer_map") or "uniform")
 
 
 def supernet_meta(cfg: SupernetConfig) -> dict:

@@ -18,6 +18,7 @@ from flax import traverse_util
 from helpers import write_sst2, write_task_teacher, write_tiny_teacher
 
 from distill.arch import resolve_student
+from distill.cli import distill as distill_tool
 from distill.kd.supernet import Subnet, extract
 from distill.model.store import load_bert
 from distill.run import (
@@ -34,6 +35,7 @@ from distill.run import (
 )
 from distill.run.distillation import supernet_init
 from distill.train.checkpoint import Checkpointer
+from nas import cli as nas_cli
 from tasks.errors import UserError
 from tasks.features import encode
 from tasks.readers import load_task, read_split
@@ -192,3 +194,21 @@ def test_a_student_taken_from_the_supernet_is_its_slice_and_distils(files, tmp_p
         with pytest.raises(UserError, match=message):
             distill(bad, bad_out)
         assert not (bad_out / "checkpoints").exists()
+
+
+def test_init_from_takes_the_layers_the_supernet_was_trained_on(files, tmp_path):
+    """`bertnas distill --init-from` without --layers slices the supernet layers its sub-networks of that depth
+    ran in training (its recorded layer map), not the uniform default; --layers still overrides."""
+    teacher, _ = files
+    supernet = tmp_path / "supernet"
+    supernet.mkdir()
+    cfg = json.loads((teacher / "config.json").read_text())
+    cfg["bertnas"]["supernet"] = {"choices": {**dataclasses.asdict(CHOICES), "layer_map": "last"}}
+    (supernet / "config.json").write_text(json.dumps(cfg))
+
+    def layers(*extra):
+        return distill_tool.config(nas_cli.parse(["distill", "--output", str(tmp_path / "o"), *extra])).init.layers
+
+    assert layers("--init-from", str(supernet)) == "last"
+    assert layers("--init-from", str(supernet), "--layers", "first") == "first"
+    assert layers() == "uniform"
