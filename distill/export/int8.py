@@ -265,17 +265,13 @@ def check_replaceable(out_dir: Path, src: Path, *, overwrite: bool) -> None:
     if not overwrite:
         raise UserError(f"--output {out_dir}: already exists; pass --overwrite to replace it")
     others = [name for name in held if name not in EXPORT_FILES]
-    if others or "bertnas" not in _config_or_empty(out_dir):
+    try:
+        ours = "bertnas" in read_config(out_dir)
+    except UserError:  # no config.json, or one that is not a model's
+        ours = False
+    if others or not ours:
         what = f"files an export does not write ({', '.join(others[:4])})" if others else "no bertnas export"
         raise UserError(f"--output {out_dir}: holds {what}; --overwrite replaces only an export of ours")
-
-
-def _config_or_empty(path: Path) -> dict:
-    try:
-        cfg = json.loads((path / "config.json").read_text())
-    except (OSError, ValueError, RecursionError):
-        return {}
-    return cfg if isinstance(cfg, dict) else {}
 
 
 def size_summary(path: Path, source: str | os.PathLike | None, arch: BertArch, head: str, num_labels: int,
