@@ -14,12 +14,14 @@ tokenized features on both sides, each side in its own child process pinned to t
   label     forwards at batch 128 over the first `--label-limit` training features (the teacher's
             labelling pass): ours through our buckets, PyTorch sorted by length and padded per batch.
 
-Ours runs twice: `before`, with the fixed bucket lengths (`default_buckets`: 16, 32, 48, 64, 96, 128) and
-bucket-by-bucket batches everywhere (the batching before this benchmark existed), and `after`, with the
+Ours runs three ways: `before`, with the fixed bucket lengths (`default_buckets`: 16, 32, 48, 64, 96, 128)
+and bucket-by-bucket batches everywhere (the batching before this benchmark existed); `after`, with the
 lengths fitted to the data (`buckets_for`) and inference batches in length order (`batch_plan` without
-shuffling). Batches are assembled inside the timed loop on both sides; every bucket shape is compiled
-before the clock starts (a warm-up step per shape on a throwaway state), as the persistent compilation
-cache makes it for any later run. Reported: examples/s, tokens computed per real token, ours / PyTorch.
+shuffling); and `after-bf16`, `after` in bfloat16 compute (`--precision bf16`: bfloat16 matmul operands,
+float32 accumulation, float32 master weights in fine-tuning; the teacher labels in it too). Batches
+are assembled inside the timed loop on both sides; every bucket shape is compiled before the clock starts
+(a warm-up step per shape on a throwaway state), as the persistent compilation cache makes it for any
+later run. Reported: examples/s, tokens computed per real token, ours / PyTorch.
 """
 
 from __future__ import annotations
@@ -33,9 +35,9 @@ from pathlib import Path
 from bench.common import Skip, child_main, cpu_info, cpu_threads, run_child
 
 TASKS = {"sst2": "glue/SST-2", "stsb": "glue/STS-B", "conll2003": "conll2003"}
-STRATEGIES = ("before", "after")
+STRATEGIES = ("before", "after", "after-bf16")
 """before: the fixed buckets and bucket-by-bucket batches for every workload; after: buckets fitted to the data,
-and inference batches in length order."""
+and inference batches in length order; after-bf16: `after` in bfloat16 compute (`--precision bf16`)."""
 
 
 def _features(request: dict):
@@ -58,6 +60,7 @@ def _features(request: dict):
 def _ours(request: dict) -> dict:
     import jax
 
+    from distill.model.bert import in_precision
     from distill.model.store import load_bert
     from distill.run import OptimizerConfig
     from distill.train.steps import TrainState, make_supervised_step
@@ -67,13 +70,15 @@ def _ours(request: dict) -> dict:
     teacher = load_bert(request["teacher_dir"], head=task.kind, num_labels=task.num_labels, seed=0)
     out = {}
     for strategy in STRATEGIES:
-        buckets = buckets_for(features) if strategy == "after" else default_buckets(features.max_length)
+        buckets = default_buckets(features.max_length) if strategy == "before" else buckets_for(features)
         tx = OptimizerConfig(learning_rate=1e-4).build(teacher.params, request["steps"], teacher.arch.num_layers)
-        step = make_supervised_step(teacher.model, tx, task.kind)
+        precision = "bf16" if strategy.endswith("bf16") else "fp32"
+        step = make_supervised_step(in_precision(teacher.model, precision), tx, task.kind)
         fresh = lambda: TrainState.create(jax.device_put(teacher.params), tx)  # noqa: E731
-        train = _timed_steps(step, fresh, features, buckets, request["steps"], jax.random.key(0))
-        label = _timed_labelling(teacher, features, buckets, request["label_limit"], grouped=strategy == "before")
-        out[strategy] = {"buckets": list(buckets), "finetune": train, "label": label}
+        out[strategy] = {"buckets": list(buckets), "precision": precision,
+                         "finetune": _timed_steps(step, fresh, features, buckets, request["steps"], jax.random.key(0))}
+        out[strategy]["label"] = _timed_labelling(in_precision(teacher.model, precision), teacher.params, features,
+                                                  buckets, request["label_limit"], grouped=strategy == "before")
     return {"side": "ours", "device": jax.devices()[0].device_kind, **out}
 
 
@@ -99,7 +104,7 @@ def _timed_steps(step, fresh_state, features, buckets, steps: int, rng) -> dict:
     return _rates(features, plan, time.perf_counter() - t0)
 
 
-def _timed_labelling(teacher, features, buckets, limit: int, grouped: bool) -> dict:
+def _timed_labelling(model, params, features, buckets, limit: int, grouped: bool) -> dict:
     """Forwards at batch 128 over the first `limit` features, each batch's logits fetched to the host as the
     teacher's labelling does. `grouped`: batches of one bucket each (the plan before length-sorted inference)."""
     import jax
@@ -110,8 +115,8 @@ def _timed_labelling(teacher, features, buckets, limit: int, grouped: bool) -> d
 
     head = _first(features, limit)
     plan = batch_plan(head, 128, buckets=buckets, shuffle=grouped)
-    fn = _jitted_logits(teacher.model)
-    params = jax.device_put(teacher.params)
+    fn = _jitted_logits(model)
+    params = jax.device_put(params)
     for length in sorted({length for length, _ in plan}):
         rows = next(r for n, r in plan if n == length)
         jax.block_until_ready(fn(params, collate(head, rows, length)))

@@ -26,6 +26,9 @@ from typing import Any
 from tasks.errors import DataError, UserError
 from tasks.userfiles import read_json
 
+PRECISIONS = ("fp32", "bf16")
+"""Compute precisions a model trains in (`LoopConfig.precision`; `distill.model.bert.COMPUTE_DTYPES`)."""
+
 HEADS = ("classification", "regression", "tagging", "span", "none")
 DEFAULT_TEACHER = "minilm"
 """The teacher every tool starts from by default: all-MiniLM-L6-v2 (6L-384), shipped by a PyPI package."""

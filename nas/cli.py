@@ -50,9 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--smoke-test", action="store_true", help="tiny end-to-end run: data slice, 4 small trials")
     p.add_argument("--space", default="default",
                    help="preset (default, uniform, shared, smoke, tiny) or a .yaml/.json file")
-    p.add_argument("--strategy", default="trials", choices=list(STRATEGIES),
-                   help="trials: distil each candidate for --trial-steps; supernet: train one weight-sharing "
-                   "supernet, score hundreds of candidates with its weights, train the best at each --targets")
+    p.add_argument("--strategy", default="supernet", choices=list(STRATEGIES),
+                   help="supernet (default): train one weight-sharing supernet, score hundreds of candidates with "
+                   "its weights, train the best at each --targets; trials: distil each candidate for --trial-steps")
     p.add_argument("--num-samples", type=cli.at_least(1), default=None,
                    help="candidates to try (default 24 trials, 240 with --strategy supernet)")
     p.add_argument("--budget-minutes", type=cli.number(above=0), default=60.0, help="bound on the whole run's wall time")
@@ -70,6 +70,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-limit", type=cli.at_least(1), default=None)
     p.add_argument("--dev-limit", type=cli.at_least(1), default=None)
     p.add_argument("--seed", type=cli.at_least(0), default=0)
+    cli.add_precision_arg(p)
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -90,7 +91,8 @@ def _final_arguments(p) -> None:
     p.add_argument("--final-share", type=cli.number(low=0, below=1), default=0.45, help="share of the budget kept for the final student")
     p.add_argument("--targets", default="3,5,10",
                    help="supernet strategy: speedups over the teacher; the best candidate at each is trained further")
-    p.add_argument("--supernet-steps", type=cli.at_least(1), default=2000, help="supernet strategy: supernet training steps")
+    p.add_argument("--supernet-steps", type=cli.at_least(1), default=20000,
+                   help="supernet strategy: at most this many supernet training steps (the budget plans fewer)")
     p.add_argument("--latency-design", type=cli.at_least(3), default=12,
                    help="supernet strategy: candidates measured to fit the latency predictor")
 
@@ -115,7 +117,7 @@ def config(args: argparse.Namespace) -> SearchConfig:
     """The search's `SearchConfig`, from the flags (the only place they are mapped)."""
     cfg = SearchConfig(
         task=args.task, teacher=args.teacher, data_dir=args.data_dir, space=args.space, strategy=args.strategy,
-        num_samples=(240 if args.strategy == "supernet" else 24) if args.num_samples is None else args.num_samples,
+        num_samples=args.num_samples,
         supernet_steps=args.supernet_steps, latency_design=args.latency_design, targets=_targets(args.targets),
         budget_minutes=args.budget_minutes, trial_steps=args.trial_steps,
         evals_per_trial=args.evals_per_trial, validation=args.validation, augment=args.augment,
@@ -127,6 +129,7 @@ def config(args: argparse.Namespace) -> SearchConfig:
         latency_threads=args.latency_threads, target_speedup=args.target_speedup, final_steps=args.final_steps,
         final_augment=args.final_augment, final_share=args.final_share, teacher_epochs=args.teacher_epochs,
         train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed, quantize=args.quantize, crf=args.crf,
+        precision=cli.precision(args.precision),
     )
     return smoke(cfg) if args.smoke_test else cfg
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from distill.arch import DEFAULT_TEACHER
+from distill.arch import DEFAULT_TEACHER, PRECISIONS
 from distill.export.scheme import scheme
 from tasks.errors import UserError
 
@@ -62,11 +62,13 @@ class SearchConfig:
     data_dir: str | None = None
     space: str = "default"
     """A preset name (see `nas.space.PRESETS`) or a .json / .yaml file."""
-    strategy: str = "trials"
-    num_samples: int = 24
-    """Candidates to try (the time budget may end the search earlier)."""
-    supernet_steps: int = 2000
-    """The supernet strategy: sandwich steps of supernet training."""
+    strategy: str = "supernet"
+    num_samples: int | None = None
+    """Candidates to try (the time budget may end the search earlier); None: 240 with the supernet
+    strategy, 24 trials."""
+    supernet_steps: int = 20000
+    """The supernet strategy: at most this many sandwich steps of supernet training (the budget plans
+    fewer, `nas.oneshot.plan_supernet`)."""
     latency_design: int = 12
     """The supernet strategy: sub-networks measured to fit the latency predictor that screens candidates."""
     targets: tuple[float, ...] = (3.0, 5.0, 10.0)
@@ -109,6 +111,8 @@ class SearchConfig:
     train_limit: int | None = None
     dev_limit: int | None = None
     seed: int = 0
+    precision: str = "fp32"
+    """Train-step compute of the teacher fine-tuning, supernet, trials and finals (`LoopConfig.precision`)."""
     quantize: str | None = None
     """'int8': the front's students also get int8 copies (`distill.export.int8`), rows of their own on the front."""
     crf: bool | None = None
@@ -122,6 +126,8 @@ class SearchConfig:
         if self.strategy not in STRATEGIES:
             raise UserError(f"strategy: {self.strategy!r} is not one of {list(STRATEGIES)}")
         object.__setattr__(self, "targets", tuple(float(t) for t in self.targets))
+        if self.num_samples is None:
+            object.__setattr__(self, "num_samples", 240 if self.strategy == "supernet" else 24)
         if not self.targets or not all(math.isfinite(t) and t > 0 for t in self.targets):
             raise UserError(f"targets: need speedups > 0, got {list(self.targets)}")
         if self.supernet_steps < 1 or self.latency_design < 3:
@@ -153,6 +159,8 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"{name}: must be a positive number of examples (or unset for all), got {value}")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision: {self.precision!r} is not one of {list(PRECISIONS)}")
         if self.quantize is not None:
             scheme(self.quantize)  # a UserError naming the valid schemes
 

@@ -81,6 +81,27 @@ def plan_steps(max_steps: int, seconds_left: float, speed: float | None, margin:
     return max(0, min(max_steps, int(seconds_left * speed * margin)))
 
 
+def plan_copies(steps: int, batch_size: int, originals: int, most: int) -> int:
+    """Augmented copies per example that `steps` steps can use: none when they see no more examples than
+    the originals (copies never reached would be labelled for nothing), else enough for every step to see
+    an example it has not seen, at most `most`."""
+    if originals < 1 or most < 1:
+        return 0
+    return max(0, min(most, math.ceil(steps * batch_size / originals) - 1))
+
+
+def plan_run(cfg, setup: TrialSetup, seconds: float, speed: float | None) -> tuple[int, int]:
+    """(steps, augmented copies per example) of a final run in `seconds`, its copies' labelling included
+    (`setup.label_rate` forwards/s); steps at `speed` steps/s (None: `cfg.final_steps`)."""
+    originals = setup.train_features
+    for copies in range(cfg.final_augment, 0, -1):  # the most copies whose labelling leaves steps that use them
+        labelling = copies * originals / setup.label_rate if setup.label_rate else 0.0
+        steps = plan_steps(cfg.final_steps, seconds - labelling, speed)
+        if plan_copies(steps, cfg.batch_size, originals, cfg.final_augment) >= copies:
+            return steps, copies
+    return plan_steps(cfg.final_steps, seconds, speed), 0
+
+
 def train_final(cfg, setup: TrialSetup, rows: list[dict], configs: Mapping[str, dict], out: Path, *,
                 deadline: float, resume: bool) -> dict | None:
     """Plan (or, on resume, re-read the plan of) the final run and train it; returns its row for the results,
@@ -110,29 +131,33 @@ def _plan(cfg, setup: TrialSetup, rows: list[dict], configs: Mapping[str, dict],
     sample = configs[chosen["trial_id"]]
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "student.json", setup.space.arch(sample, setup.teacher_arch).to_dict())
-    dcfg = final_config(cfg, setup, sample, max_steps=cfg.final_steps, student_file=str(root / "student.json"))
-    t0 = time.perf_counter()
-    label_seconds, labelled = label_copies(dcfg, root)  # before planning: labelling the copies may take minutes
     seconds_left = deadline - time.time() - 30  # the front's export and dev evaluation follow
+    _, copies = plan_run(cfg, setup, seconds_left, steps_per_second(chosen))
+    dcfg = final_config(cfg, setup, sample, max_steps=cfg.final_steps, student_file=str(root / "student.json"),
+                        copies=copies)
+    t0 = time.perf_counter()
+    label_seconds, labelled = label_copies(dcfg, root)  # before planning the steps: it may take minutes
+    seconds_left = deadline - time.time() - 30
     steps = plan_steps(cfg.final_steps, seconds_left, steps_per_second(chosen))
     if steps < min(MIN_STEPS, cfg.final_steps):
         log.warning("final training skipped: %.0f s left in the budget", seconds_left)
         return None
     plan = {
-        "trial_id": chosen["trial_id"], "arch": chosen["arch"], "config": sample, "steps": steps,
+        "trial_id": chosen["trial_id"], "arch": chosen["arch"], "config": sample, "steps": steps, "augment": copies,
         "steps_per_second": steps_per_second(chosen), "seconds_left": seconds_left,
         "prepare_seconds": time.perf_counter() - t0, "labelling_seconds": label_seconds,
         "labelled_features": labelled,
     }
     write_json(root / PLAN, plan)
     log.info("final training: %s (trial %s, val %.4f, %.2fx) for %d steps, augment %d", chosen["arch"],
-             chosen["trial_id"], chosen["val_metric"], chosen["speedup"], steps, cfg.final_augment)
+             chosen["trial_id"], chosen["val_metric"], chosen["speedup"], steps, copies)
     return plan
 
 
 def _train_planned(cfg, setup: TrialSetup, plan: dict, root: Path, *, resume: bool) -> dict:
     """Train the planned run (from its checkpoints, or not at all when it had finished); its row."""
-    dcfg = final_config(cfg, setup, plan["config"], max_steps=plan["steps"], student_file=str(root / "student.json"))
+    dcfg = final_config(cfg, setup, plan["config"], max_steps=plan["steps"], student_file=str(root / "student.json"),
+                        copies=plan.get("augment", cfg.final_augment))  # plans from before the field: all copies
     run = root / "run"
     t0 = time.perf_counter()
     done = run / "results.json"
@@ -161,13 +186,14 @@ def _train_planned(cfg, setup: TrialSetup, plan: dict, root: Path, *, resume: bo
     }
 
 
-def final_config(cfg, setup: TrialSetup, sample: dict, *, max_steps: int, student_file: str):
-    """The candidate's trial settings (`sample`: its sampled config) with augmentation and a longer schedule."""
+def final_config(cfg, setup: TrialSetup, sample: dict, *, max_steps: int, student_file: str, copies: int):
+    """The candidate's trial settings (`sample`: its sampled config) with `copies` augmented copies per
+    example (`plan_run`) and a longer schedule."""
     dcfg = trial_distill_config(setup, sample, student_file)
     every = max(1, max_steps // EVALS)
     return dataclasses.replace(
         dcfg,
-        augment=AugmentConfig(copies=cfg.final_augment, seed=cfg.seed),
+        augment=AugmentConfig(copies=copies, seed=cfg.seed),
         loop=dataclasses.replace(dcfg.loop, max_steps=max_steps, eval_every=every, checkpoint_every=every),
     )
 

@@ -56,7 +56,7 @@ from distill.run import (
 from nas import report
 from nas.config import Constraints, SearchConfig
 from nas.cost import Cost, CostModel, LatencyPredictor
-from nas.final import final_config, label_copies, plan_steps
+from nas.final import final_config, label_copies, plan_run, plan_steps
 from nas.space import SearchSpace
 from nas.trial import (
     OBJECTIVE_LATENCY,
@@ -77,24 +77,87 @@ KNOB_COLUMNS = ("learning_rate", "temperature", "hard_weight", "hidden_weight", 
 
 
 # ------------------------------------------------------------------ 1. the supernet
-def supernet_config(cfg: SearchConfig, base: DistillConfig, choices: SubnetChoices) -> SupernetConfig:
-    """The supernet training of a search: its data, validation slice and seed, `supernet_steps` steps."""
-    steps = cfg.supernet_steps
+SUPERNET_SHARE = 0.35
+"""The supernet's share of the time left after the preparation (the finals keep `final_share`; scoring,
+the latency design set and the front's measurements get the rest)."""
+COMPILE_SECONDS = 2.0
+"""One compilation of a sandwich gradient (a sub-network shape at a length bucket) on 2 CPU cores: 100 of
+them took 182 s in a 200-step SST-2 supernet run (session 8)."""
+SANDWICH_OVERHEAD = 1.5
+"""A sandwich step's seconds over its sub-networks' FLOPs at the teacher's training speed (four gradient
+calls, their sum and the host sync of the step index cost more than one fused step of the same FLOPs)."""
+LENGTH_BUCKETS = 8
+"""At most this many bucket lengths per feature set (`tasks.batching.fit_buckets`)."""
+SUPERNET_PLAN = "supernet_plan.json"
+
+
+def plan_supernet(cfg: SearchConfig, choices: SubnetChoices, teacher: BertArch, seq_len: int, seconds: float,
+                  teacher_step_seconds: float) -> dict:
+    """The supernet's steps in `seconds`: each sandwich step costs its sub-networks' (padded) FLOPs at the
+    teacher's training speed, after one compilation per sub-network shape and length bucket; at most
+    `cfg.supernet_steps`, rounded down to two significant digits (equal budgets plan equal runs, which the
+    supernet cache then serves), and at least 50 (or the cap)."""
+    sampled = np.mean([sum(_padded_flops(s, teacher, seq_len) for s in choices.sandwich(teacher, i, cfg.seed, 2))
+                       for i in range(16)])
+    step_seconds = teacher_step_seconds * SANDWICH_OVERHEAD * sampled / teacher.flops(seq_len)
+    compilations = len(choices.layers) * len(choices.hidden) * LENGTH_BUCKETS
+    fit = max(0, int((seconds - compilations * COMPILE_SECONDS) / step_seconds))
+    steps = min(cfg.supernet_steps, max(50, _two_digits(fit)))
+    return {"steps": steps, "seconds": seconds, "step_seconds": step_seconds, "compilations": compilations,
+            "teacher_step_seconds": teacher_step_seconds}
+
+
+def _two_digits(n: int) -> int:
+    scale = 10 ** max(0, len(str(n)) - 2)
+    return n // scale * scale
+
+
+def teacher_step_seconds(out: Path, cost: Cost, batch_size: int) -> float:
+    """A teacher train step's seconds at `batch_size`: from this search's teacher fine-tuning (or the cached
+    run it copied), else three forwards at the teacher's measured batch latency (one latency thread)."""
+    results = out / "teacher_finetune" / "results.json"
+    if results.is_file():
+        ex_s = json.loads(results.read_text()).get("train_examples_per_second")
+        if ex_s:
+            return batch_size / ex_s
+    return 3 * cost.batch_latency_ms / 1000 * batch_size / cost.batch_size
+
+
+def supernet_plan(cfg: SearchConfig, choices: SubnetChoices, teacher: BertArch, seq_len: int, cost: Cost, out: Path,
+                  *, seconds: float, resume: bool) -> dict:
+    """The planned supernet run (OUTPUT/supernet_plan.json; a resumed search keeps it, so its supernet
+    resumes under the same key)."""
+    path = out / SUPERNET_PLAN
+    if resume and path.is_file():
+        return json.loads(path.read_text())
+    plan = plan_supernet(cfg, choices, teacher, seq_len, seconds, teacher_step_seconds(out, cost, cfg.batch_size))
+    write_json(path, plan)
+    log.info("supernet: %d sandwich steps planned in %.0f s (%.2f s a step, %d compilations at most)",
+             plan["steps"], seconds, plan["step_seconds"], plan["compilations"])
+    return plan
+
+
+def supernet_config(cfg: SearchConfig, base: DistillConfig, choices: SubnetChoices, plan: dict) -> SupernetConfig:
+    """The supernet training of a search: its data, validation slice and seed, the plan's steps, and its
+    seconds as the loop's bound (the estimate's safety net)."""
+    steps = plan["steps"]
     every = max(1, steps // 4)
     return SupernetConfig(
         task=cfg.task, teacher=base.teacher, data_dir=base.data_dir, choices=choices,
         loss=LossConfig(hard_weight=0.5), augment=base.augment, optimizer=OptimizerConfig(learning_rate=1e-4),
         loop=LoopConfig(epochs=1, max_steps=steps, batch_size=cfg.batch_size, eval_every=every,
-                        checkpoint_every=every, log_every=min(50, every), seed=cfg.seed),
+                        checkpoint_every=every, log_every=min(50, every), seed=cfg.seed,
+                        precision=cfg.precision, max_seconds=plan["seconds"]),
         eval_batch_size=base.eval_batch_size, train_limit=cfg.train_limit, dev_limit=cfg.dev_limit,
         validation=cfg.validation, teacher_epochs=cfg.teacher_epochs,
     )
 
 
-def train_stage(cfg: SearchConfig, base: DistillConfig, choices: SubnetChoices, out: Path, *, resume: bool) -> dict:
+def train_stage(cfg: SearchConfig, base: DistillConfig, choices: SubnetChoices, plan: dict, out: Path, *,
+                resume: bool) -> dict:
     """Stage 1: the supernet in OUTPUT/supernet (its results; `supernet_dir` is the model)."""
     run = out / SUPERNET
-    return train_supernet(supernet_config(cfg, base, choices), run, resume=resume and run.is_dir())
+    return train_supernet(supernet_config(cfg, base, choices, plan), run, resume=resume and run.is_dir())
 
 
 # ------------------------------------------------------------------ 2. latency
@@ -143,6 +206,8 @@ class ScoreSetup:
     seq_len: int
     eval_batch_size: int
     cache_root: str
+    precision: str = "fp32"
+    """Compute of the scoring forwards (`SearchConfig.precision`)."""
 
 
 _LOADED: dict[str, tuple[LoadedBert, Any, Any]] = {}
@@ -181,7 +246,7 @@ def score_candidate(config: dict, setup: ScoreSetup) -> dict:
     supernet, task, features = _supernet(setup)
     sub = setup.choices.subnet(supernet.arch, arch.hidden_size, arch.num_heads, arch.ffn_sizes)
     (m,) = score_subnets(supernet.params, supernet.arch, [sub], task, features, list(setup.val_examples),
-                         setup.eval_batch_size)
+                         setup.eval_batch_size, precision=setup.precision)
     return {setup.metric: m[setup.task_metric], OBJECTIVE_LATENCY: cost.latency_ms, "status": "scored",
             "score_seconds": time.perf_counter() - t0, **info}
 
@@ -291,8 +356,9 @@ def train_targets(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], config
     return finals
 
 
-def _final_config(cfg: SearchConfig, setup: TrialSetup, sample: dict, root: Path, steps: int, supernet_dir: str):
-    dcfg = final_config(cfg, setup, sample, max_steps=steps, student_file=str(root / "student.json"))
+def _final_config(cfg: SearchConfig, setup: TrialSetup, sample: dict, root: Path, steps: int, supernet_dir: str,
+                  copies: int):
+    dcfg = final_config(cfg, setup, sample, max_steps=steps, student_file=str(root / "student.json"), copies=copies)
     return dataclasses.replace(dcfg, init=dataclasses.replace(dcfg.init, source=supernet_dir))
 
 
@@ -307,13 +373,16 @@ def _plan(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], configs: dict[
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "student.json", arch.to_dict())
     t0 = time.perf_counter()
-    label_seconds, labelled = label_copies(_final_config(cfg, setup, sample, root, 1, supernet["supernet_dir"]), root)
     speed = student_speed(supernet, choices, setup.teacher_arch, arch, cfg, setup.seq_len)
+    _, copies = plan_run(cfg, setup, seconds, speed)
+    label_seconds, labelled = label_copies(
+        _final_config(cfg, setup, sample, root, 1, supernet["supernet_dir"], copies), root)
     steps = plan_steps(cfg.final_steps, seconds - (time.perf_counter() - t0), speed)
     if steps < min(50, cfg.final_steps):
         log.warning("final training of %s skipped: %.0f s left in the budget", arch.name, seconds)
         return None
     plan = {"trial_id": trial_id, "arch": arch.name, "targets": targets, "config": sample, "steps": steps,
+            "augment": copies,
             "steps_per_second": speed, "labelling_seconds": label_seconds, "labelled_features": labelled}
     write_json(root / "plan.json", plan)
     source = next(r for r in rows if r["trial_id"] == trial_id)
@@ -325,7 +394,8 @@ def _plan(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], configs: dict[
 def _train_final(setup: TrialSetup, plan: dict, root: Path, rows: list[dict], *, supernet_dir: str, resume: bool,
                  cfg: SearchConfig) -> dict:
     run, t0 = root / "run", time.perf_counter()
-    dcfg = _final_config(cfg, setup, plan["config"], root, plan["steps"], supernet_dir)
+    dcfg = _final_config(cfg, setup, plan["config"], root, plan["steps"], supernet_dir,
+                         plan.get("augment", cfg.final_augment))  # plans from before the field: all copies
     done = run / "results.json"
     if resume and done.is_file() and json.loads(done.read_text()).get("steps", 0) >= plan["steps"]:
         result = json.loads(done.read_text())

@@ -104,6 +104,7 @@ def load_config(out: Path) -> SearchConfig:
         raise UserError(f"{out}: no {CONFIG_FILE}; not a search output directory")
     d = json.loads(path.read_text())
     d["constraints"] = Constraints(**d["constraints"])
+    d.setdefault("strategy", "trials")  # searches from before the field (and the supernet default) were trials
     return SearchConfig(**d)
 
 
@@ -119,6 +120,7 @@ def base_distill_config(cfg: SearchConfig, data_dir: Path) -> DistillConfig:
         loop=LoopConfig(
             epochs=1, max_steps=cfg.trial_steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
             checkpoint_every=cfg.eval_every, log_every=min(50, cfg.eval_every), seed=cfg.seed,
+            precision=cfg.precision,
         ),
         train_limit=cfg.train_limit,
         dev_limit=cfg.dev_limit,
@@ -217,8 +219,12 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
     front measured, the targets trained."""
     space, teacher_arch = setup.space, prep.teacher.arch
     choices = space.subnet_choices(teacher_arch)
+    left = deadline - time.time()
+    finals_reserve = cfg.final_share * left if cfg.final_steps else 0.0
+    plan = oneshot.supernet_plan(cfg, choices, teacher_arch, setup.seq_len, prep.teacher_cost, out,
+                                 seconds=oneshot.SUPERNET_SHARE * left, resume=resume)
     t0 = time.perf_counter()
-    supernet = oneshot.train_stage(cfg, prep.base, choices, out, resume=resume)
+    supernet = oneshot.train_stage(cfg, prep.base, choices, plan, out, resume=resume)
     seconds["supernet"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     predictor = oneshot.fit_latency(cfg, setup, space, choices)
@@ -229,10 +235,12 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
         metric=setup.metric, task_metric=setup.task_metric, predictor=predictor,
         teacher_latency_ms=prep.teacher_cost.latency_ms, head=setup.head, num_labels=setup.num_labels,
         seq_len=setup.seq_len, eval_batch_size=prep.base.eval_batch_size, cache_root=setup.cache_root,
+        precision=cfg.precision,
     )
     t0 = time.perf_counter()
     trainable = tune_trainable(cfg, oneshot.score_trial, score_setup)
-    grid = _run_tune(cfg, trainable, setup, out, resume=resume, time_budget_s=_trial_budget(cfg, deadline), asha=False,
+    scoring_budget = max(30.0, deadline - time.time() - finals_reserve - 60)  # 60 s: the front's measurements
+    grid = _run_tune(cfg, trainable, setup, out, resume=resume, time_budget_s=scoring_budget, asha=False,
                      reuse_actors=True)
     rows, configs = oneshot.score_rows(grid, score_setup)
     seconds["scoring"] = time.perf_counter() - t0
@@ -249,8 +257,8 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
         oneshot.export_candidate, supernet["supernet_dir"], choices, space.arch(c, teacher_arch), prep.task))
         for tid, c in configs.items()}
     extra = {
-        "supernet": {k: supernet.get(k) for k in ("supernet_dir", "steps", "train_examples_per_second", "best",
-                                                  "cached")},
+        "supernet": {**{k: supernet.get(k) for k in ("supernet_dir", "steps", "train_examples_per_second", "best",
+                                                     "cached")}, "plan": plan},
         "latency_predictor": {"design": predictor.measured, "loo_error": predictor.error,
                               "front_measured": measured["measured"], "front_error": measured["error"]},
     }
@@ -328,12 +336,23 @@ def _teacher_row(teacher, cost: Cost, val_metric: float, dev_metric: float) -> d
     }
 
 
+def _label_rate(prep: Prepared) -> float:
+    """Teacher forwards/s: measured by this search's labelling, else from the teacher's batch latency (one
+    latency thread, so an underestimate where labelling has more)."""
+    labelled, seconds = prep.forwards["trials"], prep.seconds.get("labelling", 0.0)
+    if labelled >= 1000 and seconds > 0:
+        return labelled / seconds
+    cost = prep.teacher_cost
+    return cost.batch_size / (cost.batch_latency_ms / 1000)
+
+
 def _trial_setup(cfg: SearchConfig, prep: Prepared, space: SearchSpace) -> TrialSetup:
     task = prep.task
     return TrialSetup(
         base=prep.base, space=space, teacher_arch=prep.teacher.arch, head=task.kind, num_labels=task.num_labels,
         seq_len=prep.seq_len, constraints=cfg.constraints, metric=f"val_{task.metric}", task_metric=task.metric,
         cache_root=str(cache_root().resolve()), teacher_eval=prep.teacher_eval, latency_threads=cfg.latency_threads,
+        train_features=prep.forwards["train_features"], label_rate=_label_rate(prep),
     )
 
 

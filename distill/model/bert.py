@@ -31,8 +31,9 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 from flax.linen.dtypes import promote_dtype
+from jax import lax
 
-from distill.arch import HEADS, BertArch, has_pooler
+from distill.arch import HEADS, PRECISIONS, BertArch, has_pooler
 from distill.model.crf import CrfParams
 from tasks.errors import UserError
 
@@ -66,6 +67,59 @@ def _dense_init(arch: BertArch):
 
 def _layer_norm(arch: BertArch, name: str) -> nn.LayerNorm:
     return nn.LayerNorm(epsilon=arch.layer_norm_eps, dtype=jnp.float32, name=name)
+
+
+_NN = (((1,), (0,)), ((), ()))  # (M, K) x (K, N): contract the lhs's last dim with the rhs's first
+_NT = (((1,), (1,)), ((), ()))  # (M, N) x (K, N) -> (M, K)
+_TN = (((0,), (0,)), ((), ()))  # (M, K) x (M, N) -> (K, N)
+
+
+@jax.custom_vjp
+def _bf16_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    return lax.dot_general(x, kernel.astype(jnp.bfloat16), _NN, preferred_element_type=jnp.float32)
+
+
+def _bf16_matmul_fwd(x, kernel):
+    kernel = kernel.astype(jnp.bfloat16)
+    return lax.dot_general(x, kernel, _NN, preferred_element_type=jnp.float32), (x, kernel)
+
+
+def _bf16_matmul_bwd(res, g):
+    x, kernel = res
+    g = g.astype(jnp.bfloat16)
+    dx = lax.dot_general(g, kernel, _NT, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
+    return dx, lax.dot_general(x, g, _TN, preferred_element_type=jnp.float32)
+
+
+_bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
+
+
+def mixed_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`x @ kernel` for 2-D `x` with bfloat16 operands and float32 accumulation and result, its gradients
+    likewise (the kernel's cotangent float32, for float32 master weights).
+
+    The forms are chosen for XLA's CPU backend, whose bfloat16 matmuls (AMX / AVX512-BF16, through its
+    YNNPACK library calls) run only when the lhs contracts its last dimension and the result is float32:
+    a bfloat16-result `jnp.dot` and the default gradient of one fall back to float32 at a fifth of the
+    speed. The weight gradient contracts the rows of both operands, a form XLA:CPU runs in float32 either
+    way; the forward and the input gradient get the bfloat16 speed. GPUs and TPUs take every form."""
+    return _bf16_matmul(x.astype(jnp.bfloat16), kernel)
+
+
+def mixed_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """`nn.Dense(dot_general=...)` for bfloat16 compute: `mixed_matmul` over the last axis of `lhs`."""
+    del precision, preferred_element_type
+    if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or rhs.ndim != 2:
+        raise ValueError(f"mixed_dot_general: only a dense layer's contraction, got {dimension_numbers}")
+    y = mixed_matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
+    return y.reshape(lhs.shape[:-1] + rhs.shape[1:])
+
+
+def _dense(features: int, init, dtype: Dtype, name: str) -> nn.Dense:
+    """`nn.Dense`, with `mixed_dot_general` when computing in bfloat16."""
+    mixed = jnp.dtype(dtype) == jnp.bfloat16
+    return nn.Dense(features, kernel_init=init, dtype=dtype, name=name,
+                    **({"dot_general": mixed_dot_general} if mixed else {}))
 
 
 class Embeddings(nn.Module):
@@ -110,6 +164,9 @@ class ReshapedDense(nn.Module):
         lead = x.shape[: x.ndim - self.in_axes]
         # Cast and multiply as nn.Dense does (promote_dtype, then a dot, not `@`): int8 quantization
         # (distill.export.int8, qwix) intercepts both and finds the kernel behind its reshape.
+        if jnp.dtype(self.dtype) == jnp.bfloat16:
+            y = mixed_matmul(x.reshape(-1, n_in), kernel.reshape(n_in, n_out)) + bias.reshape(n_out)
+            return y.astype(self.dtype).reshape(lead + self.features)
         x, kernel = promote_dtype(x.reshape(-1, n_in), kernel.reshape(n_in, n_out), dtype=self.dtype)
         y = jnp.dot(x, kernel)
         y = y + bias.reshape(n_out).astype(self.dtype)
@@ -155,9 +212,9 @@ class Layer(nn.Module):
             x, mask, deterministic, return_scores
         )
         x = _layer_norm(arch, "attention_norm")(x + dropout(attn, deterministic=deterministic)).astype(self.dtype)
-        y = nn.Dense(self.ffn_size, kernel_init=init, dtype=self.dtype, name="intermediate")(x)
-        y = nn.gelu(y, approximate=False)
-        y = nn.Dense(arch.hidden_size, kernel_init=init, dtype=self.dtype, name="output")(y)
+        y = _dense(self.ffn_size, init, self.dtype, "intermediate")(x)
+        y = nn.gelu(y, approximate=False).astype(self.dtype)
+        y = _dense(arch.hidden_size, init, self.dtype, "output")(y)
         x = _layer_norm(arch, "output_norm")(x + dropout(y, deterministic=deterministic)).astype(self.dtype)
         return x, scores
 
@@ -249,19 +306,19 @@ class BertForTask(nn.Module):
         )
         pooled = None
         if has_pooler(self.head):
-            pooled = jnp.tanh(nn.Dense(arch.hidden_size, kernel_init=init, dtype=self.dtype, name="pooler")(x[:, 0]))
+            pooled = jnp.tanh(_dense(arch.hidden_size, init, self.dtype, "pooler")(x[:, 0]))
         dropout = nn.Dropout(arch.hidden_dropout)
         logits = None
         if self.head in ("classification", "regression"):
-            logits = nn.Dense(self.num_labels, kernel_init=init, dtype=self.dtype, name="classifier")(
+            logits = _dense(self.num_labels, init, self.dtype, "classifier")(
                 dropout(pooled, deterministic=deterministic)
             )
         elif self.head == "tagging":
-            logits = nn.Dense(self.num_labels, kernel_init=init, dtype=self.dtype, name="classifier")(
+            logits = _dense(self.num_labels, init, self.dtype, "classifier")(
                 dropout(x, deterministic=deterministic)
             )
         elif self.head == "span":
-            logits = nn.Dense(2, kernel_init=init, dtype=self.dtype, name="qa_outputs")(x)
+            logits = _dense(2, init, self.dtype, "qa_outputs")(x)
         if logits is not None:
             logits = logits.astype(jnp.float32)
         return BertOutput(
@@ -285,6 +342,17 @@ def build_model(
     elif head == "span":
         num_labels = 2
     return BertForTask(arch, head, num_labels, dtype, bool(crf))
+
+
+COMPUTE_DTYPES = dict(zip(PRECISIONS, (jnp.float32, jnp.bfloat16)))
+"""`LoopConfig.precision` -> the model's compute dtype."""
+
+
+def in_precision(model: BertForTask, precision: str) -> BertForTask:
+    """`model` computing in `precision`'s dtype (the same parameters, which stay float32): the train steps'
+    model, and the teacher's when it labels (`distill.run.data.teacher_labels`)."""
+    dtype = COMPUTE_DTYPES[precision]
+    return model if jnp.dtype(model.dtype) == jnp.dtype(dtype) else model.clone(dtype=dtype)
 
 
 def init_params(model: BertForTask, rng: jax.Array, seq_len: int = 8) -> dict:

@@ -76,6 +76,8 @@ class FinetuneConfig:
         }
         if self.crf:  # the keys of teachers cached before the flag existed stay valid
             d["crf"] = True
+        if loop.precision != "fp32":  # likewise
+            d["precision"] = loop.precision
         return d
 
 
@@ -119,7 +121,7 @@ class DistillConfig:
         the same task, data and seed, `teacher_epochs` epochs, a CRF when this run asks for one."""
         return FinetuneConfig(
             task=self.task, teacher=self.teacher, data_dir=self.data_dir,
-            loop=LoopConfig(epochs=self.teacher_epochs, seed=self.loop.seed),
+            loop=LoopConfig(epochs=self.teacher_epochs, seed=self.loop.seed, precision=self.loop.precision),
             train_limit=self.train_limit, dev_limit=self.dev_limit, crf=bool(self.crf),
         )
 
@@ -170,7 +172,8 @@ class SupernetConfig:
         task, teacher, data, limits, validation slice, augmentation and seed."""
         return DistillConfig(
             task=self.task, teacher=self.teacher, data_dir=self.data_dir, augment=self.augment,
-            init=InitConfig(importance_batches=self.importance_batches), loop=LoopConfig(seed=self.loop.seed),
+            init=InitConfig(importance_batches=self.importance_batches),
+            loop=LoopConfig(seed=self.loop.seed, precision=self.loop.precision),
             eval_batch_size=self.eval_batch_size, train_limit=self.train_limit, dev_limit=self.dev_limit,
             validation=self.validation, teacher_epochs=self.teacher_epochs,
         )
@@ -185,4 +188,5 @@ class SupernetConfig:
             "patience": loop.patience, "importance_batches": self.importance_batches,
             "train_limit": self.train_limit, "dev_limit": self.dev_limit, "validation": self.validation,
             "teacher_epochs": self.teacher_epochs,
+            **({"precision": loop.precision} if loop.precision != "fp32" else {}),  # earlier keys stay valid
         }

@@ -15,6 +15,7 @@ import numpy as np
 from distill.kd.augment import augment
 from distill.kd.importance import Scores, cached_importance
 from distill.kd.outputs import OutputCache, cached_teacher_outputs
+from distill.model.bert import in_precision
 from distill.model.store import LoadedBert, weights_fingerprint
 from distill.run.config import DistillConfig
 from tasks.base import Task
@@ -75,9 +76,12 @@ def teacher_labels(cfg: DistillConfig, task: Task, teacher: LoadedBert, train: F
     """The teacher's outputs (logits, and the hidden states of `hidden_layers`) on every training feature,
     through the on-disk cache (`distill.kd.outputs`): features the cache holds are not run again, and
     with `prefix` > 0 the first `prefix` features may come from an entry labelled without the rest
-    (the originals, before augmented copies). `params`: the teacher's, already on the device."""
+    (the originals, before augmented copies). `params`: the teacher's, already on the device. With
+    `--precision bf16` the teacher labels in bfloat16 compute too (cached apart from float32 labels)."""
+    precision = cfg.loop.precision
+    key = weights_fingerprint(teacher.path) + ("" if precision == "fp32" else f"-{precision}")  # own entries
     return cached_teacher_outputs(
-        teacher.model, teacher.params if params is None else params, train,
-        teacher_key=weights_fingerprint(teacher.path), task=task.name, hidden_layers=hidden_layers,
+        in_precision(teacher.model, precision), teacher.params if params is None else params, train,
+        teacher_key=key, task=task.name, hidden_layers=hidden_layers,
         batch_size=cfg.eval_batch_size, use_cache=use_cache, prefix=prefix,
     )

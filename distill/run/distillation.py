@@ -44,7 +44,7 @@ from distill.kd.init import check_compatible, fit_to, hidden_map, init_student, 
 from distill.kd.layers import teacher_layers
 from distill.kd.objective import PROJ, init_projection
 from distill.kd.supernet import check_student, student_from_supernet
-from distill.model.bert import abstract_params, build_model
+from distill.model.bert import abstract_params, build_model, in_precision
 from distill.model.crf import check_crf
 from distill.model.store import LoadedBert, load_bert, read_arch, read_config, resolve_model_dir, weights_fingerprint
 from distill.run.config import DistillConfig
@@ -154,8 +154,10 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
     settings = dataclasses.asdict(cfg)
     for k in ("data_dir", "eval_batch_size", "teacher"):
         settings.pop(k)
-    for k in ("eval_every", "patience", "checkpoint_every", "log_every", "profile_steps"):
+    for k in ("eval_every", "patience", "checkpoint_every", "log_every", "profile_steps", "max_seconds"):
         settings["loop"].pop(k)
+    if settings["loop"]["precision"] == "fp32":  # runs from before the flag keep their key
+        settings["loop"].pop("precision")
     if settings["crf"] is None:  # runs from before the flag keep their key
         settings.pop("crf")
     source = settings["init"].pop("source")  # likewise; a supernet counts by its weights, wherever it lies
@@ -315,7 +317,8 @@ def step_schedule(cfg: DistillConfig, prep: Prepared, model, tx, total: int) -> 
     """The jitted distillation step, or TinyBERT's two: intermediate losses, then prediction from the switch."""
     def make(stage: str):
         tags = prep.task.labels if prep.crf else ()
-        return make_train_step(model, prep.teacher.model, tx, prep.task.kind, cfg.loss, prep.layer_map, stage, tags)
+        return make_train_step(in_precision(model, cfg.loop.precision), prep.teacher.model, tx, prep.task.kind,
+                               cfg.loss, prep.layer_map, stage, tags)
 
     first, last = cfg.loss.stage_at(0, total), cfg.loss.stage_at(total - 1, total)
     if first == last:

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 
 from distill.files import cache_root, config_key, file_fingerprint, owned_output, publish
-from distill.model.bert import init_params
+from distill.model.bert import in_precision, init_params
 from distill.model.crf import check_crf
 from distill.model.store import load_bert, resolve_model_dir, save_bert, weights_fingerprint
 from distill.run.config import FinetuneConfig
@@ -135,7 +135,8 @@ def _train(cfg: FinetuneConfig, task, teacher, params, train_ex, dev_ex, out: Pa
     log.info("encoded %d train / %d dev features in %.1fs", len(train), len(dev), time.perf_counter() - t_enc)
     total, _ = cfg.loop.total_steps(train)
     tx = cfg.optimizer.build(params, total, teacher.arch.num_layers, teacher.arch.groups)
-    step = make_supervised_step(teacher.model, tx, task.kind, task.labels if cfg.crf else ())
+    step = make_supervised_step(in_precision(teacher.model, cfg.loop.precision), tx, task.kind,
+                                task.labels if cfg.crf else ())
     runlog = RunLog(out, {"finetune": cfg, "task": task.name, "teacher_dir": str(teacher.path), "total_steps": total})
     t_start = time.time()
 

@@ -43,7 +43,7 @@ import numpy as np
 from distill.export.hf import export_model
 from distill.files import cache_root, config_key, features_fingerprint, owned_output, publish, write_json
 from distill.kd.supernet import Subnet, extract, masked, padded, ranking, rewire, width_masks
-from distill.model.bert import build_model
+from distill.model.bert import COMPUTE_DTYPES, build_model
 from distill.model.store import LoadedBert, read_arch, read_config, resolve_model_dir, save_bert, weights_fingerprint
 from distill.run.config import SupernetConfig
 from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
@@ -162,7 +162,8 @@ def _train(cfg: SupernetConfig, prep: Prepared, params: dict, hidden_order: list
     total, _ = cfg.loop.total_steps(prep.train)
     tx = cfg.optimizer.build(params, total, arch.num_layers, arch.groups)
     step = make_sandwich_step(arch, cfg.choices, tx, head=task.kind, num_labels=task.num_labels, kind=task.kind,
-                              loss_cfg=cfg.loss, num_sampled=cfg.num_sampled, seed=cfg.loop.seed)
+                              loss_cfg=cfg.loss, num_sampled=cfg.num_sampled, seed=cfg.loop.seed,
+                              precision=cfg.loop.precision)
     ends = {"largest": cfg.choices.largest(arch), "smallest": cfg.choices.smallest(arch)}
 
     def evaluate(p):
@@ -205,19 +206,20 @@ def supernet_meta(cfg: SupernetConfig) -> dict:
 
 
 def score_subnets(params, supernet, subnets: Iterable[Subnet], task: Task, features: Features, examples,
-                  batch_size: int = 128, *, exact: bool = False) -> list[dict]:
+                  batch_size: int = 128, *, exact: bool = False, precision: str = "fp32") -> list[dict]:
     """Each sub-network's task metrics (`evaluate_model`) with the supernet's weights, untrained.
 
     Masked at its shape by default (one compilation per shape serves every width); `exact` runs the
-    extracted student itself (one compilation per architecture).
+    extracted student itself (one compilation per architecture). `precision` 'bf16': forwards in
+    bfloat16 compute (a search ranking hundreds of candidates; see `distill.model.bert.mixed_matmul`).
     """
-    out = []
+    out, dtype = [], COMPUTE_DTYPES[precision]
     for sub in subnets:
         if exact:
-            model = build_model(sub.arch(supernet), task.kind, task.num_labels)
+            model = build_model(sub.arch(supernet), task.kind, task.num_labels, dtype)
             weights = extract(params, supernet, sub)
         else:
-            model = build_model(padded(supernet, sub.shape).arch(supernet), task.kind, task.num_labels)
+            model = build_model(padded(supernet, sub.shape).arch(supernet), task.kind, task.num_labels, dtype)
             weights = masked(params, supernet, sub.shape, *width_masks(sub, supernet))
         out.append(evaluate_model(model, jax.device_put(weights), task, features, examples, batch_size))
     return out

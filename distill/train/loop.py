@@ -34,6 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
+from distill.arch import PRECISIONS
 from distill.train.checkpoint import CheckpointConfig, Checkpointer
 from distill.train.runlog import RunLog
 from distill.train.steps import TrainState
@@ -61,17 +62,26 @@ class LoopConfig:
     profile_steps: int = 0
     """Write a JAX profiler trace of this many steps, from step `PROFILE_FROM` on (compiled by then), to
     OUTPUT/profile (TensorBoard's profile plugin or Perfetto read it); 0: none."""
+    max_seconds: float = 0.0
+    """Stop, after an evaluation, once this call of `fit` has run this long (0: no bound): a time budget's
+    safety net (the schedule is still planned for `max_steps`); not part of a run's key."""
+    precision: str = "fp32"
+    """The train step's compute: 'fp32', or 'bf16' (bfloat16 matmul operands with float32 accumulation,
+    float32 master weights, optimizer state, softmax, LayerNorm and losses; see
+    `distill.model.bert.mixed_matmul`). Evaluation and exports stay float32."""
 
     def __post_init__(self):
         if self.epochs < 1 and self.max_steps < 1:
             raise UserError("epochs: need epochs >= 1 or max_steps >= 1")
         if self.batch_size < 1:
             raise UserError("batch_size: must be >= 1")
-        for name in ("eval_every", "patience", "max_steps", "profile_steps"):
+        for name in ("eval_every", "patience", "max_steps", "profile_steps", "max_seconds"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise UserError("checkpoint_every and log_every: must be >= 1")
+        if self.precision not in PRECISIONS:
+            raise UserError(f"precision: {self.precision!r} is not one of {list(PRECISIONS)}")
 
     def total_steps(self, train: Features) -> tuple[int, int]:
         """(total steps, batches per epoch)."""
@@ -217,10 +227,14 @@ def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, e
             t_last = now
             _log_train(run.runlog, bar, progress, jax.device_get(m), float(lr_at(progress.step)))
         end_of_epoch = progress.step % per_epoch == 0 or progress.step >= total
-        due = end_of_epoch or (cfg.eval_every and progress.step % cfg.eval_every == 0)
-        if due and (progress.step >= run.evaluation.start or progress.step >= total):
+        late = bool(cfg.max_seconds) and time.perf_counter() - run.started > cfg.max_seconds
+        due = end_of_epoch or late or (cfg.eval_every and progress.step % cfg.eval_every == 0)
+        if due and (progress.step >= run.evaluation.start or progress.step >= total or late):
             progress.train_seconds += time.perf_counter() - t_last
-            stop = run.evaluate(state, per_epoch) or progress.step >= total
+            stop = run.evaluate(state, per_epoch) or progress.step >= total or late
+            if late:
+                log.warning("%s: stopped at step %d of %d, its %.0f s are spent", desc, progress.step, total,
+                            cfg.max_seconds)
             t_last = time.perf_counter()
         elif progress.step % cfg.checkpoint_every == 0:
             run.checkpoint(state)
@@ -240,6 +254,7 @@ class _Run:
     ckpt: Checkpointer
     progress: Progress = dataclasses.field(default_factory=Progress)
     tracing: bool = False
+    started: float = dataclasses.field(default_factory=time.perf_counter)
 
     def profile(self, step: int | None, state: TrainState) -> None:
         """Start the profiler trace before step `PROFILE_FROM`, stop it `profile_steps` later (or at the end,

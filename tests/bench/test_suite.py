@@ -245,6 +245,13 @@ def test_quick_suite_end_to_end(fake_search, tmp_path):
     # a few shuffled training batches may go either way; the length-ordered labelling pads less
     assert fitted["label"]["tokens_per_real_token"] < fixed["label"]["tokens_per_real_token"]
     assert len(fitted["buckets"]) <= 8 and fixed["buckets"] == [16, 32, 48, 64, 96, 128]
+    bf16 = rd["ours"]["after-bf16"]  # bfloat16 compute on the fitted buckets
+    assert bf16["precision"] == "bf16" and bf16["buckets"] == fitted["buckets"]
+    for workload in ("finetune", "label"):
+        assert bf16[workload]["examples_per_s"] > 0
+        assert bf16[workload]["tokens_per_real_token"] == fitted[workload]["tokens_per_real_token"]
+    names = [r["name"] for r in parts["realdata"]["ratios"]]
+    assert {"sst2 finetune (after-bf16)", "sst2 label (after-bf16)"} <= set(names)
     if HAS_TORCH:
         row = next(r for r in parts["realdata"]["ratios"] if r["name"] == "sst2 finetune (after)")
         torch_rate = rd["torch"]["finetune"]["examples_per_s"]

@@ -92,7 +92,8 @@ def test_asha_stops_a_bad_trial_and_a_constraint_rejects_candidates(fresh_ray, m
     data = write_sst2(tmp_path / "data", n_train=300, n_dev=40)
     teacher = write_task_teacher(tmp_path / "teacher", "sst2")  # fine-tuned already: no teacher training
     cfg = SearchConfig(
-        task="sst2", teacher=str(teacher), data_dir=str(data), space="tiny", num_samples=4, trial_steps=6,
+        task="sst2", teacher=str(teacher), data_dir=str(data), space="tiny", strategy="trials", num_samples=4,
+        trial_steps=6,
         evals_per_trial=2, validation=40, algorithm="random", scheduler="asha", final_steps=0, seed=0,
         constraints=Constraints(max_params=MAX_PARAMS),
         latency_threads=0,  # measured in the trial's process: no child process per candidate

@@ -41,11 +41,12 @@ def test_eval_every_splits_the_trial_into_its_evaluations():
 
 
 def test_smoke_is_small_and_keeps_the_users_task_and_space():
-    cfg = smoke(SearchConfig(task="stsb", space="tiny", budget_minutes=60))
+    cfg = smoke(SearchConfig(task="stsb", space="tiny", strategy="trials", budget_minutes=60))
     assert (cfg.task, cfg.space, cfg.num_samples, cfg.teacher_epochs) == ("stsb", "tiny", 4, 1)
     assert cfg.train_limit and cfg.train_limit <= 512 and cfg.budget_minutes <= 10
     assert smoke(SearchConfig()).space == "smoke"
-    oneshot = smoke(SearchConfig(strategy="supernet"))
+    oneshot = smoke(SearchConfig())  # the default strategy
+    assert SearchConfig().num_samples == 240 and SearchConfig(strategy="trials").num_samples == 24
     assert oneshot.num_samples == 16 and oneshot.supernet_steps <= 32 and oneshot.latency_design >= 3
 
 

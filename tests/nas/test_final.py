@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from pathlib import Path
 
 import pytest
 
+from nas.config import SearchConfig
 from nas.final import choose, plan_steps, steps_per_second
 
 
@@ -135,7 +137,7 @@ def test_the_final_run_takes_its_candidate_from_the_configs_beside_the_rows(tmp_
     import nas.final
     from distill.arch import BertArch
     from distill.run.config import DistillConfig
-    from nas.config import Constraints, SearchConfig
+    from nas.config import Constraints
     from nas.final import train_final
     from nas.space import get_space
     from nas.trial import TrialSetup
@@ -167,3 +169,28 @@ def test_the_final_run_takes_its_candidate_from_the_configs_beside_the_rows(tmp_
 
     again = train_final(cfg, setup, rows, {}, tmp_path, deadline=time.time() + 3600, resume=True)  # from the plan
     assert again["config"] == sample and trained[1] == trained[0]
+
+
+def test_copies_are_planned_to_the_steps_that_use_them():
+    """A final run labels augmented copies only when its steps outrun the originals (SST-2's 67k originals
+    and a 600-step final: none); their labelling time comes out of the steps."""
+    from nas.final import plan_copies, plan_run
+
+    assert plan_copies(600, 32, 67_000, 4) == 0  # 19,200 examples: less than an epoch of originals
+    assert plan_copies(3000, 32, 67_000, 4) == 1  # 96,000: the originals and part of one copy each
+    assert plan_copies(40_000, 32, 67_000, 4) == 4  # capped at --final-augment
+    assert plan_copies(10, 32, 0, 4) == 0 and plan_copies(10, 32, 100, 0) == 0
+
+    @dataclasses.dataclass
+    class Setup:
+        train_features: int
+        label_rate: float | None
+
+    cfg = SearchConfig(final_steps=100_000, final_augment=4, batch_size=32)
+    # 100 s at 10 steps/s: 900 steps want 4 copies of 1,000 originals; labelling them (40 s) leaves 540 steps
+    assert plan_run(cfg, Setup(1000, 100.0), 100.0, 10.0) == (540, 4)
+    # labelling so slow that any copy would leave too few steps to reach it: none, all the time to steps
+    assert plan_run(cfg, Setup(1000, 1.0), 100.0, 10.0) == (900, 0)
+    # 10,000 originals: 2 copies (20 s of labelling) leave 720 steps = 23,040 examples, which reach them
+    assert plan_run(cfg, Setup(10_000, 1000.0), 100.0, 10.0) == (720, 2)
+    assert plan_run(cfg, Setup(1000, 100.0), 100.0, None) == (100_000, 4)  # unknown speed: as configured

@@ -47,7 +47,8 @@ def _cfg(env, **kw):
     from nas.config import SearchConfig
 
     base = dict(
-        task="sst2", teacher=str(env["teacher"]), data_dir=str(env["data"]), space="tiny", num_samples=4,
+        task="sst2", teacher=str(env["teacher"]), data_dir=str(env["data"]), space="tiny", strategy="trials",
+        num_samples=4,
         trial_steps=12, evals_per_trial=2, validation=40, teacher_epochs=1, algorithm="random", seed=0,
         final_steps=0,
     )
@@ -242,7 +243,7 @@ def _search_cmd(env, out: Path, *extra: str) -> list[str]:
         sys.executable, "scripts/search.py", "--task", "sst2", "--teacher", str(env["teacher"]),
         "--data-dir", str(env["data"]), "--space", "tiny", "--num-samples", "3", "--trial-steps", "12",
         "--evals-per-trial", "2", "--validation", "40", "--teacher-epochs", "1", "--algorithm", "random",
-        *extra, "--output", str(out),
+        "--strategy", "trials", *extra, "--output", str(out),
     ]
 
 
@@ -409,8 +410,9 @@ def test_search_as_a_ray_job_on_a_local_cluster(env, tmp_path):
                 break
             time.sleep(3)
         head.wait(timeout=60)
-    rows = _rows(out)
-    assert len(rows) == 4 and all(row["status"] in ("completed", "stopped") for row in rows)
+    # the default strategy: a supernet, 16 candidates scored with its weights (the smoke run's), the front
+    rows = [r for r in _rows(out) if r["kind"] == "supernet"]
+    assert len(rows) == 16 and all(row["status"] == "scored" for row in rows)
     assert (out / "pareto.png").is_file() and any((out / "export").iterdir())
     summary = json.loads((out / "results.json").read_text())
-    assert summary["counts"]["completed"] + summary["counts"]["stopped"] == 4
+    assert summary["strategy"] == "supernet" and summary["counts"]["scored"] == 16

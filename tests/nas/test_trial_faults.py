@@ -105,7 +105,8 @@ def test_out_of_memory_nan_and_killed_trials_fail_and_the_search_finishes(fresh_
     data = write_sst2(tmp_path / "data", n_train=300, n_dev=40)
     teacher = write_task_teacher(tmp_path / "teacher", "sst2")  # fine-tuned already: no teacher training
     cfg = SearchConfig(
-        task="sst2", teacher=str(teacher), data_dir=str(data), space="tiny", num_samples=5, trial_steps=12,
+        task="sst2", teacher=str(teacher), data_dir=str(data), space="tiny", strategy="trials", num_samples=5,
+        trial_steps=12,
         evals_per_trial=2, validation=40, algorithm="random", scheduler="none", final_steps=0, seed=0,
         latency_threads=0,  # measured in the trial's process: no child process per candidate
     )

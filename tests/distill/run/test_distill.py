@@ -6,6 +6,7 @@ synthetic SST-2 of tests/helpers.py; the student has hidden 24, head size 8.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -234,3 +235,17 @@ def test_exported_student_loads_in_transformers(sst2_run):
     with torch.no_grad():
         theirs = model(**{k: torch.tensor(v) for k, v in enc.items()}).logits.numpy()
     np.testing.assert_allclose(np.asarray(ours), theirs, atol=1e-4)
+
+
+def test_a_bf16_student_learns_as_well_and_keeps_its_own_run_key(sst2_run, sst2, tmp_path):
+    """`--precision bf16`: the same run in bfloat16 compute reaches the fp32 run's bar, exports float32
+    weights, and cannot resume the fp32 run's checkpoints (another run key)."""
+    cfg, _, _ = sst2_run
+    data, teacher = sst2
+    bf16 = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, precision="bf16"))
+    results = distill(bf16, tmp_path / "bf16")
+    assert results["best"]["accuracy"] >= 0.85  # the fp32 run's bar; measured 1.0 for both
+    exported = load_bert(tmp_path / "bf16" / "export")
+    assert all(p.dtype == np.float32 for p in jax.tree.leaves(exported.params))
+    with pytest.raises(UserError, match="settings"):
+        distill(cfg, tmp_path / "bf16", resume=True)

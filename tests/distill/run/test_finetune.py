@@ -8,6 +8,7 @@ margin (see each test); the runs are deterministic on CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -271,3 +272,24 @@ def test_profile_writes_a_trace_of_the_asked_steps(teacher_dir, tmp_path):
     finetune(cfg, tmp_path / "out", use_cache=False)
     traces = list((tmp_path / "out" / "profile").rglob("*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
+
+
+def test_bf16_fine_tuning_learns_and_is_cached_apart(sst2_run, tmp_path, monkeypatch):
+    """`--precision bf16` fine-tunes to the fp32 run's bar, into a cache entry of its own."""
+    cfg, _, _, cache = sst2_run
+    monkeypatch.setenv("BERTNAS_CACHE", str(cache))
+    bf16 = dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, precision="bf16"))
+    results = finetune(bf16, tmp_path / "bf16")
+    assert "cached" not in results  # trained, not the fp32 teacher from the cache
+    assert results["best"]["accuracy"] >= 0.9  # the fp32 bar; measured 1.0 for both
+    assert json.loads((tmp_path / "bf16" / "config.json").read_text())["finetune"]["loop"]["precision"] == "bf16"
+
+
+def test_max_seconds_stops_the_run_after_an_evaluation(teacher_dir, tmp_path):
+    """`LoopConfig.max_seconds` (a search's supernet budget): the run stops at the first step past it, with
+    that step evaluated and its best model saved, though the schedule planned more."""
+    data = write_sst2(tmp_path / "data", n_train=64, n_dev=16)
+    cfg = sst2_config(teacher_dir, data, loop=LoopConfig(epochs=3, batch_size=16, max_seconds=1e-9))
+    results = finetune(cfg, tmp_path / "out", use_cache=False)
+    assert results["steps"] == 1 and [h["step"] for h in results["history"]] == [1]
+    assert (tmp_path / "out" / "teacher" / "model.safetensors").is_file()

@@ -105,3 +105,20 @@ def test_intermediate_losses_are_refused(teacher_arch):
     with pytest.raises(ValueError, match="predictions only"):
         make_sandwich_step(teacher_arch, choices, optax.sgd(0.1), head=HEAD, num_labels=LABELS, kind=HEAD,
                            loss_cfg=LossConfig(hidden_weight=1.0))
+
+
+def test_bf16_sandwich_training_lowers_the_loss_too(teacher_arch, teacher, batch):
+    supernet = rewire(teacher, teacher_arch, weight_scores(teacher, teacher_arch))
+    target = teacher_outputs(teacher_arch, teacher, batch)
+    choices = SubnetChoices(layers=(1, 2), hidden=(24, 36), heads=(1, 2, 3), ffn=(7, 44))
+    tx = optax.adamw(3e-3)
+    step = make_sandwich_step(teacher_arch, choices, tx, head=HEAD, num_labels=LABELS, kind=HEAD, loss_cfg=KL,
+                              num_sampled=1, seed=0, precision="bf16")
+    ends = (choices.largest(teacher_arch), choices.smallest(teacher_arch))
+    before = [float(subnet_loss(supernet, teacher_arch, sub, batch, target)) for sub in ends]
+    state = TrainState.create(jax.tree_util.tree_map(jnp.asarray, supernet), tx)
+    for _ in range(25):
+        state, _ = step(state, batch, jax.random.key(0), target)
+    after = [float(subnet_loss(state.params, teacher_arch, sub, batch, target)) for sub in ends]
+    assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(state.params))
+    assert after[0] < 0.5 * before[0] and after[1] < 0.5 * before[1], (before, after)

@@ -1,0 +1,176 @@
+"""bfloat16 compute (`--precision bf16`): `mixed_matmul`'s values and gradients against float32, the
+model's logits and gradients at bf16 against fp32, float32 master weights after a step, and the run keys.
+
+Sizes are odd and tiny (2 layers, hidden 36, 3 heads, sequence 7). Tolerances are bfloat16's: 8 bits of
+mantissa give a relative rounding error of 2^-9 per operand; sums of a few dozen products stay within a
+few 1e-3 relative, so the bounds below (1e-2 relative, cosine > 0.999) have margin (measured: see each).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import traverse_util
+
+from distill.arch import BertArch
+from distill.files import config_key
+from distill.kd.losses import hard_loss
+from distill.model.bert import build_model, in_precision, init_params, mixed_dot_general, mixed_matmul
+from distill.model.infer import model_inputs
+from distill.run.config import DistillConfig, FinetuneConfig, SupernetConfig
+from distill.train.loop import LoopConfig
+from distill.train.steps import TrainState, make_supervised_step
+from tasks.errors import UserError
+
+ARCH = BertArch.uniform(2, 36, 3, 60, vocab_size=50, max_position_embeddings=16)
+B, T = 5, 7
+
+
+def _rel(a, b) -> float:
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+def _cos(a, b) -> float:
+    a, b = np.ravel(a), np.ravel(b)
+    return float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))
+
+
+def test_mixed_matmul_matches_float32_in_value_and_gradient():
+    kx, kw, kg = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (35, 36))
+    w = jax.random.normal(kw, (36, 60)) * 0.2
+    g = jax.random.normal(kg, (35, 60))
+    y = mixed_matmul(x, w)
+    assert y.dtype == jnp.float32 and y.shape == (35, 60)
+    assert _rel(y, x @ w) < 1e-2  # measured 2.3e-3
+
+    _, vjp = jax.vjp(mixed_matmul, x, w)
+    dx, dw = vjp(g)
+    assert dw.dtype == jnp.float32  # float32 master weights get float32 gradients
+    assert dx.dtype == jnp.float32 and dx.shape == x.shape
+    assert _rel(dx, g @ w.T) < 1e-2 and _rel(dw, x.T @ g) < 1e-2  # measured 3.1e-3, 2.4e-3
+
+
+def test_mixed_dot_general_serves_a_dense_layer_only():
+    x, w = jnp.ones((2, 7, 36)), jnp.ones((36, 4))
+    y = mixed_dot_general(x, w, (((2,), (0,)), ((), ())))
+    np.testing.assert_allclose(np.asarray(y), 36.0)
+    assert y.shape == (2, 7, 4)
+    with pytest.raises(ValueError, match="dense layer"):
+        mixed_dot_general(x, w.reshape(4, 36), (((2,), (1,)), ((), ())))
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(0)
+    ids = rng.integers(5, 50, (B, T)).astype(np.int32)
+    mask = np.ones((B, T), np.int32)
+    mask[0, 5:] = 0
+    return {"input_ids": ids, "token_type_ids": np.zeros_like(ids), "attention_mask": mask,
+            "labels": rng.integers(0, 2, B).astype(np.int32), "weights": np.ones(B, np.float32)}
+
+
+@pytest.mark.parametrize("head", ["classification", "tagging"])
+def test_bf16_model_matches_fp32_logits_and_gradients(batch, head):
+    model = build_model(ARCH, head, 2)
+    params = init_params(model, jax.random.key(1))
+    params = jax.tree.map(lambda p: p * 4 if p.ndim == 2 else p, params)  # away from init's near-zero logits
+    fast = in_precision(model, "bf16")
+    assert fast.dtype == jnp.bfloat16 and in_precision(model, "fp32") is model
+    labels = batch["labels"] if head == "classification" else np.tile(batch["labels"][:, None], (1, T))
+    data = {**batch, "labels": labels}
+
+    def loss(m, p):
+        out = m.apply({"params": p}, *model_inputs(data), deterministic=True)
+        total, count = hard_loss(head, out, data, ())
+        return total / count, out.logits
+
+    (l32, logits32), g32 = jax.value_and_grad(lambda p: loss(model, p), has_aux=True)(params)
+    (l16, logits16), g16 = jax.value_and_grad(lambda p: loss(fast, p), has_aux=True)(params)
+    assert logits16.dtype == jnp.float32
+    assert _rel(logits16, logits32) < 2e-2  # measured 6.0e-3 (classification), 6.4e-3 (tagging)
+    assert abs(float(l16 - l32)) < 1e-2 * abs(float(l32))
+    flat32, flat16 = traverse_util.flatten_dict(g32), traverse_util.flatten_dict(g16)
+    assert all(flat16[k].dtype == jnp.float32 for k in flat16)
+    assert _cos(np.concatenate([np.ravel(flat16[k]) for k in flat32]),
+                np.concatenate([np.ravel(flat32[k]) for k in flat32])) > 0.999  # measured 0.99999
+
+
+def test_a_bf16_train_step_keeps_float32_master_weights_and_lowers_the_loss(batch):
+    model = build_model(ARCH, "classification", 2)
+    params = init_params(model, jax.random.key(2))
+    tx = optax.adam(3e-3)
+    step = make_supervised_step(in_precision(model, "bf16"), tx, "classification")
+    state = TrainState.create(params, tx)
+    losses = []
+    for _ in range(30):
+        state, m = step(state, jax.device_put(batch), jax.random.key(0))
+        losses.append(float(m["loss_sum"] / m["loss_count"]))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.params))
+    assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(state.opt_state) if hasattr(p, "dtype")
+               and jnp.issubdtype(p.dtype, jnp.floating))
+    assert losses[-1] < 0.5 * losses[0]  # memorises 5 examples: measured 0.69 -> 0.01
+
+
+def test_precision_is_validated_and_keys_runs_apart():
+    with pytest.raises(UserError, match="precision"):
+        LoopConfig(precision="fp16")
+    # fp32 keeps every key from before the flag (the fine-tuned-teacher key is pinned in test_finetune.py)
+    assert "precision" not in FinetuneConfig().cache_settings()
+    assert "precision" not in SupernetConfig().cache_settings()
+    bf16 = FinetuneConfig(loop=LoopConfig(epochs=3, precision="bf16"))
+    assert config_key(bf16.cache_settings()) != config_key(FinetuneConfig().cache_settings())
+    assert SupernetConfig(loop=LoopConfig(epochs=1, precision="bf16")).cache_settings()["precision"] == "bf16"
+    # a distillation's teacher stage and a supernet's data stage train in the run's precision
+    run = DistillConfig(loop=LoopConfig(precision="bf16"))
+    assert run.teacher_stage().loop.precision == "bf16"
+    sn = SupernetConfig(loop=dataclasses.replace(LoopConfig(epochs=1), precision="bf16"))
+    assert sn.data_stage().teacher_stage().loop.precision == "bf16"
+
+
+def test_bf16_labelling_is_close_to_fp32_and_cached_apart(tmp_path, monkeypatch):
+    """`--precision bf16` labels in bfloat16 compute too: the logits stay within bfloat16's error of the
+    float32 ones, and the two are separate cache entries (a float32 run never reads bf16 labels)."""
+    from helpers import write_sst2, write_task_teacher
+
+    from distill.model.store import load_bert
+    from distill.run.data import teacher_labels
+    from tasks.features import encode
+    from tasks.readers import read_split
+    from tasks.registry import get_task
+
+    monkeypatch.setenv("BERTNAS_CACHE", str(tmp_path / "cache"))
+    task = get_task("sst2")
+    teacher = load_bert(write_task_teacher(tmp_path / "teacher", "sst2", seed=3))
+    data = write_sst2(tmp_path / "data", n_train=60, n_dev=8)
+    train = encode(task, read_split(task, "train", data), teacher.tokenizer)
+    fp32 = teacher_labels(DistillConfig(), task, teacher, train)
+    bf16 = teacher_labels(DistillConfig(loop=LoopConfig(precision="bf16")), task, teacher, train)
+    assert fp32.labelled == bf16.labelled == 60  # the second is not a cache hit of the first
+    a, b = np.asarray(fp32.logits), np.asarray(bf16.logits)
+    assert not np.array_equal(a, b) and _rel(jnp.asarray(b), jnp.asarray(a)) < 2e-2
+    again = teacher_labels(DistillConfig(loop=LoopConfig(precision="bf16")), task, teacher, train)
+    assert again.labelled == 0 and np.array_equal(np.asarray(again.logits), b)
+
+
+def test_auto_precision_is_bf16_only_where_bfloat16_matmuls_are_fast(monkeypatch):
+    """`--precision auto` (the default): bf16 on a CPU with AMX, fp32 on other CPUs; explicit values stay."""
+    from distill import cli
+
+    assert cli.precision("fp32") == "fp32" and cli.precision("bf16") == "bf16"
+    if jax.default_backend() == "cpu":
+        monkeypatch.setattr(cli, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+        assert cli.precision("auto") == "fp32"
+        monkeypatch.setattr(cli, "cpu_flags", lambda: {"avx512f", "amx_tile", "amx_bf16"})
+        assert cli.precision("auto") == "bf16"
+    else:
+        assert cli.precision("auto") == "bf16"
+    args = cli.Parser(prog="t")
+    cli.add_run_args(args, lr=1e-4, epochs=1)
+    assert args.parse_args(["--output", "o"]).precision == "auto"
+    assert cli.loop_from_args(args.parse_args(["--output", "o", "--precision", "bf16"])).precision == "bf16"
