@@ -13,6 +13,8 @@ ratios is printed at the end and saved with everything else in suite.json):
   quantize     int8 students vs their float32 exports: accuracy, size, latency (bench/quantize.py)
   accelerator  GPU/TPU MFU (bench/accelerator.py); skipped on a CPU-only machine
   realdata     fine-tuning and labelling on real sentences, ours vs a dynamic-padding PyTorch loop (bench/realdata.py)
+  strategies   the supernet and trials search strategies on SST-2 at equal budget (bench/strategies.py; two
+               60-minute searches: only with --only strategies, never in --quick)
 
 With `--search`, the suite also draws the student speedup against accuracy
 (bench/plot.py) into <out>/speedup_vs_accuracy.png.
@@ -38,7 +40,18 @@ import time
 import traceback
 from pathlib import Path
 
-from bench import compile_cache, inference, peak, quantize, realdata, search_time, size, students, train_step
+from bench import (
+    compile_cache,
+    inference,
+    peak,
+    quantize,
+    realdata,
+    search_time,
+    size,
+    strategies,
+    students,
+    train_step,
+)
 from bench.common import Skip, cpu_info, cpu_threads
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -81,10 +94,13 @@ PARTS = {
     "compile_cache": (compile_cache.part, True),
     "accelerator": (_accelerator, True),
     "realdata": (realdata.part, True),
+    "strategies": (strategies.part, False),
 }
+DEFAULT_PARTS = [p for p in PARTS if p != "strategies"]
+"""What runs without --only: every part but the two-search comparison."""
 TABLE_ORDER = (
     "realdata", "inference", "train_step", "peak", "students", "quantize", "search_time", "compile_cache", "size",
-    "accelerator",
+    "accelerator", "strategies",
 )
 
 
@@ -174,7 +190,8 @@ def _parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="tiny shapes, few repeats (a smoke test, CI)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder (%(default)s)")
-    p.add_argument("--only", type=_parts, default=list(PARTS), help=f"comma list of parts: {','.join(PARTS)}")
+    p.add_argument("--only", type=_parts, default=DEFAULT_PARTS,
+                   help=f"comma list of parts: {','.join(PARTS)} (default: all but strategies)")
     p.add_argument("--search", help="a finished search's output directory (parts students, quantize, search_time, size)")
     p.add_argument("--run", help="a distillation run directory for `size` (default: the search's final run)")
     p.add_argument("--teacher", help="fine-tuned teacher directory for `students` (default: the search's)")

@@ -7,13 +7,16 @@
 `search` fine-tunes the teacher (or reuses the cached one), runs a Ray Tune
 search over student architectures (local Ray on this machine by default;
 `--address auto` or $RAY_ADDRESS joins a cluster), and writes to --output: the
-config, results.csv / results.json (every trial), pareto.png, leaderboard.txt
-and the Pareto-front students in export/ (which `bertnas evaluate` and
-`bertnas predict` take). The most accurate candidate at least
---target-speedup times faster than the teacher is then trained again, longer
-and on augmented data, in the time the trials left (final/); it joins the
-front. --quantize int8 adds int8 copies of the front's students
-(export/<rank>-<arch>-int8), measured like the others; they join the front.
+config, results.csv / results.json (every candidate), pareto.png,
+leaderboard.txt and the Pareto-front students in export/ (which `bertnas
+evaluate` and `bertnas predict` take). By default (--strategy supernet) it
+trains one weight-sharing supernet, scores --num-samples candidates with its
+weights and trains the best at each --targets speedup further (final/);
+--strategy trials distils every candidate for --trial-steps and trains the
+most accurate one at least --target-speedup times faster again. Either way
+the whole run is planned within --budget-minutes. --quantize int8 adds int8
+copies of the front's students (export/<rank>-<arch>-int8), measured like the
+others; they join the front.
 
 The other subcommands are `distill.cli`'s tools; `scripts/*.py` call the same
 functions. Flags map to each tool's one run config in its module (`config(args)`).
@@ -47,7 +50,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
     p.add_argument("--output", default=None, help="output directory (default runs/search-<task>)")
     p.add_argument("--resume", metavar="DIR", default=None, help="continue the interrupted search in DIR")
-    p.add_argument("--smoke-test", action="store_true", help="tiny end-to-end run: data slice, 4 small trials")
+    p.add_argument("--smoke-test", action="store_true",
+                   help="tiny end-to-end run: a data slice, a 24-step supernet and 16 candidates (4 small trials)")
     p.add_argument("--space", default="default",
                    help="preset (default, uniform, shared, smoke, tiny) or a .yaml/.json file")
     p.add_argument("--strategy", default="supernet", choices=list(STRATEGIES),

@@ -94,6 +94,8 @@ def plan_run(cfg, setup: TrialSetup, seconds: float, speed: float | None) -> tup
     """(steps, augmented copies per example) of a final run in `seconds`, its copies' labelling included
     (`setup.label_rate` forwards/s); steps at `speed` steps/s (None: `cfg.final_steps`)."""
     originals = setup.train_features
+    if originals is None:  # unknown: every copy, as before copies were planned
+        return plan_steps(cfg.final_steps, seconds, speed), cfg.final_augment
     for copies in range(cfg.final_augment, 0, -1):  # the most copies whose labelling leaves steps that use them
         labelling = copies * originals / setup.label_rate if setup.label_rate else 0.0
         steps = plan_steps(cfg.final_steps, seconds - labelling, speed)

@@ -88,6 +88,10 @@ SANDWICH_OVERHEAD = 1.5
 calls, their sum and the host sync of the step index cost more than one fused step of the same FLOPs)."""
 LENGTH_BUCKETS = 8
 """At most this many bucket lengths per feature set (`tasks.batching.fit_buckets`)."""
+NUM_SAMPLED = 2
+"""Random sub-networks per sandwich step besides the largest and the smallest (`SupernetConfig.num_sampled`)."""
+MIN_SECONDS = 120.0
+"""The supernet's time when the budget has (almost) none left for it: a warning, and a short supernet."""
 SUPERNET_PLAN = "supernet_plan.json"
 
 
@@ -95,11 +99,14 @@ def plan_supernet(cfg: SearchConfig, choices: SubnetChoices, teacher: BertArch, 
                   teacher_step_seconds: float) -> dict:
     """The supernet's steps in `seconds`: each sandwich step costs its sub-networks' (padded) FLOPs at the
     teacher's training speed, after one compilation per sub-network shape and length bucket; at most
-    `cfg.supernet_steps`, rounded down to two significant digits (equal budgets plan equal runs, which the
-    supernet cache then serves), and at least 50 (or the cap)."""
-    sampled = np.mean([sum(_padded_flops(s, teacher, seq_len) for s in choices.sandwich(teacher, i, cfg.seed, 2))
-                       for i in range(16)])
-    step_seconds = teacher_step_seconds * SANDWICH_OVERHEAD * sampled / teacher.flops(seq_len)
+    `cfg.supernet_steps`, rounded down to two significant digits (so that plans of nearly equal time give
+    equal runs, which the supernet cache serves), and at least 50 (or the cap)."""
+    if seconds < MIN_SECONDS:
+        log.warning("supernet: %.0f s left in the budget; training it for %.0f s anyway", seconds, MIN_SECONDS)
+        seconds = MIN_SECONDS
+    sandwiches = [choices.sandwich(teacher, i, cfg.seed, NUM_SAMPLED) for i in range(16)]
+    sampled = np.mean([sum(_padded_flops(s, teacher, seq_len) for s in subs) for subs in sandwiches])
+    step_seconds = max(1e-6, teacher_step_seconds) * SANDWICH_OVERHEAD * sampled / teacher.flops(seq_len)
     compilations = len(choices.layers) * len(choices.hidden) * LENGTH_BUCKETS
     fit = max(0, int((seconds - compilations * COMPILE_SECONDS) / step_seconds))
     steps = min(cfg.supernet_steps, max(50, _two_digits(fit)))
@@ -118,18 +125,21 @@ def teacher_step_seconds(out: Path, cost: Cost, batch_size: int) -> float:
     results = out / "teacher_finetune" / "results.json"
     if results.is_file():
         ex_s = json.loads(results.read_text()).get("train_examples_per_second")
-        if ex_s:
+        if isinstance(ex_s, (int, float)) and ex_s > 0:
             return batch_size / ex_s
-    return 3 * cost.batch_latency_ms / 1000 * batch_size / cost.batch_size
+    return 3 * max(cost.batch_latency_ms, 1e-3) / 1000 * batch_size / cost.batch_size
 
 
 def supernet_plan(cfg: SearchConfig, choices: SubnetChoices, teacher: BertArch, seq_len: int, cost: Cost, out: Path,
                   *, seconds: float, resume: bool) -> dict:
     """The planned supernet run (OUTPUT/supernet_plan.json; a resumed search keeps it, so its supernet
-    resumes under the same key)."""
+    resumes under the same key). A search from before the plan resumes its supernet as it was started:
+    `cfg.supernet_steps` steps, no time bound."""
     path = out / SUPERNET_PLAN
     if resume and path.is_file():
         return json.loads(path.read_text())
+    if resume and (out / SUPERNET).is_dir():
+        return {"steps": cfg.supernet_steps, "seconds": 0.0, "unplanned": True}
     plan = plan_supernet(cfg, choices, teacher, seq_len, seconds, teacher_step_seconds(out, cost, cfg.batch_size))
     write_json(path, plan)
     log.info("supernet: %d sandwich steps planned in %.0f s (%.2f s a step, %d compilations at most)",
@@ -143,7 +153,7 @@ def supernet_config(cfg: SearchConfig, base: DistillConfig, choices: SubnetChoic
     steps = plan["steps"]
     every = max(1, steps // 4)
     return SupernetConfig(
-        task=cfg.task, teacher=base.teacher, data_dir=base.data_dir, choices=choices,
+        task=cfg.task, teacher=base.teacher, data_dir=base.data_dir, choices=choices, num_sampled=NUM_SAMPLED,
         loss=LossConfig(hard_weight=0.5), augment=base.augment, optimizer=OptimizerConfig(learning_rate=1e-4),
         loop=LoopConfig(epochs=1, max_steps=steps, batch_size=cfg.batch_size, eval_every=every,
                         checkpoint_every=every, log_every=min(50, every), seed=cfg.seed,

@@ -55,8 +55,8 @@ class TrialSetup:
     """The teacher's metrics on the validation slice (measured once by the driver)."""
     latency_threads: int = 1
     """CPU threads latency is measured on (`nas.cost.CostModel`)."""
-    train_features: int = 0
-    """Training features of the original examples (what the trials train on)."""
+    train_features: int | None = None
+    """Training features the trials train on (the originals); None: unknown (finals take every copy)."""
     label_rate: float | None = None
     """Teacher forwards per second when labelling (measured, or estimated from the teacher's cost): the
     final runs plan their augmented copies' labelling with it."""

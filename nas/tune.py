@@ -171,6 +171,7 @@ class Prepared:
     val_examples: list
     forwards: dict  # teacher forwards spent labelling for the trials, and the training features
     seconds: dict  # teacher, labelling, data_and_importance, teacher_cost_and_eval
+    cold_seconds: float = 0.0  # what the teacher and labelling took when computed (this run, or the cached one's)
 
 
 def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
@@ -221,8 +222,11 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
     choices = space.subnet_choices(teacher_arch)
     left = deadline - time.time()
     finals_reserve = cfg.final_share * left if cfg.final_steps else 0.0
+    # Planned as a cold run would be: a repeat with the teacher and its labels cached trains the same supernet
+    # (a cache hit too), and the time it saved goes to scoring and the finals.
+    saved = max(0.0, prep.cold_seconds - prep.seconds["teacher"] - prep.seconds["labelling"])
     plan = oneshot.supernet_plan(cfg, choices, teacher_arch, setup.seq_len, prep.teacher_cost, out,
-                                 seconds=oneshot.SUPERNET_SHARE * left, resume=resume)
+                                 seconds=oneshot.SUPERNET_SHARE * max(0.0, left - saved), resume=resume)
     t0 = time.perf_counter()
     supernet = oneshot.train_stage(cfg, prep.base, choices, plan, out, resume=resume)
     seconds["supernet"] = time.perf_counter() - t0
@@ -325,7 +329,18 @@ def _prepare(cfg: SearchConfig, task, data_dir: Path, out: Path, *, resume: bool
         task=task, data_dir=data_dir, base=base, teacher=teacher, seq_len=seq_len, teacher_cost=cost,
         teacher_eval=val, teacher_row=row, val_features=val_features, val_examples=val_ex,
         forwards={"trials": cache.labelled, "train_features": len(train)}, seconds=seconds,
+        cold_seconds=_teacher_seconds(out, seconds["teacher"]) + max(cache.seconds, cache.recorded_seconds),
     )
+
+
+def _teacher_seconds(out: Path, spent: float) -> float:
+    """The teacher's fine-tuning time: as recorded by its run (a cache hit copies the original run's
+    results), else what this search spent on it (a teacher given fine-tuned: loading it)."""
+    try:
+        recorded = json.loads((out / "teacher_finetune" / "results.json").read_text()).get("wall_seconds")
+    except (OSError, ValueError):
+        return spent
+    return max(spent, float(recorded)) if isinstance(recorded, (int, float)) else spent
 
 
 def _teacher_row(teacher, cost: Cost, val_metric: float, dev_metric: float) -> dict:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import json
 import logging
 import math
 import os
@@ -201,16 +202,35 @@ def add_precision_arg(p) -> None:
                    "and CPUs with AMX, fp32 elsewhere. Evaluation and exports stay float32")
 
 
-def precision(name: str) -> str:
-    """`--precision`'s value for the run config: `auto` becomes bf16 on a GPU or TPU and on a CPU with AMX
-    (Intel Sapphire Rapids and later: bfloat16 matmuls at about 5x float32's speed in XLA), else fp32."""
+def precision(name: str, resume: str | None = None) -> str:
+    """`--precision`'s value for the run config: `auto` becomes what the run in `resume` (a run directory
+    being resumed) trained in (fp32 for runs from before the flag), else bf16 on a TPU, on a GPU with
+    bfloat16 tensor cores (compute capability 8.0 and up) and on a CPU with AMX (Intel Sapphire Rapids and
+    later: bfloat16 matmuls at about 5x float32's speed in XLA), and fp32 elsewhere."""
     if name != "auto":
         return name
+    if resume is not None and (saved := _saved_precision(Path(resume))) is not None:
+        return saved
     import jax  # here, not at the top: `--help` and flag errors answer without loading JAX
 
-    if jax.default_backend() != "cpu":
+    device = jax.devices()[0]
+    if device.platform == "gpu":
+        capability = getattr(device, "compute_capability", None)
+        return "bf16" if capability is None or float(capability) >= 8.0 else "fp32"
+    if device.platform != "cpu":
         return "bf16"
     return "bf16" if "amx_bf16" in cpu_flags() else "fp32"
+
+
+def _saved_precision(run: Path) -> str | None:
+    """The precision a run's config.json records in its loop settings (fp32 when they have none)."""
+    try:
+        saved = json.loads((run / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    loops = [v["loop"] for v in saved.values() if isinstance(v, dict) and isinstance(v.get("loop"), dict)] \
+        if isinstance(saved, dict) else []
+    return str(loops[0].get("precision", "fp32")) if loops else None
 
 
 def cpu_flags() -> set[str]:
@@ -257,5 +277,5 @@ def loop_from_args(args):
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
         profile_steps=args.profile,
-        precision=precision(args.precision),
+        precision=precision(args.precision, args.output if getattr(args, "resume", False) else None),
     )

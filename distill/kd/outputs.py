@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import shutil
 import tempfile
 import time
@@ -54,6 +55,8 @@ class OutputCache:
     labelled: int = 0
     """Features that went through the teacher for this (0 when read from the cache; fewer than all when
     a cached prefix was reused)."""
+    recorded_seconds: float = 0.0
+    """The labelling time recorded with the entry when it was computed (what a cold run spends on it)."""
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
@@ -166,7 +169,7 @@ def label_features(
     seconds = time.perf_counter() - t0
     log.info("teacher labelled %d features in %.1fs (%.0f/s)%s", len(todo), seconds, len(todo) / max(seconds, 1e-9),
              f"; {done} more were labelled before" if done else "")
-    return OutputCache(logits, offsets, token_level, hidden, seconds, len(todo))
+    return OutputCache(logits, offsets, token_level, hidden, seconds, len(todo), recorded_seconds=seconds)
 
 
 def rows(features: Features, start: int = 0, stop: int | None = None) -> Features:
@@ -309,7 +312,9 @@ def _load(directory: Path, hidden_layers: set[int], features: Features) -> Outpu
         if h.ndim != 2 or h.shape[0] != expected[-1] or h.dtype != np.uint16:
             raise ValueError(f"hidden_{i}.npy holds {h.shape} {h.dtype}, not {int(expected[-1])} bfloat16 rows")
         hidden[i] = h.view(ml_dtypes.bfloat16)
-    return OutputCache(logits, offsets, token_level, hidden)
+    seconds = meta.get("seconds")
+    recorded = float(seconds) if isinstance(seconds, (int, float)) and math.isfinite(seconds) else 0.0
+    return OutputCache(logits, offsets, token_level, hidden, recorded_seconds=recorded)
 
 
 def _write(tmp: Path, out: OutputCache, meta: dict) -> None:

@@ -76,19 +76,21 @@ _TN = (((0,), (0,)), ((), ()))  # (M, K) x (M, N) -> (K, N)
 
 @jax.custom_vjp
 def _bf16_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    return lax.dot_general(x, kernel.astype(jnp.bfloat16), _NN, preferred_element_type=jnp.float32)
+    bf16 = jnp.bfloat16
+    return lax.dot_general(x.astype(bf16), kernel.astype(bf16), _NN, preferred_element_type=jnp.float32)
 
 
 def _bf16_matmul_fwd(x, kernel):
-    kernel = kernel.astype(jnp.bfloat16)
-    return lax.dot_general(x, kernel, _NN, preferred_element_type=jnp.float32), (x, kernel)
+    return _bf16_matmul(x, kernel), (x, kernel)
 
 
 def _bf16_matmul_bwd(res, g):
-    x, kernel = res
-    g = g.astype(jnp.bfloat16)
-    dx = lax.dot_general(g, kernel, _NT, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
-    return dx, lax.dot_general(x, g, _TN, preferred_element_type=jnp.float32)
+    x, kernel = res  # as given (the kernel: float32 master weights): each cotangent comes back in its dtype
+    bf16 = jnp.bfloat16
+    g = g.astype(bf16)
+    dx = lax.dot_general(g, kernel.astype(bf16), _NT, preferred_element_type=jnp.float32)
+    dk = lax.dot_general(x.astype(bf16), g, _TN, preferred_element_type=jnp.float32)
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
 _bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
@@ -106,20 +108,14 @@ def mixed_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     return _bf16_matmul(x.astype(jnp.bfloat16), kernel)
 
 
-def mixed_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """`nn.Dense(dot_general=...)` for bfloat16 compute: `mixed_matmul` over the last axis of `lhs`."""
-    del precision, preferred_element_type
-    if dimension_numbers != (((lhs.ndim - 1,), (0,)), ((), ())) or rhs.ndim != 2:
-        raise ValueError(f"mixed_dot_general: only a dense layer's contraction, got {dimension_numbers}")
-    y = mixed_matmul(lhs.reshape(-1, lhs.shape[-1]), rhs)
-    return y.reshape(lhs.shape[:-1] + rhs.shape[1:])
-
-
-def _dense(features: int, init, dtype: Dtype, name: str) -> nn.Dense:
-    """`nn.Dense`, with `mixed_dot_general` when computing in bfloat16."""
-    mixed = jnp.dtype(dtype) == jnp.bfloat16
-    return nn.Dense(features, kernel_init=init, dtype=dtype, name=name,
-                    **({"dot_general": mixed_dot_general} if mixed else {}))
+def _dense(features: int, init, dtype: Dtype, name: str) -> nn.Module:
+    """A dense layer: `nn.Dense`, or in bfloat16 compute the `ReshapedDense` of the same parameters (kernel
+    (in, out), bias (out,)) that runs `mixed_matmul` on the float32 kernel itself (flax's Dense would hand
+    its matmul a kernel already cast to bfloat16, whose gradient would then be rounded to bfloat16); its
+    float32 result feeds the float32 GELU, tanh or logits (XLA:CPU's bfloat16 elementwise math is slower)."""
+    if jnp.dtype(dtype) == jnp.bfloat16:
+        return ReshapedDense((features,), 1, init, dtype, jnp.float32, name=name)
+    return nn.Dense(features, kernel_init=init, dtype=dtype, name=name)
 
 
 class Embeddings(nn.Module):
@@ -154,6 +150,8 @@ class ReshapedDense(nn.Module):
     in_axes: int
     kernel_init: Any
     dtype: Dtype = jnp.float32
+    out_dtype: Dtype | None = None
+    """The result's dtype in bfloat16 compute (None: `dtype`)."""
 
     @nn.compact
     def __call__(self, x):
@@ -166,7 +164,7 @@ class ReshapedDense(nn.Module):
         # (distill.export.int8, qwix) intercepts both and finds the kernel behind its reshape.
         if jnp.dtype(self.dtype) == jnp.bfloat16:
             y = mixed_matmul(x.reshape(-1, n_in), kernel.reshape(n_in, n_out)) + bias.reshape(n_out)
-            return y.astype(self.dtype).reshape(lead + self.features)
+            return y.astype(self.out_dtype or self.dtype).reshape(lead + self.features)
         x, kernel = promote_dtype(x.reshape(-1, n_in), kernel.reshape(n_in, n_out), dtype=self.dtype)
         y = jnp.dot(x, kernel)
         y = y + bias.reshape(n_out).astype(self.dtype)

@@ -317,8 +317,9 @@ def step_schedule(cfg: DistillConfig, prep: Prepared, model, tx, total: int) -> 
     """The jitted distillation step, or TinyBERT's two: intermediate losses, then prediction from the switch."""
     def make(stage: str):
         tags = prep.task.labels if prep.crf else ()
-        return make_train_step(in_precision(model, cfg.loop.precision), prep.teacher.model, tx, prep.task.kind,
-                               cfg.loss, prep.layer_map, stage, tags)
+        precision = cfg.loop.precision  # the student's step, and the teacher's forward in it (when one runs)
+        return make_train_step(in_precision(model, precision), in_precision(prep.teacher.model, precision), tx,
+                               prep.task.kind, cfg.loss, prep.layer_map, stage, tags)
 
     first, last = cfg.loss.stage_at(0, total), cfg.loss.stage_at(total - 1, total)
     if first == last:

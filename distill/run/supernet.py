@@ -115,8 +115,10 @@ def _train_supernet(cfg: SupernetConfig, out: Path, *, resume: bool, use_cache: 
 
     progress = _train(cfg, prep, params, hidden_order, extras, key, resume=resume)
     results = _results(cfg, prep, teacher_dev, progress)
+    results["stopped_early"] = progress.step < cfg.loop.total_steps(prep.train)[0]  # its time bound, or patience
     write_json(out / "results.json", results)
-    if use_cache:
+    timed_out = results["stopped_early"] and cfg.loop.max_seconds > 0  # where the clock, not the key, ended it
+    if use_cache and not timed_out:
         publish(out, cached, SUPERNET_DIR)
         log.info("cached the supernet at %s", cached)
     return results

@@ -1,0 +1,83 @@
+"""The supernet strategy's budget plan (`nas.oneshot.plan_supernet`, `supernet_plan`,
+`teacher_step_seconds`), without training anything."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from distill.arch import BertArch
+from distill.run import SubnetChoices
+from nas import oneshot
+from nas.config import SearchConfig
+from nas.cost import Cost
+
+TEACHER = BertArch.uniform(6, 384, 12, 1536)
+CHOICES = SubnetChoices(layers=(1, 2, 3, 4), hidden=(128, 256, 384), heads=(2, 4, 6, 8, 12), ffn=(256, 768, 1536))
+SEQ = 40
+
+
+def _cost(batch_latency_ms: float = 100.0) -> Cost:
+    return Cost("6L-384", 22_700_000, 1, SEQ, latency_ms=4.0, latency_ms_p95=4.0, batch_latency_ms=batch_latency_ms,
+                throughput=320.0, speedup=1.0)
+
+
+def _step_seconds(teacher_step: float) -> float:
+    """What the plan charges a sandwich step: its sub-networks' padded FLOPs at the teacher's speed."""
+    subs = [CHOICES.sandwich(TEACHER, i, 0, oneshot.NUM_SAMPLED) for i in range(16)]
+    flops = np.mean([sum(oneshot._padded_flops(s, TEACHER, SEQ) for s in sandwich) for sandwich in subs])
+    return teacher_step * oneshot.SANDWICH_OVERHEAD * flops / TEACHER.flops(SEQ)
+
+
+def test_steps_fill_the_time_after_the_compilations():
+    cfg = SearchConfig()
+    plan = oneshot.plan_supernet(cfg, CHOICES, TEACHER, SEQ, 900.0, teacher_step_seconds=0.25)
+    compilations = 4 * 3 * oneshot.LENGTH_BUCKETS  # layer counts x hidden sizes x length buckets
+    assert plan["compilations"] == compilations
+    assert plan["step_seconds"] == pytest.approx(_step_seconds(0.25))
+    exact = int((900.0 - compilations * oneshot.COMPILE_SECONDS) / plan["step_seconds"])
+    assert plan["steps"] == oneshot._two_digits(exact) and plan["steps"] <= exact < plan["steps"] * 1.1
+    # a slower teacher (larger sub-network steps) plans fewer steps; the cap bounds them
+    assert oneshot.plan_supernet(cfg, CHOICES, TEACHER, SEQ, 900.0, 0.5)["steps"] < plan["steps"]
+    capped = SearchConfig(supernet_steps=100)
+    assert oneshot.plan_supernet(capped, CHOICES, TEACHER, SEQ, 1e6, 0.25)["steps"] == 100
+
+
+def test_two_significant_digits_and_the_floors():
+    assert [oneshot._two_digits(n) for n in (0, 7, 42, 599, 1234, 98765)] == [0, 7, 42, 590, 1200, 98000]
+    cfg = SearchConfig()
+    # no time left after the teacher: a warning and a short supernet, never a negative time bound
+    spent = oneshot.plan_supernet(cfg, CHOICES, TEACHER, SEQ, -300.0, 0.25)
+    assert spent["seconds"] == oneshot.MIN_SECONDS and spent["steps"] == 50
+    assert oneshot.plan_supernet(SearchConfig(supernet_steps=12), CHOICES, TEACHER, SEQ, 5.0, 0.25)["steps"] == 12
+
+
+def test_teacher_speed_comes_from_its_fine_tuning_else_from_its_latency(tmp_path):
+    assert oneshot.teacher_step_seconds(tmp_path, _cost(100.0), 32) == pytest.approx(0.3)  # three forwards
+    (tmp_path / "teacher_finetune").mkdir()
+    (tmp_path / "teacher_finetune" / "results.json").write_text(json.dumps({"train_examples_per_second": 128.0}))
+    assert oneshot.teacher_step_seconds(tmp_path, _cost(100.0), 32) == pytest.approx(0.25)
+
+
+def test_a_resumed_search_keeps_its_plan(tmp_path):
+    cfg = SearchConfig()
+    first = oneshot.supernet_plan(cfg, CHOICES, TEACHER, SEQ, _cost(), tmp_path, seconds=900.0, resume=False)
+    assert json.loads((tmp_path / oneshot.SUPERNET_PLAN).read_text()) == first
+    again = oneshot.supernet_plan(cfg, CHOICES, TEACHER, SEQ, _cost(), tmp_path, seconds=30.0, resume=True)
+    assert again == first  # not planned again from the (shorter) time left
+    # a search from before plans existed resumes its supernet as it was started: all its steps, no bound
+    old = tmp_path / "old"
+    (old / oneshot.SUPERNET).mkdir(parents=True)
+    legacy = oneshot.supernet_plan(SearchConfig(supernet_steps=2000), CHOICES, TEACHER, SEQ, _cost(), old,
+                                   seconds=30.0, resume=True)
+    assert (legacy["steps"], legacy["seconds"]) == (2000, 0.0)
+    config = oneshot.supernet_config(cfg, _base(), CHOICES, legacy)
+    assert config.loop.max_steps == 2000 and config.loop.max_seconds == 0.0
+
+
+def _base():
+    from distill.run import DistillConfig
+
+    return DistillConfig()
