@@ -429,5 +429,6 @@ def export_candidate(supernet_dir: str, choices: SubnetChoices, arch: BertArch, 
     """A supernet estimate's export: the candidate with its supernet weights, as an ordinary student."""
     supernet = load_bert(supernet_dir)
     sub: Subnet = choices.subnet(supernet.arch, arch.hidden_size, arch.num_heads, arch.ffn_sizes)
-    export_subnet(supernet, sub, dest, task, extra={"kind": "supernet", "supernet": supernet_dir})
+    # `from_supernet`, never `supernet`: that key marks a supernet directory itself (its space and hidden order)
+    export_subnet(supernet, sub, dest, task, extra={"kind": "supernet_estimate", "from_supernet": supernet_dir})
 

@@ -107,3 +107,34 @@ def test_a_space_the_supernet_cannot_hold_is_refused_before_any_training(tmp_pat
     assert done.returncode == 2, done.stderr[-2000:]
     assert "share: the supernet strategy cannot share layers" in done.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "o").exists()
+
+
+def test_an_estimates_export_loads_and_is_no_supernet(searched, tmp_path):
+    """A supernet estimate exported as an ordinary student: it loads, scores like its slice, and is not
+    mistaken for a supernet (`--init-from` refuses it)."""
+    import dataclasses
+
+    from distill.export.load import load_export
+    from distill.model.store import load_bert, read_config
+    from distill.run import DistillConfig, InitConfig
+    from distill.run.distillation import check_supernet_init
+    from nas import oneshot
+    from nas.space import get_space
+    from tasks.errors import UserError
+    from tasks.registry import get_task
+
+    out, summary, _ = searched
+    supernet_dir = summary["supernet"]["supernet_dir"]
+    supernet = load_bert(supernet_dir)
+    space = get_space("tiny")
+    choices = space.subnet_choices(supernet.arch)
+    arch = choices.smallest(supernet.arch).arch(supernet.arch)
+    dest = tmp_path / "estimate"
+    oneshot.export_candidate(supernet_dir, choices, arch, get_task("sst2"), dest)
+    loaded = load_export(dest)
+    assert loaded.arch.name == arch.name
+    meta = read_config(dest)["bertnas"]
+    assert meta["kind"] == "supernet_estimate" and meta["from_supernet"] == supernet_dir and "supernet" not in meta
+    cfg = dataclasses.replace(DistillConfig(), init=InitConfig(source=str(dest)))
+    with pytest.raises(UserError, match="not a supernet"):
+        check_supernet_init(cfg, get_task("sst2"), supernet.arch, arch)
