@@ -311,8 +311,10 @@ def measure_front(rows: list[dict], configs: dict[str, dict], setup: TrialSetup,
 
 # ------------------------------------------------------------------ 5. the targets, trained
 def pick_targets(rows: list[dict], targets: tuple[float, ...]) -> dict[str, list[float]]:
-    """For each target speedup, the most accurate measured candidate at or above it (ties: the faster), by
-    trial id with the targets it serves; a target no measured candidate reaches is skipped (logged)."""
+    """For each target speedup, the most accurate measured candidate at or above it (ties: the faster, then
+    the larger trial id: TPE samples some architectures twice, and a resumed search, whose rows come back in
+    another order, must pick the candidate whose final it planned), by trial id with the targets it serves;
+    a target no measured candidate reaches is skipped (logged)."""
     measured = [r for r in rows if r["status"] == "scored" and r.get("latency_source") == "measured"]
     picks: dict[str, list[float]] = {}
     for t in sorted(targets):
@@ -320,7 +322,7 @@ def pick_targets(rows: list[dict], targets: tuple[float, ...]) -> dict[str, list
         if not fast:
             log.warning("no measured candidate is %.3gx faster than the teacher: target %.3gx skipped", t, t)
             continue
-        best = max(fast, key=lambda r: (r["val_metric"], r["speedup"]))
+        best = max(fast, key=lambda r: (r["val_metric"], r["speedup"], r["trial_id"]))
         picks.setdefault(best["trial_id"], []).append(t)
     return picks
 

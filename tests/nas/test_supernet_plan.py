@@ -81,3 +81,14 @@ def _base():
     from distill.run import DistillConfig
 
     return DistillConfig()
+
+
+def test_targets_pick_the_same_candidate_whatever_the_row_order():
+    """TPE samples some architectures twice: two rows with the same score and speedup. A resumed search
+    rebuilds its rows in another order and must pick the candidate whose final it planned before."""
+    rows = [{"trial_id": tid, "status": "scored", "latency_source": "measured", "val_metric": val, "speedup": sp}
+            for tid, val, sp in [("aa", 0.91, 5.1), ("bb", 0.91, 5.1), ("cc", 0.93, 3.2), ("dd", 0.80, 11.0)]]
+    first = oneshot.pick_targets(rows, (3.0, 5.0, 10.0))
+    assert first == {"cc": [3.0], "bb": [5.0], "dd": [10.0]}
+    assert oneshot.pick_targets(rows[::-1], (3.0, 5.0, 10.0)) == first
+    assert oneshot.pick_targets(rows, (20.0,)) == {}  # no measured candidate that fast: skipped
