@@ -608,23 +608,36 @@ def _row(result, setup: TrialSetup) -> tuple[dict, TrialHandle]:
 def _export_front(out: Path, front: list[dict], handles: dict[str, TrialHandle], task: str, data_dir: Path,
                   dev_limit: int | None) -> None:
     """Copy each front member's best export (the final run's, else its trial's best checkpoint, found in
-    `handles`) to OUTPUT/export/<rank>-<arch> and score it on dev."""
+    `handles`) to OUTPUT/export/<rank>-<arch> and score it on dev. A member whose export or scoring fails
+    is logged and keeps the error in its row (`export_error`): the others and the report are written."""
     root = out / "export"
     if root.exists():
         shutil.rmtree(root)
     for i, r in enumerate(front):
         dest = export_path(root, f"{i + 1:02d}-{r['arch']}")
-        handle = handles.get(r["trial_id"])
-        if r.get("export_dir"):  # the final run's export
-            shutil.copytree(r["export_dir"], dest)
-        elif handle is not None and handle.export is not None:  # a supernet estimate
-            handle.export(dest)
-        elif (checkpoint := _checkpoint(handles, r["trial_id"])) is not None:
-            checkpoint.to_directory(str(dest))
-        else:
-            continue
-        r["export"] = str(dest)
-        r["dev_metric"] = evaluate_dir(dest, task, data_dir=str(data_dir), limit=dev_limit)[get_task(task).metric]
+        try:
+            if not _export_member(r, handles, dest):
+                continue
+            r["export"] = str(dest)
+            r["dev_metric"] = evaluate_dir(dest, task, data_dir=str(data_dir), limit=dev_limit)[get_task(task).metric]
+        except Exception as e:  # noqa: BLE001 - one member must not cost the search its report
+            log.error("export of front member %s (%s) failed: %s: %s", r["trial_id"], r["arch"], type(e).__name__, e)
+            r.update(export=None, dev_metric=None, export_error=f"{type(e).__name__}: {e}")
+            shutil.rmtree(dest, ignore_errors=True)
+
+
+def _export_member(r: dict, handles: dict[str, TrialHandle], dest: Path) -> bool:
+    """Write front member `r`'s model to `dest`; False when it has none."""
+    handle = handles.get(r["trial_id"])
+    if r.get("export_dir"):  # a final run's export
+        shutil.copytree(r["export_dir"], dest)
+    elif handle is not None and handle.export is not None:  # a supernet estimate
+        handle.export(dest)
+    elif (checkpoint := _checkpoint(handles, r["trial_id"])) is not None:
+        checkpoint.to_directory(str(dest))
+    else:
+        return False
+    return True
 
 
 def _checkpoint(handles: dict[str, TrialHandle], trial_id: str):

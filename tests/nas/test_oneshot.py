@@ -138,3 +138,23 @@ def test_an_estimates_export_loads_and_is_no_supernet(searched, tmp_path):
     cfg = dataclasses.replace(DistillConfig(), init=InitConfig(source=str(dest)))
     with pytest.raises(UserError, match="not a supernet"):
         check_supernet_init(cfg, get_task("sst2"), supernet.arch, arch)
+
+
+def test_a_front_member_whose_export_fails_costs_only_itself(searched, tmp_path):
+    """One member's export raising (the cold search's failure mode before estimates' exports were fixed):
+    the others are exported and scored, the failed row keeps its error, nothing partial is left."""
+    from nas.tune import TrialHandle, _export_front
+
+    out, summary, data = searched
+    final = next(t for t in json.loads((out / "results.json").read_text())["trials"] if t.get("kind") == "final")
+
+    def broken(dest):
+        (dest / "half").mkdir(parents=True)
+        raise ValueError("damaged")
+
+    front = [{"trial_id": "x", "arch": "1L-36"}, {"trial_id": final["trial_id"], "arch": final["arch"],
+                                                  "export_dir": final["export_dir"]}]
+    _export_front(tmp_path, front, {"x": TrialHandle(config={}, export=broken)}, "sst2", data, None)
+    assert front[0]["export"] is None and front[0]["export_error"] == "ValueError: damaged"
+    assert not (tmp_path / "export" / "01-1L-36").exists()
+    assert Path(front[1]["export"]).is_dir() and front[1]["dev_metric"] is not None
