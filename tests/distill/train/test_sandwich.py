@@ -76,13 +76,15 @@ def test_masked_gradients_are_the_subnets(teacher_arch, teacher, batch):
     assert np.any(flat_got[("encoder", "layer_0", "attention", "qkv", "kernel")][:, :, 0])
 
 
-def test_sandwich_training_lowers_the_loss_of_the_smallest_and_largest(teacher_arch, teacher, batch):
+def _train_sandwich(teacher_arch, teacher, batch, precision: str = "fp32"):
+    """25 sandwich steps on one batch from the rewired teacher: (state, last metrics, params before the last
+    step, the largest and smallest sub-networks, their losses before and after, the teacher's outputs)."""
     supernet = rewire(teacher, teacher_arch, weight_scores(teacher, teacher_arch))
     target = teacher_outputs(teacher_arch, teacher, batch)
     choices = SubnetChoices(layers=(1, 2), hidden=(24, 36), heads=(1, 2, 3), ffn=(7, 44))
     tx = optax.adamw(3e-3)
     step = make_sandwich_step(teacher_arch, choices, tx, head=HEAD, num_labels=LABELS, kind=HEAD, loss_cfg=KL,
-                              num_sampled=1, seed=0)
+                              num_sampled=1, seed=0, precision=precision)
     ends = (choices.largest(teacher_arch), choices.smallest(teacher_arch))
     before = [float(subnet_loss(supernet, teacher_arch, sub, batch, target)) for sub in ends]
     state = TrainState.create(jax.tree_util.tree_map(jnp.asarray, supernet), tx)
@@ -90,6 +92,11 @@ def test_sandwich_training_lowers_the_loss_of_the_smallest_and_largest(teacher_a
         last = jax.tree_util.tree_map(np.array, state.params)  # the step donates its input state
         state, metrics = step(state, batch, jax.random.key(0), target)
     after = [float(subnet_loss(state.params, teacher_arch, sub, batch, target)) for sub in ends]
+    return state, metrics, last, ends, before, after, target
+
+
+def test_sandwich_training_lowers_the_loss_of_the_smallest_and_largest(teacher_arch, teacher, batch):
+    state, metrics, last, ends, before, after, target = _train_sandwich(teacher_arch, teacher, batch)
     assert int(state.step) == 25
     assert after[0] < 0.5 * before[0] and after[1] < 0.5 * before[1], (before, after)
     logged = jax.device_get(metrics)
@@ -108,17 +115,6 @@ def test_intermediate_losses_are_refused(teacher_arch):
 
 
 def test_bf16_sandwich_training_lowers_the_loss_too(teacher_arch, teacher, batch):
-    supernet = rewire(teacher, teacher_arch, weight_scores(teacher, teacher_arch))
-    target = teacher_outputs(teacher_arch, teacher, batch)
-    choices = SubnetChoices(layers=(1, 2), hidden=(24, 36), heads=(1, 2, 3), ffn=(7, 44))
-    tx = optax.adamw(3e-3)
-    step = make_sandwich_step(teacher_arch, choices, tx, head=HEAD, num_labels=LABELS, kind=HEAD, loss_cfg=KL,
-                              num_sampled=1, seed=0, precision="bf16")
-    ends = (choices.largest(teacher_arch), choices.smallest(teacher_arch))
-    before = [float(subnet_loss(supernet, teacher_arch, sub, batch, target)) for sub in ends]
-    state = TrainState.create(jax.tree_util.tree_map(jnp.asarray, supernet), tx)
-    for _ in range(25):
-        state, _ = step(state, batch, jax.random.key(0), target)
-    after = [float(subnet_loss(state.params, teacher_arch, sub, batch, target)) for sub in ends]
+    state, _, _, _, before, after, _ = _train_sandwich(teacher_arch, teacher, batch, precision="bf16")
     assert all(p.dtype == jnp.float32 for p in jax.tree_util.tree_leaves(state.params))
     assert after[0] < 0.5 * before[0] and after[1] < 0.5 * before[1], (before, after)
