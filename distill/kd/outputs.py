@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 
 from distill.files import cache_root, config_key, features_fingerprint, write_json
 from distill.kd.objective import TeacherOutputs
+from distill.model.sharding import for_batches
 from tasks.batching import batches, buckets_for, num_batches
 from tasks.features import Features
 
@@ -145,8 +146,10 @@ def label_features(
         mininterval=2.0,
         total=num_batches(todo, batch_size, buckets, shuffle=False) if len(todo) else 0,
     )
+    dp = for_batches(batch_size)
+    params = dp.replicate(params)
     for batch in bar:
-        out_logits, out_hidden = jax.device_get(fn(params, batch))
+        out_logits, out_hidden = jax.device_get(fn(params, dp.shard(batch)))
         out_logits = np.asarray(out_logits, np.float32)
         if logits is None:
             width = out_logits.shape[2:] if token_level else out_logits.shape[1:]

@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from distill.model.bert import BertForTask
+from distill.model.sharding import for_batches
 
 
 def model_inputs(batch: dict) -> tuple:
@@ -32,9 +33,12 @@ def predict(model: BertForTask, params, batches: Iterable[dict], num_features: i
     (start_logits, end_logits), each (N, max_length).
     """
     fn = _jitted_logits(model)
-    out = None
+    out = dp = None
     for batch in batches:
-        logits = np.asarray(fn(params, batch))
+        if dp is None:  # every batch has the first one's rows (padded): split over the devices that divide it
+            dp = for_batches(len(batch["index"]))
+            params = dp.replicate(params)
+        logits = np.asarray(fn(params, dp.shard(batch)))
         idx = batch["index"]
         keep = idx >= 0
         if out is None:

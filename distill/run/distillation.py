@@ -52,7 +52,7 @@ from distill.run.data import Stage, read_data, teacher_importance, teacher_label
 from distill.run.evaluation import evaluate_model
 from distill.run.teacher import fine_tuned_teacher
 from distill.train.checkpoint import Checkpointer
-from distill.train.loop import Evaluation, StepSchedule, TrainData, fit
+from distill.train.loop import Evaluation, StepSchedule, TrainData, devices_record, fit
 from distill.train.runlog import RunLog
 from distill.train.steps import TrainState, make_train_step
 from tasks.base import Task
@@ -154,7 +154,8 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
     settings = dataclasses.asdict(cfg)
     for k in ("data_dir", "eval_batch_size", "teacher"):
         settings.pop(k)
-    for k in ("eval_every", "patience", "checkpoint_every", "log_every", "profile_steps", "max_seconds"):
+    for k in ("eval_every", "patience", "checkpoint_every", "log_every", "profile_steps", "max_seconds",
+              "devices"):
         settings["loop"].pop(k)
     if settings["loop"]["precision"] == "fp32":  # runs from before the flag keep their key
         settings["loop"].pop("precision")
@@ -223,7 +224,7 @@ def _distill(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool,
     state, progress = train_student(cfg, prep, extras, export_meta, report=report, resume=resume)
     export = ensure_export(prep.out / "export", prep.out, prep.student, prep.task, state.params, progress.best,
                            prep.teacher.tokenizer, export_meta)
-    results = run_results(prep, teacher_dev, progress, export)
+    results = {**run_results(prep, teacher_dev, progress, export), **devices_record(cfg.loop)}
     write_json(prep.out / "results.json", results)
     return results
 

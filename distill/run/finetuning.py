@@ -28,7 +28,7 @@ from distill.model.crf import check_crf
 from distill.model.store import load_bert, resolve_model_dir, save_bert, weights_fingerprint
 from distill.run.config import FinetuneConfig
 from distill.run.evaluation import evaluate_model
-from distill.train.loop import Evaluation, StepSchedule, TrainData, fit
+from distill.train.loop import Evaluation, StepSchedule, TrainData, devices_record, fit
 from distill.train.runlog import RunLog
 from distill.train.steps import TrainState, make_supervised_step
 from tasks.datafiles import split_path
@@ -156,6 +156,7 @@ def _train(cfg: FinetuneConfig, task, teacher, params, train_ex, dev_ex, out: Pa
             "train_examples_per_second": progress.examples_seen / max(progress.train_seconds, 1e-9),
             "wall_seconds": time.time() - t_start, "teacher_dir": str(out / "teacher"),
             "num_params": teacher.arch.num_params(task.kind, task.num_labels, crf=cfg.crf),
+            **devices_record(cfg.loop),
         }
         runlog.results(results)
     finally:

@@ -49,7 +49,7 @@ from distill.run.config import SupernetConfig
 from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
 from distill.run.evaluation import evaluate_model
 from distill.run.teacher import fine_tuned_teacher
-from distill.train.loop import Evaluation, StepSchedule, TrainData, fit
+from distill.train.loop import Evaluation, StepSchedule, TrainData, devices_record, fit
 from distill.train.runlog import RunLog
 from distill.train.sandwich import make_sandwich_step
 from distill.train.steps import TrainState
@@ -242,7 +242,7 @@ def _results(cfg: SupernetConfig, prep: Prepared, teacher_dev: dict, progress) -
         "history": progress.history, "steps": progress.step, "train_features": len(prep.train),
         "train_examples_per_second": progress.examples_seen / max(progress.train_seconds, 1e-9),
         "seconds": dataclasses.asdict(prep.times), "supernet_dir": str(prep.out / SUPERNET_DIR),
-        "supernet": supernet_meta(cfg),
+        "supernet": supernet_meta(cfg), **devices_record(cfg.loop),
     }
 
 

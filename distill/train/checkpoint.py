@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers
 
@@ -121,12 +122,11 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             raise UserError(f"{self.directory}: no complete checkpoint to resume from")
-        abstract = lambda tree: jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)  # noqa: E731
         restored = self._manager.restore(
             step,
             args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract(params_like)),
-                opt_state=ocp.args.StandardRestore(abstract(opt_state_like)),
+                params=ocp.args.StandardRestore(_target(params_like)),
+                opt_state=ocp.args.StandardRestore(_target(opt_state_like)),
                 meta=ocp.args.JsonRestore(),
             ),
         )
@@ -141,8 +141,7 @@ class Checkpointer:
     def restore_params(self, step: int | None, params_like: Any) -> Any:
         """Only the parameters (e.g. the best step, for export)."""
         step = self.latest_step() if step is None else step
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, params_like)
-        restored = self._manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
+        restored = self._manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(_target(params_like))))
         return restored["params"]
 
     def wait(self) -> None:
@@ -155,6 +154,20 @@ class Checkpointer:
             return
         self.wait()
         self._manager.close()
+
+
+def _target(tree: Any) -> Any:
+    """What to restore `tree`'s arrays as: their shapes and dtypes, laid out as they are (a host array: on
+    the first local device), never as the checkpoint was written, so a run saved on N devices restores
+    on any number (the loop then replicates it)."""
+    first = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+    def leaf(x):
+        sharding = x.sharding if isinstance(x, jax.Array) else first
+        return jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype if not hasattr(x, "dtype") else x.dtype,
+                                    sharding=sharding)
+
+    return jax.tree.map(leaf, tree)
 
 
 def _join_writers(timeout: float) -> None:

@@ -35,6 +35,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from distill.arch import PRECISIONS
+from distill.kd.objective import TeacherOutputs
+from distill.model.sharding import DataParallel, data_parallel
 from distill.train.checkpoint import CheckpointConfig, Checkpointer
 from distill.train.runlog import RunLog
 from distill.train.steps import TrainState
@@ -65,6 +67,9 @@ class LoopConfig:
     max_seconds: float = 0.0
     """Stop, after an evaluation, once this call of `fit` has run this long (0: no bound): a time budget's
     safety net (the schedule is still planned for `max_steps`); not part of a run's key."""
+    devices: int = 0
+    """Split each batch over this many local devices (0: all of them; `distill.model.sharding`); the
+    batch size must be a multiple of it. Not part of a run's key: N devices compute what one does."""
     precision: str = "fp32"
     """The train step's compute: 'fp32', or 'bf16' (bfloat16 matmul operands with float32 accumulation,
     float32 master weights, optimizer state, softmax, LayerNorm and losses; see
@@ -75,7 +80,7 @@ class LoopConfig:
             raise UserError("epochs: need epochs >= 1 or max_steps >= 1")
         if self.batch_size < 1:
             raise UserError("batch_size: must be >= 1")
-        for name in ("eval_every", "patience", "max_steps", "profile_steps", "max_seconds"):
+        for name in ("eval_every", "patience", "max_steps", "profile_steps", "max_seconds", "devices"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name}: must be >= 0, got {getattr(self, name)}")
         if self.checkpoint_every < 1 or self.log_every < 1:
@@ -104,6 +109,11 @@ class Progress:
     train_seconds: float = 0.0
     run_key: str = ""
     """A hash of the settings that define the run; a resume with other settings is refused."""
+
+
+def devices_record(cfg: LoopConfig) -> dict:
+    """What a run's results.json says it ran on: the device count and kind, the mesh and the precision."""
+    return {**data_parallel(cfg.batch_size, cfg.devices).describe(), "precision": cfg.precision}
 
 
 class DivergedError(UserError, FloatingPointError):
@@ -188,9 +198,10 @@ def fit(
     a checkpoint saved under another key fails. `lr_at(step)` is the logged learning rate.
     """
     run = _Run(runlog, cfg, evaluation, Checkpointer(runlog.dir / "checkpoints",
-                                                    CheckpointConfig(every_steps=cfg.checkpoint_every)))
+                                                    CheckpointConfig(every_steps=cfg.checkpoint_every)),
+               data_parallel(cfg.batch_size, cfg.devices))
     try:
-        state = run.restore(state, run_key, resume)
+        state = run.dp.replicate(run.restore(state, run_key, resume))
         total, per_epoch = cfg.total_steps(data.features)
         stop = run.progress.step >= total or run.patience_spent()
         for epoch in range(run.progress.step // per_epoch, math.ceil(total / per_epoch)):
@@ -214,11 +225,12 @@ def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, e
     first = progress.step - epoch * per_epoch
     bar = tqdm(data.epoch(cfg, epoch, first), initial=first, total=min(per_epoch, total - epoch * per_epoch),
                desc=f"{desc} epoch {epoch + 1}/{math.ceil(total / per_epoch)}", unit="batch", mininterval=2.0)
-    rng = jax.random.key(cfg.seed)
+    dp = run.dp
+    rng = dp.replicate(jax.random.key(cfg.seed))
     stop, t_last = False, time.perf_counter()
     for batch, extra in bar:
         run.profile(progress.step, state)
-        state, m = steps.at(progress.step)(state, batch, rng, *extra)
+        state, m = steps.at(progress.step)(state, dp.shard(batch), rng, *(_place(dp, e) for e in extra))
         progress.step += 1
         progress.examples_seen += int(batch["weights"].sum())
         if progress.step % cfg.log_every == 0 or progress.step == total:
@@ -244,6 +256,14 @@ def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, e
     return state, stop
 
 
+def _place(dp: DataParallel, extra: Any) -> Any:
+    """A step's extra argument on the devices: the teacher's outputs for the batch split with it (their
+    stacked hidden states (K, B, T, H) on axis 1), anything else (the teacher's parameters) replicated."""
+    if isinstance(extra, TeacherOutputs):
+        return TeacherOutputs(dp.shard(extra.logits), dp.shard(extra.hidden, axis=1), dp.shard(extra.attention))
+    return dp.replicate(extra)
+
+
 @dataclasses.dataclass
 class _Run:
     """What one `fit` call shares between its stages: the log, settings, checkpointer and progress."""
@@ -252,6 +272,7 @@ class _Run:
     cfg: LoopConfig
     evaluation: Evaluation
     ckpt: Checkpointer
+    dp: DataParallel
     progress: Progress = dataclasses.field(default_factory=Progress)
     tracing: bool = False
     started: float = dataclasses.field(default_factory=time.perf_counter)

@@ -1,0 +1,97 @@
+"""Data parallelism over the local devices, with `jax.sharding`.
+
+One `Mesh` with a single `data` axis over the devices. A batch is split on
+its leading dimension across them (`NamedSharding(mesh, P("data"))`), the
+parameters and optimizer state are replicated (`P()`), and the jitted steps,
+which know nothing of devices, are partitioned by XLA from those layouts: the
+gradient is the whole batch's, summed across the devices, so a step on N
+devices computes what it computes on one (to float rounding; the dropout bits
+too, jax's threefry keys being partitionable). On one device every method is
+the identity, so single-device runs pay nothing.
+
+Checkpoints hold plain arrays: one written on N devices restores on any
+number (`distill.train.checkpoint` restores onto the current process's
+layout, then the loop replicates).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from tasks.errors import UserError
+
+DATA = "data"
+"""The mesh axis the batch is split on."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataParallel:
+    """Where a step's arrays go: batches split over `mesh`'s `data` axis, everything else replicated."""
+
+    mesh: Mesh
+
+    @property
+    def size(self) -> int:
+        return self.mesh.size
+
+    def fits(self, batch_size: int) -> bool:
+        return batch_size % self.size == 0
+
+    def replicate(self, tree: Any) -> Any:
+        """`tree` with every array on every device (parameters, optimizer state, keys)."""
+        if self.size == 1:
+            return tree
+        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+
+    def shard(self, tree: Any, axis: int = 0) -> Any:
+        """`tree`'s arrays split on their batch dimension `axis`; scalars replicated."""
+        if self.size == 1:
+            return tree
+        split, whole = NamedSharding(self.mesh, P(*(None,) * axis, DATA)), NamedSharding(self.mesh, P())
+        return jax.tree.map(lambda a: jax.device_put(a, split if np.ndim(a) else whole), tree)
+
+    def describe(self) -> dict:
+        """For a run's results.json: how many devices of which kind, and the mesh."""
+        devices = self.mesh.devices.ravel()
+        return {
+            "devices": int(self.size),
+            "device_kind": devices[0].device_kind,
+            "platform": devices[0].platform,
+            "mesh": {name: int(n) for name, n in self.mesh.shape.items()},
+        }
+
+
+def local_devices(count: int = 0) -> list:
+    """The first `count` local devices (0: all of them)."""
+    devices = jax.local_devices()
+    if count < 0 or count > len(devices):
+        raise UserError(f"--devices: {count} asked for, this process has {len(devices)} ({devices[0].platform})")
+    return devices[: count or len(devices)]
+
+
+def data_parallel(batch_size: int, devices: int = 0, *, flag: str = "--batch-size") -> DataParallel:
+    """The mesh for training with `batch_size` over `devices` local devices (0: all); a batch size the
+    device count does not divide is the user's error (`flag` names it)."""
+    mesh = Mesh(np.array(local_devices(devices)), (DATA,))
+    dp = DataParallel(mesh)
+    if not dp.fits(batch_size):
+        raise UserError(
+            f"{flag}: {batch_size} does not divide over the {dp.size} devices it is split across; "
+            f"use a multiple of {dp.size}"
+        )
+    return dp
+
+
+def for_batches(batch_size: int) -> DataParallel:
+    """The mesh for inference batches of `batch_size` (evaluation, labelling): all local devices when
+    they divide the batch, else one device (inference has no batch size of the user's to refuse)."""
+    devices = local_devices()
+    if batch_size % len(devices):
+        devices = devices[:1]
+    return DataParallel(Mesh(np.array(devices), (DATA,)))

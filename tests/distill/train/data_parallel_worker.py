@@ -1,0 +1,94 @@
+"""Child process of test_data_parallel.py: runs on as many (virtual CPU) devices as XLA_FLAGS gives it.
+
+  python data_parallel_worker.py compare ROOT   fine-tune and distil on 1 and on 4 devices, in ROOT
+  python data_parallel_worker.py resume ROOT    resume, on this process's devices, a fine-tune that
+                                                `compare` checkpointed on 4 devices
+
+Prints one JSON line (the last line of stdout) for the test to read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+sys.path[:0] = [str(Path(__file__).resolve().parents[3])]  # the repository root
+sys.path.append(str(Path(__file__).resolve().parents[2]))  # tests/, for helpers (after it: tests/distill is no package)
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
+from helpers import write_sst2, write_tiny_teacher  # noqa: E402
+
+from distill.kd.objective import LossConfig  # noqa: E402
+from distill.run.config import DistillConfig, FinetuneConfig  # noqa: E402
+from distill.run.distillation import distill  # noqa: E402
+from distill.run.finetuning import finetune  # noqa: E402
+from distill.train.loop import LoopConfig  # noqa: E402
+from distill.train.optim import OptimizerConfig  # noqa: E402
+
+STEPS = 20  # 160 training sentences / batch 16 = 10 steps per epoch, 2 epochs
+
+
+def train_losses(out: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+
+
+def weights_gap(a: Path, b: Path) -> float:
+    """The largest relative difference between two exports' tensors: max |a - b| / max(max |a|, 0.01) per
+    tensor (the floor for the attention keys' biases, whose gradient is zero in exact arithmetic: they stay
+    near 1e-9, pure rounding)."""
+    ta, tb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    assert ta.keys() == tb.keys()
+    return max(float(np.abs(ta[k] - tb[k]).max() / max(np.abs(ta[k]).max(), 0.01)) for k in ta)
+
+
+def loop(devices: int) -> LoopConfig:
+    return LoopConfig(epochs=2, batch_size=16, log_every=1, checkpoint_every=10, devices=devices)
+
+
+def finetune_config(root: Path, devices: int) -> FinetuneConfig:
+    return FinetuneConfig(task="sst2", teacher=str(root / "raw"), data_dir=str(root / "data"),
+                          optimizer=OptimizerConfig(learning_rate=3e-3), loop=loop(devices))
+
+
+def compare(root: Path) -> dict:
+    write_sst2(root / "data", n_train=160, n_dev=24)
+    write_tiny_teacher(root / "raw")
+    out = {"device_count": jax.device_count()}
+    for n in (1, 4):
+        r = finetune(finetune_config(root, n), root / f"finetune-{n}", use_cache=False)
+        out[f"finetune_{n}"] = {"losses": train_losses(root / f"finetune-{n}"), "best": r["best"],
+                                "devices": r["devices"], "mesh": r["mesh"], "precision": r["precision"]}
+    out["finetune_weights_gap"] = weights_gap(root / "finetune-1" / "teacher", root / "finetune-4" / "teacher")
+    teacher = root / "finetune-1" / "teacher"
+    for n in (1, 4):
+        cfg = DistillConfig(task="sst2", teacher=str(teacher), student="2L-24-H3-F30-D8", data_dir=str(root / "data"),
+                            optimizer=OptimizerConfig(learning_rate=3e-3), loop=loop(n),
+                            loss=LossConfig(hard_weight=0.5, hidden_weight=1.0))
+        r = distill(cfg, root / f"distill-{n}")
+        out[f"distill_{n}"] = {"losses": train_losses(root / f"distill-{n}"), "best": r["best"],
+                               "devices": r["devices"]}
+    out["distill_weights_gap"] = weights_gap(root / "distill-1" / "export", root / "distill-4" / "export")
+    return out
+
+
+def resume(root: Path) -> dict:
+    """Resume `finetune-4` (saved on 4 devices) from its step-10 checkpoint, here."""
+    run = root / "resumed"
+    shutil.copytree(root / "finetune-4", run)
+    shutil.rmtree(run / "checkpoints" / str(STEPS))
+    (run / "results.json").unlink()
+    r = finetune(finetune_config(root, 0), run, use_cache=False, resume=True)
+    return {"device_count": jax.device_count(), "losses": train_losses(run), "best": r["best"],
+            "history": r["history"], "devices": r["devices"]}
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("BERTNAS_CACHE", str(Path(sys.argv[2]) / "cache"))
+    result = {"compare": compare, "resume": resume}[sys.argv[1]](Path(sys.argv[2]))
+    print(json.dumps(result))
