@@ -191,6 +191,7 @@ def add_run_args(p, *, lr: float, epochs: int) -> None:
     p.add_argument("--profile", type=at_least(0), default=0, metavar="N",
                    help="write a JAX profiler trace of N steps (from step 5) to OUTPUT/profile")
     add_precision_arg(p)
+    add_devices_args(p)
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -200,6 +201,25 @@ def add_precision_arg(p) -> None:
                    help="compute of training and teacher labelling: bf16 runs the matmuls on bfloat16 operands "
                    "with float32 accumulation and float32 master weights; auto (default): bf16 on GPUs, TPUs "
                    "and CPUs with AMX, fp32 elsewhere. Evaluation and exports stay float32")
+
+
+def add_devices_args(p) -> None:
+    """`--devices` and `--attention-dropout` of the training tools (`LoopConfig.devices`, `.attention_dropout`)."""
+    p.add_argument("--devices", type=at_least(0), default=0, metavar="N",
+                   help="split each batch over the first N local devices (default 0: all); --batch-size must be "
+                   "a multiple of N")
+    p.add_argument("--attention-dropout", default="auto", choices=["auto", "on", "off"],
+                   help="dropout on the attention probabilities while training; auto (default): on on CPUs, off on "
+                   "GPUs and TPUs, whose fused attention kernels take none")
+
+
+def attention_dropout(name: str) -> bool:
+    """`--attention-dropout`'s value for the run config (`auto`: on only where JAX runs on the CPU)."""
+    if name != "auto":
+        return name == "on"
+    import jax  # here, not at the top: `--help` and flag errors answer without loading JAX
+
+    return jax.default_backend() == "cpu"
 
 
 def precision(name: str, resume: str | None = None) -> str:
@@ -277,5 +297,7 @@ def loop_from_args(args):
         checkpoint_every=args.checkpoint_every,
         seed=args.seed,
         profile_steps=args.profile,
+        devices=args.devices,
+        attention_dropout=attention_dropout(args.attention_dropout),
         precision=precision(args.precision, args.output if getattr(args, "resume", False) else None),
     )

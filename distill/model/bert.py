@@ -175,6 +175,8 @@ class SelfAttention(nn.Module):
     arch: BertArch
     num_heads: int
     dtype: Dtype = jnp.float32
+    attention: str = "xla"
+    attention_dropout: bool = True
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool, return_scores: bool):
@@ -182,7 +184,7 @@ class SelfAttention(nn.Module):
         shape = (3, self.num_heads, arch.head_size)
         qkv = ReshapedDense(shape, 1, _dense_init(arch), self.dtype, name="qkv")(x)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]  # (B, T, N, H)
-        use_dropout = not deterministic and arch.attention_dropout > 0
+        use_dropout = not deterministic and self.attention_dropout and arch.attention_dropout > 0
         scores = None
         if return_scores or use_dropout:
             scores = jnp.einsum("btnh,bsnh->bnts", q, k) / jnp.sqrt(arch.head_size).astype(q.dtype)
@@ -190,6 +192,9 @@ class SelfAttention(nn.Module):
             probs = jax.nn.softmax(masked.astype(jnp.float32), axis=-1).astype(self.dtype)
             probs = nn.Dropout(arch.attention_dropout)(probs, deterministic=deterministic)
             context = jnp.einsum("bnts,bsnh->btnh", probs, v)
+        elif self.attention == "cudnn":  # fused (flash) attention; padding is always at the end of a row
+            context = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=mask.sum(-1, dtype=jnp.int32),
+                                                   implementation="cudnn")
         else:
             context = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
         out = ReshapedDense((arch.hidden_size,), 2, _dense_init(arch), self.dtype, name="output")(context)
@@ -201,12 +206,15 @@ class Layer(nn.Module):
     num_heads: int
     ffn_size: int
     dtype: Dtype = jnp.float32
+    attention: str = "xla"
+    attention_dropout: bool = True
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool, return_scores: bool):
         arch, init = self.arch, _dense_init(self.arch)
         dropout = nn.Dropout(arch.hidden_dropout)
-        attn, scores = SelfAttention(arch, self.num_heads, self.dtype, name="attention")(
+        attn, scores = SelfAttention(arch, self.num_heads, self.dtype, self.attention, self.attention_dropout,
+                                     name="attention")(
             x, mask, deterministic, return_scores
         )
         x = _layer_norm(arch, "attention_norm")(x + dropout(attn, deterministic=deterministic)).astype(self.dtype)
@@ -223,12 +231,15 @@ class Encoder(nn.Module):
 
     arch: BertArch
     dtype: Dtype = jnp.float32
+    attention: str = "xla"
+    attention_dropout: bool = True
 
     @nn.compact
     def __call__(self, x, mask, deterministic: bool, output_hidden_states: bool, output_attentions: bool):
         arch = self.arch
         blocks = [
-            Layer(arch, arch.num_heads[i], arch.ffn_sizes[i], self.dtype, name=f"layer_{g}")
+            Layer(arch, arch.num_heads[i], arch.ffn_sizes[i], self.dtype, self.attention, self.attention_dropout,
+                  name=f"layer_{g}")
             for g, i in enumerate(arch.group_starts)
         ]
         hidden, scores = [x], []
@@ -269,6 +280,10 @@ class BertForTask(nn.Module):
       LayerNorm statistics stay float32.
     crf: a linear-chain CRF over the tags (head 'tagging' only): parameters
       under `crf`, scores in `BertOutput.crf`; the logits stay the emissions.
+    attention: 'xla', or 'cudnn' (fused flash attention on NVIDIA GPUs, bfloat16
+      only), wherever no scores are returned and no attention dropout applies.
+    attention_dropout: False turns off dropout on the attention probabilities
+      (fused kernels take none), whatever `arch.attention_dropout` says.
     """
 
     arch: BertArch
@@ -276,6 +291,8 @@ class BertForTask(nn.Module):
     num_labels: int = 0
     dtype: Dtype = jnp.float32
     crf: bool = False
+    attention: str = "xla"
+    attention_dropout: bool = True
 
     @nn.compact
     def __call__(
@@ -299,7 +316,7 @@ class BertForTask(nn.Module):
             attention_mask = jnp.ones_like(input_ids)
         mask = attention_mask.astype(bool)
         x = Embeddings(arch, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
-        x, hidden, scores = Encoder(arch, self.dtype, name="encoder")(
+        x, hidden, scores = Encoder(arch, self.dtype, self.attention, self.attention_dropout, name="encoder")(
             x, mask, deterministic, output_hidden_states, output_attentions
         )
         pooled = None
@@ -346,11 +363,23 @@ COMPUTE_DTYPES = dict(zip(PRECISIONS, (jnp.float32, jnp.bfloat16)))
 """`LoopConfig.precision` -> the model's compute dtype."""
 
 
-def in_precision(model: BertForTask, precision: str) -> BertForTask:
+def in_precision(model: BertForTask, precision: str, *, attention_dropout: bool = True) -> BertForTask:
     """`model` computing in `precision`'s dtype (the same parameters, which stay float32): the train steps'
-    model, and the teacher's when it labels (`distill.run.data.teacher_labels`)."""
+    model, and the teacher's when it labels (`distill.run.data.teacher_labels`). In bfloat16 on an NVIDIA
+    GPU its attention is cuDNN's fused kernel (`fused_attention`) wherever no scores or attention dropout
+    are asked for; `attention_dropout=False` drops the latter (the default on accelerators: see
+    `LoopConfig.attention_dropout`)."""
     dtype = COMPUTE_DTYPES[precision]
-    return model if jnp.dtype(model.dtype) == jnp.dtype(dtype) else model.clone(dtype=dtype)
+    settings = {"dtype": dtype, "attention": fused_attention(model.arch, dtype), "attention_dropout": attention_dropout}
+    changed = {k: v for k, v in settings.items() if getattr(model, k) != v}
+    return model.clone(**changed) if changed else model
+
+
+def fused_attention(arch: BertArch, dtype: Dtype) -> str:
+    """'cudnn' where cuDNN's flash attention takes the shapes (a GPU, bfloat16, head size a multiple of 8
+    up to 128), else 'xla'."""
+    fits = jnp.dtype(dtype) == jnp.bfloat16 and arch.head_size % 8 == 0 and arch.head_size <= 128
+    return "cudnn" if fits and jax.default_backend() == "gpu" else "xla"
 
 
 def init_params(model: BertForTask, rng: jax.Array, seq_len: int = 8) -> dict:

@@ -78,6 +78,8 @@ class FinetuneConfig:
             d["crf"] = True
         if loop.precision != "fp32":  # likewise
             d["precision"] = loop.precision
+        if not loop.attention_dropout:  # likewise
+            d["attention_dropout"] = False
         return d
 
 
@@ -189,4 +191,5 @@ class SupernetConfig:
             "train_limit": self.train_limit, "dev_limit": self.dev_limit, "validation": self.validation,
             "teacher_epochs": self.teacher_epochs,
             **({"precision": loop.precision} if loop.precision != "fp32" else {}),  # earlier keys stay valid
+            **({"attention_dropout": False} if not loop.attention_dropout else {}),  # likewise
         }

@@ -159,6 +159,8 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
         settings["loop"].pop(k)
     if settings["loop"]["precision"] == "fp32":  # runs from before the flag keep their key
         settings["loop"].pop("precision")
+    if settings["loop"]["attention_dropout"]:  # likewise
+        settings["loop"].pop("attention_dropout")
     if settings["crf"] is None:  # runs from before the flag keep their key
         settings.pop("crf")
     source = settings["init"].pop("source")  # likewise; a supernet counts by its weights, wherever it lies
@@ -319,7 +321,8 @@ def step_schedule(cfg: DistillConfig, prep: Prepared, model, tx, total: int) -> 
     def make(stage: str):
         tags = prep.task.labels if prep.crf else ()
         precision = cfg.loop.precision  # the student's step, and the teacher's forward in it (when one runs)
-        return make_train_step(in_precision(model, precision), in_precision(prep.teacher.model, precision), tx,
+        student = in_precision(model, precision, attention_dropout=cfg.loop.attention_dropout)
+        return make_train_step(student, in_precision(prep.teacher.model, precision), tx,
                                prep.task.kind, cfg.loss, prep.layer_map, stage, tags)
 
     first, last = cfg.loss.stage_at(0, total), cfg.loss.stage_at(total - 1, total)

@@ -135,7 +135,8 @@ def _train(cfg: FinetuneConfig, task, teacher, params, train_ex, dev_ex, out: Pa
     log.info("encoded %d train / %d dev features in %.1fs", len(train), len(dev), time.perf_counter() - t_enc)
     total, _ = cfg.loop.total_steps(train)
     tx = cfg.optimizer.build(params, total, teacher.arch.num_layers, teacher.arch.groups)
-    step = make_supervised_step(in_precision(teacher.model, cfg.loop.precision), tx, task.kind,
+    model = in_precision(teacher.model, cfg.loop.precision, attention_dropout=cfg.loop.attention_dropout)
+    step = make_supervised_step(model, tx, task.kind,
                                 task.labels if cfg.crf else ())
     runlog = RunLog(out, {"finetune": cfg, "task": task.name, "teacher_dir": str(teacher.path), "total_steps": total})
     t_start = time.time()

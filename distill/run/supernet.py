@@ -165,7 +165,7 @@ def _train(cfg: SupernetConfig, prep: Prepared, params: dict, hidden_order: list
     tx = cfg.optimizer.build(params, total, arch.num_layers, arch.groups)
     step = make_sandwich_step(arch, cfg.choices, tx, head=task.kind, num_labels=task.num_labels, kind=task.kind,
                               loss_cfg=cfg.loss, num_sampled=cfg.num_sampled, seed=cfg.loop.seed,
-                              precision=cfg.loop.precision)
+                              precision=cfg.loop.precision, attention_dropout=cfg.loop.attention_dropout)
     ends = {"largest": cfg.choices.largest(arch), "smallest": cfg.choices.smallest(arch)}
 
     def evaluate(p):

@@ -70,6 +70,10 @@ class LoopConfig:
     devices: int = 0
     """Split each batch over this many local devices (0: all of them; `distill.model.sharding`); the
     batch size must be a multiple of it. Not part of a run's key: N devices compute what one does."""
+    attention_dropout: bool = True
+    """Dropout on the attention probabilities (at the model's `attention_dropout` rate) in the train step; the
+    tools turn it off on GPUs and TPUs by default (`--attention-dropout auto`), where the fused attention
+    kernels take none (`distill.model.bert.in_precision`)."""
     precision: str = "fp32"
     """The train step's compute: 'fp32', or 'bf16' (bfloat16 matmul operands with float32 accumulation,
     float32 master weights, optimizer state, softmax, LayerNorm and losses; see

@@ -29,7 +29,7 @@ import optax
 from distill.arch import BertArch
 from distill.kd.objective import LossConfig, TeacherOutputs, distill_loss
 from distill.kd.supernet import SubnetChoices, masked, padded, width_masks
-from distill.model.bert import COMPUTE_DTYPES, build_model
+from distill.model.bert import build_model, in_precision
 from distill.model.infer import model_inputs
 from distill.train.steps import TrainState
 
@@ -52,9 +52,11 @@ def subnet_grads(
     kind: str,
     loss_cfg: LossConfig,
     precision: str = "fp32",
+    attention_dropout: bool = True,
 ):
     """(gradient of the sub-network's distillation loss w.r.t. the supernet, (loss, example count))."""
-    model = build_model(padded(supernet, shape).arch(supernet), head, num_labels, COMPUTE_DTYPES[precision])
+    model = in_precision(build_model(padded(supernet, shape).arch(supernet), head, num_labels), precision,
+                         attention_dropout=attention_dropout)
 
     def objective(p):
         out = model.apply(
@@ -70,7 +72,8 @@ def subnet_grads(
 
 
 _subnet_grads = jax.jit(
-    subnet_grads, static_argnames=("supernet", "shape", "head", "num_labels", "kind", "loss_cfg", "precision")
+    subnet_grads,
+    static_argnames=("supernet", "shape", "head", "num_labels", "kind", "loss_cfg", "precision", "attention_dropout"),
 )
 
 
@@ -101,6 +104,7 @@ def sandwich_step(
     kind: str,
     loss_cfg: LossConfig,
     precision: str = "fp32",
+    attention_dropout: bool = True,
 ):
     """One sandwich step; metrics as the loop wants them (`loss` is the sum of the sub-networks' losses,
     with `largest`, `smallest` and `sampled` each logged as a mean)."""
@@ -114,7 +118,7 @@ def sandwich_step(
         grads, loss = _subnet_grads(
             state.params, batch, jax.random.fold_in(step_rng, k), teacher, head_mask, ffn_mask,
             supernet=supernet, shape=sub.shape, head=head, num_labels=num_labels, kind=kind, loss_cfg=loss_cfg,
-            precision=precision,
+            precision=precision, attention_dropout=attention_dropout,
         )
         total_grads = grads if total_grads is None else _add(total_grads, grads)
         losses.append(loss)
@@ -142,6 +146,7 @@ def make_sandwich_step(
     num_sampled: int = 2,
     seed: int = 0,
     precision: str = "fp32",
+    attention_dropout: bool = True,
 ):
     """`sandwich_step` with its settings bound: `step(state, batch, rng, teacher_outputs) -> (state, metrics)`."""
     if loss_cfg.intermediate:
@@ -151,4 +156,5 @@ def make_sandwich_step(
     return functools.partial(
         sandwich_step, update=update, supernet=supernet, choices=choices, num_sampled=num_sampled, seed=seed,
         head=head, num_labels=num_labels, kind=kind, loss_cfg=loss_cfg, precision=precision,
+        attention_dropout=attention_dropout,
     )

@@ -203,3 +203,33 @@ def test_auto_precision_resumes_a_run_in_the_precision_it_trained_in(tmp_path, m
     if jax.default_backend() == "cpu":  # no run there: what this (AMX) machine picks for a new run
         assert cli.precision("auto", str(tmp_path / "none")) == "bf16"
     assert cli.precision("bf16", str(old)) == "bf16"  # an explicit value is what the user asked for
+
+
+def test_attention_dropout_off_leaves_only_the_hidden_dropout():
+    arch = dataclasses.replace(ARCH, hidden_dropout=0.0, attention_dropout=0.5)
+    model = build_model(arch, "classification", 2)
+    params = init_params(model, jax.random.key(0))
+    ids = jax.random.randint(jax.random.key(1), (B, T), 0, arch.vocab_size)
+    mask = jnp.ones((B, T), jnp.int32).at[0, 4:].set(0)
+
+    def logits(m, deterministic):
+        return m.apply({"params": params}, ids, jnp.zeros_like(ids), mask, deterministic=deterministic,
+                       rngs={"dropout": jax.random.key(2)}).logits
+
+    assert not np.allclose(logits(model, False), logits(model, True))  # the attention dropout acts
+    off = in_precision(model, "fp32", attention_dropout=False)
+    assert off.attention_dropout is False and off.attention == "xla"  # fused kernels only on GPUs, in bf16
+    np.testing.assert_allclose(logits(off, False), logits(model, True), rtol=1e-6, atol=1e-6)
+
+
+def test_attention_dropout_flag_and_keys():
+    from distill.cli import attention_dropout
+
+    assert attention_dropout("auto") is (jax.default_backend() == "cpu")
+    assert attention_dropout("on") is True and attention_dropout("off") is False
+    base = FinetuneConfig(task="sst2", teacher="minilm")
+    assert "attention_dropout" not in base.cache_settings()  # earlier teachers' keys stay valid
+    off = dataclasses.replace(base, loop=dataclasses.replace(base.loop, attention_dropout=False))
+    assert off.cache_settings()["attention_dropout"] is False
+    on_devices = dataclasses.replace(base, loop=dataclasses.replace(base.loop, devices=1))
+    assert on_devices.cache_settings() == base.cache_settings()  # N devices compute what one does

@@ -20,8 +20,8 @@ sys.path.append(str(Path(__file__).resolve().parents[2]))  # tests/, for helpers
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-from safetensors.numpy import load_file  # noqa: E402
 from helpers import write_sst2, write_tiny_teacher  # noqa: E402
+from safetensors.numpy import load_file  # noqa: E402
 
 from distill.kd.objective import LossConfig  # noqa: E402
 from distill.run.config import DistillConfig, FinetuneConfig  # noqa: E402
