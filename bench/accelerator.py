@@ -14,16 +14,24 @@ skipped and say so; bfloat16 cases come before float32 ones):
   on the BERT-base shape (12L-768, 12 heads, FFN 3072), batch 128 and 32;
 - infer: forward only, deterministic, on BERT-base, the teacher (6L-384,
   FFN 1536) and a student (4L-312, FFN 1200) shape, batch 128 and 1;
-- last, one bfloat16 train step whose dropout key is `unsafe_rbg` instead
-  of threefry (key train/base/b128/bfloat16/rbg): what dropout RNG costs;
+- last, diagnostic runs of the first bfloat16 train case (`VARIANTS`, ours
+  only): the dropout key from `unsafe_rbg` instead of threefry (what dropout
+  RNG costs), attention through XLA instead of cuDNN's fused kernel, and
+  attention-probability dropout on (what the fused path is worth);
 - the same train and infer cases with transformers'
   `BertForSequenceClassification` (random init, eager; AdamW, fused on CUDA,
   and `clip_grad_norm_`; inference in `torch.inference_mode`), if torch is
   installed; ratio = our examples/s over PyTorch's.
 
+Ours is the model the tools train on the device: `in_precision(model,
+precision, attention_dropout=...)` as `--precision` and `--attention-dropout
+auto` give it (on a GPU or TPU no attention-probability dropout, and in
+bfloat16 on an NVIDIA GPU cuDNN's fused attention); PyTorch's config drops
+the attention dropout likewise on CUDA (its SDPA attention).
+
 Precision. bfloat16 training keeps float32 master weights and optimizer
-state: our model is built with `dtype=bfloat16` (every matmul casts its
-float32 kernel and input to bfloat16; LayerNorm, softmax, logits and loss
+state: our matmuls take bfloat16 operands with float32 accumulation
+(`distill.model.bert.mixed_matmul`; LayerNorm, softmax, logits and loss
 stay float32); PyTorch runs the forward under `torch.autocast(bfloat16)`.
 bfloat16 inference stores the weights in bfloat16 on both sides (our params
 cast once, `model.to(torch.bfloat16)`). float32 matmuls use TF32 on both
@@ -97,7 +105,7 @@ class Case:
     shape: str  # a key of SHAPES
     batch: int
     dtype: str  # "bfloat16" or "float32"
-    variant: str = ""  # "rbg": our side only, dropout key from unsafe_rbg
+    variant: str = ""  # our side only: one of VARIANTS
 
     @property
     def key(self) -> str:
@@ -120,13 +128,19 @@ def arch_for(shape: str, quick: bool) -> BertArch:
 
 
 INFER_SHAPES = ("base", "teacher", "student")
+VARIANTS = {
+    "rbg": "dropout key from unsafe_rbg instead of threefry",
+    "xla-attn": "attention through XLA's own fusion instead of cuDNN's fused kernel",
+    "attn-dropout": "attention-probability dropout on (no fused kernel takes it): the CPU default",
+}
+"""Diagnostic runs of the first bfloat16 train case, ours only: what each lever is worth."""
 
 
 def plan(args) -> list[Case]:
     """Every case, most important first (the time budget cuts from the end).
 
-    bfloat16 (train, then inference) before float32; the unsafe_rbg
-    diagnostic last.
+    bfloat16 (train, then inference) before float32; the diagnostic
+    variants last.
     """
     train_batches = sorted(args.train_batches, reverse=True)
     cases = []
@@ -134,7 +148,7 @@ def plan(args) -> list[Case]:
         cases += [Case("train", "base", b, dtype) for b in train_batches]
         cases += [Case("infer", s, b, dtype) for s in INFER_SHAPES for b in sorted(args.infer_batches, reverse=True)]
     if "bfloat16" in args.dtypes and not args.no_variants:
-        cases.append(Case("train", "base", train_batches[0], "bfloat16", "rbg"))
+        cases += [Case("train", "base", train_batches[0], "bfloat16", v) for v in VARIANTS]
     return cases
 
 
@@ -194,7 +208,7 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
     import jax
     import jax.numpy as jnp
 
-    from distill.model.bert import build_model, init_params
+    from distill.model.bert import build_model, in_precision, init_params
     from distill.model.infer import logits_step
     from distill.train.optim import OptimizerConfig
     from distill.train.steps import TrainState, make_supervised_step
@@ -215,9 +229,15 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
     def measure(case: Case) -> dict:
         arch = arch_for(case.shape, args.quick)
         dtype = jnp.dtype(case.dtype)
-        model = build_model(arch, HEAD, NUM_LABELS, dtype=dtype)
+        base = build_model(arch, HEAD, NUM_LABELS)
+        # The tools' model on this device: `--precision` and `--attention-dropout auto` (off on accelerators,
+        # where bfloat16 attention is cuDNN's fused kernel on NVIDIA GPUs), unless a variant says otherwise.
+        dropout = case.variant == "attn-dropout" or backend == "cpu"
+        model = in_precision(base, "bf16" if dtype == jnp.bfloat16 else "fp32", attention_dropout=dropout)
+        if case.variant == "xla-attn":
+            model = model.clone(attention="xla")
         # float32 parameters whatever the compute dtype; the float32 model's init is compiled once per shape.
-        params = init_params(build_model(arch, HEAD, NUM_LABELS), jax.random.key(0))
+        params = init_params(base, jax.random.key(0))
         batch = make_batch(case.batch, args.seq, arch.vocab_size)
         if case.mode == "train":
             tx = OptimizerConfig().build(params, 10_000, arch.num_layers)
@@ -233,7 +253,8 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
             forward = jax.jit(functools.partial(logits_step, model=model))
             batch = jax.device_put({k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")})
             timed = time_steps(lambda c: (c, forward(params, batch)), None, jax.block_until_ready, **timing)
-        return _result(case, arch, args.seq, timed, **info)
+        return _result(case, arch, args.seq, timed, **info, attention=model.attention,
+                       attention_dropout=model.attention_dropout)
 
     _run_cases(plan(args), measure, rows, "ours", deadline, gc.collect)
 
@@ -278,7 +299,10 @@ def _torch_side(args, rows: _Rows, deadline: float) -> None:
     def measure(case: Case) -> dict:
         arch = arch_for(case.shape, args.quick)
         dtype = getattr(torch, case.dtype)
-        model = BertForSequenceClassification(BertConfig(**hf_bert_kwargs(arch), num_labels=NUM_LABELS)).to(device)
+        config = BertConfig(**hf_bert_kwargs(arch), num_labels=NUM_LABELS)
+        if device == "cuda":  # as ours on accelerators: no attention-probability dropout
+            config.attention_probs_dropout_prob = 0.0
+        model = BertForSequenceClassification(config).to(device)
         batch = make_batch(case.batch, args.seq, arch.vocab_size)
         inputs = {
             k: torch.from_numpy(batch[k]).long().to(device) for k in ("input_ids", "token_type_ids", "attention_mask")
@@ -450,7 +474,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--budget-s", type=float, default=270.0, help="no new case starts after this (default %(default)s)")
     p.add_argument("--no-torch", action="store_true", help="measure our side only")
-    p.add_argument("--no-variants", action="store_true", help="skip the unsafe_rbg dropout run")
+    p.add_argument("--no-variants", action="store_true", help="skip the diagnostic runs (VARIANTS)")
     p.add_argument("--side", choices=["jax", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--rows", help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)

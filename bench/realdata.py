@@ -68,18 +68,19 @@ def _ours(request: dict) -> dict:
 
     task, features = _features(request)
     teacher = load_bert(request["teacher_dir"], head=task.kind, num_labels=task.num_labels, seed=0)
+    dropout = jax.default_backend() == "cpu"  # the tools' `--attention-dropout auto`: off on GPUs and TPUs
     out = {}
     for strategy in STRATEGIES:
         buckets = default_buckets(features.max_length) if strategy == "before" else buckets_for(features)
         tx = OptimizerConfig(learning_rate=1e-4).build(teacher.params, request["steps"], teacher.arch.num_layers)
         precision = "bf16" if strategy.endswith("bf16") else "fp32"
-        step = make_supervised_step(in_precision(teacher.model, precision), tx, task.kind)
+        step = make_supervised_step(in_precision(teacher.model, precision, attention_dropout=dropout), tx, task.kind)
         fresh = lambda: TrainState.create(jax.device_put(teacher.params), tx)  # noqa: E731
         out[strategy] = {"buckets": list(buckets), "precision": precision,
                          "finetune": _timed_steps(step, fresh, features, buckets, request["steps"], jax.random.key(0))}
         out[strategy]["label"] = _timed_labelling(in_precision(teacher.model, precision), teacher.params, features,
                                                   buckets, request["label_limit"], grouped=strategy == "before")
-    return {"side": "ours", "device": jax.devices()[0].device_kind, **out}
+    return {"side": "ours", "device": jax.devices()[0].device_kind, "attention_dropout": dropout, **out}
 
 
 def _timed_steps(step, fresh_state, features, buckets, steps: int, rng) -> dict:
@@ -155,11 +156,26 @@ def _torch(request: dict) -> dict:
     task, features = _features(request)
     num_labels = 1 if task.kind == "regression" else task.num_labels
     cls = BertForTokenClassification if task.kind == "tagging" else BertForSequenceClassification
-    model = cls.from_pretrained(request["teacher_dir"], num_labels=num_labels)
+    cuda = torch.cuda.is_available()
+    # On a GPU, as ours there: bfloat16 autocast, no attention-probability dropout (fused attention).
+    extra = {"attention_probs_dropout_prob": 0.0} if cuda else {}
+    model = cls.from_pretrained(request["teacher_dir"], num_labels=num_labels, **extra).to("cuda" if cuda else "cpu")
     train = _torch_finetune(model, features, request["steps"], torch)
     label = _torch_label(model, _first_torch(features, request["label_limit"]), torch)
     return {"side": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
+            "device": torch.cuda.get_device_name() if cuda else "cpu", "precision": "bf16" if cuda else "fp32",
             "attn_implementation": model.config._attn_implementation, "finetune": train, "label": label}
+
+
+def _sync(torch) -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def _autocast(torch):
+    """bfloat16 autocast on a GPU (ours runs bf16 there by default); nothing on the CPU."""
+    cuda = torch.cuda.is_available()
+    return torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda)
 
 
 def _first_torch(features, n: int) -> tuple[list, list]:
@@ -189,7 +205,8 @@ def _pad(ids, types, rows, torch) -> dict:
     for r, i in enumerate(rows):
         n = len(ids[i])
         x[r, :n], t[r, :n], m[r, :n] = torch.as_tensor(ids[i]), torch.as_tensor(types[i]), 1
-    return {"input_ids": x, "token_type_ids": t, "attention_mask": m}
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    return {"input_ids": x.to(device), "token_type_ids": t.to(device), "attention_mask": m.to(device)}
 
 
 def _torch_finetune(model, features, steps: int, torch) -> dict:
@@ -197,12 +214,14 @@ def _torch_finetune(model, features, steps: int, torch) -> dict:
     ids, types = list(features.input_ids), list(features.token_type_ids)
     plan = _grouped(features.lengths, 32)[:steps]
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=torch.cuda.is_available() or None)
     computed = real = examples = 0
     t0 = time.perf_counter()
     for rows in plan:
         batch = _pad(ids, types, rows, torch)
-        loss = model(**batch, labels=_targets(features, rows, batch["input_ids"].shape[1], torch)).loss
+        with _autocast(torch):
+            labels = _targets(features, rows, batch["input_ids"].shape[1], torch).to(batch["input_ids"].device)
+            loss = model(**batch, labels=labels).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -210,6 +229,7 @@ def _torch_finetune(model, features, steps: int, torch) -> dict:
         computed += batch["input_ids"].numel()
         real += int(batch["attention_mask"].sum())
         examples += len(rows)
+    _sync(torch)
     seconds = time.perf_counter() - t0
     return {"examples_per_s": examples / seconds, "seconds": seconds, "batches": len(plan),
             "tokens_per_real_token": computed / real}
@@ -235,12 +255,13 @@ def _torch_label(model, data, torch) -> dict:
     model.eval()
     computed = real = 0
     t0 = time.perf_counter()
-    with torch.inference_mode():
+    with torch.inference_mode(), _autocast(torch):
         for rows in plan:
             batch = _pad(ids, types, rows, torch)
-            model(**batch)
+            model(**batch).logits.float().cpu()  # to the host, as a labelling pass keeps them
             computed += batch["input_ids"].numel()
             real += int(batch["attention_mask"].sum())
+    _sync(torch)
     seconds = time.perf_counter() - t0
     return {"examples_per_s": len(ids) / seconds, "seconds": seconds, "batches": len(plan),
             "tokens_per_real_token": computed / real}
@@ -254,14 +275,14 @@ def measure(request: dict) -> dict:
 
 
 def run(task: str, data_root: Path, *, steps: int, label_limit: int, limit: int | None = None,
-        threads: int | None = None) -> dict:
+        threads: int | None = None, teacher: str = "minilm") -> dict:
     """Both sides on one task; the ratios of ours (each bucket strategy) over PyTorch."""
     from distill.model.store import resolve_model_dir
 
     data_dir = data_root / TASKS[task]
     if not data_dir.is_dir():
         raise Skip(f"no {task} data at {data_dir}")
-    request = {"task": task, "data_dir": str(data_dir), "teacher_dir": str(resolve_model_dir("minilm")),
+    request = {"task": task, "data_dir": str(data_dir), "teacher_dir": str(resolve_model_dir(teacher)),
                "steps": steps, "label_limit": label_limit, "limit": limit, "threads": threads or cpu_threads()}
     ours = run_child("bench.realdata", {**request, "side": "ours"})
     try:
@@ -307,9 +328,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--label-limit", type=int, default=4096)
+    p.add_argument("--limit", type=int, default=None, help="the first N training sentences only")
+    p.add_argument("--teacher", default="minilm", help="teacher model directory or alias (default %(default)s)")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
-    result = run(args.task, args.data_root, steps=args.steps, label_limit=args.label_limit)
+    result = run(args.task, args.data_root, steps=args.steps, label_limit=args.label_limit, limit=args.limit,
+                 teacher=args.teacher)
     print(f"{'workload':<34} {'ours ex/s':>10} {'torch ex/s':>10} {'ratio':>6} {'tok/real':>8} {'torch':>6}")
     for r in result["ratios"]:
         ref = f"{r['reference']:10.1f}" if r["reference"] else f"{'-':>10}"
