@@ -70,12 +70,13 @@ def run_child(module: str, request: dict) -> dict:
 
 
 def child_main(measure: Callable[[dict], dict], argv: list[str]) -> None:
-    """The other end of `run_child`: read the request, pin to its `threads` CPUs, write what `measure` returns
-    (or {"skipped": why}) to the out file."""
+    """The other end of `run_child`: read the request, pin to its `threads` CPUs (and JAX to the CPU unless
+    the request says `"accelerator": true`), write what `measure` returns (or {"skipped": why}) to the out
+    file."""
     from nas.latency_child import pin
 
     request = json.loads(argv[0])
-    pin(int(request["threads"]))
+    pin(int(request["threads"]), cpu_only=not request.get("accelerator", False))
     try:
         result = measure(request)
     except Skip as e:

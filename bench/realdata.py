@@ -22,6 +22,11 @@ float32 accumulation, float32 master weights in fine-tuning; the teacher labels 
 are assembled inside the timed loop on both sides; every bucket shape is compiled before the clock starts
 (a warm-up step per shape on a throwaway state), as the persistent compilation cache makes it for any
 later run. Reported: examples/s, tokens computed per real token, ours / PyTorch.
+
+Where JAX and PyTorch see a GPU, both sides run on it: ours as the tools run there (attention-probability
+dropout off, `--attention-dropout auto`; cuDNN's fused attention in `after-bf16`), PyTorch under bfloat16
+autocast with its attention dropout off likewise. `--teacher DIR` measures another teacher (any BERT
+directory; the weights do not change the speed), `--limit N` the first N training sentences only.
 """
 
 from __future__ import annotations
@@ -283,7 +288,8 @@ def run(task: str, data_root: Path, *, steps: int, label_limit: int, limit: int 
     if not data_dir.is_dir():
         raise Skip(f"no {task} data at {data_dir}")
     request = {"task": task, "data_dir": str(data_dir), "teacher_dir": str(resolve_model_dir(teacher)),
-               "steps": steps, "label_limit": label_limit, "limit": limit, "threads": threads or cpu_threads()}
+               "steps": steps, "label_limit": label_limit, "limit": limit, "threads": threads or cpu_threads(),
+               "accelerator": True}  # ours on a GPU where there is one, as the tools run
     ours = run_child("bench.realdata", {**request, "side": "ours"})
     try:
         torch = run_child("bench.realdata", {**request, "side": "torch"})

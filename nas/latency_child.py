@@ -18,15 +18,17 @@ import os
 import sys
 
 
-def pin(threads: int) -> None:
-    """Run this process (and the XLA backend it starts later) on `threads` CPUs."""
+def pin(threads: int, *, cpu_only: bool = True) -> None:
+    """Run this process (and the XLA backend it starts later) on `threads` CPUs; `cpu_only`: JAX on the CPU
+    even where an accelerator is (latency on the serving CPU)."""
     if hasattr(os, "sched_setaffinity"):
         cpus = sorted(os.sched_getaffinity(0))[:threads]
         os.sched_setaffinity(0, cpus)
     if threads == 1:
         flags = os.environ.get("XLA_FLAGS", "")
         os.environ["XLA_FLAGS"] = f"{flags} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".strip()
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    if cpu_only:
+        os.environ["JAX_PLATFORMS"] = "cpu"
 
 
 def main(argv: list[str]) -> None:

@@ -192,7 +192,8 @@ class SelfAttention(nn.Module):
             probs = jax.nn.softmax(masked.astype(jnp.float32), axis=-1).astype(self.dtype)
             probs = nn.Dropout(arch.attention_dropout)(probs, deterministic=deterministic)
             context = jnp.einsum("bnts,bsnh->btnh", probs, v)
-        elif self.attention == "cudnn":  # fused (flash) attention; padding is always at the end of a row
+        elif self.attention == "cudnn" and x.shape[1] % 2 == 0:  # cuDNN's flash attention (its backward takes
+            # even lengths only; an odd bucket goes through XLA); padding is always at the end of a row
             context = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=mask.sum(-1, dtype=jnp.int32),
                                                    implementation="cudnn")
         else:

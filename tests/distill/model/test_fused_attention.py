@@ -3,7 +3,7 @@ NVIDIA GPUs): the same logits and gradients as XLA's attention. Runs only where 
 CI); on the CPU, the choice itself is checked (always 'xla').
 
 Shape: 2 layers, hidden 72, 3 heads of 24 (cuDNN takes head sizes that are multiples of 8), rows of
-lengths 9, 5 and 2 padded to 11. Both sides compute in bfloat16, so each is compared with float32 and
+lengths 9, 5 and 2 padded to 12 (cuDNN's backward takes even lengths). Both sides compute in bfloat16, so each is compared with float32 and
 must land as close to it as the other (measured on an H200: see the bounds).
 """
 
@@ -23,8 +23,8 @@ GPU = jax.default_backend() == "gpu"
 
 def _batch():
     rng = np.random.default_rng(0)
-    ids = rng.integers(5, ARCH.vocab_size, (3, 11)).astype(np.int32)
-    mask = (np.arange(11)[None, :] < np.array([9, 5, 2])[:, None]).astype(np.int32)
+    ids = rng.integers(5, ARCH.vocab_size, (3, 12)).astype(np.int32)
+    mask = (np.arange(12)[None, :] < np.array([9, 5, 2])[:, None]).astype(np.int32)
     return jnp.asarray(ids * mask), jnp.zeros_like(ids), jnp.asarray(mask)
 
 
