@@ -75,6 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dev-limit", type=cli.at_least(1), default=None)
     p.add_argument("--seed", type=cli.at_least(0), default=0)
     cli.add_precision_arg(p)
+    cli.add_attention_dropout_arg(p)
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -133,7 +134,7 @@ def config(args: argparse.Namespace) -> SearchConfig:
         latency_threads=args.latency_threads, target_speedup=args.target_speedup, final_steps=args.final_steps,
         final_augment=args.final_augment, final_share=args.final_share, teacher_epochs=args.teacher_epochs,
         train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed, quantize=args.quantize, crf=args.crf,
-        precision=cli.precision(args.precision),
+        precision=cli.precision(args.precision), attention_dropout=cli.attention_dropout(args.attention_dropout),
     )
     return smoke(cfg) if args.smoke_test else cfg
 

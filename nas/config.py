@@ -113,6 +113,9 @@ class SearchConfig:
     seed: int = 0
     precision: str = "fp32"
     """Train-step compute of the teacher fine-tuning, supernet, trials and finals (`LoopConfig.precision`)."""
+    attention_dropout: bool = True
+    """Attention-probability dropout in those train steps (`LoopConfig.attention_dropout`; the CLI's
+    `--attention-dropout auto` turns it off on GPUs and TPUs)."""
     quantize: str | None = None
     """'int8': the front's students also get int8 copies (`distill.export.int8`), rows of their own on the front."""
     crf: bool | None = None

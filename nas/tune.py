@@ -120,7 +120,7 @@ def base_distill_config(cfg: SearchConfig, data_dir: Path) -> DistillConfig:
         loop=LoopConfig(
             epochs=1, max_steps=cfg.trial_steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
             checkpoint_every=cfg.eval_every, log_every=min(50, cfg.eval_every), seed=cfg.seed,
-            precision=cfg.precision,
+            precision=cfg.precision, attention_dropout=cfg.attention_dropout,
         ),
         train_limit=cfg.train_limit,
         dev_limit=cfg.dev_limit,

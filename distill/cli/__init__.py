@@ -208,6 +208,11 @@ def add_devices_args(p) -> None:
     p.add_argument("--devices", type=at_least(0), default=0, metavar="N",
                    help="split each batch over the first N local devices (default 0: all); --batch-size must be "
                    "a multiple of N")
+    add_attention_dropout_arg(p)
+
+
+def add_attention_dropout_arg(p) -> None:
+    """`--attention-dropout` of the training tools and the search, after `attention_dropout`."""
     p.add_argument("--attention-dropout", default="auto", choices=["auto", "on", "off"],
                    help="dropout on the attention probabilities while training; auto (default): on on CPUs, off on "
                    "GPUs and TPUs, whose fused attention kernels take none")

@@ -123,7 +123,8 @@ class DistillConfig:
         the same task, data and seed, `teacher_epochs` epochs, a CRF when this run asks for one."""
         return FinetuneConfig(
             task=self.task, teacher=self.teacher, data_dir=self.data_dir,
-            loop=LoopConfig(epochs=self.teacher_epochs, seed=self.loop.seed, precision=self.loop.precision),
+            loop=LoopConfig(epochs=self.teacher_epochs, seed=self.loop.seed, precision=self.loop.precision,
+                            attention_dropout=self.loop.attention_dropout),
             train_limit=self.train_limit, dev_limit=self.dev_limit, crf=bool(self.crf),
         )
 
@@ -175,7 +176,8 @@ class SupernetConfig:
         return DistillConfig(
             task=self.task, teacher=self.teacher, data_dir=self.data_dir, augment=self.augment,
             init=InitConfig(importance_batches=self.importance_batches),
-            loop=LoopConfig(seed=self.loop.seed, precision=self.loop.precision),
+            loop=LoopConfig(seed=self.loop.seed, precision=self.loop.precision,
+                            attention_dropout=self.loop.attention_dropout),
             eval_batch_size=self.eval_batch_size, train_limit=self.train_limit, dev_limit=self.dev_limit,
             validation=self.validation, teacher_epochs=self.teacher_epochs,
         )

@@ -51,3 +51,16 @@ def test_bad_input_is_one_line_and_exit_2(argv, text):
     done = _python("-m", "nas.cli", *argv)
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2 and "Traceback" not in done.stderr and text in last, done.stderr
+
+
+def test_devices_and_attention_dropout_reach_the_run_configs():
+    from distill.cli import loop_from_args
+    from nas.cli import config
+
+    search = config(nas.cli.parse(["search", "--attention-dropout", "off"]))
+    assert search.attention_dropout is False
+    assert config(nas.cli.parse(["search"])).attention_dropout is True  # auto: on, on this CPU
+    args = nas.cli.parse(["distill", "--output", "o", "--student", "2L-36", "--devices", "1",
+                          "--attention-dropout", "off"])
+    loop = loop_from_args(args)
+    assert loop.devices == 1 and loop.attention_dropout is False
