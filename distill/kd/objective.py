@@ -30,6 +30,8 @@ import jax.numpy as jnp
 from flax import struct
 
 from distill.kd.losses import LOGIT_LOSSES, attention_mse, hard_loss, hidden_mse, prediction_distill_loss
+from distill.model.bert import BertOutput
+from distill.model.crf import CrfParams
 from tasks.errors import UserError
 
 PROJ = "distill_proj"
@@ -153,10 +155,12 @@ def distill_loss(
     layer_map: tuple[int, ...],
     stage: str = "all",
     tags: tuple[str, ...] = (),
+    norms: dict[str, jax.Array] | None = None,
 ) -> tuple[jax.Array, dict[str, tuple[jax.Array, jax.Array]]]:
     """(weighted total, {term: (sum, count)}) for a student output against the teacher's.
 
-    `tags`: the task's IOB2 tags, which constrain a CRF student's hard loss.
+    `tags`: the task's IOB2 tags, which constrain a CRF student's hard loss. `norms`: divide each term's
+    sum by this count instead of its own (a micro-batch's share of a whole batch's mean: `term_counts`).
     """
     if stage not in STAGES:
         raise ValueError(f"stage {stage!r}; valid: {STAGES}")
@@ -191,5 +195,21 @@ def distill_loss(
         ]
         terms["attention"] = (sum(s for s, _ in sums), sum(c for _, c in sums))
         weights["attention"] = cfg.attention_weight
-    total = sum(weights[k] * s / jnp.maximum(c, 1.0) for k, (s, c) in terms.items())
+    counts = {k: c for k, (_, c) in terms.items()} if norms is None else norms
+    total = sum(weights[k] * s / jnp.maximum(counts[k], 1.0) for k, (s, _) in terms.items())
     return jnp.asarray(total, jnp.float32), terms
+
+
+def term_counts(teacher: TeacherOutputs, batch: dict, *, kind: str, cfg: LossConfig, stage: str = "all",
+                tags: tuple[str, ...] = (), crf: bool = False) -> dict[str, jax.Array]:
+    """Each prediction-layer term's count over `batch` (what `distill_loss` divides its sum by), without
+    running the student: the counts depend on the batch alone, so zero logits of the teacher's shape stand
+    in for the student's. Intermediate terms are not covered (a ValueError)."""
+    if cfg.intermediate:
+        raise ValueError("term_counts: prediction-layer terms only")
+    zeros = jnp.zeros_like(teacher.logits)
+    k = zeros.shape[-1]
+    stand_in = BertOutput(logits=zeros, sequence_output=zeros,
+                          crf=CrfParams(jnp.zeros((k, k)), jnp.zeros((k,)), jnp.zeros((k,))) if crf else None)
+    _, terms = distill_loss(None, stand_in, teacher, batch, kind=kind, cfg=cfg, layer_map=(), stage=stage, tags=tags)
+    return {name: c for name, (_, c) in terms.items()}

@@ -117,6 +117,9 @@ class DistillConfig:
             raise UserError(f"validation: must be >= 0 examples, got {self.validation!r}")
         if self.teacher_epochs < 1:
             raise UserError(f"teacher_epochs: must be >= 1, got {self.teacher_epochs}")
+        if self.loop.grad_accum > 1 and self.loss.intermediate:
+            raise UserError("--grad-accum: takes prediction-layer distillation only (logits, hard labels), not the "
+                            "hidden, attention or embedding terms")
 
     def teacher_stage(self) -> FinetuneConfig:
         """The teacher fine-tuning this run does first when its teacher is not fine-tuned on the task:
@@ -168,6 +171,9 @@ class SupernetConfig:
         if self.loss.intermediate:
             raise UserError("loss: a supernet distils predictions only (its sub-networks differ in hidden size); "
                             "set the hidden, attention and embedding weights to 0")
+        if self.loop.grad_accum != 1:
+            raise UserError("--grad-accum: the supernet's sandwich step already runs one sub-network at a time; "
+                            "lower --batch-size instead")
         InitConfig(importance_batches=self.importance_batches)  # checks it
 
     def data_stage(self) -> DistillConfig:

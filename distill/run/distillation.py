@@ -155,7 +155,7 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
     for k in ("data_dir", "eval_batch_size", "teacher"):
         settings.pop(k)
     for k in ("eval_every", "patience", "checkpoint_every", "log_every", "profile_steps", "max_seconds",
-              "devices"):
+              "devices", "grad_accum"):
         settings["loop"].pop(k)
     if settings["loop"]["precision"] == "fp32":  # runs from before the flag keep their key
         settings["loop"].pop("precision")
@@ -323,7 +323,7 @@ def step_schedule(cfg: DistillConfig, prep: Prepared, model, tx, total: int) -> 
         precision = cfg.loop.precision  # the student's step, and the teacher's forward in it (when one runs)
         student = in_precision(model, precision, attention_dropout=cfg.loop.attention_dropout)
         return make_train_step(student, in_precision(prep.teacher.model, precision), tx,
-                               prep.task.kind, cfg.loss, prep.layer_map, stage, tags)
+                               prep.task.kind, cfg.loss, prep.layer_map, stage, tags, grad_accum=cfg.loop.grad_accum)
 
     first, last = cfg.loss.stage_at(0, total), cfg.loss.stage_at(total - 1, total)
     if first == last:

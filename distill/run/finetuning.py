@@ -136,8 +136,7 @@ def _train(cfg: FinetuneConfig, task, teacher, params, train_ex, dev_ex, out: Pa
     total, _ = cfg.loop.total_steps(train)
     tx = cfg.optimizer.build(params, total, teacher.arch.num_layers, teacher.arch.groups)
     model = in_precision(teacher.model, cfg.loop.precision, attention_dropout=cfg.loop.attention_dropout)
-    step = make_supervised_step(model, tx, task.kind,
-                                task.labels if cfg.crf else ())
+    step = make_supervised_step(model, tx, task.kind, task.labels if cfg.crf else (), grad_accum=cfg.loop.grad_accum)
     runlog = RunLog(out, {"finetune": cfg, "task": task.name, "teacher_dir": str(teacher.path), "total_steps": total})
     t_start = time.time()
 

@@ -70,6 +70,10 @@ class LoopConfig:
     devices: int = 0
     """Split each batch over this many local devices (0: all of them; `distill.model.sharding`); the
     batch size must be a multiple of it. Not part of a run's key: N devices compute what one does."""
+    grad_accum: int = 1
+    """Compute each step's gradient over this many micro-batches in turn (`distill.train.steps`): the memory
+    of a batch that many times smaller, one update of the whole batch; `batch_size` must be a multiple.
+    Not part of a run's key. Fine-tuning and distillation take it; the supernet's sandwich step does not."""
     attention_dropout: bool = True
     """Dropout on the attention probabilities (at the model's `attention_dropout` rate) in the train step; the
     tools turn it off on GPUs and TPUs by default (`--attention-dropout auto`), where the fused attention
@@ -84,6 +88,8 @@ class LoopConfig:
             raise UserError("epochs: need epochs >= 1 or max_steps >= 1")
         if self.batch_size < 1:
             raise UserError("batch_size: must be >= 1")
+        if self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise UserError(f"--grad-accum: {self.grad_accum} must be >= 1 and divide --batch-size {self.batch_size}")
         for name in ("eval_every", "patience", "max_steps", "profile_steps", "max_seconds", "devices"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name}: must be >= 0, got {getattr(self, name)}")
