@@ -208,6 +208,9 @@ def add_devices_args(p) -> None:
     p.add_argument("--devices", type=at_least(0), default=0, metavar="N",
                    help="split each batch over the first N local devices (default 0: all); --batch-size must be "
                    "a multiple of N")
+    p.add_argument("--fsdp", action="store_true",
+                   help="split the parameters and optimizer state over the devices too (for a model that does not "
+                   "fit one device), not only the batch")
     p.add_argument("--grad-accum", type=at_least(1), default=1, metavar="N",
                    help="compute each step's gradient over N micro-batches in turn (memory of a batch N times "
                    "smaller, the update of the whole batch); --batch-size must be a multiple of N")
@@ -307,6 +310,7 @@ def loop_from_args(args):
         profile_steps=args.profile,
         devices=args.devices,
         grad_accum=args.grad_accum,
+        fsdp=args.fsdp,
         attention_dropout=attention_dropout(args.attention_dropout),
         precision=precision(args.precision, args.output if getattr(args, "resume", False) else None),
     )

@@ -2,7 +2,10 @@
 
 One `Mesh` with a single `data` axis over the devices. A batch is split on
 its leading dimension across them (`NamedSharding(mesh, P("data"))`), the
-parameters and optimizer state are replicated (`P()`), and the jitted steps,
+parameters and optimizer state are replicated (`P()`), or with `fsdp` split
+too (FSDP / ZeRO-3 style: each array on its largest dimension that the device
+count divides, so each device holds a share; XLA gathers a layer's weights
+where it needs them and reduce-scatters their gradients), and the jitted steps,
 which know nothing of devices, are partitioned by XLA from those layouts: the
 gradient is the whole batch's, summed across the devices, so a step on N
 devices computes what it computes on one (to float rounding; the dropout bits
@@ -35,6 +38,7 @@ class DataParallel:
     """Where a step's arrays go: batches split over `mesh`'s `data` axis, everything else replicated."""
 
     mesh: Mesh
+    fsdp: bool = False
 
     @property
     def size(self) -> int:
@@ -48,6 +52,19 @@ class DataParallel:
         if self.size == 1:
             return tree
         return jax.device_put(tree, NamedSharding(self.mesh, P()))
+
+    def place_state(self, tree: Any) -> Any:
+        """Parameters and optimizer state: replicated, or with `fsdp` each array split on its largest
+        dimension that the device count divides (arrays with none stay replicated)."""
+        if self.size == 1 or not self.fsdp:
+            return self.replicate(tree)
+
+        def place(a):
+            dims = [d for d in np.argsort(np.shape(a))[::-1] if np.shape(a)[d] % self.size == 0]
+            spec = P(*(DATA if d == dims[0] else None for d in range(np.ndim(a)))) if dims else P()
+            return jax.device_put(a, NamedSharding(self.mesh, spec))
+
+        return jax.tree.map(place, tree)
 
     def shard(self, tree: Any, axis: int = 0) -> Any:
         """`tree`'s arrays split on their batch dimension `axis`; scalars replicated."""
@@ -64,6 +81,7 @@ class DataParallel:
             "device_kind": devices[0].device_kind,
             "platform": devices[0].platform,
             "mesh": {name: int(n) for name, n in self.mesh.shape.items()},
+            "fsdp": self.fsdp,
         }
 
 
@@ -75,11 +93,11 @@ def local_devices(count: int = 0) -> list:
     return devices[: count or len(devices)]
 
 
-def data_parallel(batch_size: int, devices: int = 0, *, flag: str = "--batch-size") -> DataParallel:
-    """The mesh for training with `batch_size` over `devices` local devices (0: all); a batch size the
-    device count does not divide is the user's error (`flag` names it)."""
+def data_parallel(batch_size: int, devices: int = 0, *, fsdp: bool = False, flag: str = "--batch-size") -> DataParallel:
+    """The mesh for training with `batch_size` over `devices` local devices (0: all), parameters split too
+    with `fsdp`; a batch size the device count does not divide is the user's error (`flag` names it)."""
     mesh = Mesh(np.array(local_devices(devices)), (DATA,))
-    dp = DataParallel(mesh)
+    dp = DataParallel(mesh, fsdp)
     if not dp.fits(batch_size):
         raise UserError(
             f"{flag}: {batch_size} does not divide over the {dp.size} devices it is split across; "

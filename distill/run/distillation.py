@@ -155,7 +155,7 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
     for k in ("data_dir", "eval_batch_size", "teacher"):
         settings.pop(k)
     for k in ("eval_every", "patience", "checkpoint_every", "log_every", "profile_steps", "max_seconds",
-              "devices", "grad_accum"):
+              "devices", "grad_accum", "fsdp"):
         settings["loop"].pop(k)
     if settings["loop"]["precision"] == "fp32":  # runs from before the flag keep their key
         settings["loop"].pop("precision")

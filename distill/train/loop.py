@@ -70,6 +70,9 @@ class LoopConfig:
     devices: int = 0
     """Split each batch over this many local devices (0: all of them; `distill.model.sharding`); the
     batch size must be a multiple of it. Not part of a run's key: N devices compute what one does."""
+    fsdp: bool = False
+    """Split the parameters and optimizer state over the devices too, not only the batch (`--fsdp`: for a
+    teacher that does not fit one device; `distill.model.sharding`). Not part of a run's key."""
     grad_accum: int = 1
     """Compute each step's gradient over this many micro-batches in turn (`distill.train.steps`): the memory
     of a batch that many times smaller, one update of the whole batch; `batch_size` must be a multiple.
@@ -123,7 +126,7 @@ class Progress:
 
 def devices_record(cfg: LoopConfig) -> dict:
     """What a run's results.json says it ran on: the device count and kind, the mesh and the precision."""
-    return {**data_parallel(cfg.batch_size, cfg.devices).describe(), "precision": cfg.precision}
+    return {**data_parallel(cfg.batch_size, cfg.devices, fsdp=cfg.fsdp).describe(), "precision": cfg.precision}
 
 
 class DivergedError(UserError, FloatingPointError):
@@ -209,9 +212,9 @@ def fit(
     """
     run = _Run(runlog, cfg, evaluation, Checkpointer(runlog.dir / "checkpoints",
                                                     CheckpointConfig(every_steps=cfg.checkpoint_every)),
-               data_parallel(cfg.batch_size, cfg.devices))
+               data_parallel(cfg.batch_size, cfg.devices, fsdp=cfg.fsdp))
     try:
-        state = run.dp.replicate(run.restore(state, run_key, resume))
+        state = run.dp.place_state(run.restore(state, run_key, resume))
         total, per_epoch = cfg.total_steps(data.features)
         stop = run.progress.step >= total or run.patience_spent()
         for epoch in range(run.progress.step // per_epoch, math.ceil(total / per_epoch)):
@@ -268,10 +271,11 @@ def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, e
 
 def _place(dp: DataParallel, extra: Any) -> Any:
     """A step's extra argument on the devices: the teacher's outputs for the batch split with it (their
-    stacked hidden states (K, B, T, H) on axis 1), anything else (the teacher's parameters) replicated."""
+    stacked hidden states (K, B, T, H) on axis 1), anything else (the teacher's parameters) placed as the
+    state is."""
     if isinstance(extra, TeacherOutputs):
         return TeacherOutputs(dp.shard(extra.logits), dp.shard(extra.hidden, axis=1), dp.shard(extra.attention))
-    return dp.replicate(extra)
+    return dp.place_state(extra)
 
 
 @dataclasses.dataclass

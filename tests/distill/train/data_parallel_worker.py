@@ -24,6 +24,7 @@ from helpers import write_sst2, write_tiny_teacher  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from distill.kd.objective import LossConfig  # noqa: E402
+from distill.model.sharding import data_parallel  # noqa: E402
 from distill.run.config import DistillConfig, FinetuneConfig  # noqa: E402
 from distill.run.distillation import distill  # noqa: E402
 from distill.run.finetuning import finetune  # noqa: E402
@@ -47,13 +48,20 @@ def weights_gap(a: Path, b: Path) -> float:
     return max(float(np.abs(ta[k] - tb[k]).max() / max(np.abs(ta[k]).max(), 0.01)) for k in ta)
 
 
-def loop(devices: int) -> LoopConfig:
-    return LoopConfig(epochs=2, batch_size=16, log_every=1, checkpoint_every=10, devices=devices)
+def loop(devices: int, fsdp: bool = False) -> LoopConfig:
+    return LoopConfig(epochs=2, batch_size=16, log_every=1, checkpoint_every=10, devices=devices, fsdp=fsdp)
 
 
-def finetune_config(root: Path, devices: int) -> FinetuneConfig:
+def finetune_config(root: Path, devices: int, fsdp: bool = False) -> FinetuneConfig:
     return FinetuneConfig(task="sst2", teacher=str(root / "raw"), data_dir=str(root / "data"),
-                          optimizer=OptimizerConfig(learning_rate=3e-3), loop=loop(devices))
+                          optimizer=OptimizerConfig(learning_rate=3e-3), loop=loop(devices, fsdp))
+
+
+def fsdp_split() -> dict:
+    """How `--fsdp` lays out a kernel (split) and a bias of an odd size (replicated) over 4 devices."""
+    dp = data_parallel(16, 4, fsdp=True)
+    placed = dp.place_state({"kernel": np.zeros((36, 108), np.float32), "bias": np.zeros((37,), np.float32)})
+    return {name: a.sharding.is_fully_replicated for name, a in placed.items()}
 
 
 def compare(root: Path) -> dict:
@@ -65,6 +73,10 @@ def compare(root: Path) -> dict:
         out[f"finetune_{n}"] = {"losses": train_losses(root / f"finetune-{n}"), "best": r["best"],
                                 "devices": r["devices"], "mesh": r["mesh"], "precision": r["precision"]}
     out["finetune_weights_gap"] = weights_gap(root / "finetune-1" / "teacher", root / "finetune-4" / "teacher")
+    r = finetune(finetune_config(root, 4, fsdp=True), root / "finetune-fsdp", use_cache=False)
+    out["finetune_fsdp"] = {"losses": train_losses(root / "finetune-fsdp"), "fsdp": r["fsdp"],
+                            "weights_gap": weights_gap(root / "finetune-1" / "teacher", root / "finetune-fsdp" / "teacher"),
+                            "replicated": fsdp_split()}
     teacher = root / "finetune-1" / "teacher"
     for n in (1, 4):
         cfg = DistillConfig(task="sst2", teacher=str(teacher), student="2L-24-H3-F30-D8", data_dir=str(root / "data"),

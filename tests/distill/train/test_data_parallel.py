@@ -3,7 +3,8 @@
 The multi-device runs need a process started with 4 virtual CPU devices
 (`--xla_force_host_platform_device_count=4`), so they run in a child process
 (`data_parallel_worker.py`): a fine-tune and a distillation on 4 devices follow
-the 1-device loss curve step by step and export the same weights; a checkpoint
+the 1-device loss curve step by step and export the same weights, so does a
+fine-tune with the parameters split too (`--fsdp`); a checkpoint
 written on 4 devices resumes in a 1-device process and continues the 4-device
 run's curve. Each check allows 1e-4 relative (measured: about 1e-6, from the
 order of the cross-device sums).
@@ -60,6 +61,15 @@ def test_four_devices_train_as_one(runs):
         assert one["best"]["step"] == four["best"]["step"] and one["best"]["accuracy"] == four["best"]["accuracy"]
         assert compare[f"{job}_weights_gap"] < TOLERANCE, job
     assert compare["finetune_4"]["mesh"] == {"data": 4} and compare["finetune_4"]["precision"] == "fp32"
+
+
+def test_fsdp_splits_the_parameters_and_trains_as_one_device(runs):
+    compare, _ = runs
+    fsdp = compare["finetune_fsdp"]
+    assert fsdp["fsdp"] is True
+    assert fsdp["replicated"] == {"kernel": False, "bias": True}  # 108 columns split in 4; 37 do not divide
+    assert relative_gap(compare["finetune_1"]["losses"], fsdp["losses"]) < TOLERANCE
+    assert fsdp["weights_gap"] < TOLERANCE
 
 
 def test_checkpoint_from_four_devices_resumes_on_one(runs):
