@@ -204,13 +204,13 @@ def add_precision_arg(p) -> None:
 
 
 def add_devices_args(p) -> None:
-    """`--devices` and `--attention-dropout` of the training tools (`LoopConfig.devices`, `.attention_dropout`)."""
+    """`--devices`, `--fsdp`, `--grad-accum` and `--attention-dropout` of the training tools (`LoopConfig`)."""
     p.add_argument("--devices", type=at_least(0), default=0, metavar="N",
-                   help="split each batch over the first N local devices (default 0: all); --batch-size must be "
-                   "a multiple of N")
+                   help="split each training batch over the first N local devices (default 0: all); --batch-size "
+                   "must be a multiple of N (times --grad-accum). Evaluation and labelling use every device")
     p.add_argument("--fsdp", action="store_true",
-                   help="split the parameters and optimizer state over the devices too (for a model that does not "
-                   "fit one device), not only the batch")
+                   help="split the parameters and optimizer state over the devices too, not only the batch (less "
+                   "memory per device in the train step; the state is still built on one device first)")
     p.add_argument("--grad-accum", type=at_least(1), default=1, metavar="N",
                    help="compute each step's gradient over N micro-batches in turn (memory of a batch N times "
                    "smaller, the update of the whole batch); --batch-size must be a multiple of N")
@@ -221,13 +221,17 @@ def add_attention_dropout_arg(p) -> None:
     """`--attention-dropout` of the training tools and the search, after `attention_dropout`."""
     p.add_argument("--attention-dropout", default="auto", choices=["auto", "on", "off"],
                    help="dropout on the attention probabilities while training; auto (default): on on CPUs, off on "
-                   "GPUs and TPUs, whose fused attention kernels take none")
+                   "GPUs and TPUs, where fused attention kernels take none (on NVIDIA GPUs in bf16 it lets cuDNN's "
+                   "flash attention run); with --resume, what the run started with")
 
 
-def attention_dropout(name: str) -> bool:
-    """`--attention-dropout`'s value for the run config (`auto`: on only where JAX runs on the CPU)."""
+def attention_dropout(name: str, resume: str | None = None) -> bool:
+    """`--attention-dropout`'s value for the run config: `auto` is what the run in `resume` (a run directory
+    being resumed) trained with (on, for runs from before the flag), else on only where JAX runs on the CPU."""
     if name != "auto":
         return name == "on"
+    if resume is not None and (saved := _saved_loop(Path(resume))) is not None:
+        return bool(saved.get("attention_dropout", True))
     import jax  # here, not at the top: `--help` and flag errors answer without loading JAX
 
     return jax.default_backend() == "cpu"
@@ -240,8 +244,8 @@ def precision(name: str, resume: str | None = None) -> str:
     later: bfloat16 matmuls at about 5x float32's speed in XLA), and fp32 elsewhere."""
     if name != "auto":
         return name
-    if resume is not None and (saved := _saved_precision(Path(resume))) is not None:
-        return saved
+    if resume is not None and (saved := _saved_loop(Path(resume))) is not None:
+        return str(saved.get("precision", "fp32"))
     import jax  # here, not at the top: `--help` and flag errors answer without loading JAX
 
     device = jax.devices()[0]
@@ -253,15 +257,15 @@ def precision(name: str, resume: str | None = None) -> str:
     return "bf16" if "amx_bf16" in cpu_flags() else "fp32"
 
 
-def _saved_precision(run: Path) -> str | None:
-    """The precision a run's config.json records in its loop settings (fp32 when they have none)."""
+def _saved_loop(run: Path) -> dict | None:
+    """The loop settings a run's config.json records (None: no readable config)."""
     try:
         saved = json.loads((run / "config.json").read_text())
     except (OSError, ValueError):
         return None
     loops = [v["loop"] for v in saved.values() if isinstance(v, dict) and isinstance(v.get("loop"), dict)] \
         if isinstance(saved, dict) else []
-    return str(loops[0].get("precision", "fp32")) if loops else None
+    return loops[0] if loops else None
 
 
 def cpu_flags() -> set[str]:
@@ -311,6 +315,7 @@ def loop_from_args(args):
         devices=args.devices,
         grad_accum=args.grad_accum,
         fsdp=args.fsdp,
-        attention_dropout=attention_dropout(args.attention_dropout),
+        attention_dropout=attention_dropout(args.attention_dropout,
+                                            args.output if getattr(args, "resume", False) else None),
         precision=precision(args.precision, args.output if getattr(args, "resume", False) else None),
     )

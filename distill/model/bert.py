@@ -194,8 +194,8 @@ class SelfAttention(nn.Module):
             context = jnp.einsum("bnts,bsnh->btnh", probs, v)
         elif self.attention == "cudnn" and x.shape[1] % 2 == 0:  # cuDNN's flash attention (its backward takes
             # even lengths only; an odd bucket goes through XLA); padding is always at the end of a row
-            context = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=mask.sum(-1, dtype=jnp.int32),
-                                                   implementation="cudnn")
+            lengths = jnp.maximum(mask.sum(-1, dtype=jnp.int32), 1)  # padding rows (weight 0): never 0 keys
+            context = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
         else:
             context = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
         out = ReshapedDense((arch.hidden_size,), 2, _dense_init(arch), self.dtype, name="output")(context)
@@ -377,10 +377,18 @@ def in_precision(model: BertForTask, precision: str, *, attention_dropout: bool 
 
 
 def fused_attention(arch: BertArch, dtype: Dtype) -> str:
-    """'cudnn' where cuDNN's flash attention takes the shapes (a GPU, bfloat16, head size a multiple of 8
-    up to 128), else 'xla'."""
+    """'cudnn' where cuDNN's flash attention takes the shapes (an NVIDIA GPU of compute capability 8.0 or
+    later, bfloat16, head size a multiple of 8 up to 128), else 'xla'."""
     fits = jnp.dtype(dtype) == jnp.bfloat16 and arch.head_size % 8 == 0 and arch.head_size <= 128
-    return "cudnn" if fits and jax.default_backend() == "gpu" else "xla"
+    return "cudnn" if fits and _cudnn_device() else "xla"
+
+
+def _cudnn_device() -> bool:
+    """The default device is an NVIDIA GPU of compute capability 8.0 or later (cuDNN's flash attention)."""
+    device = jax.devices()[0]
+    if device.platform != "gpu" or "cuda" not in str(getattr(device.client, "platform_version", "")).lower():
+        return False
+    return float(getattr(device, "compute_capability", 0) or 0) >= 8.0
 
 
 def init_params(model: BertForTask, rng: jax.Array, seq_len: int = 8) -> dict:

@@ -44,9 +44,6 @@ class DataParallel:
     def size(self) -> int:
         return self.mesh.size
 
-    def fits(self, batch_size: int) -> bool:
-        return batch_size % self.size == 0
-
     def replicate(self, tree: Any) -> Any:
         """`tree` with every array on every device (parameters, optimizer state, keys)."""
         if self.size == 1:
@@ -93,16 +90,16 @@ def local_devices(count: int = 0) -> list:
     return devices[: count or len(devices)]
 
 
-def data_parallel(batch_size: int, devices: int = 0, *, fsdp: bool = False, flag: str = "--batch-size") -> DataParallel:
+def data_parallel(batch_size: int, devices: int = 0, *, fsdp: bool = False, grad_accum: int = 1,
+                  flag: str = "--batch-size") -> DataParallel:
     """The mesh for training with `batch_size` over `devices` local devices (0: all), parameters split too
-    with `fsdp`; a batch size the device count does not divide is the user's error (`flag` names it)."""
+    with `fsdp`. Each of the `grad_accum` micro-batches is split over the devices, so a batch size that
+    devices x micro-batches does not divide is the user's error (`flag` names it)."""
     mesh = Mesh(np.array(local_devices(devices)), (DATA,))
     dp = DataParallel(mesh, fsdp)
-    if not dp.fits(batch_size):
-        raise UserError(
-            f"{flag}: {batch_size} does not divide over the {dp.size} devices it is split across; "
-            f"use a multiple of {dp.size}"
-        )
+    if batch_size % (dp.size * grad_accum):
+        split = f"the {dp.size} devices it is split across" + (f", in {grad_accum} micro-batches" if grad_accum > 1 else "")
+        raise UserError(f"{flag}: {batch_size} does not divide over {split}; use a multiple of {dp.size * grad_accum}")
     return dp
 
 

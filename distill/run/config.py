@@ -127,7 +127,8 @@ class DistillConfig:
         return FinetuneConfig(
             task=self.task, teacher=self.teacher, data_dir=self.data_dir,
             loop=LoopConfig(epochs=self.teacher_epochs, seed=self.loop.seed, precision=self.loop.precision,
-                            attention_dropout=self.loop.attention_dropout),
+                            attention_dropout=self.loop.attention_dropout, devices=self.loop.devices,
+                            fsdp=self.loop.fsdp),
             train_limit=self.train_limit, dev_limit=self.dev_limit, crf=bool(self.crf),
         )
 
@@ -183,7 +184,8 @@ class SupernetConfig:
             task=self.task, teacher=self.teacher, data_dir=self.data_dir, augment=self.augment,
             init=InitConfig(importance_batches=self.importance_batches),
             loop=LoopConfig(seed=self.loop.seed, precision=self.loop.precision,
-                            attention_dropout=self.loop.attention_dropout),
+                            attention_dropout=self.loop.attention_dropout, devices=self.loop.devices,
+                            fsdp=self.loop.fsdp),
             eval_batch_size=self.eval_batch_size, train_limit=self.train_limit, dev_limit=self.dev_limit,
             validation=self.validation, teacher_epochs=self.teacher_epochs,
         )

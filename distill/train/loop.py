@@ -71,8 +71,10 @@ class LoopConfig:
     """Split each batch over this many local devices (0: all of them; `distill.model.sharding`); the
     batch size must be a multiple of it. Not part of a run's key: N devices compute what one does."""
     fsdp: bool = False
-    """Split the parameters and optimizer state over the devices too, not only the batch (`--fsdp`: for a
-    teacher that does not fit one device; `distill.model.sharding`). Not part of a run's key."""
+    """Split the parameters and optimizer state over the devices too, not only the batch (`--fsdp`;
+    `distill.model.sharding`): less memory per device in the train step. The state is still built (and
+    restored) on one device before it is split, and evaluation and labelling copy the whole parameters to
+    each device, so a model must still fit one device once. Not part of a run's key."""
     grad_accum: int = 1
     """Compute each step's gradient over this many micro-batches in turn (`distill.train.steps`): the memory
     of a batch that many times smaller, one update of the whole batch; `batch_size` must be a multiple.
@@ -126,7 +128,8 @@ class Progress:
 
 def devices_record(cfg: LoopConfig) -> dict:
     """What a run's results.json says it ran on: the device count and kind, the mesh and the precision."""
-    return {**data_parallel(cfg.batch_size, cfg.devices, fsdp=cfg.fsdp).describe(), "precision": cfg.precision}
+    dp = data_parallel(cfg.batch_size, cfg.devices, fsdp=cfg.fsdp, grad_accum=cfg.grad_accum)
+    return {**dp.describe(), "precision": cfg.precision}
 
 
 class DivergedError(UserError, FloatingPointError):
@@ -212,7 +215,7 @@ def fit(
     """
     run = _Run(runlog, cfg, evaluation, Checkpointer(runlog.dir / "checkpoints",
                                                     CheckpointConfig(every_steps=cfg.checkpoint_every)),
-               data_parallel(cfg.batch_size, cfg.devices, fsdp=cfg.fsdp))
+               data_parallel(cfg.batch_size, cfg.devices, fsdp=cfg.fsdp, grad_accum=cfg.grad_accum))
     try:
         state = run.dp.place_state(run.restore(state, run_key, resume))
         total, per_epoch = cfg.total_steps(data.features)
@@ -243,7 +246,7 @@ def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, e
     stop, t_last = False, time.perf_counter()
     for batch, extra in bar:
         run.profile(progress.step, state)
-        state, m = steps.at(progress.step)(state, dp.shard(batch), rng, *(_place(dp, e) for e in extra))
+        state, m = steps.at(progress.step)(state, dp.shard(batch), rng, *(run.place(e) for e in extra))
         progress.step += 1
         progress.examples_seen += int(batch["weights"].sum())
         if progress.step % cfg.log_every == 0 or progress.step == total:
@@ -269,15 +272,6 @@ def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, e
     return state, stop
 
 
-def _place(dp: DataParallel, extra: Any) -> Any:
-    """A step's extra argument on the devices: the teacher's outputs for the batch split with it (their
-    stacked hidden states (K, B, T, H) on axis 1), anything else (the teacher's parameters) placed as the
-    state is."""
-    if isinstance(extra, TeacherOutputs):
-        return TeacherOutputs(dp.shard(extra.logits), dp.shard(extra.hidden, axis=1), dp.shard(extra.attention))
-    return dp.place_state(extra)
-
-
 @dataclasses.dataclass
 class _Run:
     """What one `fit` call shares between its stages: the log, settings, checkpointer and progress."""
@@ -290,6 +284,18 @@ class _Run:
     progress: Progress = dataclasses.field(default_factory=Progress)
     tracing: bool = False
     started: float = dataclasses.field(default_factory=time.perf_counter)
+    placed: dict = dataclasses.field(default_factory=dict)
+
+    def place(self, extra: Any) -> Any:
+        """A step's extra argument on the devices: the teacher's outputs for the batch split with it (their
+        stacked hidden states (K, B, T, H) on axis 1); anything else (the teacher's parameters, the same
+        object every step) placed as the state is, once."""
+        dp = self.dp
+        if isinstance(extra, TeacherOutputs):
+            return TeacherOutputs(dp.shard(extra.logits), dp.shard(extra.hidden, axis=1), dp.shard(extra.attention))
+        if id(extra) not in self.placed:  # the object is kept with its placement, so its id stays its own
+            self.placed[id(extra)] = (extra, dp.place_state(extra))
+        return self.placed[id(extra)][1]
 
     def profile(self, step: int | None, state: TrainState) -> None:
         """Start the profiler trace before step `PROFILE_FROM`, stop it `profile_steps` later (or at the end,

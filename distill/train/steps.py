@@ -149,13 +149,7 @@ def train_step(
         (total, terms), grads = jax.value_and_grad(objective, has_aux=True)(state.params, batch, teacher, dropout_rng)
     else:
         norms = term_counts(teacher, batch, kind=kind, cfg=loss_cfg, stage=stage, tags=tags, crf=model.crf)
-
-        def grad_fn(params, micro, key):  # the micro-batch's share of the whole batch's loss
-            (part, terms), grads = jax.value_and_grad(objective, has_aux=True)(params, *micro, key, norms)
-            return grads, (part, terms)
-
-        micro = (micro_batches(batch, grad_accum), _teacher_micro_batches(teacher, grad_accum))
-        grads, (total, terms) = accumulate(grad_fn, state.params, micro, grad_accum, dropout_rng)
+        grads, (total, terms) = _accumulated(objective, state.params, batch, teacher, norms, grad_accum, dropout_rng)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     metrics = {
@@ -167,6 +161,17 @@ def train_step(
         **{f"{k}_count": c for k, (_, c) in terms.items()},
     }
     return TrainState(state.step + 1, params, opt_state), metrics
+
+
+def _accumulated(objective, params, batch: dict, teacher: TeacherOutputs, norms: dict, n: int, rng: jax.Array):
+    """(grads, (total, terms)) of `objective(params, batch, teacher, rng, norms)` summed over n micro-batches,
+    each divided by the whole batch's counts `norms`: the whole batch's loss and gradient."""
+    def grad_fn(p, micro, key):
+        (part, terms), grads = jax.value_and_grad(objective, has_aux=True)(p, *micro, key, norms)
+        return grads, (part, terms)
+
+    micro = (micro_batches(batch, n), _teacher_micro_batches(teacher, n))
+    return accumulate(grad_fn, params, micro, n, rng)
 
 
 def _teacher_micro_batches(teacher: TeacherOutputs, n: int) -> TeacherOutputs:

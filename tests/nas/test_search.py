@@ -317,6 +317,10 @@ def test_ctrl_c_stops_the_search_and_resume_finishes_it(env, tmp_path):
     """SIGINT (Ctrl+C) after the first trial: exit 130 with the resume command; `--resume` then finishes."""
     out = tmp_path / "out"
     cmd = _search_cmd(env, out, "--final-steps", "10", "--final-augment", "1")
+    # The script with Python's own SIGINT handler, as in a terminal: a test run started in the background
+    # (`cmd &` in a non-interactive shell) hands its children SIGINT ignored, and Python then keeps it so.
+    cmd = [cmd[0], "-c", "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+           f"sys.argv = {cmd[1:]!r}; runpy.run_path(sys.argv[0], run_name='__main__')"]
     child_env = {**os.environ, "BERTNAS_CACHE": str(env["cache"]), "RAY_ADDRESS": ""}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)

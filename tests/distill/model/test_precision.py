@@ -203,6 +203,10 @@ def test_auto_precision_resumes_a_run_in_the_precision_it_trained_in(tmp_path, m
     if jax.default_backend() == "cpu":  # no run there: what this (AMX) machine picks for a new run
         assert cli.precision("auto", str(tmp_path / "none")) == "bf16"
     assert cli.precision("bf16", str(old)) == "bf16"  # an explicit value is what the user asked for
+    # --attention-dropout auto likewise: on for runs from before the flag, else the run's own value
+    (new / "config.json").write_text(json.dumps({"distill": {"loop": {"attention_dropout": False}}}))
+    assert cli.attention_dropout("auto", str(old)) is True and cli.attention_dropout("auto", str(new)) is False
+    assert cli.attention_dropout("on", str(new)) is True
 
 
 def test_attention_dropout_off_leaves_only_the_hidden_dropout():

@@ -82,12 +82,15 @@ def test_checkpoint_from_four_devices_resumes_on_one(runs):
 
 
 def test_a_batch_size_the_devices_do_not_divide_is_refused(monkeypatch):
-    fake = [jax.local_devices()[0]] * 3  # the mesh is never built: the check comes first
+    fake = [jax.local_devices()[0]] * 3  # a Mesh of one device thrice builds; only its size matters here
 
     monkeypatch.setattr(jax, "local_devices", lambda: fake)
     with pytest.raises(UserError, match="--batch-size: 16 does not divide over the 3 devices"):
         data_parallel(16)
     assert for_batches(16).size == 1  # inference falls back to one device
+    assert data_parallel(12, grad_accum=2).size == 3
+    with pytest.raises(UserError, match="in 2 micro-batches; use a multiple of 6"):
+        data_parallel(15, grad_accum=2)  # each micro-batch is split over the devices
 
 
 def test_asking_for_more_devices_than_there_are_is_refused():
