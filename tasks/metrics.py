@@ -4,7 +4,8 @@
 
 - classification: predictions and references are int class ids (N,);
   accuracy, binary f1 (positive class 1, as GLUE's MRPC/QQP) and
-  matthews_corr (CoLA), all in [0, 1] (Matthews in [-1, 1]).
+  matthews_corr (CoLA), all in [0, 1] (Matthews in [-1, 1]); F1 and
+  Matthews are scikit-learn's.
 - regression: float scores (N,); pearson and spearmanr (scipy.stats).
 - tagging: lists of IOB2 tag sequences; entity-level f1, precision and
   recall from seqeval (default, conlleval-compatible mode).
@@ -28,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy import stats
 from seqeval import metrics as seqeval_metrics
+from sklearn import metrics as sklearn_metrics
 
 from tasks.base import Task
 from tasks.decode import (
@@ -65,24 +67,20 @@ def accuracy(predictions, references) -> float:
 
 
 def binary_f1(predictions, references) -> float:
-    """F1 of class 1 (0 when there is no true or predicted positive)."""
+    """F1 of class 1, whatever the other classes (scikit-learn's `f1_score` over label 1; 0 when there is
+    no true or predicted positive)."""
     p, r = _pair(predictions, references)
-    tp = float(np.sum((p == 1) & (r == 1)))
-    denom = float(np.sum(p == 1) + np.sum(r == 1))
-    return 2 * tp / denom if denom else 0.0
+    if not len(p):
+        return 0.0
+    return float(sklearn_metrics.f1_score(r, p, labels=[1], average="micro", zero_division=0))
 
 
 def matthews_corr(predictions, references) -> float:
-    """Matthews correlation (multi-class form, as sklearn); 0 if undefined."""
+    """Matthews correlation (scikit-learn's `matthews_corrcoef`, the multi-class form); 0 if undefined."""
     p, r = _pair(predictions, references)
-    classes = np.union1d(p, r)
-    pi, ri = np.searchsorted(classes, p), np.searchsorted(classes, r)
-    conf = np.zeros((len(classes), len(classes)), dtype=np.float64)
-    np.add.at(conf, (ri, pi), 1)
-    t, q = conf.sum(axis=1), conf.sum(axis=0)
-    c, s = np.trace(conf), conf.sum()
-    denom = np.sqrt((s * s - q @ q) * (s * s - t @ t))
-    return float((c * s - t @ q) / denom) if denom else 0.0
+    if not len(p):
+        return 0.0
+    return float(sklearn_metrics.matthews_corrcoef(r, p))
 
 
 def _correlation(fn, predictions, references) -> float:
