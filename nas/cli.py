@@ -109,6 +109,9 @@ def _ray_arguments(p) -> None:
     p.add_argument("--cpus-per-trial", type=cli.number(low=0), default=0, help="0: a whole node's CPUs")
     p.add_argument("--gpus-per-trial", type=cli.number(low=0), default=0)
     p.add_argument("--storage-path", default=None, help="Ray results storage (shared FS or URI); default OUTPUT/ray")
+    p.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="also keep the Optuna study in this database (e.g. sqlite:///runs/optuna.db), to watch it "
+                   "with optuna-dashboard; the study is named after the output directory and its start time")
 
 
 def _targets(text: str) -> tuple[float, ...]:
@@ -131,6 +134,7 @@ def config(args: argparse.Namespace) -> SearchConfig:
         ),
         algorithm=args.algorithm, scheduler=args.scheduler, address=args.address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, storage_path=args.storage_path,
+        optuna_storage=args.optuna_storage,
         latency_threads=args.latency_threads, target_speedup=args.target_speedup, final_steps=args.final_steps,
         final_augment=args.final_augment, final_share=args.final_share, teacher_epochs=args.teacher_epochs,
         train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed, quantize=args.quantize, crf=args.crf,

@@ -96,6 +96,9 @@ class SearchConfig:
     gpus_per_trial: float = 0
     storage_path: str | None = None
     """Where Ray keeps trial results and checkpoints (shared FS or cloud URI); default OUTPUT/ray."""
+    optuna_storage: str | None = None
+    """An Optuna storage URL (sqlite:///optuna.db, a database URL) that also holds the study, so that
+    optuna-dashboard can watch it; default in memory (Tune's own state still resumes it)."""
     latency_threads: int = 1
     """CPU threads the latency of a candidate and of the teacher is measured on (0: all, in the trial's
     process); one thread gives stable figures and is how a CPU server runs batch-1 requests."""

@@ -269,6 +269,17 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
     return rows + finals, handles, finals, extra
 
 
+def optuna_storage(url: str):
+    """The Optuna storage at `url` (created if new: an SQLite file, a database's tables); one line naming
+    the flag when it cannot be opened."""
+    import optuna  # here, as in make_sampler: the command starts without Optuna
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as e:  # sqlalchemy's errors for a bad URL, a missing driver, an unreachable server
+        raise UserError(f"--optuna-storage {url}: cannot open it: {str(e).splitlines()[0][:200]}") from None
+
+
 def _settle(cfg: SearchConfig, out: Path, *, resume: bool) -> tuple[SearchConfig, SearchSpace, Any, Path]:
     """The config the search runs with (on resume, the saved one), its space, task and data directory. Bad
     input (an earlier search in `out`, an invalid space or teacher directory) fails here, before any
@@ -291,6 +302,8 @@ def _settle(cfg: SearchConfig, out: Path, *, resume: bool) -> tuple[SearchConfig
         raise SpaceError(f"--space {cfg.space}: {e}") from None
     if cfg.storage_path and "://" not in cfg.storage_path:
         cfg = dataclasses.replace(cfg, storage_path=str(Path(cfg.storage_path).resolve()))
+    if cfg.optuna_storage and not resume:  # a bad URL fails now, not after the teacher's fine-tuning
+        optuna_storage(cfg.optuna_storage)
     if not resume:
         # At most a tenth of the training set is held out (2,000 would be 35% of STS-B).
         n_train = len(read_split(task, "train", data_dir, limit=cfg.train_limit))
@@ -476,9 +489,11 @@ def _run_tune(cfg: SearchConfig, trainable, setup: TrialSetup, out: Path, *, res
     if resume:
         log.warning("%s: nothing to restore; starting the trials from the beginning", path)
     sampler = make_sampler(cfg)
+    storage = optuna_storage(cfg.optuna_storage) if cfg.optuna_storage else None
     searcher = OptunaSearch(
         space=Sampler(setup.space, setup.teacher_arch), metric=[setup.metric, OBJECTIVE_LATENCY], mode=["max", "min"],
-        sampler=sampler,
+        sampler=sampler, storage=storage,
+        study_name=f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}" if storage is not None else None,
     )
     if asha:
         # Rungs in training steps (epoch ends add evaluations, so iterations would drift). A trial sends

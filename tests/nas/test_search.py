@@ -61,7 +61,8 @@ def searched(env, ray_local):
 
     os.environ["BERTNAS_CACHE"] = str(env["cache"])  # shared by this module's searches (the teacher is reused)
     out = env["root"] / "out"
-    summary = search(_cfg(env, final_steps=20, final_augment=1, target_speedup=1.0), out)
+    storage = f"sqlite:///{env['root'] / 'optuna.db'}"  # --optuna-storage: the study also lands there
+    summary = search(_cfg(env, final_steps=20, final_augment=1, target_speedup=1.0, optuna_storage=storage), out)
     return out, summary
 
 
@@ -95,6 +96,18 @@ def test_search_writes_every_output(searched, env):
         assert r["latency_ms"] > 0 and r["speedup"] == teacher["latency_ms"] / r["latency_ms"]  # the same two figures
         assert 0 <= r["val_metric"] <= 1
     assert (out / "ray" / "search").is_dir()  # Ray's own results and TensorBoard files
+    import optuna
+
+    (study,) = optuna.get_all_study_summaries(f"sqlite:///{env['root'] / 'optuna.db'}")
+    assert study.study_name.startswith("out-") and study.n_trials == 4  # what optuna-dashboard shows
+
+
+def test_a_bad_optuna_storage_is_one_line_before_any_work():
+    from nas.tune import optuna_storage
+    from tasks.errors import UserError
+
+    with pytest.raises(UserError, match="--optuna-storage nonsense://x: cannot open it"):
+        optuna_storage("nonsense://x")
 
 
 def test_pareto_front_is_exported_and_scores_on_dev(searched, env):
