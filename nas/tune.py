@@ -489,11 +489,11 @@ def _run_tune(cfg: SearchConfig, trainable, setup: TrialSetup, out: Path, *, res
     if resume:
         log.warning("%s: nothing to restore; starting the trials from the beginning", path)
     sampler = make_sampler(cfg)
-    storage = optuna_storage(cfg.optuna_storage) if cfg.optuna_storage else None
+    study_storage = optuna_storage(cfg.optuna_storage) if cfg.optuna_storage else None
     searcher = OptunaSearch(
         space=Sampler(setup.space, setup.teacher_arch), metric=[setup.metric, OBJECTIVE_LATENCY], mode=["max", "min"],
-        sampler=sampler, storage=storage,
-        study_name=f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}" if storage is not None else None,
+        sampler=sampler, storage=study_storage,
+        study_name=f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}" if study_storage is not None else None,
     )
     if asha:
         # Rungs in training steps (epoch ends add evaluations, so iterations would drift). A trial sends
