@@ -15,9 +15,14 @@ skipped and say so; bfloat16 cases come before float32 ones):
 - infer: forward only, deterministic, on BERT-base, the teacher (6L-384,
   FFN 1536) and a student (4L-312, FFN 1200) shape, batch 128 and 1;
 - last, diagnostic runs of the first bfloat16 train case (`VARIANTS`, ours
-  only): the dropout key from `unsafe_rbg` instead of threefry (what dropout
-  RNG costs), attention through XLA instead of cuDNN's fused kernel, and
-  attention-probability dropout on (what the fused path is worth);
+  only): float32 matmul results and GELU inputs, the CPU form (what the
+  accelerators' bfloat16 results are worth; `distill.model.bert.bf16_results`),
+  attention through XLA instead of cuDNN's fused kernel, and
+  attention-probability dropout on (what the fused path is worth). Earlier
+  runs also tried the dropout key from `unsafe_rbg`: it gained nothing;
+- `--profile`: a JAX profiler trace of a few steps of the first bfloat16 train
+  case, summed per device op (rows with mode "profile": the ops that take the
+  most time per step, and their share), to see where a step's time goes;
 - the same train and infer cases with transformers'
   `BertForSequenceClassification` (random init, eager; AdamW, fused on CUDA,
   and `clip_grad_norm_`; inference in `torch.inference_mode`), if torch is
@@ -54,6 +59,8 @@ peak instead. Goal: bfloat16 train MFU >= 40% on BERT-base.
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -129,9 +136,12 @@ def arch_for(shape: str, quick: bool) -> BertArch:
 
 INFER_SHAPES = ("base", "teacher", "student")
 VARIANTS = {
-    "rbg": "dropout key from unsafe_rbg instead of threefry",
+    "f32-results": "matmul results and GELU inputs in float32 (the CPU form) instead of bfloat16",
     "xla-attn": "attention through XLA's own fusion instead of cuDNN's fused kernel",
     "attn-dropout": "attention-probability dropout on (no fused kernel takes it): the CPU default",
+    "no-dropout": "no dropout at all (hidden and attention rates 0): what dropout costs in total",
+    "gelu-tanh": "GELU's tanh approximation instead of the exact erf form BERT uses: what the erf costs",
+    "rbg": "the dropout key from unsafe_rbg instead of threefry",
 }
 """Diagnostic runs of the first bfloat16 train case, ours only: what each lever is worth."""
 
@@ -148,7 +158,7 @@ def plan(args) -> list[Case]:
         cases += [Case("train", "base", b, dtype) for b in train_batches]
         cases += [Case("infer", s, b, dtype) for s in INFER_SHAPES for b in sorted(args.infer_batches, reverse=True)]
     if "bfloat16" in args.dtypes and not args.no_variants:
-        cases += [Case("train", "base", train_batches[0], "bfloat16", v) for v in VARIANTS]
+        cases += [Case("train", "base", train_batches[0], "bfloat16", v) for v in args.variants]
     return cases
 
 
@@ -208,6 +218,7 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
     import jax
     import jax.numpy as jnp
 
+    from distill.model import bert
     from distill.model.bert import build_model, in_precision, init_params
     from distill.model.infer import logits_step
     from distill.train.optim import OptimizerConfig
@@ -226,8 +237,12 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
     for dtype in sorted(args.dtypes, key=lambda d: d != "bfloat16"):
         rows.add(matmul_peak(dtype, args.matmul_size))
 
+    profiled = next((c for c in plan(args) if c.mode == "train" and c.dtype == "bfloat16"), None)
+
     def measure(case: Case) -> dict:
         arch = arch_for(case.shape, args.quick)
+        if case.variant == "no-dropout":
+            arch = dataclasses.replace(arch, hidden_dropout=0.0, attention_dropout=0.0)
         dtype = jnp.dtype(case.dtype)
         base = build_model(arch, HEAD, NUM_LABELS)
         # The tools' model on this device: `--precision` and `--attention-dropout auto` (off on accelerators,
@@ -244,9 +259,16 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
             step = make_supervised_step(model, tx, HEAD)
             batch = jax.device_put(batch)
             rng = jax.random.key(0, impl="unsafe_rbg" if case.variant == "rbg" else None)
-            timed = time_steps(
-                lambda state: step(state, batch, rng), TrainState.create(params, tx), jax.block_until_ready, **timing
-            )
+            state = TrainState.create(params, tx)
+            with _patched(case.variant, bert):  # read when the step is traced, at its first call
+                timed = time_steps(lambda st: step(st, batch, rng), state, jax.block_until_ready, **timing)
+            if args.profile and case == profiled:
+                fresh = TrainState.create(init_params(base, jax.random.key(0)), tx)  # the first was donated
+                try:  # a failed trace must not lose the timing
+                    profile = profile_ops(lambda st: step(st, batch, rng), fresh, case, args.profile)
+                    rows.add({**profile, "side": "ours"})
+                except Exception as e:
+                    rows.add({**case.fields(), "mode": "profile", "side": "ours", "error": f"{type(e).__name__}: {e}"})
         else:
             if dtype != jnp.float32:  # serve from bfloat16 weights
                 params = jax.tree.map(lambda p: p.astype(dtype), params)
@@ -257,6 +279,63 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
                        attention_dropout=model.attention_dropout)
 
     _run_cases(plan(args), measure, rows, "ours", deadline, gc.collect)
+
+
+def _patched(variant: str, bert):
+    """The model changes of the diagnostic variants that no setting reaches (a context: undone after)."""
+    from unittest import mock
+
+    import jax
+
+    if variant == "f32-results":
+        return mock.patch.object(bert, "bf16_results", lambda: False)
+    if variant == "gelu-tanh":
+        return mock.patch.object(bert.nn, "gelu", lambda x, approximate=False: jax.nn.gelu(x, approximate=True))
+    return contextlib.nullcontext()
+
+
+_PROFILE_STATS = ("long_name", "hlo_op", "hlo_category", "tf_op", "bytes_accessed", "flops", "kernel_details")
+
+
+def profile_ops(step, state, case: Case, out_dir: str, steps: int = 3, top: int = 25) -> dict:
+    """Traces `steps` calls of the (compiled) `step` with the JAX profiler into `out_dir` and sums the
+    device's op times by name: {"mode": "profile", "ops": [{"name", "ms_per_step", "share"}, ...]} over the
+    device's "XLA Ops" line (else its busiest line), the `top` biggest first."""
+    import glob
+
+    import jax
+    from jax.profiler import ProfileData
+
+    state = jax.block_until_ready(step(state)[0])  # `step` returns (state, metrics) and donates its state
+    os.makedirs(out_dir, exist_ok=True)
+    trace_dir = tempfile.mkdtemp(prefix="trace-", dir=out_dir)
+    with jax.profiler.trace(trace_dir):
+        for _ in range(steps):
+            state = jax.block_until_ready(step(state)[0])
+    data = ProfileData.from_file(sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1])
+    lines = [ln for plane in data.planes if plane.name.startswith("/device:") for ln in plane.lines]
+    totals_by_line, details = {}, {}
+    for line in lines:
+        totals = collections.Counter()
+        for event in line.events:
+            totals[event.name] += event.duration_ns
+            if event.name not in details:  # what the op is: its HLO text, category, bytes (GPU traces)
+                details[event.name] = {k: str(v)[:240] for k, v in event.stats if k in _PROFILE_STATS}
+        totals_by_line[line.name] = totals
+    if not totals_by_line:
+        return {**case.fields(), "mode": "profile", "error": "no device plane in the trace", "trace": trace_dir}
+    busiest = max(totals_by_line, key=lambda k: sum(totals_by_line[k].values()))
+    name = "XLA Ops" if "XLA Ops" in totals_by_line else busiest
+    totals = totals_by_line[name]
+    busy = sum(totals.values())
+    ops = [{"name": op, "ms_per_step": ns / steps / 1e6, "share": ns / busy, **details.get(op, {})}
+           for op, ns in totals.most_common(top)]
+    categories = collections.Counter()
+    for op, ns in totals.items():
+        categories[details.get(op, {}).get("hlo_category", "?")] += ns / busy
+    return {**case.fields(), "mode": "profile", "line": name, "busy_ms_per_step": busy / steps / 1e6,
+            "lines": sorted(totals_by_line), "categories": dict(categories.most_common()), "ops": ops,
+            "trace": trace_dir}
 
 
 # ------------------------------------------------------------- PyTorch side
@@ -446,6 +525,12 @@ def _print_table(result: dict) -> None:
     for r in result["rows"]:
         if r.get("side") == "torch" and ("error" in r or "skipped" in r):
             print(f"torch {r['key']}: {r.get('error') or r.get('skipped')}")
+    for r in result["rows"]:
+        if r.get("mode") == "profile" and "ops" in r:
+            print(f"profile of {r['key']} ({r['line']}, {r['busy_ms_per_step']:.2f} ms busy per step):")
+            print("  by category: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["categories"].items()))
+            for op in r["ops"][:15]:
+                print(f"  {op['ms_per_step']:8.3f} ms {100 * op['share']:5.1f}%  {op['name'][:90]}")
     for note in result["messages"]:
         print(note)
     s = result["summary"]
@@ -467,7 +552,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="run even without a GPU/TPU (on CPU)")
     p.add_argument("--seq", type=int, help="sequence length (default 128; 7 with --quick)")
     p.add_argument("--train-batches", type=int, nargs="+", help="default 32 128 (3 with --quick)")
-    p.add_argument("--infer-batches", type=int, nargs="+", help="default 1 128 (1 3 with --quick)")
+    p.add_argument("--infer-batches", type=int, nargs="*", help="default 1 128 (1 3 with --quick); none: no inference")
     p.add_argument("--dtypes", nargs="+", choices=["bfloat16", "float32"], default=["bfloat16", "float32"])
     p.add_argument("--matmul-size", type=int, help="N of the peak matmul (default 8192; 128 with --quick)")
     p.add_argument("--warmup", type=int, default=3)
@@ -475,6 +560,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=float, default=270.0, help="no new case starts after this (default %(default)s)")
     p.add_argument("--no-torch", action="store_true", help="measure our side only")
     p.add_argument("--no-variants", action="store_true", help="skip the diagnostic runs (VARIANTS)")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                   help="which diagnostic runs (default: all)")
+    p.add_argument("--profile", metavar="DIR", 
+                   help="trace the first bfloat16 train case into DIR; its op times go in the JSON")
     p.add_argument("--side", choices=["jax", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--rows", help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)

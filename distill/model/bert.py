@@ -74,21 +74,21 @@ _NT = (((1,), (1,)), ((), ()))  # (M, N) x (K, N) -> (M, K)
 _TN = (((0,), (0,)), ((), ()))  # (M, K) x (M, N) -> (K, N)
 
 
-@jax.custom_vjp
-def _bf16_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _bf16_matmul(x: jax.Array, kernel: jax.Array, result: str) -> jax.Array:
     bf16 = jnp.bfloat16
-    return lax.dot_general(x.astype(bf16), kernel.astype(bf16), _NN, preferred_element_type=jnp.float32)
+    return lax.dot_general(x.astype(bf16), kernel.astype(bf16), _NN, preferred_element_type=result)
 
 
-def _bf16_matmul_fwd(x, kernel):
-    return _bf16_matmul(x, kernel), (x, kernel)
+def _bf16_matmul_fwd(x, kernel, result):
+    return _bf16_matmul(x, kernel, result), (x, kernel)
 
 
-def _bf16_matmul_bwd(res, g):
+def _bf16_matmul_bwd(result, res, g):
     x, kernel = res  # as given (the kernel: float32 master weights): each cotangent comes back in its dtype
     bf16 = jnp.bfloat16
     g = g.astype(bf16)
-    dx = lax.dot_general(g, kernel.astype(bf16), _NT, preferred_element_type=jnp.float32)
+    dx = lax.dot_general(g, kernel.astype(bf16), _NT, preferred_element_type=result)
     dk = lax.dot_general(x.astype(bf16), g, _TN, preferred_element_type=jnp.float32)
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
@@ -96,25 +96,37 @@ def _bf16_matmul_bwd(res, g):
 _bf16_matmul.defvjp(_bf16_matmul_fwd, _bf16_matmul_bwd)
 
 
-def mixed_matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
-    """`x @ kernel` for 2-D `x` with bfloat16 operands and float32 accumulation and result, its gradients
-    likewise (the kernel's cotangent float32, for float32 master weights).
+def bf16_results() -> bool:
+    """Whether bfloat16 compute keeps matmul results and GELU inputs in bfloat16: on GPUs and TPUs, yes.
+    There the matmuls run near peak and the bandwidth-bound elementwise work between them (bias, GELU,
+    dropout, residuals, the activations saved for the backward pass) takes much of a step, and bfloat16
+    halves its bytes, as PyTorch's autocast does. XLA:CPU runs its fast bfloat16 matmuls only with float32
+    results, and its bfloat16 elementwise math is slower than float32's, so on CPU they stay float32."""
+    return jax.default_backend() != "cpu"
+
+
+def mixed_matmul(x: jax.Array, kernel: jax.Array, result: Dtype | None = None) -> jax.Array:
+    """`x @ kernel` for 2-D `x` with bfloat16 operands and float32 accumulation, its gradients likewise
+    (the kernel's cotangent float32, for float32 master weights). The result, and the input's cotangent
+    before its cast to `x`'s dtype, are `result` (None: bfloat16 where `bf16_results()`, else float32).
 
     The forms are chosen for XLA's CPU backend, whose bfloat16 matmuls (AMX / AVX512-BF16, through its
     YNNPACK library calls) run only when the lhs contracts its last dimension and the result is float32:
     a bfloat16-result `jnp.dot` and the default gradient of one fall back to float32 at a fifth of the
     speed. The weight gradient contracts the rows of both operands, a form XLA:CPU runs in float32 either
     way; the forward and the input gradient get the bfloat16 speed. GPUs and TPUs take every form."""
-    return _bf16_matmul(x.astype(jnp.bfloat16), kernel)
+    if result is None:
+        result = jnp.bfloat16 if bf16_results() else jnp.float32
+    return _bf16_matmul(x.astype(jnp.bfloat16), kernel, jnp.dtype(result).name)
 
 
-def _dense(features: int, init, dtype: Dtype, name: str) -> nn.Module:
+def _dense(features: int, init, dtype: Dtype, name: str, out_dtype: Dtype = jnp.float32) -> nn.Module:
     """A dense layer: `nn.Dense`, or in bfloat16 compute the `ReshapedDense` of the same parameters (kernel
     (in, out), bias (out,)) that runs `mixed_matmul` on the float32 kernel itself (flax's Dense would hand
     its matmul a kernel already cast to bfloat16, whose gradient would then be rounded to bfloat16); its
-    float32 result feeds the float32 GELU, tanh or logits (XLA:CPU's bfloat16 elementwise math is slower)."""
+    result, in `out_dtype`, feeds the GELU, tanh or logits."""
     if jnp.dtype(dtype) == jnp.bfloat16:
-        return ReshapedDense((features,), 1, init, dtype, jnp.float32, name=name)
+        return ReshapedDense((features,), 1, init, dtype, out_dtype, name=name)
     return nn.Dense(features, kernel_init=init, dtype=dtype, name=name)
 
 
@@ -126,7 +138,7 @@ class Embeddings(nn.Module):
     def __call__(self, input_ids, token_type_ids, deterministic: bool):
         arch, init = self.arch, _dense_init(self.arch)
         embed = lambda n, name: nn.Embed(n, arch.hidden_size, embedding_init=init, name=name)  # noqa: E731
-        positions = jnp.arange(input_ids.shape[-1])[None, :]
+        positions = lax.broadcasted_iota(jnp.int32, (1, input_ids.shape[-1]), 1)  # (1, T); symbolic T exports
         x = (
             embed(arch.vocab_size, "word_embeddings")(input_ids)
             + embed(arch.max_position_embeddings, "position_embeddings")(positions)
@@ -219,7 +231,8 @@ class Layer(nn.Module):
             x, mask, deterministic, return_scores
         )
         x = _layer_norm(arch, "attention_norm")(x + dropout(attn, deterministic=deterministic)).astype(self.dtype)
-        y = _dense(self.ffn_size, init, self.dtype, "intermediate")(x)
+        # the GELU's input in float32 on CPU, where bfloat16 elementwise math is slower (`bf16_results`)
+        y = _dense(self.ffn_size, init, self.dtype, "intermediate", self.dtype if bf16_results() else jnp.float32)(x)
         y = nn.gelu(y, approximate=False).astype(self.dtype)
         y = _dense(arch.hidden_size, init, self.dtype, "output")(y)
         x = _layer_norm(arch, "output_norm")(x + dropout(y, deterministic=deterministic)).astype(self.dtype)
