@@ -16,6 +16,7 @@ Rooms, from the bottom up (A -> B: A may import B; every room may import `tasks`
 
 `nas` imports `distill.run` (its public API), `arch`, `model`, `export`, `files` and
 `cli`; never `train` or `kd`. Only `train/checkpoint.py` imports orbax and only
-`export/int8.py` imports qwix. `tests/test_layering.py` enforces all of this,
+`export/int8.py` imports qwix (and only `export/onnx.py`
+jax2onnx, onnx and onnxruntime, the optional `onnx` extra). `tests/test_layering.py` enforces all of this,
 imports inside functions included, and that no import cycle exists.
 """

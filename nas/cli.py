@@ -1,4 +1,4 @@
-"""The `bertnas` command: `bertnas {finetune,distill,supernet,search,evaluate,predict,quantize} ...`.
+"""The `bertnas` command: `bertnas {finetune,distill,supernet,search,evaluate,predict,quantize,export} ...`.
 
   bertnas search --task sst2 --output runs/search-sst2
   bertnas search --task sst2 --smoke-test --output runs/smoke
@@ -35,6 +35,7 @@ from typing import Callable
 from distill import cli
 from distill.cli import distill as distill_tool
 from distill.cli import evaluate as evaluate_tool
+from distill.cli import export as export_tool
 from distill.cli import finetune as finetune_tool
 from distill.cli import predict as predict_tool
 from distill.cli import quantize as quantize_tool
@@ -48,6 +49,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task", default="sst2")
     p.add_argument("--teacher", default="minilm", help="fine-tuned teacher directory, or a pre-trained one")
     p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
+    cli.add_data_args(p)
     p.add_argument("--output", default=None, help="output directory (default runs/search-<task>)")
     p.add_argument("--resume", metavar="DIR", default=None, help="continue the interrupted search in DIR")
     p.add_argument("--smoke-test", action="store_true",
@@ -107,7 +109,10 @@ def _ray_arguments(p) -> None:
     p.add_argument("--scheduler", default="asha", choices=list(SCHEDULERS))
     p.add_argument("--address", default=None, help="Ray cluster address (auto, ray://host:10001); default local")
     p.add_argument("--cpus-per-trial", type=cli.number(low=0), default=0, help="0: a whole node's CPUs")
-    p.add_argument("--gpus-per-trial", type=cli.number(low=0), default=0)
+    p.add_argument("--gpus-per-trial", type=cli.number(low=0), default=0,
+                   help="GPUs per trial: a fraction shares a GPU (0.25: four trials, each capped at its share of "
+                   "the GPU's memory), a whole number gives a trial a data-parallel mesh over that many")
+    p.add_argument("--tpus-per-trial", type=cli.at_least(0), default=0, help="TPU chips per trial (a TPU VM)")
     p.add_argument("--storage-path", default=None, help="Ray results storage (shared FS or URI); default OUTPUT/ray")
     p.add_argument("--optuna-storage", default=None, metavar="URL",
                    help="also keep the Optuna study in this database (e.g. sqlite:///runs/optuna.db), to watch it "
@@ -124,7 +129,8 @@ def _targets(text: str) -> tuple[float, ...]:
 def config(args: argparse.Namespace) -> SearchConfig:
     """The search's `SearchConfig`, from the flags (the only place they are mapped)."""
     cfg = SearchConfig(
-        task=args.task, teacher=args.teacher, data_dir=args.data_dir, space=args.space, strategy=args.strategy,
+        task=args.task, teacher=args.teacher, data_dir=args.data_dir, data=cli.data_from_args(args), space=args.space,
+        strategy=args.strategy,
         num_samples=args.num_samples,
         supernet_steps=args.supernet_steps, latency_design=args.latency_design, targets=_targets(args.targets),
         budget_minutes=args.budget_minutes, trial_steps=args.trial_steps,
@@ -134,6 +140,7 @@ def config(args: argparse.Namespace) -> SearchConfig:
         ),
         algorithm=args.algorithm, scheduler=args.scheduler, address=args.address,
         cpus_per_trial=args.cpus_per_trial, gpus_per_trial=args.gpus_per_trial, storage_path=args.storage_path,
+        tpus_per_trial=args.tpus_per_trial,
         optuna_storage=args.optuna_storage,
         latency_threads=args.latency_threads, target_speedup=args.target_speedup, final_steps=args.final_steps,
         final_augment=args.final_augment, final_share=args.final_share, teacher_epochs=args.teacher_epochs,
@@ -174,14 +181,27 @@ class Tool:
         return cls(module.__doc__, module.add_arguments, module.main)
 
 
+def finetune_main(args: argparse.Namespace) -> int:
+    """`bertnas finetune`: in this process, or with `--workers N` as N Ray Train workers (`nas.multihost`)."""
+    if args.workers == 1:
+        return finetune_tool.main(args)
+    from nas.multihost import finetune_on_workers  # ray and jax: only when used (as `search` does)
+
+    results = finetune_on_workers(finetune_tool.config(args), args.output, args.workers, resume=args.resume,
+                                  use_gpu=args.workers_on == "gpu", use_tpu=args.workers_on == "tpu")
+    print(json.dumps({"best": results["best"], "teacher_dir": results["teacher_dir"]}))
+    return 0
+
+
 TOOLS: dict[str, Tool] = {
-    "finetune": Tool.of(finetune_tool),
+    "finetune": Tool(finetune_tool.__doc__, finetune_tool.add_arguments, finetune_main),
     "distill": Tool.of(distill_tool),
     "supernet": Tool.of(supernet_tool),
     "search": Tool(__doc__, add_arguments, search_main),
     "evaluate": Tool.of(evaluate_tool),
     "predict": Tool.of(predict_tool),
     "quantize": Tool.of(quantize_tool),
+    "export": Tool.of(export_tool),
 }
 
 

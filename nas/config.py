@@ -13,6 +13,7 @@ import math
 from distill.arch import DEFAULT_TEACHER, PRECISIONS
 from distill.export.scheme import scheme
 from tasks.errors import UserError
+from tasks.userdata import DataSpec
 
 
 class ConstraintError(UserError, ValueError):
@@ -60,6 +61,8 @@ class SearchConfig:
     teacher: str = DEFAULT_TEACHER
     """A teacher fine-tuned on the task, or a pre-trained one (fine-tuned first, through the cache)."""
     data_dir: str | None = None
+    data: DataSpec = DataSpec()
+    """The generic tasks' files or dataset and columns, any task's sequence length (`tasks.userdata`)."""
     space: str = "default"
     """A preset name (see `nas.space.PRESETS`) or a .json / .yaml file."""
     strategy: str = "supernet"
@@ -94,6 +97,10 @@ class SearchConfig:
     cpus_per_trial: float = 0
     """0: all the CPUs of a node (one trial at a time on a laptop)."""
     gpus_per_trial: float = 0
+    """GPUs of each trial: a fraction (0.25: four trials share a GPU, each with that share of its memory,
+    `trial_device_env`) or a whole number (2: a trial's data-parallel mesh over two GPUs)."""
+    tpus_per_trial: int = 0
+    """TPU chips of each trial (Ray's "TPU" resource on a TPU VM): the trial's mesh over them."""
     storage_path: str | None = None
     """Where Ray keeps trial results and checkpoints (shared FS or cloud URI); default OUTPUT/ray."""
     optuna_storage: str | None = None
@@ -147,8 +154,13 @@ class SearchConfig:
             raise UserError(f"budget_minutes: must be > 0, got {self.budget_minutes}")
         if self.validation < 1:
             raise UserError("validation: the search needs held-out training examples (>= 1) to compare candidates")
-        if self.cpus_per_trial < 0 or self.gpus_per_trial < 0:
-            raise UserError("cpus_per_trial / gpus_per_trial: must be >= 0")
+        if self.cpus_per_trial < 0 or self.gpus_per_trial < 0 or self.tpus_per_trial < 0:
+            raise UserError("cpus_per_trial / gpus_per_trial / tpus_per_trial: must be >= 0")
+        if self.gpus_per_trial > 1 and self.gpus_per_trial != int(self.gpus_per_trial):
+            raise UserError(f"gpus_per_trial: a fraction below 1 (trials share a GPU) or a whole number of GPUs, "
+                            f"got {self.gpus_per_trial}")
+        if self.gpus_per_trial and self.tpus_per_trial:
+            raise UserError("gpus_per_trial / tpus_per_trial: a trial runs on GPUs or on TPU chips, not both")
         if self.reduction_factor < 2:
             raise UserError(f"reduction_factor: must be >= 2, got {self.reduction_factor}")
         if self.final_steps < 0 or self.final_augment < 0:

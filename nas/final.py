@@ -42,7 +42,7 @@ from distill.run import (
 )
 from nas.cost import CostModel
 from nas.trial import TrialSetup, trial_distill_config
-from tasks.registry import get_task
+from tasks.readers import load_task
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +203,7 @@ def final_config(cfg, setup: TrialSetup, sample: dict, *, max_steps: int, studen
 def label_copies(dcfg, root: Path) -> tuple[float, int]:
     """Augment and label the final run's training data into the cache (distill() then reads it); seconds and
     features labelled. The originals were labelled for the trials: only their copies go through the teacher."""
-    task = get_task(dcfg.task)
+    task, _ = load_task(dcfg.task, dcfg.data_dir, dcfg.data)
     teacher, _ = fine_tuned_teacher(dcfg, task, root)  # the search's teacher, fine-tuned already: loaded
     student = resolve_student(dcfg.student, teacher.arch)
     train_ex, _, _ = read_data(dcfg, task, dcfg.data_dir)
@@ -237,7 +237,8 @@ def quantized_rows(name: str, setup: TrialSetup, front: list[dict], teacher_late
         size = quantize_export(src, export_path(src.parent, f"{src.name}-{name}"), scheme(name))  # beside src
         model, task = load_for_task(size["path"])
         val = evaluate_model(model.model, model.params, task, val_features, val_examples, setup.base.eval_batch_size)
-        dev = evaluate_dir(size["path"], task.name, data_dir=setup.base.data_dir, limit=dev_limit)
+        dev = evaluate_dir(size["path"], task.name, data_dir=setup.base.data_dir, limit=dev_limit,
+                           spec=setup.base.data)
         cost = cost_model.cost(model.arch)
         rows.append({
             **{k: r.get(k) for k in QUANTIZED_FROM_SOURCE},

@@ -68,7 +68,7 @@ from nas.trial import (
     trial_status,
 )
 from tasks.features import encode
-from tasks.registry import get_task
+from tasks.registry import saved_task
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +153,7 @@ def supernet_config(cfg: SearchConfig, base: DistillConfig, choices: SubnetChoic
     steps = plan["steps"]
     every = max(1, steps // 4)
     return SupernetConfig(
-        task=cfg.task, teacher=base.teacher, data_dir=base.data_dir, choices=choices, num_sampled=NUM_SAMPLED,
+        task=cfg.task, teacher=base.teacher, data_dir=base.data_dir, data=base.data, choices=choices, num_sampled=NUM_SAMPLED,
         loss=LossConfig(hard_weight=0.5), augment=base.augment, optimizer=OptimizerConfig(learning_rate=1e-4),
         loop=LoopConfig(epochs=1, max_steps=steps, batch_size=cfg.batch_size, eval_every=every,
                         checkpoint_every=every, log_every=min(50, every), seed=cfg.seed,
@@ -228,7 +228,7 @@ _LOADED: dict[str, tuple[LoadedBert, Any, Any]] = {}
 def _supernet(setup: ScoreSetup):
     if setup.supernet_dir not in _LOADED:
         supernet = load_bert(setup.supernet_dir)
-        task = get_task(setup.task)
+        task = saved_task(supernet.meta, setup.task)  # a generic task's labels and columns: the supernet's
         _LOADED.clear()
         _LOADED[setup.supernet_dir] = (supernet, task, encode(task, list(setup.val_examples), supernet.tokenizer))
     return _LOADED[setup.supernet_dir]

@@ -71,11 +71,10 @@ from nas.cost import Cost, CostModel, typical_length
 from nas.final import quantized_rows, train_final
 from nas.space import SearchSpace, SpaceError, get_space
 from nas.trial import OBJECTIVE_LATENCY, TrialSetup, result_trial_id, run_trial, sampled_arch, trial_status
-from tasks.datafiles import resolve_data_dir
 from tasks.errors import UserError
 from tasks.features import encode
-from tasks.readers import read_split
-from tasks.registry import get_task
+from tasks.readers import load_task, read_split
+from tasks.userdata import DataSpec
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +103,18 @@ def load_config(out: Path) -> SearchConfig:
         raise UserError(f"{out}: no {CONFIG_FILE}; not a search output directory")
     d = json.loads(path.read_text())
     d["constraints"] = Constraints(**d["constraints"])
+    d["data"] = DataSpec(**d.get("data", {}))  # searches from before the field read the benchmark files
     d.setdefault("strategy", "trials")  # searches from before the field (and the supernet default) were trials
     return SearchConfig(**d)
 
 
-def base_distill_config(cfg: SearchConfig, data_dir: Path) -> DistillConfig:
+def base_distill_config(cfg: SearchConfig, data_dir: Path | None) -> DistillConfig:
     """What every trial shares: data, validation slice, one trial's training budget."""
     return DistillConfig(
         task=cfg.task,
         teacher=cfg.teacher,
-        data_dir=str(data_dir),
+        data_dir=data_dir and str(data_dir),
+        data=cfg.data,
         loss=LossConfig(hard_weight=0.5),
         augment=AugmentConfig(copies=cfg.augment, seed=cfg.seed),
         optimizer=OptimizerConfig(learning_rate=2e-4),
@@ -160,7 +161,8 @@ class Prepared:
     """What the preparation (stages 1-3) leaves to the trials and the report."""
 
     task: Any
-    data_dir: Path
+    data_dir: Path | None
+    """None for the generic tasks (their files are in `base.data`)."""
     base: DistillConfig  # what every trial shares, the fine-tuned teacher's absolute path included
     teacher: Any  # the fine-tuned teacher (`fine_tuned_teacher`)
     seq_len: int  # the task's typical length, at which latencies are measured
@@ -286,10 +288,11 @@ def _settle(cfg: SearchConfig, out: Path, *, resume: bool) -> tuple[SearchConfig
     fine-tuning or trial; a new search saves its config."""
     if resume:
         cfg = load_config(out)
-    task = get_task(cfg.task)
+    cfg = dataclasses.replace(cfg, data=cfg.data.resolved())  # trials run in directories of their own
+    task, data_dir = load_task(cfg.task, cfg.data_dir, cfg.data)
     check_crf(task, bool(cfg.crf))
     space = get_space(cfg.space)
-    data_dir = Path(resolve_data_dir(task, cfg.data_dir)).resolve()
+    data_dir = data_dir and Path(data_dir).resolve()
     try:
         teacher_arch = read_arch(cfg.teacher)
         space.validate(teacher_arch)
@@ -331,7 +334,8 @@ def _prepare(cfg: SearchConfig, task, data_dir: Path, out: Path, *, resume: bool
     seq_len = typical_length(train.lengths)
     t0 = time.perf_counter()
     cost = CostModel(task.kind, task.num_labels, seq_len, threads=cfg.latency_threads).cost(teacher.arch)
-    dev = evaluate_dir(teacher.path, task.name, data_dir=str(data_dir), limit=cfg.dev_limit)
+    dev = evaluate_dir(teacher.path, task.name, data_dir=data_dir and str(data_dir), limit=cfg.dev_limit,
+                       spec=cfg.data)
     val_features = encode(task, val_ex, teacher.tokenizer)
     val = evaluate_model(teacher.model, teacher.params, task, val_features, val_ex, base.eval_batch_size)
     seconds["teacher_cost_and_eval"] = time.perf_counter() - t0
@@ -409,7 +413,7 @@ def _front_and_exports(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, row
     """Stage 6: the Pareto front exported and scored on dev. With `--quantize`, int8 copies of its students
     join the rows and the front is taken again over all. Returns all the rows and the front, marked."""
     front = report.pareto_front(rows)
-    _export_front(out, front, handles, prep.task.name, prep.data_dir, cfg.dev_limit)
+    _export_front(out, front, handles, prep.task, prep.base, cfg.dev_limit)
     if cfg.quantize:
         rows = rows + quantized_rows(cfg.quantize, setup, front, prep.teacher_cost.latency_ms, prep.val_features,
                                      prep.val_examples, dev_limit=cfg.dev_limit)
@@ -466,7 +470,29 @@ def tune_trainable(cfg: SearchConfig, fn, setup):
     from ray import tune
 
     cpus = cfg.cpus_per_trial or max(n["Resources"].get("CPU", 1) for n in ray.nodes() if n["Alive"])
-    return tune.with_resources(tune.with_parameters(fn, setup=setup), {"cpu": cpus, "gpu": cfg.gpus_per_trial})
+    resources = {"cpu": cpus, "gpu": cfg.gpus_per_trial}
+    if cfg.tpus_per_trial:
+        resources["TPU"] = cfg.tpus_per_trial
+    return tune.with_resources(tune.with_parameters(fn, setup=setup), resources)
+
+
+MEMORY_HEADROOM = 0.9
+"""The share of a fractional trial's slice of GPU memory its JAX allocator may use: the rest is left to
+what lives outside JAX's pool (the CUDA context, cuDNN and cuBLAS workspaces)."""
+
+
+def trial_device_env(gpus_per_trial: float, environ=os.environ) -> dict[str, str]:
+    """The environment variables every Ray worker of a GPU search gets (`ray_init_kwargs`), read when JAX
+    starts in a trial: allocation on demand, and for a fraction of a GPU a cap on JAX's memory pool at that
+    share of the GPU (less `MEMORY_HEADROOM`), so that the trials sharing it cannot take each other's
+    memory. A variable already set in `environ` (the user's) is left as it is."""
+    if gpus_per_trial <= 0:
+        return {}
+    env = {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    if gpus_per_trial < 1:
+        share = f"{gpus_per_trial * MEMORY_HEADROOM:.3f}"
+        env.update(XLA_CLIENT_MEM_FRACTION=share, XLA_PYTHON_CLIENT_MEM_FRACTION=share)  # the name, and the old one
+    return {k: v for k, v in env.items() if k not in environ}
 
 
 def _run_tune(cfg: SearchConfig, trainable, setup: TrialSetup, out: Path, *, resume: bool, time_budget_s: float,
@@ -537,19 +563,33 @@ LOCALHOST = "127.0.0.1"
 
 
 def ray_init_kwargs(cfg: SearchConfig) -> dict[str, Any]:
-    """`ray.init` arguments: join the cluster at `cfg.address` / $RAY_ADDRESS, else start a private local
+    """`ray.init` arguments of a search (`ray_kwargs`), its GPU trials' memory settings in every worker's
+    environment (`trial_device_env`)."""
+    return ray_kwargs(cfg.address, trial_device_env(cfg.gpus_per_trial))
+
+
+def ray_kwargs(address: str | None, env: dict[str, str] | None = None, **extra) -> dict[str, Any]:
+    """`ray.init` arguments: join the cluster at `address` / $RAY_ADDRESS, else start a private local
     Ray (address "local": never a stray one that happens to run on this machine) that listens on 127.0.0.1
-    only, with no dashboard (one started anyway would listen on 127.0.0.1 too). Nothing here touches Ray's
-    token authentication, which Ray turns on for a local Ray and which a cluster's own settings govern."""
-    address = cfg.address or os.environ.get("RAY_ADDRESS") or "local"
+    only, with no dashboard (one started anyway would listen on 127.0.0.1 too); `env`: environment variables
+    of every worker; `extra`: more `ray.init` arguments. Nothing here touches Ray's token authentication,
+    which Ray turns on for a local Ray and which a cluster's own settings govern."""
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     kwargs: dict[str, Any] = {"address": address, "include_dashboard": False, "logging_level": logging.WARNING}
     if address == "local":
         kwargs.update(_node_ip_address=LOCALHOST, dashboard_host=LOCALHOST)
-    return kwargs
+    if env:
+        kwargs["runtime_env"] = {"env_vars": dict(env)}
+    return {**kwargs, **extra}
 
 
 def init_ray(cfg: SearchConfig) -> None:
-    """`ray.init(**ray_init_kwargs(cfg))`, called before JAX starts its threads (Ray forks).
+    """`start_ray(ray_init_kwargs(cfg))`, called before JAX starts its threads (Ray forks)."""
+    start_ray(ray_init_kwargs(cfg))
+
+
+def start_ray(kwargs: dict[str, Any]) -> None:
+    """`ray.init(**kwargs)` (`ray_kwargs`), unless Ray is running in this process already.
 
     A local Ray's servers (GCS, raylet, workers, agents) listen on all interfaces unless the node IP is
     loopback, and Ray 2.60 turns a node IP of 127.0.0.1 into the machine's outward address, except where
@@ -561,7 +601,6 @@ def init_ray(cfg: SearchConfig) -> None:
 
     if ray.is_initialized():
         return
-    kwargs = ray_init_kwargs(cfg)
     if kwargs["address"] != "local":
         ray.init(**kwargs)
         return
@@ -620,7 +659,7 @@ def _row(result, setup: TrialSetup) -> tuple[dict, TrialHandle]:
     return row, TrialHandle(config=config, checkpoint=best)
 
 
-def _export_front(out: Path, front: list[dict], handles: dict[str, TrialHandle], task: str, data_dir: Path,
+def _export_front(out: Path, front: list[dict], handles: dict[str, TrialHandle], task, base: DistillConfig,
                   dev_limit: int | None) -> None:
     """Copy each front member's best export (the final run's, else its trial's best checkpoint, found in
     `handles`) to OUTPUT/export/<rank>-<arch> and score it on dev. A member whose export or scoring fails
@@ -634,7 +673,8 @@ def _export_front(out: Path, front: list[dict], handles: dict[str, TrialHandle],
             if not _export_member(r, handles, dest):
                 continue
             r["export"] = str(dest)
-            r["dev_metric"] = evaluate_dir(dest, task, data_dir=str(data_dir), limit=dev_limit)[get_task(task).metric]
+            r["dev_metric"] = evaluate_dir(dest, task.name, data_dir=base.data_dir, limit=dev_limit,
+                                           spec=base.data)[task.metric]
         except Exception as e:  # noqa: BLE001 - one member must not cost the search its report
             log.error("export of front member %s (%s) failed: %s: %s", r["trial_id"], r["arch"], type(e).__name__, e)
             r.update(export=None, dev_metric=None, export_error=f"{type(e).__name__}: {e}")

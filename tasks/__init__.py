@@ -1,10 +1,16 @@
 """Tasks: definitions, readers, features, batching and metrics.
 
 - base.py: `Task` (frozen data) and the example records.
-- registry.py: `get_task(name)`, `TASKS`, `tagging_task(labels)` (the generic `ner`).
+- registry.py: `get_task(name)`, `TASKS`, `tagging_task(labels)` (the generic `ner`),
+  `user_task` (the generic text-classification, text-pair-classification,
+  text-regression and token-classification), `task_record` / `saved_task` (a
+  saved model's task).
 - datafiles.py, readers.py (+ read_glue, read_conll, read_squad):
-  `resolve_data_dir`, `load_task(name, data_dir)` (the `ner` tag set from its
-  training file), `read_split(task, split, data_dir, limit=)`.
+  `resolve_data_dir`, `load_task(name, data_dir, spec)` (the `ner` tag set from
+  its training file), `read_split(task, split, data_dir, limit=)`, `data_files`.
+- userdata.py (+ read_table: CSV / TSV / JSON lines, read_dataset: a Hugging
+  Face dataset through `datasets`): `DataSpec` (the data flags), the generic
+  tasks' label sets and examples, one-line errors naming file and row.
 - features.py: `encode(task, examples, tokenizer) -> Features`.
 - batching.py: `buckets_for` (lengths fitted to a feature set), `batches`, `num_batches`.
 - metrics.py (+ decode.py): metric registry, `evaluate`, `predict_labels`.

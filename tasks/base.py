@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from tasks.errors import UserError
 
 KINDS = ("classification", "regression", "tagging", "span")
-READERS = ("glue_tsv", "conll", "ner", "squad")
+READERS = ("glue_tsv", "conll", "ner", "squad", "user")
+"""How a task's files are read; 'user': the generic tasks on the user's own CSV, TSV or JSON lines files or a
+Hugging Face dataset (`tasks.userdata`)."""
 ENV_VARS = ("GLUE_DIR", "CONLL_DIR", "NER_DIR", "SQUAD_DIR")
 
 # Metric names each kind can report (the functions live in tasks/metrics.py,
@@ -43,17 +45,22 @@ class Task:
     data_subdir: str
     """Folder under $env_var holding the files ('SST-2'); '' for none."""
     env_var: str
-    """Environment variable that points at the data root."""
+    """Environment variable that points at the data root ('' for the generic tasks on the user's files)."""
     files: tuple[tuple[str, str], ...]
-    """(split, file name) pairs, e.g. (('train', 'train.tsv'), ...)."""
+    """(split, file name) pairs, e.g. (('train', 'train.tsv'), ...); the generic tasks: (split, the user's
+    file path), or (split, the split's name in `dataset`); () when the task is only rebuilt to predict."""
     max_length: int = 128
     """Longest token sequence fed to the model, special tokens included."""
     extra_metrics: tuple[str, ...] = ()
     """Metrics reported next to `metric` (e.g. accuracy for MRPC)."""
     text_columns: tuple[str, ...] = ()
-    """GLUE TSV: the one or two text columns (text_a, text_b)."""
+    """GLUE TSV and the generic tasks: the one or two text columns (text_a, text_b); token-classification: the
+    tokens column."""
     label_column: str = ""
-    """GLUE TSV: the label (or score) column."""
+    """GLUE TSV and the generic tasks: the label (or score) column; token-classification: the tags column."""
+    dataset: str = ""
+    """The generic tasks: the Hugging Face dataset the splits come from (a `save_to_disk` directory, or
+    NAME[:CONFIG] in the local datasets cache); '' when they come from files."""
     column_names: tuple[str, ...] = ()
     """GLUE TSV without a header line: names of the columns by position."""
     label_range: tuple[float, float] | None = None
@@ -77,7 +84,7 @@ class Task:
             bad(f"kind {self.kind!r} is not one of {KINDS}")
         if self.reader not in READERS:
             bad(f"reader {self.reader!r} is not one of {READERS}")
-        if self.env_var not in ENV_VARS:
+        if self.env_var not in ENV_VARS and not (self.reader == "user" and not self.env_var):
             bad(f"env_var {self.env_var!r} is not one of {ENV_VARS}")
         if len(set(self.labels)) != len(self.labels):
             bad(f"duplicate labels in {self.labels}")
@@ -96,11 +103,14 @@ class Task:
         if self.max_length < 8:
             bad(f"max_length {self.max_length} is below 8")
         splits = [s for s, _ in self.files]
-        if not splits or len(set(splits)) != len(splits):
+        if (not splits and self.reader != "user") or len(set(splits)) != len(splits):
             bad(f"files must name each split once, got {splits}")
-        if self.reader == "glue_tsv":
-            if len(self.text_columns) not in (1, 2) or not self.label_column:
-                bad("a GLUE TSV task needs 1 or 2 text_columns and a label_column")
+        if self.dataset and self.reader != "user":
+            bad("only the generic tasks read a dataset")
+        if self.reader in ("glue_tsv", "user"):
+            counts = (1,) if self.kind == "tagging" else (1, 2)
+            if len(self.text_columns) not in counts or not self.label_column:
+                bad("needs 1 or 2 text_columns (tagging: 1, the tokens) and a label_column")
             if self.column_names:
                 missing = set(self.text_columns + (self.label_column,))
                 missing -= set(self.column_names)
@@ -143,6 +153,9 @@ class Task:
         for s, name in self.files:
             if s == split:
                 return name
+        if self.reader == "user":
+            raise UserError(f"task {self.name}: no {split} data; pass --{split}-file FILE, or --dataset with a "
+                            f"{split} split")
         raise UserError(
             f"task {self.name!r} has no split {split!r}; known: {', '.join(self.splits)}"
         )

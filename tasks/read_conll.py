@@ -80,7 +80,7 @@ def read_tag_set(path: Path, reader: str = "ner") -> tuple[str, ...]:
     """The IOB2 tag set of a CoNLL-format file, in label-id order: 'O', then B-X, I-X for each entity
     type X in sorted order (both, even when the file has only one of them); DataError on a bad line
     or a tag that is not IOB2."""
-    kinds: set[str] = set()
+    tags: set[str] = set()
     counts = FIELDS[reader]
     for number, line in numbered_lines(path):
         fields = line.split()
@@ -88,14 +88,29 @@ def read_tag_set(path: Path, reader: str = "ner") -> tuple[str, ...]:
             continue
         if len(fields) not in counts:
             raise DataError(path, _bad_count(counts, len(fields)), line=number)
-        tag = fields[-1]
-        if tag == "O":
-            continue
-        prefix, _, kind = tag.partition("-")
-        if prefix not in ("B", "I") or not kind:
-            hint = " (BIOES/BMES tags must be converted to BIO first)" if prefix in ("E", "S", "M") else ""
-            raise DataError(path, f"tag {tag!r} is not IOB2 (O, B-X or I-X){hint}", line=number)
-        kinds.add(kind)
-    if not kinds:
+        problem = iob2_tag_problem(fields[-1])
+        if problem:
+            raise DataError(path, problem, line=number)
+        tags.add(fields[-1])
+    tag_set = iob2_tag_set(tags)
+    if tag_set is None:
         raise DataError(path, "no entity tags (B-X / I-X) in the file")
-    return ("O",) + tuple(f"{p}-{k}" for k in sorted(kinds) for p in ("B", "I"))
+    return tag_set
+
+
+def iob2_tag_problem(tag: str) -> str | None:
+    """Why `tag` is not an IOB2 tag (O, B-X or I-X), or None when it is one."""
+    if tag == "O":
+        return None
+    prefix, _, kind = tag.partition("-")
+    if prefix not in ("B", "I") or not kind:
+        hint = " (BIOES/BMES tags must be converted to BIO first)" if prefix in ("E", "S", "M") else ""
+        return f"tag {tag!r} is not IOB2 (O, B-X or I-X){hint}"
+    return None
+
+
+def iob2_tag_set(tags) -> tuple[str, ...] | None:
+    """The IOB2 tag set over the (valid) `tags` seen, in label-id order: 'O', then B-X and I-X for each entity
+    type X in sorted order (both, even when only one was seen); None when there is no entity tag."""
+    kinds = sorted({t.partition("-")[2] for t in tags if t != "O"})
+    return ("O",) + tuple(f"{p}-{k}" for k in kinds for p in ("B", "I")) if kinds else None

@@ -1,5 +1,5 @@
 """The command-line tools of `distill`: one module per tool (`finetune`, `distill`, `evaluate`, `predict`,
-`quantize`), each with `add_arguments(parser)`, the mapping of its flags to its one run config, and
+`quantize`, `export`), each with `add_arguments(parser)`, the mapping of its flags to its one run config, and
 `main(args)`; `nas.cli` gathers them (and `search`) under the `bertnas` command.
 
 This file holds their shared plumbing: logging, errors and exit codes. A `UserError` (bad file, flag,
@@ -29,6 +29,7 @@ from distill.arch import PRECISIONS
 from distill.export.scheme import SCHEMES
 from distill.files import cache_root
 from tasks.errors import UserError
+from tasks.userdata import DataSpec
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -166,8 +167,10 @@ def at_least(low: int) -> Callable[[str], int]:
 
 def add_run_args(p, *, lr: float, epochs: int) -> None:
     """Flags shared by the training tools: data, run directory, loop and optimizer."""
-    p.add_argument("--task", default="sst2", help="task name (sst2, stsb, conll2003, squad, mrpc, ...)")
+    p.add_argument("--task", default="sst2", help="task name (sst2, stsb, conll2003, squad, mrpc, ..., or the "
+                   "generic text-classification, text-pair-classification, text-regression, token-classification)")
     p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
+    add_data_args(p)
     p.add_argument("--output", required=True, help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
     p.add_argument("--epochs", type=at_least(0), default=epochs)
@@ -193,6 +196,37 @@ def add_run_args(p, *, lr: float, epochs: int) -> None:
     add_precision_arg(p)
     add_devices_args(p)
     p.add_argument("-v", "--verbose", action="store_true")
+
+
+def add_data_args(p) -> None:
+    """The data flags of every tool (`tasks.userdata.DataSpec`, after `data_from_args`): the generic tasks'
+    files or dataset and columns, and any task's sequence length."""
+    g = p.add_argument_group("your own data (the generic tasks)")
+    g.add_argument("--train-file", default=None, metavar="FILE", help="training data: .csv, .tsv or .jsonl (JSON "
+                   "lines); the label set is read from it")
+    g.add_argument("--dev-file", default=None, metavar="FILE", help="evaluation data, same layout")
+    g.add_argument("--test-file", default=None, metavar="FILE", help="test data (labels optional)")
+    g.add_argument("--dataset", default=None, metavar="PATH|NAME[:CONFIG]",
+                   help="a Hugging Face dataset: a folder written by save_to_disk, or a name in the local datasets "
+                   "cache (splits train, validation, test)")
+    g.add_argument("--text-column", default=None, help="text column (default text; token-classification: the "
+                   "words, default tokens)")
+    g.add_argument("--text-pair-column", default=None, help="second text of sentence pairs (default text_pair for "
+                   "text-pair-classification)")
+    g.add_argument("--label-column", default=None, help="label or score column (default label; "
+                   "token-classification: the tags, default tags)")
+    g.add_argument("--max-seq-length", type=at_least(8), default=None, metavar="N",
+                   help="longest token sequence, special tokens included (default: the task's, 128; SQuAD 384; "
+                   "evaluate and predict: the model's)")
+
+
+def data_from_args(args):
+    """The run's `DataSpec`, from the data flags (`add_data_args`)."""
+    return DataSpec(
+        train_file=args.train_file, dev_file=args.dev_file, test_file=args.test_file, dataset=args.dataset,
+        text_column=args.text_column, text_pair_column=args.text_pair_column, label_column=args.label_column,
+        max_seq_length=args.max_seq_length,
+    )
 
 
 def add_precision_arg(p) -> None:

@@ -8,7 +8,9 @@
 file. The best student (by dev metric) is exported to OUTPUT/export: a
 Hugging Face BERT directory our Flax API and transformers both load.
 --quantize int8 also writes OUTPUT/export-int8 (`distill.export.int8`) and
-reports both models' scores and sizes (results.json `quantized`).
+reports both models' scores and sizes (results.json `quantized`). --export-onnx also writes
+OUTPUT/export-onnx (and with --quantize int8 OUTPUT/export-onnx-int8, ONNX Runtime's int8), evaluated
+with onnxruntime (results.json `onnx`; `bertnas export --format onnx` does the same for any export).
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="hold out N training examples and select on them instead of dev (dev stays unseen)",
     )
     cli.add_quantize_arg(p)
+    p.add_argument("--export-onnx", action="store_true",
+                   help="also write OUTPUT/export-onnx (bertnas export --format onnx; with --quantize int8 also "
+                   "ONNX Runtime's int8 variant, OUTPUT/export-onnx-int8), evaluated with onnxruntime; needs "
+                   "the onnx extra (pip install 'bertnas[onnx]')")
     _init_arguments(p.add_argument_group("initialisation"))
     _loss_arguments(p.add_argument_group("losses"))
     g = p.add_argument_group("augmentation")
@@ -96,6 +102,7 @@ def config(args: argparse.Namespace):
         teacher=args.teacher,
         student=args.student,
         data_dir=args.data_dir,
+        data=cli.data_from_args(args),
         init=InitConfig(
             method=args.init, layers=layers, heads=args.heads, ffn=args.ffn, hidden=args.hidden,
             source=args.init_from,
@@ -120,12 +127,19 @@ def config(args: argparse.Namespace):
 
 
 def main(args: argparse.Namespace) -> int:
-    from distill.run import distill, quantize_run
+    from distill.run import distill, export_onnx_run, quantize_run
 
     cfg = config(args)
+    if args.export_onnx:  # the missing extra named before the run, not after it
+        from distill.export.onnx import require
+
+        require("jax2onnx", "onnx", "onnxruntime")
     results = distill(cfg, args.output, resume=args.resume, use_cache=not args.no_cache)
     if args.quantize:
         results["quantized"] = quantize_run(cfg, args.output, args.quantize)
-    keys = ("task", "student", "best", "teacher_dev", "gap", "student_params", "seconds", "export", "quantized")
+    if args.export_onnx:
+        results["onnx"] = export_onnx_run(cfg, args.output, args.quantize)
+    keys = ("task", "student", "best", "teacher_dev", "gap", "student_params", "seconds", "export", "quantized",
+            "onnx")
     print(json.dumps({k: results[k] for k in keys if k in results}))
     return 0

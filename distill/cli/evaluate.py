@@ -15,9 +15,10 @@ from distill import cli
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory (Hugging Face layout, or an int8 export)")
+    p.add_argument("--model", required=True, help="model directory (Hugging Face layout, int8 or ONNX export)")
     p.add_argument("--task", default=None, help="task name (default: the one recorded in the model)")
     p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
+    cli.add_data_args(p)
     p.add_argument("--split", default="dev", help="dev, test, train, ...")
     p.add_argument("--limit", type=cli.at_least(0), default=None, help="first N examples only")
     p.add_argument("--batch-size", type=cli.at_least(1), default=128)
@@ -29,7 +30,8 @@ def main(args: argparse.Namespace) -> int:
     from distill.run import evaluate_dir
 
     result = evaluate_dir(
-        args.model, args.task, data_dir=args.data_dir, split=args.split, limit=args.limit, batch_size=args.batch_size
+        args.model, args.task, data_dir=args.data_dir, split=args.split, limit=args.limit, batch_size=args.batch_size,
+        spec=cli.data_from_args(args),
     )
     if args.json:
         print(json.dumps(result))

@@ -17,6 +17,7 @@ import argparse
 import json
 
 from distill import cli
+from tasks.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,6 +25,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default="minilm", help="model directory, alias (minilm) or Hub name")
     p.add_argument("--reinit-top-layers", type=cli.at_least(0), default=0, help="re-initialise the top k layers")
     p.add_argument("--crf", action="store_true", help="tagging: a linear-chain CRF over the tags (Viterbi decoding)")
+    p.add_argument("--workers", type=cli.at_least(1), default=1, metavar="N",
+                   help="run as N processes, Ray Train JaxTrainer workers (one per host; on one machine, CPU "
+                   "processes), each feeding its rows of every batch; rank 0 writes OUTPUT (no cache)")
+    p.add_argument("--workers-on", default="cpu", choices=("cpu", "gpu", "tpu"),
+                   help="the workers' devices with --workers (default cpu)")
 
 
 def config(args: argparse.Namespace):
@@ -34,6 +40,7 @@ def config(args: argparse.Namespace):
         task=args.task,
         teacher=args.teacher,
         data_dir=args.data_dir,
+        data=cli.data_from_args(args),
         optimizer=cli.optimizer_from_args(args),
         loop=cli.loop_from_args(args),
         reinit_top_layers=args.reinit_top_layers,
@@ -46,6 +53,8 @@ def config(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> int:
     from distill.run import finetune
 
+    if args.workers > 1:
+        raise UserError("--workers: run it through `bertnas finetune` (scripts/finetune_teacher.py)")
     results = finetune(config(args), args.output, use_cache=not args.no_cache, resume=args.resume)
     print(json.dumps({"best": results["best"], "teacher_dir": results["teacher_dir"]}))
     return 0

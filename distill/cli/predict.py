@@ -18,9 +18,10 @@ from tasks.userfiles import text_lines
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory (Hugging Face layout, or an int8 export)")
+    p.add_argument("--model", required=True, help="model directory (Hugging Face layout, int8 or ONNX export)")
     p.add_argument("--input", default=None, help="text file (default: stdin)")
     p.add_argument("--task", default=None, help="task name (default: the one recorded in the model)")
+    cli.add_data_args(p)
     p.add_argument("--batch-size", type=cli.at_least(1), default=64)
     p.add_argument("-v", "--verbose", action="store_true")
 
@@ -38,6 +39,6 @@ def main(args: argparse.Namespace) -> int:
 
     lines = read_lines(args.input)
     for record in predict_lines(args.model, lines, task_name=args.task, batch_size=args.batch_size,
-                                source=args.input or "stdin"):
+                                source=args.input or "stdin", spec=cli.data_from_args(args)):
         print(json.dumps(record))
     return 0

@@ -30,6 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--evaluate", action="store_true", help="evaluate both models on --split of their task")
     p.add_argument("--task", default=None, help="task name (default: the one recorded in the model)")
     p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
+    cli.add_data_args(p)
     p.add_argument("--split", default="dev")
     p.add_argument("--limit", type=cli.at_least(1), default=None, help="first N examples only")
     p.add_argument("--batch-size", type=cli.at_least(1), default=128)
@@ -49,7 +50,7 @@ def main(args: argparse.Namespace) -> int:
     result = {"quantization": cfg.to_dict(), **quantize_export(args.model, args.output, cfg, overwrite=args.overwrite)}
     if args.evaluate:
         result["evaluation"] = compare(args.model, args.output, args.task, data_dir=args.data_dir, split=args.split,
-                                       limit=args.limit, batch_size=args.batch_size)
+                                       limit=args.limit, batch_size=args.batch_size, spec=cli.data_from_args(args))
     if args.json:
         print(json.dumps(result))
     else:

@@ -63,6 +63,7 @@ def config(args: argparse.Namespace):
         task=args.task,
         teacher=args.teacher,
         data_dir=args.data_dir,
+        data=cli.data_from_args(args),
         choices=SubnetChoices(
             layers=_choices("layers", args.layers), hidden=_choices("hidden", args.hidden),
             heads=_choices("heads", args.heads), ffn=_choices("ffn", args.ffn), layer_map=args.layer_map,

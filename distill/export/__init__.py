@@ -1,5 +1,7 @@
 """What leaves a run for serving: the Hugging Face export (`hf`), the int8 format (`int8`, the only
-module that imports qwix) and `load.load_export`, which loads either kind in one call.
+module that imports qwix), the ONNX export and its int8 variant (`onnx`, the only module that imports
+jax2onnx, onnx and onnxruntime: the optional `onnx` extra, imported inside its functions so the library
+imports without it) and `load.load_export`, which loads any kind in one call.
 
 May import `distill.model`, `distill.arch`, `distill.files` and `tasks`; no training code.
 """

@@ -48,11 +48,12 @@ from distill.model.store import (
 )
 from tasks.base import Task
 from tasks.errors import UserError
+from tasks.registry import task_record
 
 log = logging.getLogger(__name__)
 
 # Keys of the `bertnas` block that export_model writes itself; `extra` may not override them.
-RESERVED = ("arch", "head", "num_labels", "labels", "task", "max_length")
+RESERVED = ("arch", "head", "num_labels", "labels", "task", "max_length", "text_columns", "label_column")
 
 # HF `architectures[0]` -> our head, for config.json files without a `bertnas` block.
 HF_HEADS = {
@@ -135,7 +136,7 @@ def _meta(task: Task, extra: dict[str, Any] | None) -> dict[str, Any]:
         json.dumps(extra)
     except TypeError as e:
         raise UserError(f"export extra: not JSON-serialisable ({e})") from None
-    return {"task": task.name, "max_length": task.max_length, **extra}
+    return {**task_record(task), **extra}
 
 
 def export_summary(out: Path, arch: BertArch, task: Task) -> dict[str, Any]:
@@ -174,6 +175,9 @@ def load_float_export(path: str | os.PathLike) -> LoadedBert:
     cfg = read_config(path)
     if is_quantized(cfg):
         raise TeacherError(f"{path}: a quantized export; load it with distill.export.load.load_export")
+    if is_onnx_dir(path):
+        raise TeacherError(f"{path}: an ONNX export (it serves with onnxruntime: evaluate, predict, "
+                           "distill.export.load.load_export); give the float32 export it came from")
     arch = arch_from_config(cfg, path / "config.json")
     head, num_labels = config_head(cfg)
     crf = config_crf(cfg) and head == "tagging"
@@ -199,6 +203,28 @@ def is_quantized_dir(path: str | os.PathLike) -> bool:
         return (Path(path) / "config.json").is_file() and is_quantized(read_config(Path(path)))
     except UserError:
         return False  # the loader reports it
+
+
+ONNX_FILE = "model.onnx"
+"""The ONNX graph of an ONNX export (`distill.export.onnx`), optimum's name for it."""
+
+
+def is_onnx(cfg: dict[str, Any]) -> bool:
+    """Whether config.json describes an ONNX export of ours (a `bertnas.onnx` block)."""
+    meta = cfg.get("bertnas") if isinstance(cfg, dict) else None
+    return isinstance(meta, dict) and isinstance(meta.get("onnx"), dict)
+
+
+def is_onnx_dir(path: str | os.PathLike) -> bool:
+    """Whether `path` is an ONNX model directory: model.onnx with our `bertnas.onnx` block in config.json, or
+    model.onnx without safetensors weights beside it (another exporter's, optimum's layout)."""
+    path = Path(path)
+    if not (path / ONNX_FILE).is_file():
+        return False
+    try:
+        return is_onnx(read_config(path)) or not (path / WEIGHTS).is_file()
+    except UserError:
+        return not (path / WEIGHTS).is_file()  # the ONNX loader names the problem with config.json
 
 
 def config_crf(cfg: dict[str, Any]) -> bool:

@@ -247,10 +247,10 @@ EXPORT_FILES = frozenset({*OWN_FILES, "README.md", ".DS_Store", "merges.txt", "v
 """Every name an export directory of ours may hold (`write_model_dir`: weights, config, tokenizer)."""
 
 
-def check_replaceable(out_dir: Path, src: Path, *, overwrite: bool) -> None:
+def check_replaceable(out_dir: Path, src: Path, *, overwrite: bool, allowed: frozenset[str] = EXPORT_FILES) -> None:
     """A UserError unless writing the export `out_dir` loses nothing: it is new or empty, or, with
-    `overwrite`, an export of ours holding only an export's files; never the source `src`, a directory
-    holding it or one inside it."""
+    `overwrite`, an export of ours holding only an export's files (names in `allowed`); never the source
+    `src`, a directory holding it or one inside it."""
     out_r, src_r = out_dir.resolve(), src.resolve()
     if out_r == src_r or out_r in src_r.parents or src_r in out_r.parents:
         raise UserError(f"--output {out_dir}: is, holds or lies inside the source model {src}; pick a directory "
@@ -264,7 +264,7 @@ def check_replaceable(out_dir: Path, src: Path, *, overwrite: bool) -> None:
         return
     if not overwrite:
         raise UserError(f"--output {out_dir}: already exists; pass --overwrite to replace it")
-    others = [name for name in held if name not in EXPORT_FILES]
+    others = [name for name in held if name not in allowed]
     try:
         ours = "bertnas" in read_config(out_dir)
     except UserError:  # no config.json, or one that is not a model's

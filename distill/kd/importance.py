@@ -9,6 +9,7 @@ Students keep the top-scored parts (`distill.kd.init`).
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import logging
 import os
@@ -27,6 +28,7 @@ from distill.model.store import LoadedBert, weights_fingerprint
 from tasks.batching import batches, buckets_for
 from tasks.errors import UserError
 from tasks.features import Features
+from tasks.registry import is_user_task
 
 log = logging.getLogger(__name__)
 
@@ -145,10 +147,11 @@ def importance_scores(
 def cached_importance(teacher: LoadedBert, train: Features, task: str, kind: str, *, seed: int, num_batches: int) -> Scores:
     """The teacher's head / FFN / hidden importance on `num_batches` shuffled batches of `train`, cached
     on disk like its outputs (every search trial initialises from the same scores)."""
-    key = config_key({
-        "teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train),
-        "seed": seed, "batches": num_batches,
-    })
+    key = {"teacher": weights_fingerprint(teacher.path), "train": features_fingerprint(train),
+           "seed": seed, "batches": num_batches}
+    if is_user_task(task):  # the gold labels drive the scores: the same texts of two CSVs may differ in them
+        key["labels"] = _labels_fingerprint(train)
+    key = config_key(key)
     path = cache_root() / "importance" / f"{task}-{key}.npz"
     if path.is_file():
         try:
@@ -164,6 +167,16 @@ def cached_importance(teacher: LoadedBert, train: Features, task: str, kind: str
     np.savez(tmp, hidden=np.asarray(scores["hidden"]), **arrays)
     os.replace(tmp, path)
     return scores
+
+
+def _labels_fingerprint(train: Features) -> str:
+    """A hash of the gold labels of `train` (class ids, scores, or each feature's tag ids)."""
+    h = hashlib.sha256()
+    labels = train.labels if isinstance(train.labels, list) else [train.labels]
+    for row in labels:
+        if row is not None:
+            h.update(np.ascontiguousarray(row).tobytes())
+    return h.hexdigest()[:16]
 
 
 def _read_scores(path: Path) -> dict:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import jax
 import numpy as np
@@ -32,14 +32,25 @@ def predict(model: BertForTask, params, batches: Iterable[dict], num_features: i
     positions past each batch's length zero-filled; span heads return
     (start_logits, end_logits), each (N, max_length).
     """
+    return collect(_batch_logits(model, params, batches), num_features, max_length, span=model.head == "span")
+
+
+def _batch_logits(model: BertForTask, params, batches: Iterable[dict]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     fn = _jitted_logits(model)
-    out = dp = None
+    dp = None
     for batch in batches:
         if dp is None:  # every batch has the first one's rows (padded): split over the devices that divide it
             dp = for_batches(len(batch["index"]))
             params = dp.replicate(params)
-        logits = np.asarray(fn(params, dp.shard(batch)))
-        idx = batch["index"]
+        yield batch["index"], np.asarray(fn(params, dp.shard(batch)))
+
+
+def collect(outputs: Iterable[tuple[np.ndarray, np.ndarray]], num_features: int, max_length: int, *,
+            span: bool = False):
+    """`predict`'s result from (feature index, logits) per batch, whatever computed them (rows of index < 0
+    are padding and dropped): another runtime's logits (`distill.export.onnx`) come back in the same form."""
+    out = None
+    for idx, logits in outputs:
         keep = idx >= 0
         if out is None:
             shape = (num_features,) + ((max_length,) + logits.shape[2:] if logits.ndim == 3 else logits.shape[1:])
@@ -50,6 +61,6 @@ def predict(model: BertForTask, params, batches: Iterable[dict], num_features: i
             out[idx[keep]] = logits[keep]
     if out is None:
         raise ValueError("predict: no batches")
-    if model.head == "span":
+    if span:
         return out[..., 0], out[..., 1]
     return out

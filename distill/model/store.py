@@ -286,17 +286,25 @@ def read_arch(spec: str | os.PathLike) -> BertArch:
 
 def write_model_dir(out_dir: Path, tensors: dict, cfg: dict, tokenizer, metadata: dict[str, str]) -> Path:
     """Write model.safetensors (`tensors`, with `metadata`), config.json and the tokenizer into `out_dir`,
-    atomically: written beside it, then renamed; an existing directory is replaced whole, and an
-    interrupted write leaves it as it was."""
+    atomically (`write_dir`)."""
     from safetensors.numpy import save_file
 
+    def fill(tmp: Path) -> None:
+        save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        tokenizer.save_pretrained(str(tmp))
+
+    return write_dir(out_dir, fill)
+
+
+def write_dir(out_dir: Path, fill) -> Path:
+    """Call `fill(tmp)` on a fresh directory beside `out_dir`, then rename it into place: an existing
+    directory is replaced whole, and an interrupted or failed `fill` leaves it as it was."""
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
     tmp.chmod(DIR_MODE)  # as a plain mkdir would leave it (mkdtemp's directories are private)
     try:
-        save_file(tensors, str(tmp / WEIGHTS), metadata=metadata)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        tokenizer.save_pretrained(str(tmp))
+        fill(tmp)
         if out_dir.exists():
             old = out_dir.with_name(f".{out_dir.name}.old")
             shutil.rmtree(old, ignore_errors=True)

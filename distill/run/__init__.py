@@ -13,6 +13,8 @@ re-exports; the modules behind it:
   evaluation    `evaluate_dir`, `evaluate_model`, `load_for_task`
   prediction    `predict_lines`
   quantization  `quantize_run`, `compare`, `compare_models`
+  onnx_export   `export_onnx_run`: a run's export as ONNX (and its int8 variant), evaluated with onnxruntime
+  processes     `finetune_process`: one process's part of a fine-tune across processes (Ray Train workers)
 
 May import any room of `distill` and `tasks`; nothing of `nas`.
 """
@@ -26,7 +28,9 @@ from distill.run.data import Stage, read_data, teacher_importance, teacher_label
 from distill.run.distillation import distill, loss_layer_map
 from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task, predict_features
 from distill.run.finetuning import finetune
+from distill.run.onnx_export import export_onnx_run
 from distill.run.prediction import predict_lines
+from distill.run.processes import finetune_process, free_address
 from distill.run.quantization import compare, compare_models, quantize_run
 from distill.run.supernet import export_subnet, score_subnets, supernet_layer_map, train_supernet
 from distill.run.teacher import fine_tuned_teacher
@@ -36,7 +40,7 @@ from distill.train.optim import OptimizerConfig
 __all__ = [
     "AugmentConfig", "DistillConfig", "FinetuneConfig", "InitConfig", "LoopConfig", "LossConfig", "OptimizerConfig",
     "Stage", "Subnet", "SubnetChoices", "SupernetConfig", "compare", "compare_models", "distill", "evaluate_dir",
-    "evaluate_model", "export_subnet", "fine_tuned_teacher", "finetune", "load_for_task", "loss_layer_map",
+    "evaluate_model", "export_onnx_run", "export_subnet", "fine_tuned_teacher", "finetune", "finetune_process", "free_address", "load_for_task", "loss_layer_map",
     "predict_features", "predict_lines", "quantize_run", "read_data", "score_subnets", "supernet_layer_map", "teacher_importance",
     "teacher_labels", "train_supernet", "training_features",
 ]

@@ -23,6 +23,7 @@ from distill.kd.supernet import SubnetChoices
 from distill.train.loop import LoopConfig
 from distill.train.optim import OptimizerConfig
 from tasks.errors import UserError
+from tasks.userdata import DataSpec
 
 
 def _check_limit(name: str, value: int | None) -> None:
@@ -47,6 +48,8 @@ class FinetuneConfig:
     """Directory, alias ('minilm') or Hub name of the pre-trained BERT."""
     data_dir: str | None = None
     """Folder with the task's files; None: $GLUE_DIR/<TASK> (see tasks.datafiles)."""
+    data: DataSpec = DataSpec()
+    """The generic tasks' files or dataset and columns, any task's sequence length (`tasks.userdata`)."""
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-4)
     loop: LoopConfig = LoopConfig(epochs=3)
     eval_batch_size: int = 128
@@ -80,6 +83,8 @@ class FinetuneConfig:
             d["precision"] = loop.precision
         if not loop.attention_dropout:  # likewise
             d["attention_dropout"] = False
+        if self.data.cache_settings():  # likewise (the data's contents are keyed apart, by fingerprint)
+            d["data"] = self.data.cache_settings()
         return d
 
 
@@ -93,6 +98,8 @@ class DistillConfig:
     student: str = "4L-312"
     """Architecture name ('4L-312', '6L-384-H6-F1536') or a JSON file (BertArch or an exported config.json)."""
     data_dir: str | None = None
+    data: DataSpec = DataSpec()
+    """The generic tasks' files or dataset and columns, any task's sequence length (`tasks.userdata`)."""
     init: InitConfig = InitConfig()
     loss: LossConfig = LossConfig()
     augment: AugmentConfig = AugmentConfig()
@@ -125,7 +132,7 @@ class DistillConfig:
         """The teacher fine-tuning this run does first when its teacher is not fine-tuned on the task:
         the same task, data and seed, `teacher_epochs` epochs, a CRF when this run asks for one."""
         return FinetuneConfig(
-            task=self.task, teacher=self.teacher, data_dir=self.data_dir,
+            task=self.task, teacher=self.teacher, data_dir=self.data_dir, data=self.data,
             loop=LoopConfig(epochs=self.teacher_epochs, seed=self.loop.seed, precision=self.loop.precision,
                             attention_dropout=self.loop.attention_dropout, devices=self.loop.devices,
                             fsdp=self.loop.fsdp),
@@ -148,6 +155,7 @@ class SupernetConfig:
     teacher: str = DEFAULT_TEACHER
     """A teacher fine-tuned on the task, or a pre-trained one (fine-tuned first); the supernet starts as it."""
     data_dir: str | None = None
+    data: DataSpec = DataSpec()
     choices: SubnetChoices = DEFAULT_CHOICES
     num_sampled: int = 2
     """Random sub-networks per step, besides the largest and the smallest."""
@@ -181,7 +189,7 @@ class SupernetConfig:
         """The teacher and data stages this run shares with a distillation (`distill.run.data`): the same
         task, teacher, data, limits, validation slice, augmentation and seed."""
         return DistillConfig(
-            task=self.task, teacher=self.teacher, data_dir=self.data_dir, augment=self.augment,
+            task=self.task, teacher=self.teacher, data_dir=self.data_dir, data=self.data, augment=self.augment,
             init=InitConfig(importance_batches=self.importance_batches),
             loop=LoopConfig(seed=self.loop.seed, precision=self.loop.precision,
                             attention_dropout=self.loop.attention_dropout, devices=self.loop.devices,
@@ -202,4 +210,5 @@ class SupernetConfig:
             "teacher_epochs": self.teacher_epochs,
             **({"precision": loop.precision} if loop.precision != "fp32" else {}),  # earlier keys stay valid
             **({"attention_dropout": False} if not loop.attention_dropout else {}),  # likewise
+            **({"data": self.data.cache_settings()} if self.data.cache_settings() else {}),  # likewise
         }

@@ -154,6 +154,9 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
     settings = dataclasses.asdict(cfg)
     for k in ("data_dir", "eval_batch_size", "teacher"):
         settings.pop(k)
+    settings.pop("data")  # where the data lies is not what it is (its features are keyed below) ...
+    if cfg.data.cache_settings():  # ... its columns and length are; runs without them keep their key
+        settings["data"] = cfg.data.cache_settings()
     for k in ("eval_every", "patience", "checkpoint_every", "log_every", "profile_steps", "max_seconds",
               "devices", "grad_accum", "fsdp"):
         settings["loop"].pop(k)
@@ -233,14 +236,14 @@ def _distill(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool,
 
 def prepare(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool) -> Prepared:
     """Checks, data, teacher (fine-tuned first if need be), student architecture and training features."""
-    task, data_dir = load_task(cfg.task, cfg.data_dir)
+    task, data_dir = load_task(cfg.task, cfg.data_dir, cfg.data)
     check_crf(task, bool(cfg.crf))
     if cfg.crf:
         check_crf_loss(cfg)
     train_ex, dev_ex, eval_split = read_data(cfg, task, data_dir)
     times = Stage()
     teacher, times.teacher = fine_tuned_teacher(
-        dataclasses.replace(cfg, data_dir=str(data_dir)), task, out, resume=resume, use_cache=use_cache
+        dataclasses.replace(cfg, data_dir=data_dir and str(data_dir)), task, out, resume=resume, use_cache=use_cache
     )
     student = resolve_student(cfg.student, teacher.arch)
     if student_crf(cfg, teacher):  # also a CRF inherited from the teacher

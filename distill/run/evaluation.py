@@ -1,4 +1,4 @@
-"""Evaluate a model (a fine-tuned teacher or an exported student) on a task split.
+"""Evaluate a model (a fine-tuned teacher, an exported student, its int8 or ONNX export) on a task split.
 
 A tagger with a CRF is decoded with Viterbi under the task's IOB2
 constraints (`task_outputs`), so it never predicts an I-X that does not
@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from distill.export.hf import is_quantized_dir
+from distill.export.hf import is_onnx_dir, is_quantized_dir
 from distill.export.load import load_export
+from distill.export.onnx import OnnxModel
 from distill.model import crf
 from distill.model.infer import predict
 from distill.model.store import LoadedBert, load_bert
@@ -25,17 +26,23 @@ from tasks.decode import tagged_positions
 from tasks.errors import UserError
 from tasks.features import Features, encode
 from tasks.readers import read_split
-from tasks.registry import get_task, is_generic
+from tasks.registry import saved_task
+from tasks.userdata import DataSpec, with_data
 
 
-def load_for_task(model_dir: str | Path, task_name: str | None = None) -> tuple[LoadedBert, Task]:
+def load_for_task(model_dir: str | Path, task_name: str | None = None,
+                  spec: DataSpec | None = None) -> tuple[LoadedBert, Task]:
     """A saved model and its task (given, else the one its config.json records); the head must fit the task.
-    An int8 export (`distill.export.int8`) loads as its quantized model."""
-    loaded = load_export(model_dir) if is_quantized_dir(model_dir) else load_bert(model_dir)
-    name = task_name or loaded.meta.get("task")
-    if not name:
+    An int8 export (`distill.export.int8`) loads as its quantized model, an ONNX export (`distill.export.onnx`)
+    as an onnxruntime session."""
+    exported = is_quantized_dir(model_dir) or is_onnx_dir(model_dir)
+    loaded = load_export(model_dir) if exported else load_bert(model_dir)
+    if not (task_name or loaded.meta.get("task")):
         raise UserError(f"{model_dir}: config.json records no task; pass --task")
-    task = get_task(name, labels=loaded.meta.get("labels") if is_generic(name) else None)  # `ner`: the model's tags
+    # The sequence length, and a generic task's labels and columns, are the model's unless `spec` sets them; a
+    # generic task reads the files or dataset `spec` names.
+    task = with_data(saved_task(loaded.meta, task_name, max_length=(spec or DataSpec()).max_seq_length),
+                     spec or DataSpec())
     if loaded.head != task.kind or loaded.num_labels != task.num_labels:
         raise UserError(
             f"{model_dir}: the model has a {loaded.head} head with {loaded.num_labels} outputs, "
@@ -51,7 +58,10 @@ def load_for_task(model_dir: str | Path, task_name: str | None = None) -> tuple[
 
 
 def predict_features(model, params, features, batch_size: int = 128):
-    """Model outputs for encoded features, in feature order (see `distill.model.infer.predict`)."""
+    """Model outputs for encoded features, in feature order (see `distill.model.infer.predict`); an ONNX
+    model's (`distill.export.onnx.OnnxModel`) from onnxruntime, in the same form."""
+    if isinstance(model, OnnxModel):
+        return model.predict(batches(features, batch_size), len(features), features.max_length)
     return predict(model, params, batches(features, batch_size), len(features), features.max_length)
 
 
@@ -100,9 +110,10 @@ def evaluate_dir(
     split: str = "dev",
     limit: int | None = None,
     batch_size: int = 128,
+    spec: DataSpec | None = None,
 ) -> dict[str, Any]:
-    """Load a saved model directory and evaluate it on `split` of its task."""
-    loaded, task = load_for_task(model_dir, task_name)
+    """Load a saved model directory and evaluate it on `split` of its task (`spec`: see `load_for_task`)."""
+    loaded, task = load_for_task(model_dir, task_name, spec)
     examples = read_split(task, split, data_dir, limit=limit)
     features = encode(task, examples, loaded.tokenizer)
     result = evaluate_model(loaded.model, loaded.params, task, features, examples, batch_size)

@@ -31,10 +31,10 @@ from distill.run.evaluation import evaluate_model
 from distill.train.loop import Evaluation, StepSchedule, TrainData, devices_record, fit
 from distill.train.runlog import RunLog
 from distill.train.steps import TrainState, make_supervised_step
-from tasks.datafiles import split_path
 from tasks.errors import UserError
 from tasks.features import encode
-from tasks.readers import load_task, read_split
+from tasks.readers import data_files, load_task, read_split
+from tasks.registry import task_record
 
 log = logging.getLogger(__name__)
 
@@ -80,12 +80,12 @@ def finetune(
 
 
 def _finetune(cfg: FinetuneConfig, out: Path, *, use_cache: bool, resume: bool) -> dict[str, Any]:
-    task, data_dir = load_task(cfg.task, cfg.data_dir)
+    task, data_dir = load_task(cfg.task, cfg.data_dir, cfg.data)
     check_crf(task, cfg.crf)
     train_ex = read_split(task, "train", data_dir, limit=cfg.train_limit)
     dev_ex = read_split(task, "dev", data_dir, limit=cfg.dev_limit)
     teacher_dir = resolve_model_dir(cfg.teacher)
-    cached = _cache_dir(cfg, teacher_dir, [split_path(task, s, data_dir) for s in ("train", "dev")])
+    cached = _cache_dir(cfg, teacher_dir, data_files(task, ("train", "dev"), data_dir))
     done = _finished(out, cached, resume=resume, use_cache=use_cache)
     if done is not None:
         return done
@@ -141,7 +141,7 @@ def _train(cfg: FinetuneConfig, task, teacher, params, train_ex, dev_ex, out: Pa
     t_start = time.time()
 
     def keep_best(params, result):
-        extra = {"task": task.name, "max_length": task.max_length, "dev": result, "source": cfg.teacher}
+        extra = {**task_record(task), "dev": result, "source": cfg.teacher}
         save_bert(out / "teacher", teacher.arch, jax.device_get(params), teacher.tokenizer, head=task.kind,
                   labels=task.labels, extra=extra)
 

@@ -18,6 +18,7 @@ from tasks.base import SpanExample, TaggingExample, TextExample
 from tasks.decode import predict_labels
 from tasks.errors import UserError
 from tasks.features import encode
+from tasks.userdata import DataSpec
 
 # CJK ideographs, as BERT's tokenizer (`_is_chinese_char`) splits them off one by one.
 _CJK = re.compile(
@@ -49,9 +50,11 @@ def _example(kind: str, i: int, line: str, pairs: bool, source: str):
 
 
 def predict_lines(
-    model_dir: str | Path, lines: Iterable[str], *, task_name: str | None = None, batch_size: int = 64, source: str = "input"
+    model_dir: str | Path, lines: Iterable[str], *, task_name: str | None = None, batch_size: int = 64,
+    source: str = "input", spec: DataSpec | None = None,
 ) -> list[dict[str, Any]]:
-    loaded, task = load_for_task(model_dir, task_name)
+    """One record per non-blank input line (see the module docstring); `spec`: see `load_for_task`."""
+    loaded, task = load_for_task(model_dir, task_name, spec)
     texts = [line.rstrip("\n") for line in lines]
     kept = [(i, t) for i, t in enumerate(texts) if t.strip()]
     if not kept:

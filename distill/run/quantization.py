@@ -23,18 +23,19 @@ from tasks.datafiles import resolve_data_dir
 from tasks.errors import UserError
 from tasks.features import encode
 from tasks.readers import read_split
+from tasks.userdata import DataSpec
 
 log = logging.getLogger(__name__)
 
 
 def compare(float_dir: str | os.PathLike, int8_dir: str | os.PathLike, task_name: str | None = None, *,
             data_dir: str | None = None, split: str = "dev", limit: int | None = None,
-            batch_size: int = 128) -> dict[str, Any]:
+            batch_size: int = 128, spec: DataSpec | None = None) -> dict[str, Any]:
     """Both models on `split` of their task (the same encoded examples): their metrics, the drop of the
     task's metric (float32 - int8; > 0 when quantization costs accuracy) and how often their predictions
     agree (sentence-level heads)."""
-    fp32, task = load_for_task(float_dir, task_name)
-    int8, _ = load_for_task(int8_dir, task.name)
+    fp32, task = load_for_task(float_dir, task_name, spec)
+    int8, _ = load_for_task(int8_dir, task.name, spec)
     examples = read_split(task, split, data_dir, limit=limit)
     features = encode(task, examples, fp32.tokenizer)
     return compare_models(fp32, int8, task, features, examples, batch_size) | {"split": split}
@@ -62,9 +63,9 @@ def quantize_run(cfg, output_dir: str | os.PathLike, name: str = "int8") -> dict
     if not (export / "config.json").is_file():
         raise UserError(f"{export}: no export to quantize (the run saved no best model)")
     summary = quantize_export(export, out / f"export-{name}", scheme(name))
-    fp32, task = load_for_task(export)
-    int8, _ = load_for_task(out / f"export-{name}", task.name)
-    _, examples, split = read_data(cfg, task, resolve_data_dir(task, cfg.data_dir))
+    fp32, task = load_for_task(export, spec=cfg.data)
+    int8, _ = load_for_task(out / f"export-{name}", task.name, cfg.data)
+    _, examples, split = read_data(cfg, task, None if task.reader == "user" else resolve_data_dir(task, cfg.data_dir))
     features = encode(task, examples, fp32.tokenizer)
     result = {"scheme": name, "split": split, **compare_models(fp32, int8, task, features, examples,
                                                                  cfg.eval_batch_size), "size": summary}

@@ -56,6 +56,7 @@ from distill.train.steps import TrainState
 from tasks.base import Task
 from tasks.features import Features, encode
 from tasks.readers import load_task
+from tasks.registry import task_record
 
 log = logging.getLogger(__name__)
 
@@ -127,11 +128,11 @@ def _train_supernet(cfg: SupernetConfig, out: Path, *, resume: bool, use_cache: 
 def prepare(cfg: SupernetConfig, out: Path, *, resume: bool, use_cache: bool) -> Prepared:
     """The task, the fine-tuned teacher (checked as a supernet for the choices), the data and features."""
     stage = cfg.data_stage()
-    task, data_dir = load_task(cfg.task, cfg.data_dir)
+    task, data_dir = load_task(cfg.task, cfg.data_dir, cfg.data)
     cfg.choices.check(read_arch(cfg.teacher))  # before any training: fine-tuning keeps the architecture
     train_ex, dev_ex, eval_split = read_data(stage, task, data_dir)
     times = Stage()
-    teacher, times.teacher = fine_tuned_teacher(dataclasses.replace(stage, data_dir=str(data_dir)), task, out,
+    teacher, times.teacher = fine_tuned_teacher(dataclasses.replace(stage, data_dir=data_dir and str(data_dir)), task, out,
                                                 resume=resume, use_cache=use_cache)
     cfg.choices.check(teacher.arch)
     train, original, _ = training_features(stage, task, teacher, train_ex, times)
@@ -176,7 +177,7 @@ def _train(cfg: SupernetConfig, prep: Prepared, params: dict, hidden_order: list
 
     def keep_best(p, best):
         save_bert(prep.out / SUPERNET_DIR, arch, jax.device_get(p), prep.teacher.tokenizer, head=task.kind,
-                  labels=task.labels, extra={"task": task.name, "max_length": task.max_length,
+                  labels=task.labels, extra={**task_record(task),
                                              "supernet": {**supernet_meta(cfg), "hidden_order": hidden_order},
                                              "eval": best})
 

@@ -64,11 +64,15 @@ class Checkpointer:
         options = ocp.CheckpointManagerOptions(
             preservation_policy=policy,
             enable_async_checkpointing=cfg.async_save,
-            create=True,
+            create=jax.process_count() == 1,  # orbax does not create it for one process of several
             cleanup_tmp_directories=True,
             best_fn=lambda m: m[best_metric],
             best_mode="max",
+            # Across processes (`distill.train.multihost`) the first saves its copy of the replicated state
+            # alone (the others save nothing).
+            **_alone(),
         )
+        self.directory.mkdir(parents=True, exist_ok=True)
         self._manager = ocp.CheckpointManager(self.directory, options=options, item_names=("params", "opt_state", "meta"))
         self._failed = False
 
@@ -85,6 +89,8 @@ class Checkpointer:
         """Save `step` (asynchronously). A failed write, this one's or the previous asynchronous one's (disk
         full, no permission), is a UserError naming the directory and the last complete step, which stays
         intact and resumable; the failed step's temporary directory is removed."""
+        if jax.process_index() > 0:  # one process of several: only the first's output is the run's
+            return
         metrics = {self._best_metric: float(score)} if score is not None else None
         args = ocp.args.Composite(
             params=ocp.args.StandardSave(params),
@@ -154,6 +160,14 @@ class Checkpointer:
             return
         self.wait()
         self._manager.close()
+
+
+def _alone() -> dict:
+    """The manager's options for a process that checkpoints alone, one of several (none within one)."""
+    if jax.process_count() == 1:
+        return {}
+    me = jax.process_index()
+    return {"multiprocessing_options": ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})}
 
 
 def _target(tree: Any) -> Any:

@@ -253,7 +253,7 @@ def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, e
             now = time.perf_counter()
             progress.train_seconds += now - t_last
             t_last = now
-            _log_train(run.runlog, bar, progress, jax.device_get(m), float(lr_at(progress.step)))
+            _log_train(run.runlog, bar, progress, jax.device_get(dp.local(m)), float(lr_at(progress.step)))
         end_of_epoch = progress.step % per_epoch == 0 or progress.step >= total
         late = bool(cfg.max_seconds) and time.perf_counter() - run.started > cfg.max_seconds
         due = end_of_epoch or late or (cfg.eval_every and progress.step % cfg.eval_every == 0)
@@ -332,13 +332,16 @@ class _Run:
         return bool(self.cfg.patience and self.progress.evals_since_best >= self.cfg.patience)
 
     def checkpoint(self, state: TrainState, score: float | None = None) -> None:
-        self.ckpt.save(self.progress.step, state.params, state.opt_state, dataclasses.asdict(self.progress),
-                       score=score)
+        # One process of several saves host copies (orbax takes no process-local arrays there).
+        local = (lambda t: jax.device_get(self.dp.local(t))) if self.dp.multiprocess else self.dp.local
+        self.ckpt.save(self.progress.step, local(state.params), local(state.opt_state),
+                       dataclasses.asdict(self.progress), score=score)
 
     def evaluate(self, state: TrainState, per_epoch: int) -> bool:
         """Evaluate, keep the best, checkpoint, report; True when early stopping says stop."""
         ev, progress = self.evaluation, self.progress
-        result = ev.evaluate(state.params)
+        params = self.dp.local(state.params)  # each process evaluates (and exports) its own copy
+        result = ev.evaluate(params)
         result["epoch"] = round(progress.step / per_epoch, 3)
         progress.history.append({"step": progress.step, **result})
         self.runlog.log(progress.step, result, prefix="dev_")
@@ -347,7 +350,7 @@ class _Run:
         if improved:
             progress.best_score, progress.evals_since_best = result[ev.metric], 0
             progress.best = {"step": progress.step, **result}
-            ev.keep_best(state.params, progress.best)
+            ev.keep_best(params, progress.best)
         else:
             progress.evals_since_best += 1
         # Only a new best carries a score, so the checkpoint kept as best is `progress.best` (ties go to the

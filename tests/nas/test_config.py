@@ -28,6 +28,9 @@ from tasks.errors import UserError
         ({"targets": (0.0,)}, "targets"),
         ({"supernet_steps": 0}, "supernet_steps"),
         ({"latency_design": 2}, "latency_design"),
+        ({"gpus_per_trial": 1.5}, "gpus_per_trial"),  # Ray shares a GPU only as a fraction below 1
+        ({"tpus_per_trial": -1}, "tpus_per_trial"),
+        ({"gpus_per_trial": 1, "tpus_per_trial": 4}, "tpus_per_trial"),
     ],
 )
 def test_invalid_settings_name_the_field(changes, field):

@@ -1,0 +1,47 @@
+"""Fine-tuning across processes (`distill.train.multihost`, `nas.multihost`): two JAX processes launched as
+Ray Train workers (`JaxTrainer`) on the local CPU, joined by `jax.distributed` with gloo collectives, each
+placing its half of every batch, follow the one-process loss curve step by step (1e-4 relative; the
+same tolerance as the 4-device runs of `test_data_parallel.py`) and reach the same dev accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import pytest
+from helpers import write_sst2, write_tiny_teacher
+
+from distill.run import FinetuneConfig, finetune
+from distill.train.loop import LoopConfig
+from distill.train.optim import OptimizerConfig
+from nas.multihost import finetune_on_workers
+
+TOLERANCE = 1e-4
+pytestmark = pytest.mark.slow
+
+
+def train_losses(out: Path) -> dict[int, float]:
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
+
+
+def test_two_ray_train_workers_fine_tune_as_one_process(tmp_path, monkeypatch):
+    monkeypatch.setenv("BERTNAS_CACHE", str(tmp_path / "cache"))
+    write_sst2(tmp_path / "data", n_train=160, n_dev=24)
+    write_tiny_teacher(tmp_path / "raw")
+    cfg = FinetuneConfig(task="sst2", teacher=str(tmp_path / "raw"), data_dir=str(tmp_path / "data"),
+                         optimizer=OptimizerConfig(learning_rate=3e-3),
+                         loop=LoopConfig(epochs=2, batch_size=16, log_every=1, checkpoint_every=10))
+    assert jax.process_count() == 1 and jax.device_count() == 1
+    one = finetune(cfg, tmp_path / "one", use_cache=False)
+    two = finetune_on_workers(cfg, tmp_path / "two", workers=2)
+    assert (one["devices"], two["devices"]) == (1, 2) and two["mesh"] == {"data": 2}
+    a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert len(a) == 20 and a.keys() == b.keys()
+    assert max(abs(a[k] - b[k]) / abs(a[k]) for k in a) < TOLERANCE
+    assert one["best"]["step"] == two["best"]["step"] and one["best"]["accuracy"] == two["best"]["accuracy"]
+    assert [h["step"] for h in two["history"]] == [10, 20]
+    assert (tmp_path / "two" / "teacher" / "model.safetensors").is_file()
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]

@@ -1,0 +1,63 @@
+"""Trials on accelerators: a fraction of a GPU per trial caps each trial's JAX memory pool at its share
+(`trial_device_env`, given to every Ray worker through `ray.init`'s runtime_env), whole GPUs or TPU chips
+are the trial's Ray resources (its data-parallel mesh is then every device the trial sees)."""
+
+from __future__ import annotations
+
+import pytest
+
+from nas.config import SearchConfig
+from nas.tune import MEMORY_HEADROOM, init_ray, ray_init_kwargs, trial_device_env, tune_trainable
+
+
+def test_a_fraction_of_a_gpu_caps_the_trials_memory_pool_at_its_share():
+    env = trial_device_env(0.25, environ={})
+    assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert float(env["XLA_CLIENT_MEM_FRACTION"]) == pytest.approx(0.25 * MEMORY_HEADROOM, abs=1e-3)
+    assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == env["XLA_CLIENT_MEM_FRACTION"]  # the old name too
+    four = [float(trial_device_env(0.25, environ={})["XLA_CLIENT_MEM_FRACTION"])] * 4
+    assert sum(four) < 1  # four trials sharing a GPU fit in it together
+
+
+def test_whole_gpus_allocate_on_demand_and_a_cpu_search_sets_nothing():
+    assert trial_device_env(2, environ={}) == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    assert trial_device_env(0, environ={}) == {}
+    assert "runtime_env" not in ray_init_kwargs(SearchConfig())  # a CPU search starts Ray as before
+
+
+def test_the_users_own_settings_win():
+    env = trial_device_env(0.5, environ={"XLA_CLIENT_MEM_FRACTION": "0.3"})
+    assert "XLA_CLIENT_MEM_FRACTION" not in env and env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.450"
+
+
+def test_trial_resources_name_the_gpus_or_tpu_chips():
+    def fn(config, setup):
+        return None
+
+    gpu = tune_trainable(SearchConfig(cpus_per_trial=2, gpus_per_trial=0.5), fn, None)
+    tpu = tune_trainable(SearchConfig(cpus_per_trial=2, tpus_per_trial=4), fn, None)
+    assert gpu._resources.required_resources == {"CPU": 2, "GPU": 0.5}  # what Tune schedules the trial by
+    assert tpu._resources.required_resources == {"CPU": 2, "TPU": 4}
+
+
+def test_every_ray_worker_of_a_gpu_search_gets_the_memory_settings(monkeypatch):
+    """The settings reach the processes trials run in: a task in the Ray that a search with
+    --gpus-per-trial 0.25 starts reads them from its environment (no GPU is needed to check that)."""
+    import ray
+
+    for name in ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE",
+                 "RAY_ADDRESS"):
+        monkeypatch.delenv(name, raising=False)
+    init_ray(SearchConfig(gpus_per_trial=0.25))
+    try:
+        @ray.remote(num_cpus=1)
+        def read_env():
+            import os
+
+            return {k: os.environ.get(k) for k in ("XLA_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE")}
+
+        seen = ray.get(read_env.remote(), timeout=120)
+    finally:
+        ray.shutdown()
+    assert seen == {"XLA_CLIENT_MEM_FRACTION": trial_device_env(0.25, environ={})["XLA_CLIENT_MEM_FRACTION"],
+                    "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
