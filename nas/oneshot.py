@@ -42,7 +42,6 @@ from distill.files import enable_compilation_cache, write_json
 from distill.model.store import LoadedBert, load_bert
 from distill.run import (
     DistillConfig,
-    LoopConfig,
     LossConfig,
     OptimizerConfig,
     Subnet,
@@ -155,10 +154,8 @@ def supernet_config(cfg: SearchConfig, base: DistillConfig, choices: SubnetChoic
     return SupernetConfig(
         task=cfg.task, teacher=base.teacher, data_dir=base.data_dir, data=base.data, choices=choices, num_sampled=NUM_SAMPLED,
         loss=LossConfig(hard_weight=0.5), augment=base.augment, optimizer=OptimizerConfig(learning_rate=1e-4),
-        loop=LoopConfig(epochs=1, max_steps=steps, batch_size=cfg.batch_size, eval_every=every,
-                        checkpoint_every=every, log_every=min(50, every), seed=cfg.seed,
-                        precision=cfg.precision, attention_dropout=cfg.attention_dropout,
-                        max_seconds=plan["seconds"]),
+        loop=base.loop.stage(epochs=1, max_steps=steps, batch_size=cfg.batch_size, eval_every=every,
+                             checkpoint_every=every, log_every=min(50, every), max_seconds=plan["seconds"]),
         eval_batch_size=base.eval_batch_size, train_limit=cfg.train_limit, dev_limit=cfg.dev_limit,
         validation=cfg.validation, teacher_epochs=cfg.teacher_epochs,
     )

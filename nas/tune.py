@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from distill.export.card import write_card
 from distill.files import (
     cache_root,
     check_output_path,
@@ -67,7 +68,7 @@ from distill.run import (
 )
 from nas import oneshot, report
 from nas.config import Constraints, SearchConfig
-from nas.cost import Cost, CostModel, typical_length
+from nas.cost import Cost, CostModel, device_name, typical_length
 from nas.final import quantized_rows, train_final
 from nas.space import SearchSpace, SpaceError, get_space
 from nas.trial import OBJECTIVE_LATENCY, TrialSetup, result_trial_id, run_trial, sampled_arch, trial_status
@@ -413,7 +414,9 @@ def _front_and_exports(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, row
     """Stage 6: the Pareto front exported and scored on dev. With `--quantize`, int8 copies of its students
     join the rows and the front is taken again over all. Returns all the rows and the front, marked."""
     front = report.pareto_front(rows)
-    _export_front(out, front, handles, prep.task, prep.base, cfg.dev_limit)
+    threads = cfg.latency_threads or "all"
+    _export_front(out, front, handles, prep.task, prep.base, cfg.dev_limit,
+                  latency_device=f"{device_name()} (batch 1, {threads} thread(s), as the search measures)")
     if cfg.quantize:
         rows = rows + quantized_rows(cfg.quantize, setup, front, prep.teacher_cost.latency_ms, prep.val_features,
                                      prep.val_examples, dev_limit=cfg.dev_limit)
@@ -660,10 +663,11 @@ def _row(result, setup: TrialSetup) -> tuple[dict, TrialHandle]:
 
 
 def _export_front(out: Path, front: list[dict], handles: dict[str, TrialHandle], task, base: DistillConfig,
-                  dev_limit: int | None) -> None:
+                  dev_limit: int | None, *, latency_device: str) -> None:
     """Copy each front member's best export (the final run's, else its trial's best checkpoint, found in
-    `handles`) to OUTPUT/export/<rank>-<arch> and score it on dev. A member whose export or scoring fails
-    is logged and keeps the error in its row (`export_error`): the others and the report are written."""
+    `handles`) to OUTPUT/export/<rank>-<arch>, score it on dev and give it a model card with its measured
+    speedup and latency. A member whose export or scoring fails is logged and keeps the error in its row
+    (`export_error`): the others and the report are written."""
     root = out / "export"
     if root.exists():
         shutil.rmtree(root)
@@ -675,10 +679,21 @@ def _export_front(out: Path, front: list[dict], handles: dict[str, TrialHandle],
             r["export"] = str(dest)
             r["dev_metric"] = evaluate_dir(dest, task.name, data_dir=base.data_dir, limit=dev_limit,
                                            spec=base.data)[task.metric]
+            _card(dest, r, latency_device)
         except Exception as e:  # noqa: BLE001 - one member must not cost the search its report
             log.error("export of front member %s (%s) failed: %s: %s", r["trial_id"], r["arch"], type(e).__name__, e)
             r.update(export=None, dev_metric=None, export_error=f"{type(e).__name__}: {e}")
             shutil.rmtree(dest, ignore_errors=True)
+
+
+def _card(dest: Path, r: dict, latency_device: str) -> None:
+    """The front member's model card (`distill.export.card`) with its measured speedup and latency; a card
+    that cannot be written is logged, never the member's failure (its export and score stand)."""
+    try:
+        write_card(dest, run={"speedup": r.get("speedup"), "latency_ms": r.get("latency_ms"),
+                              "device": latency_device})
+    except Exception as e:  # noqa: BLE001
+        log.warning("no model card for %s: %s: %s", dest, type(e).__name__, e)
 
 
 def _export_member(r: dict, handles: dict[str, TrialHandle], dest: Path) -> bool:

@@ -319,6 +319,32 @@ def add_quantize_arg(p) -> None:
                    "per token) and report accuracy, size and latency next to float32")
 
 
+def add_hub_arg(p, what: str) -> None:
+    """`--push-to-hub REPO` of the tools that write an export (`distill.export.card.push_to_hub`)."""
+    p.add_argument("--push-to-hub", metavar="REPO", default=None,
+                   help=f"upload {what} to the Hugging Face Hub model repository REPO (user/name; created "
+                   "private when new, an existing one keeps its visibility); needs a token (hf auth login or "
+                   "HF_TOKEN). Checked before any work; a failed upload keeps the local export")
+
+
+def check_hub_arg(args) -> None:
+    """`--push-to-hub`'s offline, token and name checks, before a tool does any work."""
+    if getattr(args, "push_to_hub", None):
+        from distill.export.card import check_hub
+
+        check_hub(args.push_to_hub)
+
+
+def finish_export(args, folder, run: dict | None = None) -> dict:
+    """The card of the export `folder` with this command line (and what `run` measured), then, with
+    `--push-to-hub`, its upload; returns {"card": path, "hub": url or None}."""
+    from distill.export.card import command_line, push_to_hub, write_card
+
+    path = write_card(folder, run=run, command=command_line())
+    url = push_to_hub(folder, args.push_to_hub) if getattr(args, "push_to_hub", None) else None
+    return {"card": str(path), "hub": url}
+
+
 def optimizer_from_args(args):
     from distill.run import OptimizerConfig
 

@@ -11,12 +11,15 @@ Hugging Face BERT directory our Flax API and transformers both load.
 reports both models' scores and sizes (results.json `quantized`). --export-onnx also writes
 OUTPUT/export-onnx (and with --quantize int8 OUTPUT/export-onnx-int8, ONNX Runtime's int8), evaluated
 with onnxruntime (results.json `onnx`; `bertnas export --format onnx` does the same for any export).
+Every export gets a model card (README.md). --hf-layout writes a shared-layer student (-G) with every
+layer stored, for transformers; --push-to-hub REPO uploads OUTPUT/export to the Hugging Face Hub.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from distill import cli
 from distill.arch import LAYER_MAPS
@@ -43,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also write OUTPUT/export-onnx (bertnas export --format onnx; with --quantize int8 also "
                    "ONNX Runtime's int8 variant, OUTPUT/export-onnx-int8), evaluated with onnxruntime; needs "
                    "the onnx extra (pip install 'bertnas[onnx]')")
+    p.add_argument("--hf-layout", action="store_true",
+                   help="shared-layer students (-G): write every layer's weights into the export, so transformers "
+                   "loads it as a plain BERT (by default each group is stored once: smaller, bertnas only)")
+    cli.add_hub_arg(p, "OUTPUT/export (the float32 student)")
     _init_arguments(p.add_argument_group("initialisation"))
     _loss_arguments(p.add_argument_group("losses"))
     g = p.add_argument_group("augmentation")
@@ -123,6 +130,7 @@ def config(args: argparse.Namespace):
         validation=args.validation,
         teacher_epochs=args.teacher_epochs,
         crf=args.crf,
+        hf_layout=args.hf_layout,
     )
 
 
@@ -130,6 +138,7 @@ def main(args: argparse.Namespace) -> int:
     from distill.run import distill, export_onnx_run, quantize_run
 
     cfg = config(args)
+    cli.check_hub_arg(args)  # offline or no token: said before the run, not after it
     if args.export_onnx:  # the missing extra named before the run, not after it
         from distill.export.onnx import require
 
@@ -139,7 +148,20 @@ def main(args: argparse.Namespace) -> int:
         results["quantized"] = quantize_run(cfg, args.output, args.quantize)
     if args.export_onnx:
         results["onnx"] = export_onnx_run(cfg, args.output, args.quantize)
+    results["hub"] = _cards(args)
     keys = ("task", "student", "best", "teacher_dev", "gap", "student_params", "seconds", "export", "quantized",
-            "onnx")
+            "onnx", "hub")
     print(json.dumps({k: results[k] for k in keys if k in results}))
     return 0
+
+
+def _cards(args: argparse.Namespace) -> str | None:
+    """Each export of the run gets a card naming this command; with --push-to-hub OUTPUT/export is uploaded
+    (its URL returned)."""
+    out = Path(args.output)
+    if not (out / "export" / "config.json").is_file():
+        return None
+    for name in ("export-int8", "export-onnx", "export-onnx-int8"):
+        if (out / name / "config.json").is_file():
+            cli.finish_export(argparse.Namespace(push_to_hub=None), out / name)
+    return cli.finish_export(args, out / "export")["hub"]

@@ -11,7 +11,8 @@ tagger's graph computes the emission scores and its CRF scores go beside it (dec
 --quantize int8 writes ONNX Runtime's dynamic int8 variant instead (int8 weights per output channel,
 activations quantized at run time). Needs the `onnx` extra: pip install 'bertnas[onnx]'. With --json the
 last line of stdout is one JSON object: the path, sizes and the largest |ONNX - Flax| output difference
-measured on a probe batch.
+measured on a probe batch. The export gets a model card (README.md); --push-to-hub REPO uploads it to the
+Hugging Face Hub.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=cli.at_least(1), default=None,
                    help="ONNX opset, 17..23 (default 17: onnxruntime >= 1.14 and most runtimes)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it holds an export of ours")
+    cli.add_hub_arg(p, "the ONNX export")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument("-v", "--verbose", action="store_true")
 
@@ -43,7 +45,9 @@ def main(args: argparse.Namespace) -> int:
     from distill.export.onnx import onnx_export
 
     opset = {} if args.opset is None else {"opset": args.opset}
+    cli.check_hub_arg(args)
     summary = onnx_export(args.model, args.output, quantize=args.quantize, overwrite=args.overwrite, **opset)
+    summary.update(cli.finish_export(args, args.output))
     if args.json:
         print(json.dumps(summary))
     else:

@@ -6,7 +6,8 @@
 Dense weights become int8 with a float32 scale per output channel, embedding tables int8 with a scale per
 row; activations are quantized per token at run time (`--activations none`: kept float32). The output is
 a model directory about a quarter of the float32 export's size, which `bertnas evaluate` and `bertnas
-predict` take and `distill.export.load.load_export` loads in one call. With --json the last line of
+predict` take and `distill.export.load.load_export` loads in one call, with a model card (README.md).
+--push-to-hub REPO uploads it to the Hugging Face Hub. With --json the last line of
 stdout is one JSON object: sizes, and with --evaluate both models' metrics on --split, the drop and
 their agreement.
 """
@@ -34,6 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split", default="dev")
     p.add_argument("--limit", type=cli.at_least(1), default=None, help="first N examples only")
     p.add_argument("--batch-size", type=cli.at_least(1), default=128)
+    cli.add_hub_arg(p, "the int8 export")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     p.add_argument("-v", "--verbose", action="store_true")
 
@@ -47,10 +49,12 @@ def main(args: argparse.Namespace) -> int:
     from distill.run import compare
 
     cfg = config(args)
+    cli.check_hub_arg(args)
     result = {"quantization": cfg.to_dict(), **quantize_export(args.model, args.output, cfg, overwrite=args.overwrite)}
     if args.evaluate:
         result["evaluation"] = compare(args.model, args.output, args.task, data_dir=args.data_dir, split=args.split,
                                        limit=args.limit, batch_size=args.batch_size, spec=cli.data_from_args(args))
+    result.update(cli.finish_export(args, args.output))
     if args.json:
         print(json.dumps(result))
     else:
@@ -59,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _print(result: dict, evaluated: bool) -> None:
-    for k in ("path", "arch", "weight_bytes", "source_weight_bytes", "weight_ratio", "total_ratio"):
+    for k in ("path", "arch", "weight_bytes", "source_weight_bytes", "weight_ratio", "total_ratio", "card", "hub"):
         print(f"{k:>22}: {result[k]}")
     if evaluated:
         ev = result["evaluation"]

@@ -33,6 +33,7 @@ import numpy as np
 from flax import traverse_util
 
 from distill.arch import BertArch
+from distill.export.card import write_card
 from distill.files import check_output_path
 from distill.model.bert import abstract_params, build_model
 from distill.model.hf import WeightsError, from_hf
@@ -77,7 +78,7 @@ def export_model(
     """Write a servable model directory for `task`; returns a JSON-ready summary.
 
     <out_dir> gets config.json, model.safetensors (parameters only, float32)
-    and the tokenizer files, written atomically (an existing directory is
+    the tokenizer files and a model card (README.md, `distill.export.card`), written atomically (an existing directory is
     replaced whole; a path with `..` is refused). `params` may be jax or numpy
     arrays of any float dtype.
     Summary: path, arch, task, num_params (the model's real parameters),
@@ -94,6 +95,7 @@ def export_model(
     host = jax.tree.map(lambda x: np.asarray(jax.device_get(x), np.float32), params)
     labels = task.labels if task.kind in ("classification", "tagging") else ()
     out = save_bert(out_dir, arch, host, tokenizer, head=task.kind, labels=labels, extra=meta, grouped=not hf_layout)
+    write_card(out, transformers=hf_layout or arch.num_groups == arch.num_layers)
     summary = export_summary(out, arch, task)
     log.info(
         "exported %s (%s params, %.2f bytes/param) to %s",

@@ -41,6 +41,7 @@ import qwix
 from flax import traverse_util
 
 from distill.arch import BertArch
+from distill.export.card import write_card
 from distill.export.hf import (
     check_tokenizer,
     config_crf,
@@ -223,6 +224,7 @@ def export_quantized(out_dir: str | os.PathLike, model: QuantizedBert) -> dict[s
     cfg["model_type"] = QUANT_METHOD
     tensors = {k: np.ascontiguousarray(v) for k, v in model.tensors.items()}
     write_model_dir(out_dir, tensors, cfg, model.tokenizer, {"format": QUANT_METHOD})
+    write_card(out_dir)
     summary = size_summary(out_dir, model.path, model.arch, model.head, model.num_labels, model.crf)
     log.info("quantized %s to %s: %.2f MB, %.3f of the float32 weights file", model.arch.name, out_dir,
              summary["weight_bytes"] / 1e6, summary["weight_ratio"] or float("nan"))

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from distill.arch import BertArch
+from distill.export.card import write_card
 from distill.export.hf import (
     ONNX_FILE,
     check_tokenizer,
@@ -232,6 +233,7 @@ def export_onnx(out_dir: str | os.PathLike, loaded: LoadedBert, *, opset: int = 
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
     write_dir(out_dir, fill)
+    write_card(out_dir)
     summary = onnx_summary(out_dir, loaded, quantize, parity)
     log.info("exported %s to ONNX%s at %s: %.2f MB, max |ONNX - Flax| %.2e on the probe batch", loaded.arch.name,
              f" ({quantize})" if quantize else "", out_dir, summary["onnx_bytes"] / 1e6, parity["max_abs_diff"])

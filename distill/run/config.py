@@ -117,6 +117,9 @@ class DistillConfig:
     crf: bool | None = None
     """A linear-chain CRF on the student (tagging only); None: when the teacher has one. A teacher
     fine-tuned here gets one when this is True."""
+    hf_layout: bool = False
+    """Export a shared-layer student with every layer's weights written out (transformers' plain BERT
+    layout, which it loads) instead of once per group; nothing else changes, so not part of the run key."""
 
     def __post_init__(self):
         _check_data(self)
@@ -133,9 +136,7 @@ class DistillConfig:
         the same task, data and seed, `teacher_epochs` epochs, a CRF when this run asks for one."""
         return FinetuneConfig(
             task=self.task, teacher=self.teacher, data_dir=self.data_dir, data=self.data,
-            loop=LoopConfig(epochs=self.teacher_epochs, seed=self.loop.seed, precision=self.loop.precision,
-                            attention_dropout=self.loop.attention_dropout, devices=self.loop.devices,
-                            fsdp=self.loop.fsdp),
+            loop=self.loop.stage(epochs=self.teacher_epochs),
             train_limit=self.train_limit, dev_limit=self.dev_limit, crf=bool(self.crf),
         )
 
@@ -191,9 +192,7 @@ class SupernetConfig:
         return DistillConfig(
             task=self.task, teacher=self.teacher, data_dir=self.data_dir, data=self.data, augment=self.augment,
             init=InitConfig(importance_batches=self.importance_batches),
-            loop=LoopConfig(seed=self.loop.seed, precision=self.loop.precision,
-                            attention_dropout=self.loop.attention_dropout, devices=self.loop.devices,
-                            fsdp=self.loop.fsdp),
+            loop=self.loop.stage(),
             eval_batch_size=self.eval_batch_size, train_limit=self.train_limit, dev_limit=self.dev_limit,
             validation=self.validation, teacher_epochs=self.teacher_epochs,
         )

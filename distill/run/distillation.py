@@ -166,6 +166,7 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
         settings["loop"].pop("attention_dropout")
     if settings["crf"] is None:  # runs from before the flag keep their key
         settings.pop("crf")
+    settings.pop("hf_layout")  # how the export is written, not what is trained
     source = settings["init"].pop("source")  # likewise; a supernet counts by its weights, wherever it lies
     if source is not None:
         settings["init"]["source"] = weights_fingerprint(resolve_model_dir(source))
@@ -228,7 +229,7 @@ def _distill(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool,
     export_meta = {"teacher": str(prep.teacher.path), "teacher_dev": teacher_dev, "eval_split": prep.eval_split}
     state, progress = train_student(cfg, prep, extras, export_meta, report=report, resume=resume)
     export = ensure_export(prep.out / "export", prep.out, prep.student, prep.task, state.params, progress.best,
-                           prep.teacher.tokenizer, export_meta)
+                           prep.teacher.tokenizer, export_meta, hf_layout=cfg.hf_layout)
     results = {**run_results(prep, teacher_dev, progress, export), **devices_record(cfg.loop)}
     write_json(prep.out / "results.json", results)
     return results
@@ -297,7 +298,7 @@ def train_student(cfg: DistillConfig, prep: Prepared, extras: Callable, export_m
 
     def keep_best(params, best):
         export_model(prep.out / "export", student, jax.device_get(student_params(params)), prep.teacher.tokenizer,
-                     task, extra={"dev": best, **export_meta})
+                     task, extra={"dev": best, **export_meta}, hf_layout=cfg.hf_layout)
 
     evaluation = Evaluation(
         evaluate=lambda p: evaluate_model(model, student_params(p), task, prep.dev, prep.dev_ex, cfg.eval_batch_size),
@@ -357,7 +358,8 @@ def run_results(prep: Prepared, teacher_dev: dict, progress, export: dict) -> di
     }
 
 
-def ensure_export(export_dir: Path, out: Path, student: BertArch, task: Task, params_like, best, tokenizer, meta) -> dict:
+def ensure_export(export_dir: Path, out: Path, student: BertArch, task: Task, params_like, best, tokenizer, meta, *,
+                  hf_layout: bool = False) -> dict:
     """The export holds `best`: after a resume it may not (killed between export and checkpoint), so re-export it."""
     if best is None:
         return {}
@@ -371,5 +373,6 @@ def ensure_export(export_dir: Path, out: Path, student: BertArch, task: Task, pa
             params = ckpt.restore_params(best["step"], params_like)
         finally:
             ckpt.close()
-        export_model(export_dir, student, jax.device_get(student_params(params)), tokenizer, task, extra={"dev": best, **meta})
+        export_model(export_dir, student, jax.device_get(student_params(params)), tokenizer, task,
+                     extra={"dev": best, **meta}, hf_layout=hf_layout)
     return export_summary(export_dir, student, task)

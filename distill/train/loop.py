@@ -103,6 +103,17 @@ class LoopConfig:
         if self.precision not in PRECISIONS:
             raise UserError(f"precision: {self.precision!r} is not one of {list(PRECISIONS)}")
 
+    def stage(self, **changes) -> LoopConfig:
+        """A default loop for a stage this run starts (its teacher's fine-tuning, its data stage) that keeps
+        this run's seed, precision, attention dropout and devices; `changes` on top."""
+        keep = ("seed", "precision", "attention_dropout", "devices", "fsdp")
+        return LoopConfig(**{k: getattr(self, k) for k in keep}, **changes)
+
+    def mesh(self) -> DataParallel:
+        """The devices this loop trains on (`distill.model.sharding.data_parallel`); a batch size they do not
+        divide is the user's error."""
+        return data_parallel(self.batch_size, self.devices, fsdp=self.fsdp, grad_accum=self.grad_accum)
+
     def total_steps(self, train: Features) -> tuple[int, int]:
         """(total steps, batches per epoch)."""
         per_epoch = num_batches(train, self.batch_size, buckets_for(train))
@@ -128,8 +139,7 @@ class Progress:
 
 def devices_record(cfg: LoopConfig) -> dict:
     """What a run's results.json says it ran on: the device count and kind, the mesh and the precision."""
-    dp = data_parallel(cfg.batch_size, cfg.devices, fsdp=cfg.fsdp, grad_accum=cfg.grad_accum)
-    return {**dp.describe(), "precision": cfg.precision}
+    return {**cfg.mesh().describe(), "precision": cfg.precision}
 
 
 class DivergedError(UserError, FloatingPointError):
@@ -215,7 +225,7 @@ def fit(
     """
     run = _Run(runlog, cfg, evaluation, Checkpointer(runlog.dir / "checkpoints",
                                                     CheckpointConfig(every_steps=cfg.checkpoint_every)),
-               data_parallel(cfg.batch_size, cfg.devices, fsdp=cfg.fsdp, grad_accum=cfg.grad_accum))
+               cfg.mesh())
     try:
         state = run.dp.place_state(run.restore(state, run_key, resume))
         total, per_epoch = cfg.total_steps(data.features)

@@ -143,7 +143,9 @@ def test_an_estimates_export_loads_and_is_no_supernet(searched, tmp_path):
 def test_a_front_member_whose_export_fails_costs_only_itself(searched, tmp_path):
     """One member's export raising (the cold search's failure mode before estimates' exports were fixed):
     the others are exported and scored, the failed row keeps its error, nothing partial is left."""
+    from distill.run import DistillConfig
     from nas.tune import TrialHandle, _export_front
+    from tasks.registry import get_task
 
     out, summary, data = searched
     final = next(t for t in json.loads((out / "results.json").read_text())["trials"] if t.get("kind") == "final")
@@ -153,8 +155,12 @@ def test_a_front_member_whose_export_fails_costs_only_itself(searched, tmp_path)
         raise ValueError("damaged")
 
     front = [{"trial_id": "x", "arch": "1L-36"}, {"trial_id": final["trial_id"], "arch": final["arch"],
-                                                  "export_dir": final["export_dir"]}]
-    _export_front(tmp_path, front, {"x": TrialHandle(config={}, export=broken)}, "sst2", data, None)
+                                                  "export_dir": final["export_dir"], "speedup": 2.5,
+                                                  "latency_ms": 1.25}]
+    _export_front(tmp_path, front, {"x": TrialHandle(config={}, export=broken)}, get_task("sst2"),
+                  DistillConfig(data_dir=str(data)), None, latency_device="cpu")
     assert front[0]["export"] is None and front[0]["export_error"] == "ValueError: damaged"
     assert not (tmp_path / "export" / "01-1L-36").exists()
     assert Path(front[1]["export"]).is_dir() and front[1]["dev_metric"] is not None
+    card = (Path(front[1]["export"]) / "README.md").read_text()  # with what the search measured
+    assert "2.50x faster than the teacher" in card and "1.25 ms per example at batch 1" in card

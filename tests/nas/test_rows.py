@@ -10,9 +10,11 @@ from types import SimpleNamespace
 import pytest
 
 from distill.arch import BertArch
+from distill.run import DistillConfig
 from nas.config import Constraints
 from nas.trial import TrialSetup
 from nas.tune import TrialHandle, _export_front, _row, _rows
+from tasks.registry import get_task
 
 TEACHER = BertArch.uniform(6, 384, 12, 1536)
 
@@ -82,7 +84,8 @@ def test_the_front_is_exported_from_the_handles_checkpoints(tmp_path, monkeypatc
         {"trial_id": "b", "arch": "1L-128"},  # its trial kept no checkpoint: nothing to export
     ]
     handles = {"a": TrialHandle(config=CONFIG, checkpoint=Checkpoint()), "b": TrialHandle(config=CONFIG)}
-    _export_front(tmp_path, front, handles, "sst2", tmp_path, None)
+    base = DistillConfig(data_dir=str(tmp_path))
+    _export_front(tmp_path, front, handles, get_task("sst2"), base, None, latency_device="cpu")
     assert [r.get("dev_metric") for r in front] == [0.75, 0.75, None]
     assert Path(front[0]["export"]).name == "01-2L-256" and Path(front[0]["export"]).is_dir()
     assert (tmp_path / "copied" / "from").read_text() == front[1]["export"] and "export" not in front[2]

@@ -26,7 +26,7 @@ from tasks.registry import get_task
 TASKS = ("sst2", "stsb", "conll2003")
 ARCHS = {"uniform": "2L-36-H3-F44", "hetero": "2L-36-H3,2-F44,30-D12"}
 SERVING_FILES = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
-                 "special_tokens_map.json", "vocab.txt"}
+                 "special_tokens_map.json", "vocab.txt", "README.md"}
 HEADER_BYTES = 16 * 1024  # safetensors JSON header of ~40 tensors, with room to spare
 SENTENCES = ["a great movie", "the plot was really dull and boring today", "john met mary in paris ."]
 PAIRS = ["the cat runs", "a big red dog sits", "the man"]

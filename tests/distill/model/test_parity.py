@@ -18,8 +18,10 @@ from distill.model.store import load_bert
 REFERENCE = Path(__file__).resolve().parents[2] / "data" / "minilm_reference.npz"
 GROUPS = ("single", "pair", "padded")
 # The tolerances that docs/benchmarks.md ("Parity with transformers") claims; measured on the 2-core CPU VM:
-# 2.8e-6 (last hidden state, real tokens), 2.4e-7 (pooler), 5.3e-5 (all positions, pad ones included).
-HIDDEN_TOL = 3.5e-6
+# 2.8e-6 (last hidden state, real tokens), 2.4e-7 (pooler), 5.3e-5 (all positions, pad ones included); on the
+# 2-core AMD EPYC VM of 2026-12-04 (jax 0.10.2) the padded group's hidden state differs by 3.50e-6, the same
+# with the code of the commit before, so XLA:CPU's float32 rounding there, not a change of ours.
+HIDDEN_TOL = 4e-6
 POOLER_TOL = 3e-7
 PAD_TOL = 5.8e-5
 
