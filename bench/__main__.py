@@ -11,6 +11,8 @@ ratios is printed at the end and saved with everything else in suite.json):
   compile_cache  a trial's compilation with and without the persistent cache (bench/compile_cache.py)
   size         export vs checkpoint bytes per parameter (bench/size.py)
   quantize     int8 students vs their float32 exports: accuracy, size, latency (bench/quantize.py)
+  onnx         the same students served by JAX and by ONNX Runtime, float32 and int8, on 1 and 2 threads
+               (bench/onnx.py)
   accelerator  GPU/TPU MFU (bench/accelerator.py); skipped on a CPU-only machine
   realdata     fine-tuning and labelling on real sentences, ours vs a dynamic-padding PyTorch loop (bench/realdata.py)
   strategies   the supernet and trials search strategies on SST-2 at equal budget (bench/strategies.py; two
@@ -43,6 +45,7 @@ from pathlib import Path
 from bench import (
     compile_cache,
     inference,
+    onnx,
     peak,
     quantize,
     realdata,
@@ -91,6 +94,7 @@ PARTS = {
     "train_step": (train_step.part, True),
     "peak": (peak.part, False),
     "quantize": (quantize.part, True),
+    "onnx": (onnx.part, True),
     "compile_cache": (compile_cache.part, True),
     "accelerator": (_accelerator, True),
     "realdata": (realdata.part, True),
@@ -99,8 +103,8 @@ PARTS = {
 DEFAULT_PARTS = [p for p in PARTS if p != "strategies"]
 """What runs without --only: every part but the two-search comparison."""
 TABLE_ORDER = (
-    "realdata", "inference", "train_step", "peak", "students", "quantize", "search_time", "compile_cache", "size",
-    "accelerator", "strategies",
+    "realdata", "inference", "train_step", "peak", "students", "quantize", "onnx", "search_time", "compile_cache",
+    "size", "accelerator", "strategies",
 )
 
 
@@ -192,7 +196,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "results", help="results folder (%(default)s)")
     p.add_argument("--only", type=_parts, default=DEFAULT_PARTS,
                    help=f"comma list of parts: {','.join(PARTS)} (default: all but strategies)")
-    p.add_argument("--search", help="a finished search's output directory (parts students, quantize, search_time, size)")
+    p.add_argument("--search",
+                   help="a finished search's output directory (parts students, quantize, onnx, search_time, size)")
     p.add_argument("--run", help="a distillation run directory for `size` (default: the search's final run)")
     p.add_argument("--teacher", help="fine-tuned teacher directory for `students` (default: the search's)")
     p.add_argument("--student", dest="students", nargs="+", default=[], help="exported student directories")

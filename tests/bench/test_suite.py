@@ -186,8 +186,8 @@ def test_quick_suite_end_to_end(fake_search, tmp_path):
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "plot: skipped" in done.stdout  # the fake search has no validation scores
     parts = {p: json.loads((out / f"{p}.json").read_text()) for p in
-             ("inference", "train_step", "peak", "students", "quantize", "search_time", "compile_cache", "size",
-              "accelerator", "realdata")}
+             ("inference", "train_step", "peak", "students", "quantize", "onnx", "search_time", "compile_cache",
+              "size", "accelerator", "realdata")}
     for name, rec in parts.items():
         assert "error" not in rec, (name, rec.get("traceback"))
 
@@ -227,6 +227,13 @@ def test_quick_suite_end_to_end(fake_search, tmp_path):
     assert 0 < s["weight_ratio"] < 0.5 and s["weight_bytes"]["int8"] < s["weight_bytes"]["float32"]
     assert s["latency_ratio"] == pytest.approx(s["latency_ms"]["int8"] / s["latency_ms"]["float32"])
     assert {r["ratio_is"] for r in q["ratios"]} == {"int8 / float32"} and len(q["ratios"]) == 4
+
+    o = parts["onnx"]  # the student and the teacher, each in JAX and ONNX Runtime (float32, int8), b1/b32, t1/t2
+    assert o["seq_len"] == 16 and len(o["models"]) == 2 and len(o["rows"]) == 2 * 3 * 2 * 2
+    assert all(r["ms"] > 0 for r in o["rows"]) and {r["threads"] for r in o["rows"]} == {1, 2}
+    speedups = {r["name"].split(", ")[1]: r for r in o["ratios"] if r["ratio_is"] == "teacher / student"}
+    assert set(speedups) == {"jax b1 t1", "ort_float32 b1 t1", "ort_int8 b1 t1"}
+    assert all(r["ratio"] == pytest.approx(r["reference"] / r["ours"]) for r in speedups.values())
 
     cc = parts["compile_cache"]
     assert [r["cache"] for r in cc["runs"]] == ["empty cache", "warm cache"] and cc["arch"] == STUDENT  # the final's
