@@ -75,7 +75,7 @@ def numeric_flags() -> dict[str, list[str]]:
 def flag_cases(rng: random.Random, world: dict, n: int) -> list:
     required = {"finetune": ["--output", "o"], "distill": ["--output", "o"], "supernet": ["--output", "o"],
                 "search": [], "evaluate": ["--model", "m"], "predict": ["--model", "m"],
-                "quantize": ["--model", "m", "--output", "o"]}
+                "quantize": ["--model", "m", "--output", "o"], "export": ["--model", "m", "--output", "o"]}
     mappings = {"finetune": "finetune", "distill": "distill", "supernet": "supernet", "quantize": "quantize"}
     flags = numeric_flags()
     cases = []
