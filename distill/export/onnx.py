@@ -138,7 +138,9 @@ def to_onnx_model(loaded: LoadedBert, opset: int = DEFAULT_OPSET):
     jax2onnx, onnx = require("jax2onnx", "onnx")
     check_opset(opset)
     spec = jax.ShapeDtypeStruct(jax.export.symbolic_shape("batch, sequence"), jnp.int32)
-    with _quiet("onnx_ir"):  # a warning per shape constant it serialises untyped; nothing to act on
+    # onnx_ir warns once per shape constant it serialises untyped, and jax2onnx's plugin loader once per example
+    # plugin whose package (equinox, dm-pix: not installed, see pyproject.toml) is absent: nothing to act on
+    with _quiet("onnx_ir"), _quiet("jax2onnx.plugins.plugin_system"):
         proto = jax2onnx.to_onnx(forward_fn(loaded), [spec] * len(INPUTS), model_name=loaded.arch.name,
                                  opset=opset, input_names=list(INPUTS), output_names=list(output_names(loaded.head)))
     int64_inputs(proto)
