@@ -87,6 +87,27 @@ def child_main(measure: Callable[[dict], dict], argv: list[str]) -> None:
 CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile")
 
 
+def read_json(path: Path) -> dict:
+    """`path`'s JSON object, {} when there is no such file."""
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def float_students(ctx) -> tuple[dict, list[Path]]:
+    """(the search's results.json or {}, the float32 students to measure): `--student DIR ...`, else the
+    search's exported students (DIR/export/*), int8 exports left out. Skip when there are none."""
+    search = Path(ctx.search) if ctx.search else None
+    results = read_json(search / "results.json") if search else {}
+    if search and not results:
+        raise Skip(f"{search}: no results.json (not a finished search)")
+    students = [Path(s) for s in ctx.students or []]
+    if not students and search:
+        students = sorted(d for d in (search / "export").glob("*") if (d / "config.json").is_file())
+    students = [s for s in students if "quantization_config" not in read_json(s / "config.json")]
+    if not students:
+        raise Skip("no float32 students: pass --student DIR or a search with exported students")
+    return results, students
+
+
 def cpu_info() -> dict:
     """The CPU's model name and the vector / matrix extensions that decide which kernels run (Linux)."""
     info = {"model": None, "flags": []}

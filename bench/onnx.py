@@ -17,13 +17,12 @@ gets in that serving stack), next to the same speedup in JAX.
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Skip, child_main, run_child, time_steps
+from bench.common import Skip, child_main, float_students, run_child, time_steps
 from tasks.errors import UserError
 
 BATCHES = (1, 32)
@@ -31,22 +30,9 @@ THREADS = (1, 2)
 ENGINES = ("jax", "ort_float32", "ort_int8")
 
 
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
 def models(ctx) -> dict:
     """{"students": [dirs], "teacher": dir or None, "seq_len": int or None} from --search / --student."""
-    search = Path(ctx.search) if ctx.search else None
-    results = _json(search / "results.json") if search else {}
-    if search and not results:
-        raise Skip(f"{search}: no results.json (not a finished search)")
-    students = [Path(s) for s in ctx.students or []]
-    if not students and search:
-        students = sorted(d for d in (search / "export").glob("*") if (d / "config.json").is_file())
-    students = [s for s in students if "quantization_config" not in _json(s / "config.json")]
-    if not students:
-        raise Skip("no float32 students: pass --student DIR or a search with exported students")
+    results, students = float_students(ctx)
     teacher = ctx.teacher or (results.get("teacher") or {}).get("path")
     return {"students": [str(s) for s in students], "seq_len": results.get("seq_len"),
             "teacher": teacher if teacher and Path(teacher, "config.json").is_file() else None}

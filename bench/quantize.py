@@ -17,44 +17,27 @@ float32: below 1 means smaller or faster (for the metric, below 1 means less acc
 
 from __future__ import annotations
 
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.common import Skip, child_main, run_child
+from bench.common import Skip, child_main, float_students, read_json, run_child
 
 THROUGHPUT_BATCH = 32
-
-
-def _json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
-
-
-def _quantized(path: Path) -> bool:
-    return "quantization_config" in _json(path / "config.json")
 
 
 def inputs(ctx) -> dict:
     """The float32 students, their task, data directory candidates, typical length and latency threads."""
     search = Path(ctx.search) if ctx.search else None
-    results = _json(search / "results.json") if search else {}
-    if search and not results:
-        raise Skip(f"{search}: no results.json (not a finished search)")
-    students = [Path(s) for s in ctx.students or []]
-    if not students and search:
-        students = sorted(d for d in (search / "export").glob("*") if (d / "config.json").is_file())
-    students = [s for s in students if not _quantized(s)]
-    if not students:
-        raise Skip("no float32 students: pass --student DIR or a search with exported students")
+    results, students = float_students(ctx)
     for path in students:
         if not (path / "config.json").is_file():
             raise Skip(f"{path}: model directory not found (moved or deleted?)")
-    task = results.get("task") or _json(students[0] / "config.json").get("bertnas", {}).get("task")
+    task = results.get("task") or read_json(students[0] / "config.json").get("bertnas", {}).get("task")
     if not task:
         raise Skip(f"{students[0]}: no task recorded in config.json; pass --search DIR")
-    config = _json(search / "search_config.json") if search else {}
+    config = read_json(search / "search_config.json") if search else {}
     return {"task": task, "students": [str(s) for s in students], "seq_len": results.get("seq_len"),
             "data_dirs": [d for d in (ctx.data_dir, config.get("data_dir")) if d],
             "latency_threads": config.get("latency_threads", 0) if search else 1}
