@@ -11,14 +11,20 @@ tokenized features on both sides, each side in its own child process pinned to t
             length-bucketed), PyTorch a plain loop over length-grouped batches padded to their own
             longest sentence (transformers' `group_by_length`: megabatches of 50 batches sorted by
             length), as `DataCollatorWithPadding` does;
+  distill   `--steps` distillation steps of a 4L-312 student (`STUDENT`, random weights) on cached teacher
+            logits, on the same batches: ours is `make_train_step` with each batch's logits gathered from an
+            `OutputCache` in the loop, as `bertnas distill` trains after labelling; PyTorch the same student
+            as a transformers BERT with soft cross-entropy against the logits (MSE for regression);
   label     forwards at batch 128 over the first `--label-limit` training features (the teacher's
             labelling pass): ours through our buckets, PyTorch sorted by length and padded per batch.
 
-Ours runs three ways: `before`, with the fixed bucket lengths (`default_buckets`: 16, 32, 48, 64, 96, 128)
-and bucket-by-bucket batches everywhere (the batching before this benchmark existed); `after`, with the
-lengths fitted to the data (`buckets_for`) and inference batches in length order (`batch_plan` without
-shuffling); and `after-bf16`, `after` in bfloat16 compute (`--precision bf16`: bfloat16 matmul operands,
-float32 accumulation, float32 master weights in fine-tuning; the teacher labels in it too). Batches
+Ours runs up to five ways (`--strategies`): `before`, with the fixed bucket lengths (`default_buckets`:
+16, 32, 48, 64, 96, 128) and bucket-by-bucket batches everywhere (the batching before this benchmark
+existed); `after`, with the lengths fitted to the data (`buckets_for`) and inference batches in length
+order (`batch_plan` without shuffling); `after-bf16`, `after` in bfloat16 compute (`--precision bf16`:
+bfloat16 matmul operands, float32 accumulation, float32 master weights in training; the teacher labels in
+it too); `packed`, several sentences per row (`tasks.packing`, the tools' default for sentence tasks on
+one CPU device; taggers skip it), and `packed-bf16`, that in bfloat16. Batches
 are assembled inside the timed loop on both sides; every bucket shape is compiled before the clock starts
 (a warm-up step per shape on a throwaway state), as the persistent compilation cache makes it for any
 later run. Reported: examples/s, tokens computed per real token, ours / PyTorch.
@@ -32,6 +38,7 @@ directory; the weights do not change the speed), `--limit N` the first N trainin
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -40,9 +47,13 @@ from pathlib import Path
 from bench.common import Skip, child_main, cpu_info, cpu_threads, run_child
 
 TASKS = {"sst2": "glue/SST-2", "stsb": "glue/STS-B", "conll2003": "conll2003"}
-STRATEGIES = ("before", "after", "after-bf16")
+STUDENT = "4L-312"
+"""The student of the distillation workload (TinyBERT-4's shape)."""
+WORKLOADS = ("finetune", "distill", "label")
+STRATEGIES = ("before", "after", "after-bf16", "packed", "packed-bf16")
 """before: the fixed buckets and bucket-by-bucket batches for every workload; after: buckets fitted to the data,
-and inference batches in length order; after-bf16: `after` in bfloat16 compute (`--precision bf16`)."""
+and inference batches in length order; after-bf16: `after` in bfloat16 compute (`--precision bf16`); packed:
+several sentences per row (`tasks.packing`, sentence-level tasks only), packed-bf16 likewise in bfloat16."""
 
 
 def _features(request: dict):
@@ -70,66 +81,132 @@ def _ours(request: dict) -> dict:
     from distill.run import OptimizerConfig
     from distill.train.steps import TrainState, make_supervised_step
     from tasks.batching import buckets_for, default_buckets
+    from tasks.packing import packable
 
     task, features = _features(request)
     teacher = load_bert(request["teacher_dir"], head=task.kind, num_labels=task.num_labels, seed=0)
     dropout = jax.default_backend() == "cpu"  # the tools' `--attention-dropout auto`: off on GPUs and TPUs
     out = {}
-    for strategy in STRATEGIES:
+    for strategy in request.get("strategies") or STRATEGIES:
+        packed = strategy.startswith("packed")
+        if packed and not packable(features):
+            out[strategy] = {"skipped": f"{task.kind} features do not pack"}
+            continue
         buckets = default_buckets(features.max_length) if strategy == "before" else buckets_for(features)
         tx = OptimizerConfig(learning_rate=1e-4).build(teacher.params, request["steps"], teacher.arch.num_layers)
         precision = "bf16" if strategy.endswith("bf16") else "fp32"
         step = make_supervised_step(in_precision(teacher.model, precision, attention_dropout=dropout), tx, task.kind)
         fresh = lambda: TrainState.create(jax.device_put(teacher.params), tx)  # noqa: E731
+        train = _packed(features, 32, True) if packed else _bucketed(features, 32, buckets, True)
+        label = _first(features, request["label_limit"])
+        label = _packed(label, 128, False) if packed else _bucketed(label, 128, buckets, strategy == "before")
         out[strategy] = {"buckets": list(buckets), "precision": precision,
-                         "finetune": _timed_steps(step, fresh, features, buckets, request["steps"], jax.random.key(0))}
-        out[strategy]["label"] = _timed_labelling(in_precision(teacher.model, precision), teacher.params, features,
-                                                  buckets, request["label_limit"], grouped=strategy == "before")
+                         "finetune": _timed_steps(step, fresh, train[: request["steps"]], jax.random.key(0)),
+                         "distill": _timed_distill(task, teacher.arch, features, train[: request["steps"]],
+                                                   precision, dropout),
+                         "label": _timed_labelling(in_precision(teacher.model, precision), teacher.params, label)}
     return {"side": "ours", "device": jax.devices()[0].device_kind, "attention_dropout": dropout, **out}
 
 
-def _timed_steps(step, fresh_state, features, buckets, steps: int, rng) -> dict:
-    """`steps` training steps timed end to end, batches assembled in the loop as `fit` does (one sync at the
-    end), after one warm-up step per shape on a throwaway state."""
+def _timed_distill(task, teacher_arch, features, batches: list[tuple], precision: str, dropout: bool) -> dict:
+    """`STUDENT` distilled from cached teacher logits over `batches`, as `bertnas distill` trains after its
+    labelling pass: the train step (soft cross-entropy, MSE for regression) and the host-side gather of
+    each batch's teacher outputs (`OutputCache.gather`) in the timed loop."""
     import jax
 
+    from distill.arch import parse_arch_name
+    from distill.kd.objective import LossConfig
+    from distill.kd.outputs import OutputCache
+    from distill.model.bert import build_model, in_precision, init_params
+    from distill.run import OptimizerConfig
+    from distill.train.steps import TrainState, make_train_step
+
+    arch = parse_arch_name(STUDENT, teacher_arch)
+    student = build_model(arch, task.kind, task.num_labels)
+    params = jax.device_get(init_params(student, jax.random.key(0)))  # on the host: each fresh state is a copy
+    tx = OptimizerConfig(learning_rate=1e-4).build(params, len(batches), arch.num_layers)
+    step = make_train_step(in_precision(student, precision, attention_dropout=dropout), None, tx, task.kind,
+                           LossConfig(), (), "all")
+    cache = OutputCache(*_teacher_logits(task, features), token_level=task.kind == "tagging")
+    taught = [(shape, functools.partial(_with_teacher, make, cache), lengths, computed)
+              for shape, make, lengths, computed in batches]
+    fresh = lambda: TrainState.create(jax.device_put(params), tx)  # noqa: E731
+    return _timed_steps(lambda st, bt, rng: step(st, bt[0], rng, bt[1]), fresh, taught, jax.random.key(0))
+
+
+def _with_teacher(make, cache) -> tuple:
+    batch = make()
+    return batch, cache.gather(batch)
+
+
+def _teacher_logits(task, features):
+    """Random stand-ins for the teacher's cached logits (the speed does not depend on them): (logits, offsets)."""
+    import numpy as np
+
+    offsets = np.concatenate([[0], np.cumsum(features.lengths, dtype=np.int64)])
+    rows = int(offsets[-1]) if task.kind == "tagging" else len(features)
+    width = 1 if task.kind == "regression" else task.num_labels
+    return np.random.default_rng(0).normal(size=(rows, width)).astype(np.float32), offsets
+
+
+def _bucketed(features, batch_size: int, buckets, shuffle: bool) -> list[tuple]:
+    """(shape, make batch, real features, tokens computed) per batch of length-bucketed batches (`shuffle`:
+    bucket by bucket, in a shuffled order, as training takes them; else in length order)."""
     from tasks.batching import batch_plan, collate
 
-    plan = batch_plan(features, 32, buckets=buckets, shuffle=True, seed=0)[:steps]
+    return [((length,), functools.partial(collate, features, rows, length), features.lengths[rows[rows >= 0]],
+             length * len(rows)) for length, rows in batch_plan(features, batch_size, buckets=buckets, shuffle=shuffle)]
+
+
+def _packed(features, batch_size: int, shuffle: bool) -> list[tuple]:
+    """`_bucketed`'s rows for packed batches (`tasks.packing`: `batch_size` examples per batch on average)."""
+    from tasks.packing import collate_packed, pack_shape, packed_plan
+
+    shape = pack_shape(features, batch_size)
+    return [((shape.rows, shape.length), functools.partial(collate_packed, features, plan, shape),
+             features.lengths[plan[plan[:, 0] >= 0, 0]], shape.rows * shape.length)
+            for plan in packed_plan(features, shape, shuffle=shuffle)]
+
+
+def _one_per_shape(batches: list[tuple]) -> list[dict]:
+    """A batch of each distinct shape: the warm-up before the clock starts."""
+    return [next(b for b in batches if b[0] == shape)[1]() for shape in sorted({b[0] for b in batches})]
+
+
+def _timed_steps(step, fresh_state, batches: list[tuple], rng) -> dict:
+    """Training steps over `batches` (`_bucketed` / `_packed`) timed end to end, batches assembled in the loop
+    as `fit` does (one sync at the end), after one warm-up step per shape on a throwaway state."""
+    import jax
+
     warm = fresh_state()
-    for length in sorted({length for length, _ in plan}):
-        rows = next(r for n, r in plan if n == length)
-        warm, m = step(warm, collate(features, rows, length), rng)
+    for batch in _one_per_shape(batches):
+        warm, m = step(warm, batch, rng)
     jax.block_until_ready(m)
     del warm
     state = fresh_state()
     t0 = time.perf_counter()
-    for length, rows in plan:
-        state, m = step(state, collate(features, rows, length), rng)
+    for _, make, _, _ in batches:
+        state, m = step(state, make(), rng)
     jax.block_until_ready(m)
-    return _rates(features, plan, time.perf_counter() - t0)
+    return _rates(batches, time.perf_counter() - t0)
 
 
-def _timed_labelling(model, params, features, buckets, limit: int, grouped: bool) -> dict:
-    """Forwards at batch 128 over the first `limit` features, each batch's logits fetched to the host as the
-    teacher's labelling does. `grouped`: batches of one bucket each (the plan before length-sorted inference)."""
+def _timed_labelling(model, params, batches: list[tuple]) -> dict:
+    """Forwards over `batches` (the first `--label-limit` features), each batch's logits fetched to the host
+    as the teacher's labelling does."""
     import jax
     import numpy as np
 
     from distill.model.infer import _jitted_logits
-    from tasks.batching import batch_plan, collate
 
-    head = _first(features, limit)
-    plan = batch_plan(head, 128, buckets=buckets, shuffle=grouped)
     fn = _jitted_logits(model)
     params = jax.device_put(params)
-    for length in sorted({length for length, _ in plan}):
-        rows = next(r for n, r in plan if n == length)
-        jax.block_until_ready(fn(params, collate(head, rows, length)))
+    for batch in _one_per_shape(batches):
+        jax.block_until_ready(fn(params, batch))
     t0 = time.perf_counter()
-    for length, rows in plan:
-        np.asarray(fn(params, collate(head, rows, length)))
-    return _rates(head, plan, time.perf_counter() - t0)
+    for _, make, _, _ in batches:
+        np.asarray(fn(params, make()))
+    return _rates(batches, time.perf_counter() - t0)
 
 
 def _first(features, n: int):
@@ -138,13 +215,11 @@ def _first(features, n: int):
     return rows(features, 0, min(n, len(features)))
 
 
-def _rates(features, plan: list, seconds: float) -> dict:
-    real_rows = [rows[rows >= 0] for _, rows in plan]
-    examples = sum(len(r) for r in real_rows)
-    computed = sum(length * len(rows) for length, rows in plan)
-    real = sum(int(features.lengths[r].sum()) for r in real_rows)
-    return {"examples_per_s": examples / seconds, "seconds": seconds, "batches": len(plan),
-            "tokens_per_real_token": computed / real, "shapes": len({length for length, _ in plan})}
+def _rates(batches: list[tuple], seconds: float) -> dict:
+    examples = sum(len(lengths) for _, _, lengths, _ in batches)
+    real = sum(int(lengths.sum()) for _, _, lengths, _ in batches)
+    return {"examples_per_s": examples / seconds, "seconds": seconds, "batches": len(batches),
+            "tokens_per_real_token": sum(b[3] for b in batches) / real, "shapes": len({b[0] for b in batches})}
 
 
 # -------------------------------------------------------------------------------------------- PyTorch
@@ -167,9 +242,70 @@ def _torch(request: dict) -> dict:
     model = cls.from_pretrained(request["teacher_dir"], num_labels=num_labels, **extra).to("cuda" if cuda else "cpu")
     train = _torch_finetune(model, features, request["steps"], torch)
     label = _torch_label(model, _first_torch(features, request["label_limit"]), torch)
+    student = _torch_student(cls, model.config, num_labels, torch)
+    distill = _torch_distill(student, task, features, request["steps"], torch)
     return {"side": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name() if cuda else "cpu", "precision": "bf16" if cuda else "fp32",
-            "attn_implementation": model.config._attn_implementation, "finetune": train, "label": label}
+            "attn_implementation": model.config._attn_implementation, "finetune": train, "distill": distill,
+            "label": label}
+
+
+def _torch_student(cls, teacher_config, num_labels: int, torch):
+    """`STUDENT` as a transformers BERT (random weights; the teacher's vocabulary and positions)."""
+    from distill.arch import parse_arch_name
+
+    arch = parse_arch_name(STUDENT)
+    config = teacher_config.__class__(**{**teacher_config.to_dict(), "num_hidden_layers": arch.num_layers,
+                                         "hidden_size": arch.hidden_size, "num_attention_heads": arch.num_heads[0],
+                                         "intermediate_size": arch.ffn_sizes[0], "num_labels": num_labels})
+    return cls(config).to("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _torch_distill(model, task, features, steps: int, torch) -> dict:
+    """The student trained on the teacher's cached logits over length-grouped, dynamically padded batches:
+    soft cross-entropy against the teacher's distribution (MSE for regression), tagging per real token."""
+    logits, offsets = _teacher_logits(task, features)
+    ids, types = list(features.input_ids), list(features.token_type_ids)
+    plan = _grouped(features.lengths, 32)[:steps]
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=torch.cuda.is_available() or None)
+    computed = real = examples = 0
+    t0 = time.perf_counter()
+    for rows in plan:
+        batch = _pad(ids, types, rows, torch)
+        target = _teacher_targets(logits, offsets, rows, batch["input_ids"].shape[1], task.kind == "tagging", torch)
+        with _autocast(torch):
+            out = model(**batch).logits.float()
+        loss = _kd_loss(out, target.to(out.device), batch["attention_mask"], task.kind, torch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        computed += batch["input_ids"].numel()
+        real += int(batch["attention_mask"].sum())
+        examples += len(rows)
+    _sync(torch)
+    seconds = time.perf_counter() - t0
+    return {"examples_per_s": examples / seconds, "seconds": seconds, "batches": len(plan),
+            "tokens_per_real_token": computed / real}
+
+
+def _teacher_targets(logits, offsets, rows, length: int, token_level: bool, torch):
+    if not token_level:
+        return torch.as_tensor(logits[rows])
+    out = torch.zeros((len(rows), length, logits.shape[1]))
+    for r, i in enumerate(rows):
+        out[r, : offsets[i + 1] - offsets[i]] = torch.as_tensor(logits[offsets[i] : offsets[i + 1]])
+    return out
+
+
+def _kd_loss(student, teacher, mask, kind: str, torch):
+    if kind == "regression":
+        return torch.mean((student[:, 0] - teacher[:, 0]) ** 2)
+    ce = -(torch.softmax(teacher, -1) * torch.log_softmax(student, -1)).sum(-1)
+    if kind == "tagging":
+        return (ce * mask).sum() / mask.sum()
+    return ce.mean()
 
 
 def _sync(torch) -> None:
@@ -280,7 +416,7 @@ def measure(request: dict) -> dict:
 
 
 def run(task: str, data_root: Path, *, steps: int, label_limit: int, limit: int | None = None,
-        threads: int | None = None, teacher: str = "minilm") -> dict:
+        threads: int | None = None, teacher: str = "minilm", strategies: tuple[str, ...] = STRATEGIES) -> dict:
     """Both sides on one task; the ratios of ours (each bucket strategy) over PyTorch."""
     from distill.model.store import resolve_model_dir
 
@@ -289,7 +425,7 @@ def run(task: str, data_root: Path, *, steps: int, label_limit: int, limit: int 
         raise Skip(f"no {task} data at {data_dir}")
     request = {"task": task, "data_dir": str(data_dir), "teacher_dir": str(resolve_model_dir(teacher)),
                "steps": steps, "label_limit": label_limit, "limit": limit, "threads": threads or cpu_threads(),
-               "accelerator": True}  # ours on a GPU where there is one, as the tools run
+               "accelerator": True, "strategies": list(strategies)}  # ours on a GPU where there is one, as the tools run
     ours = run_child("bench.realdata", {**request, "side": "ours"})
     try:
         torch = run_child("bench.realdata", {**request, "side": "torch"})
@@ -301,9 +437,11 @@ def run(task: str, data_root: Path, *, steps: int, label_limit: int, limit: int 
 
 def ratio_rows(task: str, ours: dict, torch: dict) -> list[dict]:
     rows = []
-    for workload in ("finetune", "label"):
+    for workload in WORKLOADS:
         ref = (torch.get(workload) or {}).get("examples_per_s")
         for strategy in STRATEGIES:
+            if workload not in ours.get(strategy, {}):  # not asked for, or skipped (features that do not pack)
+                continue
             mine = ours[strategy][workload]
             rows.append({
                 "name": f"{task} {workload} ({strategy})", "ours": mine["examples_per_s"],
@@ -336,10 +474,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--label-limit", type=int, default=4096)
     p.add_argument("--limit", type=int, default=None, help="the first N training sentences only")
     p.add_argument("--teacher", default="minilm", help="teacher model directory or alias (default %(default)s)")
+    p.add_argument("--strategies", default=",".join(STRATEGIES),
+                   help=f"our batchings to measure, comma-separated (default all: {','.join(STRATEGIES)})")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
+    strategies = tuple(s for s in args.strategies.split(",") if s)
+    if not strategies or set(strategies) - set(STRATEGIES):
+        p.error(f"--strategies: choose among {','.join(STRATEGIES)}")
     result = run(args.task, args.data_root, steps=args.steps, label_limit=args.label_limit, limit=args.limit,
-                 teacher=args.teacher)
+                 teacher=args.teacher, strategies=strategies)
     print(f"{'workload':<34} {'ours ex/s':>10} {'torch ex/s':>10} {'ratio':>6} {'tok/real':>8} {'torch':>6}")
     for r in result["ratios"]:
         ref = f"{r['reference']:10.1f}" if r["reference"] else f"{'-':>10}"

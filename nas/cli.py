@@ -78,6 +78,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=cli.at_least(0), default=0)
     cli.add_precision_arg(p)
     cli.add_attention_dropout_arg(p)
+    cli.add_packing_arg(p)
     p.add_argument("-v", "--verbose", action="store_true")
 
 
@@ -146,6 +147,8 @@ def config(args: argparse.Namespace) -> SearchConfig:
         final_augment=args.final_augment, final_share=args.final_share, teacher_epochs=args.teacher_epochs,
         train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed, quantize=args.quantize, crf=args.crf,
         precision=cli.precision(args.precision), attention_dropout=cli.attention_dropout(args.attention_dropout),
+        # trials on GPUs or TPUs keep bucketed rows (cuDNN's attention) whatever the driver runs on
+        packing=args.packing == "on" if args.gpus_per_trial or args.tpus_per_trial else cli.packing(args.packing),
     )
     return smoke(cfg) if args.smoke_test else cfg
 

@@ -126,6 +126,9 @@ class SearchConfig:
     attention_dropout: bool = True
     """Attention-probability dropout in those train steps (`LoopConfig.attention_dropout`; the CLI's
     `--attention-dropout auto` turns it off on GPUs and TPUs)."""
+    packing: bool = False
+    """Packed training batches for sentence-level tasks in those train steps (`LoopConfig.packing`; the CLI's
+    `--packing auto` turns it on where JAX runs on one CPU device)."""
     quantize: str | None = None
     """'int8': the front's students also get int8 copies (`distill.export.int8`), rows of their own on the front."""
     crf: bool | None = None

@@ -95,9 +95,10 @@ SUPERNET_PLAN = "supernet_plan.json"
 
 
 def plan_supernet(cfg: SearchConfig, choices: SubnetChoices, teacher: BertArch, seq_len: int, seconds: float,
-                  teacher_step_seconds: float) -> dict:
+                  teacher_step_seconds: float, *, packed: bool = False) -> dict:
     """The supernet's steps in `seconds`: each sandwich step costs its sub-networks' (padded) FLOPs at the
-    teacher's training speed, after one compilation per sub-network shape and length bucket; at most
+    teacher's training speed, after one compilation per sub-network shape and length bucket (one batch
+    shape when `packed`: `SearchConfig.packing` on a sentence-level task); at most
     `cfg.supernet_steps`, rounded down to two significant digits (so that plans of nearly equal time give
     equal runs, which the supernet cache serves), and at least 50 (or the cap)."""
     if seconds < MIN_SECONDS:
@@ -106,7 +107,7 @@ def plan_supernet(cfg: SearchConfig, choices: SubnetChoices, teacher: BertArch, 
     sandwiches = [choices.sandwich(teacher, i, cfg.seed, NUM_SAMPLED) for i in range(16)]
     sampled = np.mean([sum(_padded_flops(s, teacher, seq_len) for s in subs) for subs in sandwiches])
     step_seconds = max(1e-6, teacher_step_seconds) * SANDWICH_OVERHEAD * sampled / teacher.flops(seq_len)
-    compilations = len(choices.layers) * len(choices.hidden) * LENGTH_BUCKETS
+    compilations = len(choices.layers) * len(choices.hidden) * (1 if packed else LENGTH_BUCKETS)
     fit = max(0, int((seconds - compilations * COMPILE_SECONDS) / step_seconds))
     steps = min(cfg.supernet_steps, max(50, _two_digits(fit)))
     return {"steps": steps, "seconds": seconds, "step_seconds": step_seconds, "compilations": compilations,
@@ -130,7 +131,7 @@ def teacher_step_seconds(out: Path, cost: Cost, batch_size: int) -> float:
 
 
 def supernet_plan(cfg: SearchConfig, choices: SubnetChoices, teacher: BertArch, seq_len: int, cost: Cost, out: Path,
-                  *, seconds: float, resume: bool) -> dict:
+                  *, seconds: float, resume: bool, packed: bool = False) -> dict:
     """The planned supernet run (OUTPUT/supernet_plan.json; a resumed search keeps it, so its supernet
     resumes under the same key). A search from before the plan resumes its supernet as it was started:
     `cfg.supernet_steps` steps, no time bound."""
@@ -139,7 +140,8 @@ def supernet_plan(cfg: SearchConfig, choices: SubnetChoices, teacher: BertArch, 
         return json.loads(path.read_text())
     if resume and (out / SUPERNET).is_dir():
         return {"steps": cfg.supernet_steps, "seconds": 0.0, "unplanned": True}
-    plan = plan_supernet(cfg, choices, teacher, seq_len, seconds, teacher_step_seconds(out, cost, cfg.batch_size))
+    plan = plan_supernet(cfg, choices, teacher, seq_len, seconds, teacher_step_seconds(out, cost, cfg.batch_size),
+                         packed=packed)
     write_json(path, plan)
     log.info("supernet: %d sandwich steps planned in %.0f s (%.2f s a step, %d compilations at most)",
              plan["steps"], seconds, plan["step_seconds"], plan["compilations"])

@@ -74,6 +74,7 @@ from nas.space import SearchSpace, SpaceError, get_space
 from nas.trial import OBJECTIVE_LATENCY, TrialSetup, result_trial_id, run_trial, sampled_arch, trial_status
 from tasks.errors import UserError
 from tasks.features import encode
+from tasks.packing import PACKED_KINDS
 from tasks.readers import load_task, read_split
 from tasks.userdata import DataSpec
 
@@ -122,7 +123,7 @@ def base_distill_config(cfg: SearchConfig, data_dir: Path | None) -> DistillConf
         loop=LoopConfig(
             epochs=1, max_steps=cfg.trial_steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
             checkpoint_every=cfg.eval_every, log_every=min(50, cfg.eval_every), seed=cfg.seed,
-            precision=cfg.precision, attention_dropout=cfg.attention_dropout,
+            precision=cfg.precision, attention_dropout=cfg.attention_dropout, packing=cfg.packing,
         ),
         train_limit=cfg.train_limit,
         dev_limit=cfg.dev_limit,
@@ -229,7 +230,8 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
     # (a cache hit too), and the time it saved goes to scoring and the finals.
     saved = max(0.0, prep.cold_seconds - prep.seconds["teacher"] - prep.seconds["labelling"])
     plan = oneshot.supernet_plan(cfg, choices, teacher_arch, setup.seq_len, prep.teacher_cost, out,
-                                 seconds=oneshot.SUPERNET_SHARE * max(0.0, left - saved), resume=resume)
+                                 seconds=oneshot.SUPERNET_SHARE * max(0.0, left - saved), resume=resume,
+                                 packed=cfg.packing and prep.task.kind in PACKED_KINDS)
     t0 = time.perf_counter()
     supernet = oneshot.train_stage(cfg, prep.base, choices, plan, out, resume=resume)
     seconds["supernet"] = time.perf_counter() - t0

@@ -13,6 +13,8 @@
   tasks' label sets and examples, one-line errors naming file and row.
 - features.py: `encode(task, examples, tokenizer) -> Features`.
 - batching.py: `buckets_for` (lengths fitted to a feature set), `batches`, `num_batches`.
+- packing.py: several sentences per row (`pack_shape`, `packed_plan`, `packed_batches`):
+  sentence-level tasks' training and inference batches with little padding.
 - metrics.py (+ decode.py): metric registry, `evaluate`, `predict_labels`.
 - errors.py: `UserError`, `DataError`.
 """

@@ -234,7 +234,7 @@ def add_precision_arg(p) -> None:
     p.add_argument("--precision", default="auto", choices=["auto", *PRECISIONS],
                    help="compute of training and teacher labelling: bf16 runs the matmuls on bfloat16 operands "
                    "with float32 accumulation and float32 master weights; auto (default): bf16 on GPUs, TPUs "
-                   "and CPUs with AMX, fp32 elsewhere. Evaluation and exports stay float32")
+                   "and CPUs with AMX or AVX512-BF16, fp32 elsewhere. Evaluation and exports stay float32")
 
 
 def add_devices_args(p) -> None:
@@ -249,6 +249,30 @@ def add_devices_args(p) -> None:
                    help="compute each step's gradient over N micro-batches in turn (memory of a batch N times "
                    "smaller, the update of the whole batch); --batch-size must be a multiple of N")
     add_attention_dropout_arg(p)
+    add_packing_arg(p)
+
+
+def add_packing_arg(p) -> None:
+    """`--packing` of the training tools and the search (`LoopConfig.packing`, after `packing`)."""
+    p.add_argument("--packing", default="auto", choices=["auto", "on", "off"],
+                   help="pack several sentences into each row of a training batch (sentence-level tasks; about "
+                   "--batch-size sentences per step on average, far less padding, one compiled shape); auto "
+                   "(default): on where JAX runs on one CPU device without --grad-accum; with --resume, what "
+                   "the run started with")
+
+
+def packing(name: str, resume: str | None = None, *, grad_accum: int = 1, processes: int = 1) -> bool:
+    """`--packing`'s value for the run config: `auto` is what the run in `resume` (a run directory being
+    resumed) trained with (off, for runs from before the flag), else on where JAX runs on one CPU device in
+    one process and no `--grad-accum` splits batches (on GPUs bucketed rows keep cuDNN's fused attention,
+    which takes no packed rows)."""
+    if name != "auto":
+        return name == "on"
+    if resume is not None and (saved := _saved_loop(Path(resume))) is not None:
+        return bool(saved.get("packing", False))
+    import jax  # here, not at the top: `--help` and flag errors answer without loading JAX
+
+    return jax.default_backend() == "cpu" and jax.local_device_count() == 1 and grad_accum == 1 and processes == 1
 
 
 def add_attention_dropout_arg(p) -> None:
@@ -274,8 +298,9 @@ def attention_dropout(name: str, resume: str | None = None) -> bool:
 def precision(name: str, resume: str | None = None) -> str:
     """`--precision`'s value for the run config: `auto` becomes what the run in `resume` (a run directory
     being resumed) trained in (fp32 for runs from before the flag), else bf16 on a TPU, on a GPU with
-    bfloat16 tensor cores (compute capability 8.0 and up) and on a CPU with AMX (Intel Sapphire Rapids and
-    later: bfloat16 matmuls at about 5x float32's speed in XLA), and fp32 elsewhere."""
+    bfloat16 tensor cores (compute capability 8.0 and up) and on a CPU with `BF16_CPU_FLAGS` (Intel AMX:
+    bfloat16 matmuls at about 5x float32's speed in XLA; AMD Zen 4's AVX512-BF16: SST-2 fine-tuning 1.1x,
+    teacher labelling 1.8x), and fp32 elsewhere."""
     if name != "auto":
         return name
     if resume is not None and (saved := _saved_loop(Path(resume))) is not None:
@@ -288,7 +313,7 @@ def precision(name: str, resume: str | None = None) -> str:
         return "bf16" if capability is None or float(capability) >= 8.0 else "fp32"
     if device.platform != "cpu":
         return "bf16"
-    return "bf16" if "amx_bf16" in cpu_flags() else "fp32"
+    return "bf16" if cpu_flags() & BF16_CPU_FLAGS else "fp32"
 
 
 def _saved_loop(run: Path) -> dict | None:
@@ -300,6 +325,11 @@ def _saved_loop(run: Path) -> dict | None:
     loops = [v["loop"] for v in saved.values() if isinstance(v, dict) and isinstance(v.get("loop"), dict)] \
         if isinstance(saved, dict) else []
     return loops[0] if loops else None
+
+
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+"""CPU flags under which `--precision auto` picks bf16: AMX (Intel Sapphire Rapids and later) or AVX512-BF16
+(AMD Zen 4 and later, Intel Cooper Lake): XLA's bfloat16 matmuls with float32 results beat float32 there."""
 
 
 def cpu_flags() -> set[str]:
@@ -378,4 +408,6 @@ def loop_from_args(args):
         attention_dropout=attention_dropout(args.attention_dropout,
                                             args.output if getattr(args, "resume", False) else None),
         precision=precision(args.precision, args.output if getattr(args, "resume", False) else None),
+        packing=packing(args.packing, args.output if getattr(args, "resume", False) else None,
+                        grad_accum=args.grad_accum, processes=getattr(args, "workers", 1)),
     )

@@ -24,6 +24,7 @@ from distill.arch import BertArch
 from distill.files import cache_root, config_key, features_fingerprint
 from distill.kd.losses import task_loss
 from distill.model.bert import BertForTask
+from distill.model.infer import model_inputs
 from distill.model.store import LoadedBert, weights_fingerprint
 from tasks.batching import batches, buckets_for
 from tasks.errors import UserError
@@ -71,9 +72,7 @@ def _importance_step(model: BertForTask, loss_fn: Callable, params: dict, batch:
     def loss(p):
         out = model.apply(
             {"params": p},
-            batch["input_ids"],
-            batch["token_type_ids"],
-            batch["attention_mask"],
+            **model_inputs(batch),
             deterministic=True,
             output_hidden_states=True,
         )

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from distill.model.crf import CrfParams, compact, constrain, iob2_constraints, log_likelihood
+from tasks.packing import is_packed
 
 LossFn = Callable[[jax.Array, dict], tuple[jax.Array, jax.Array]]
 IGNORE = -100
@@ -177,21 +178,40 @@ def prediction_distill_loss(kind: str, name: str, s_logits, t_logits, batch, tem
 # return (sum, count) with count = real elements compared.
 
 
+def token_mask(batch: dict) -> jax.Array:
+    """float32 (B, T): 1 on the real tokens of real examples, for padded (`tasks.batching`) and packed
+    (`tasks.packing`: every token of a row's examples) batches alike."""
+    mask = batch["attention_mask"]
+    if is_packed(batch):
+        return (mask > 0).astype(jnp.float32)
+    return mask.astype(jnp.float32) * batch["weights"][:, None]
+
+
+def pair_mask(batch: dict) -> jax.Array | None:
+    """float32 (B, T, T) (query, key) pairs of one example in a packed batch; None for a padded one (there
+    the pairs are every two real tokens of a row)."""
+    if not is_packed(batch):
+        return None
+    seg = batch["attention_mask"]
+    return ((seg[:, :, None] == seg[:, None, :]) & (seg[:, None, :] > 0)).astype(jnp.float32)
+
+
 def hidden_mse(s, t, token_mask):
     """MSE between hidden states (B, T, H) at the real tokens; widths must agree (project first)."""
     err = jnp.mean(jnp.square(s.astype(jnp.float32) - t.astype(jnp.float32)), axis=-1)
     return _weighted_sum(err, token_mask), jnp.sum(token_mask)
 
 
-def attention_mse(s, t, token_mask):
-    """MSE between pre-softmax attention scores (B, N, T, T) over real (query, key) pairs.
+def attention_mse(s, t, token_mask, pairs=None):
+    """MSE between pre-softmax attention scores (B, N, T, T) over real (query, key) pairs (`pairs` (B, T, T)
+    when given: a packed batch's pairs of one example, `pair_mask`).
 
     Head counts that differ are compared as the mean over heads. Scores are
     clipped to [-1e4, 1e4] so a masked -inf never makes a NaN.
     """
     if s.shape[1] != t.shape[1]:
         s, t = jnp.mean(s, axis=1, keepdims=True), jnp.mean(t, axis=1, keepdims=True)
-    pair = token_mask[:, :, None] * token_mask[:, None, :]  # (B, T, T)
+    pair = token_mask[:, :, None] * token_mask[:, None, :] if pairs is None else pairs  # (B, T, T)
     clip = lambda x: jnp.clip(x.astype(jnp.float32), -1e4, 1e4)  # noqa: E731
     err = jnp.mean(jnp.square(clip(s) - clip(t)), axis=1)  # (B, T, T)
     return _weighted_sum(err, pair), jnp.sum(pair)

@@ -29,9 +29,18 @@ import jax
 import jax.numpy as jnp
 from flax import struct
 
-from distill.kd.losses import LOGIT_LOSSES, attention_mse, hard_loss, hidden_mse, prediction_distill_loss
+from distill.kd.losses import (
+    LOGIT_LOSSES,
+    attention_mse,
+    hard_loss,
+    hidden_mse,
+    pair_mask,
+    prediction_distill_loss,
+    token_mask,
+)
 from distill.model.bert import BertOutput
 from distill.model.crf import CrfParams
+from distill.model.infer import model_inputs
 from tasks.errors import UserError
 
 PROJ = "distill_proj"
@@ -118,9 +127,7 @@ def teacher_forward(model, params, batch: dict, cfg: LossConfig, layer_map: tupl
     hidden_idx = cfg.teacher_hidden_layers(layer_map)
     out = model.apply(
         {"params": params},
-        batch["input_ids"],
-        batch["token_type_ids"],
-        batch["attention_mask"],
+        **model_inputs(batch),
         output_hidden_states=bool(hidden_idx),
         output_attentions=bool(cfg.attention_weight),
     )
@@ -176,22 +183,24 @@ def distill_loss(
         hard = dict(batch, weights=batch["weights"] * batch.get("original", 1.0))
         terms["hard"] = hard_loss(kind, student, hard, tags)
         weights["hard"] = cfg.hard_weight
-    token_mask = batch["attention_mask"].astype(jnp.float32) * batch["weights"][:, None]
+    tokens = token_mask(batch)
     project = (lambda h: h @ proj["kernel"] + proj["bias"]) if proj is not None else (lambda h: h)  # noqa: E731
     hidden_idx = cfg.teacher_hidden_layers(layer_map)
     if intermediate and cfg.embedding_weight:
-        terms["embedding"] = hidden_mse(project(student.hidden_states[0]), teacher.hidden[hidden_idx.index(0)], token_mask)
+        terms["embedding"] = hidden_mse(project(student.hidden_states[0]), teacher.hidden[hidden_idx.index(0)], tokens)
         weights["embedding"] = cfg.embedding_weight
     if intermediate and cfg.hidden_weight:
         sums = [
-            hidden_mse(project(student.hidden_states[j + 1]), teacher.hidden[hidden_idx.index(t + 1)], token_mask)
+            hidden_mse(project(student.hidden_states[j + 1]), teacher.hidden[hidden_idx.index(t + 1)], tokens)
             for j, t in enumerate(layer_map)
         ]
         terms["hidden"] = (sum(s for s, _ in sums), sum(c for _, c in sums))
         weights["hidden"] = cfg.hidden_weight
     if intermediate and cfg.attention_weight:
+        pairs = pair_mask(batch)
         sums = [
-            attention_mse(student.attention_scores[j], teacher.attention[j], token_mask) for j in range(len(layer_map))
+            attention_mse(student.attention_scores[j], teacher.attention[j], tokens, pairs)
+            for j in range(len(layer_map))
         ]
         terms["attention"] = (sum(s for s, _ in sums), sum(c for _, c in sums))
         weights["attention"] = cfg.attention_weight

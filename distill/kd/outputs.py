@@ -32,9 +32,11 @@ from tqdm.auto import tqdm
 
 from distill.files import cache_root, config_key, features_fingerprint, write_json
 from distill.kd.objective import TeacherOutputs
+from distill.model.infer import model_inputs
 from distill.model.sharding import for_batches
 from tasks.batching import batches, buckets_for, num_batches
 from tasks.features import Features
+from tasks.packing import is_packed, pack_shape, packable, packed_batches, packed_plan, packs_on
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -65,17 +67,28 @@ class OutputCache:
     def gather(self, batch: dict, hidden_layers: tuple[int, ...] = ()) -> TeacherOutputs:
         """The rows of `batch` (by its `index`), padded like the batch; zeros for padding rows."""
         idx = batch["index"]
-        b, length = batch["input_ids"].shape
+        b, length = batch["input_ids"].shape  # packed (`tasks.packing`): rows, and idx has one entry per example
         if self.token_level:
             logits = self._ragged(self.logits, idx, length, np.float32)
         else:
-            logits = np.zeros((b,) + self.logits.shape[1:], np.float32)
+            logits = np.zeros((len(idx),) + self.logits.shape[1:], np.float32)
             real = idx >= 0
             logits[real] = self.logits[idx[real]]
         hidden = None
-        if hidden_layers:
+        if hidden_layers and is_packed(batch):  # packed: each example's tokens where the batch put them
+            hidden = np.stack([self._packed(self.hidden[i], idx, batch["cls_index"], (b, length)) for i in hidden_layers])
+        elif hidden_layers:
             hidden = np.stack([self._ragged(self.hidden[i], idx, length, np.float32) for i in hidden_layers])
         return TeacherOutputs(logits, hidden)
+
+    def _packed(self, flat: np.ndarray, idx: np.ndarray, cls_index: np.ndarray, rows: tuple[int, int]) -> np.ndarray:
+        out = np.zeros(rows + flat.shape[1:], np.float32)
+        for i, at in zip(idx, cls_index):
+            if i >= 0:
+                lo, hi = self.offsets[i], self.offsets[i + 1]
+                r, t = divmod(int(at), rows[1])
+                out[r, t : t + hi - lo] = flat[lo:hi]
+        return out
 
     def _ragged(self, flat: np.ndarray, idx: np.ndarray, length: int, dtype) -> np.ndarray:
         out = np.zeros((len(idx), length) + flat.shape[1:], dtype)
@@ -91,9 +104,7 @@ def _jitted_forward(model, hidden_layers: tuple[int, ...]):
     def forward(params, batch):
         out = model.apply(
             {"params": params},
-            batch["input_ids"],
-            batch["token_type_ids"],
-            batch["attention_mask"],
+            **model_inputs(batch),
             output_hidden_states=bool(hidden_layers),
         )
         hidden = tuple(out.hidden_states[i].astype(jnp.bfloat16) for i in hidden_layers)
@@ -138,15 +149,8 @@ def label_features(
             hidden[i][: head.offsets[-1]] = head.hidden[i]
     t0 = time.perf_counter()
     todo = rows(features, done)
-    buckets = buckets_for(features)
-    bar = tqdm(
-        batches(todo, batch_size, buckets=buckets) if len(todo) else iter(()),
-        desc=desc or "teacher labelling",
-        unit="batch",
-        mininterval=2.0,
-        total=num_batches(todo, batch_size, buckets, shuffle=False) if len(todo) else 0,
-    )
-    dp = for_batches(batch_size)
+    made, total, dp = _labelling_batches(todo, batch_size)
+    bar = tqdm(made, desc=desc or "teacher labelling", unit="batch", mininterval=2.0, total=total)
     params = dp.replicate(params)
     for batch in bar:
         out_logits, out_hidden = jax.device_get(fn(params, dp.shard(batch)))
@@ -155,17 +159,7 @@ def label_features(
             width = out_logits.shape[2:] if token_level else out_logits.shape[1:]
             logits, hidden = _allocate(directory, features, offsets, token_level, width,
                                        {i: h.shape[-1] for i, h in zip(hidden_layers, out_hidden)})
-        for r, i in enumerate(batch["index"]):
-            if i < 0:
-                continue
-            i += done
-            lo, hi = offsets[i], offsets[i + 1]
-            if token_level:
-                logits[lo:hi] = out_logits[r, : hi - lo]
-            else:
-                logits[i] = out_logits[r]
-            for k, layer in enumerate(hidden_layers):
-                hidden[layer][lo:hi] = out_hidden[k][r, : hi - lo]
+        _store(batch, done, offsets, (out_logits, out_hidden), (logits, hidden), hidden_layers, token_level)
     bar.close()
     if logits is None:
         raise ValueError("label_features: no features")
@@ -173,6 +167,42 @@ def label_features(
     log.info("teacher labelled %d features in %.1fs (%.0f/s)%s", len(todo), seconds, len(todo) / max(seconds, 1e-9),
              f"; {done} more were labelled before" if done else "")
     return OutputCache(logits, offsets, token_level, hidden, seconds, len(todo), recorded_seconds=seconds)
+
+
+def _store(batch: dict, done: int, offsets: np.ndarray, outputs: tuple, into: tuple, hidden_layers: tuple[int, ...],
+           token_level: bool) -> None:
+    """Write one batch's teacher outputs (logits, hidden states) into the cache arrays `into`, each example at
+    its feature's place (`done` features before this labelling pass); a packed batch's examples are found by
+    their first token (`cls_index`)."""
+    out_logits, out_hidden = outputs
+    logits, hidden = into
+    length = batch["input_ids"].shape[1]
+    for e, i in enumerate(batch["index"]):
+        if i < 0:
+            continue
+        i += done
+        lo, hi = offsets[i], offsets[i + 1]
+        r, t = divmod(int(batch["cls_index"][e]), length) if is_packed(batch) else (e, 0)
+        if token_level:
+            logits[lo:hi] = out_logits[r, : hi - lo]
+        else:
+            logits[i] = out_logits[e]
+        for k, layer in enumerate(hidden_layers):
+            hidden[layer][lo:hi] = out_hidden[k][r, t : t + hi - lo]
+
+
+def _labelling_batches(todo: Features, batch_size: int):
+    """(batches, their count, the devices) of the teacher's labelling: packed (`tasks.packing`) for
+    sentence-level features on one CPU device, else length-bucketed batches of `batch_size` split over the
+    devices that divide it."""
+    if not len(todo):
+        return iter(()), 0, for_batches(batch_size)
+    shape = pack_shape(todo, batch_size) if packable(todo) else None
+    if shape is not None and packs_on(jax.default_backend(), jax.local_device_count()):
+        return packed_batches(todo, shape), len(packed_plan(todo, shape, shuffle=False)), for_batches(1)
+    buckets = buckets_for(todo)
+    return (batches(todo, batch_size, buckets=buckets), num_batches(todo, batch_size, buckets, shuffle=False),
+            for_batches(batch_size))
 
 
 def rows(features: Features, start: int = 0, stop: int | None = None) -> Features:

@@ -130,22 +130,60 @@ def _dense(features: int, init, dtype: Dtype, name: str, out_dtype: Dtype = jnp.
     return nn.Dense(features, kernel_init=init, dtype=dtype, name=name)
 
 
+DROPOUT_LEVELS = 256
+"""A dropout keep mask compares 8 random bits per element with a threshold, so rates are multiples of 1/256."""
+
+
+def keep_mask(rng: jax.Array, shape: tuple[int, ...], rate: float) -> tuple[jax.Array, float]:
+    """(mask, keep probability): each element kept with probability `round((1 - rate) * 256) / 256`, from 8
+    random bits per element, four elements to a 32-bit threefry word. JAX's own bernoulli (flax's Dropout)
+    spends a whole threefry block per element; on CPU those bits took 40-50 ms of a 335 ms teacher step.
+    FlashAttention's dropout quantises its keep probability to 8 bits the same way."""
+    keep = round((1.0 - rate) * DROPOUT_LEVELS)
+    if keep >= DROPOUT_LEVELS:  # a rate under 1/512 keeps everything (and 256 is no uint8)
+        return jnp.ones(shape, bool), 1.0
+    n = math.prod(shape)
+    words = jax.random.bits(rng, (-(-n // 4),), jnp.uint32)
+    levels = lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:n].reshape(shape)
+    return levels < keep, keep / DROPOUT_LEVELS
+
+
+class Dropout(nn.Module):
+    """Inverted dropout with `keep_mask`'s 8-bit masks (flax's `nn.Dropout` interface: the 'dropout' RNG
+    stream, `deterministic`). The rate is rounded to a multiple of 1/256 (0.1 drops 26/256 = 0.1016) and
+    the kept values are scaled by the inverse of the keep probability actually used, so the expectation is
+    unchanged."""
+
+    rate: float
+
+    @nn.compact
+    def __call__(self, x, deterministic: bool):
+        if deterministic or round(self.rate * DROPOUT_LEVELS) == 0:
+            return x
+        if round((1.0 - self.rate) * DROPOUT_LEVELS) == 0:
+            return jnp.zeros_like(x)
+        mask, keep = keep_mask(self.make_rng("dropout"), x.shape, self.rate)
+        return jnp.where(mask, x * jnp.asarray(1.0 / keep, x.dtype), jnp.zeros((), x.dtype))
+
+
 class Embeddings(nn.Module):
     arch: BertArch
     dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    def __call__(self, input_ids, token_type_ids, deterministic: bool, position_ids=None):
         arch, init = self.arch, _dense_init(self.arch)
         embed = lambda n, name: nn.Embed(n, arch.hidden_size, embedding_init=init, name=name)  # noqa: E731
-        positions = lax.broadcasted_iota(jnp.int32, (1, input_ids.shape[-1]), 1)  # (1, T); symbolic T exports
+        positions = position_ids  # packed rows: from each example's first token
+        if positions is None:
+            positions = lax.broadcasted_iota(jnp.int32, (1, input_ids.shape[-1]), 1)  # (1, T); symbolic T exports
         x = (
             embed(arch.vocab_size, "word_embeddings")(input_ids)
             + embed(arch.max_position_embeddings, "position_embeddings")(positions)
             + embed(arch.type_vocab_size, "token_type_embeddings")(token_type_ids)
         )
         x = _layer_norm(arch, "LayerNorm")(x)
-        x = nn.Dropout(arch.hidden_dropout)(x, deterministic=deterministic)
+        x = Dropout(arch.hidden_dropout)(x, deterministic=deterministic)
         return x.astype(self.dtype)
 
 
@@ -200,18 +238,38 @@ class SelfAttention(nn.Module):
         scores = None
         if return_scores or use_dropout:
             scores = jnp.einsum("btnh,bsnh->bnts", q, k) / jnp.sqrt(arch.head_size).astype(q.dtype)
-            masked = jnp.where(mask[:, None, None, :], scores, jnp.finfo(scores.dtype).min)
+            masked = jnp.where(_heads_mask(mask), scores, jnp.finfo(scores.dtype).min)
             probs = jax.nn.softmax(masked.astype(jnp.float32), axis=-1).astype(self.dtype)
-            probs = nn.Dropout(arch.attention_dropout)(probs, deterministic=deterministic)
+            probs = Dropout(arch.attention_dropout)(probs, deterministic=deterministic)
             context = jnp.einsum("bnts,bsnh->btnh", probs, v)
-        elif self.attention == "cudnn" and x.shape[1] % 2 == 0:  # cuDNN's flash attention (its backward takes
+        elif self.attention == "cudnn" and mask.ndim == 2 and x.shape[1] % 2 == 0:  # cuDNN's flash attention (its backward takes
             # even lengths only; an odd bucket goes through XLA); padding is always at the end of a row
             lengths = jnp.maximum(mask.sum(-1, dtype=jnp.int32), 1)  # padding rows (weight 0): never 0 keys
             context = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
         else:
-            context = jax.nn.dot_product_attention(q, k, v, mask=mask[:, None, None, :])
+            context = jax.nn.dot_product_attention(q, k, v, mask=_heads_mask(mask))
         out = ReshapedDense((arch.hidden_size,), 2, _dense_init(arch), self.dtype, name="output")(context)
         return out, scores
+
+
+def build_mask(attention_mask: jax.Array, packed: bool) -> jax.Array:
+    """The boolean mask attention takes: (B, T) keys for padded rows (1 on real tokens); for packed rows
+    (`tasks.packing`: each token's example number in its row, 0 on padding) (B, T, T) query-key pairs of
+    one example."""
+    if not packed:
+        return attention_mask.astype(bool)
+    return (attention_mask[:, :, None] == attention_mask[:, None, :]) & (attention_mask[:, None, :] > 0)
+
+
+def _heads_mask(mask: jax.Array) -> jax.Array:
+    """`build_mask`'s mask broadcast over heads: (B, 1, 1, T) or (B, 1, T, T)."""
+    return mask[:, None, None, :] if mask.ndim == 2 else mask[:, None]
+
+
+def first_tokens(x: jax.Array, cls_index: jax.Array | None) -> jax.Array:
+    """Each example's first token ([CLS]) of (B, T, H) states: (B, H), or for packed rows (`cls_index`: flat
+    indices r * T + t) (E, H)."""
+    return x[:, 0] if cls_index is None else x.reshape(-1, x.shape[-1])[cls_index]
 
 
 class Layer(nn.Module):
@@ -225,7 +283,7 @@ class Layer(nn.Module):
     @nn.compact
     def __call__(self, x, mask, deterministic: bool, return_scores: bool):
         arch, init = self.arch, _dense_init(self.arch)
-        dropout = nn.Dropout(arch.hidden_dropout)
+        dropout = Dropout(arch.hidden_dropout)
         attn, scores = SelfAttention(arch, self.num_heads, self.dtype, self.attention, self.attention_dropout,
                                      name="attention")(
             x, mask, deterministic, return_scores
@@ -298,6 +356,10 @@ class BertForTask(nn.Module):
       only), wherever no scores are returned and no attention dropout applies.
     attention_dropout: False turns off dropout on the attention probabilities
       (fused kernels take none), whatever `arch.attention_dropout` says.
+
+    Packed rows (`tasks.packing`, sentence heads only): `attention_mask` holds each token's example number
+    in its row, `position_ids` restart at each example and `cls_index` (E,) picks each example's [CLS], so
+    logits and pooled outputs are per example (E, C); hidden states and scores stay per row.
     """
 
     arch: BertArch
@@ -315,6 +377,8 @@ class BertForTask(nn.Module):
         token_type_ids=None,
         attention_mask=None,
         *,
+        position_ids=None,
+        cls_index=None,
         deterministic: bool = True,
         output_hidden_states: bool = False,
         output_attentions: bool = False,
@@ -328,15 +392,18 @@ class BertForTask(nn.Module):
             token_type_ids = jnp.zeros_like(input_ids)
         if attention_mask is None:
             attention_mask = jnp.ones_like(input_ids)
-        mask = attention_mask.astype(bool)
-        x = Embeddings(arch, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic)
+        packed = cls_index is not None
+        if packed and (position_ids is None or not has_pooler(self.head)):
+            raise ValueError(f"packed rows need position_ids and a sentence head, not {self.head!r}")
+        mask = build_mask(attention_mask, packed)
+        x = Embeddings(arch, self.dtype, name="embeddings")(input_ids, token_type_ids, deterministic, position_ids)
         x, hidden, scores = Encoder(arch, self.dtype, self.attention, self.attention_dropout, name="encoder")(
             x, mask, deterministic, output_hidden_states, output_attentions
         )
         pooled = None
         if has_pooler(self.head):
-            pooled = jnp.tanh(_dense(arch.hidden_size, init, self.dtype, "pooler")(x[:, 0]))
-        dropout = nn.Dropout(arch.hidden_dropout)
+            pooled = jnp.tanh(_dense(arch.hidden_size, init, self.dtype, "pooler")(first_tokens(x, cls_index)))
+        dropout = Dropout(arch.hidden_dropout)
         logits = None
         if self.head in ("classification", "regression"):
             logits = _dense(self.num_labels, init, self.dtype, "classifier")(

@@ -10,14 +10,20 @@ import numpy as np
 
 from distill.model.bert import BertForTask
 from distill.model.sharding import for_batches
+from tasks.packing import is_packed
+
+PACKED_INPUTS = ("position_ids", "cls_index")
+"""A packed batch's extra model inputs (`tasks.packing`)."""
 
 
-def model_inputs(batch: dict) -> tuple:
-    return batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]
+def model_inputs(batch: dict) -> dict:
+    """The model's keyword inputs from a batch, padded (`tasks.batching`) or packed (`tasks.packing`)."""
+    inputs = {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")}
+    return inputs | {k: batch[k] for k in PACKED_INPUTS if k in batch}
 
 
 def logits_step(params, batch: dict, *, model: BertForTask):
-    return model.apply({"params": params}, *model_inputs(batch)).logits
+    return model.apply({"params": params}, **model_inputs(batch)).logits
 
 
 @functools.lru_cache(maxsize=32)
@@ -40,7 +46,7 @@ def _batch_logits(model: BertForTask, params, batches: Iterable[dict]) -> Iterat
     dp = None
     for batch in batches:
         if dp is None:  # every batch has the first one's rows (padded): split over the devices that divide it
-            dp = for_batches(len(batch["index"]))
+            dp = for_batches(1 if is_packed(batch) else len(batch["index"]))  # packed: whole rows on one device
             params = dp.replicate(params)
         yield batch["index"], np.asarray(fn(params, dp.shard(batch)))
 

@@ -83,6 +83,8 @@ class FinetuneConfig:
             d["precision"] = loop.precision
         if not loop.attention_dropout:  # likewise
             d["attention_dropout"] = False
+        if loop.packing:  # likewise
+            d["packing"] = True
         if self.data.cache_settings():  # likewise (the data's contents are keyed apart, by fingerprint)
             d["data"] = self.data.cache_settings()
         return d
@@ -209,5 +211,6 @@ class SupernetConfig:
             "teacher_epochs": self.teacher_epochs,
             **({"precision": loop.precision} if loop.precision != "fp32" else {}),  # earlier keys stay valid
             **({"attention_dropout": False} if not loop.attention_dropout else {}),  # likewise
+            **({"packing": True} if loop.packing else {}),  # likewise
             **({"data": self.data.cache_settings()} if self.data.cache_settings() else {}),  # likewise
         }

@@ -164,6 +164,8 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
         settings["loop"].pop("precision")
     if settings["loop"]["attention_dropout"]:  # likewise
         settings["loop"].pop("attention_dropout")
+    if not settings["loop"]["packing"]:  # likewise
+        settings["loop"].pop("packing")
     if settings["crf"] is None:  # runs from before the flag keep their key
         settings.pop("crf")
     settings.pop("hf_layout")  # how the export is written, not what is trained
@@ -230,7 +232,7 @@ def _distill(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool,
     state, progress = train_student(cfg, prep, extras, export_meta, report=report, resume=resume)
     export = ensure_export(prep.out / "export", prep.out, prep.student, prep.task, state.params, progress.best,
                            prep.teacher.tokenizer, export_meta, hf_layout=cfg.hf_layout)
-    results = {**run_results(prep, teacher_dev, progress, export), **devices_record(cfg.loop)}
+    results = {**run_results(prep, teacher_dev, progress, export), **devices_record(cfg.loop, prep.train)}
     write_json(prep.out / "results.json", results)
     return results
 
@@ -293,7 +295,7 @@ def train_student(cfg: DistillConfig, prep: Prepared, extras: Callable, export_m
     model = build_model(student, task.kind, task.num_labels, crf=prep.crf)
     params = student_init(cfg, task, prep.teacher, student, prep.train)
     prep.times.init = time.perf_counter() - t0
-    total, _ = cfg.loop.total_steps(prep.train)
+    total = cfg.loop.total_steps(prep.train)
     tx = cfg.optimizer.build(params, total, student.num_layers, student.groups)
 
     def keep_best(params, best):

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import jax
 import numpy as np
 
 from distill.export.hf import is_onnx_dir, is_quantized_dir
@@ -25,6 +26,7 @@ from tasks.batching import batches
 from tasks.decode import tagged_positions
 from tasks.errors import UserError
 from tasks.features import Features, encode
+from tasks.packing import pack_shape, packable, packed_batches, packs_on
 from tasks.readers import read_split
 from tasks.registry import saved_task
 from tasks.userdata import DataSpec, with_data
@@ -59,10 +61,21 @@ def load_for_task(model_dir: str | Path, task_name: str | None = None,
 
 def predict_features(model, params, features, batch_size: int = 128):
     """Model outputs for encoded features, in feature order (see `distill.model.infer.predict`); an ONNX
-    model's (`distill.export.onnx.OnnxModel`) from onnxruntime, in the same form."""
+    model's (`distill.export.onnx.OnnxModel`) from onnxruntime, in the same form. Our models read sentence
+    tasks' features packed (`inference_batches`)."""
     if isinstance(model, OnnxModel):
         return model.predict(batches(features, batch_size), len(features), features.max_length)
-    return predict(model, params, batches(features, batch_size), len(features), features.max_length)
+    return predict(model, params, inference_batches(features, batch_size), len(features), features.max_length)
+
+
+def inference_batches(features: Features, batch_size: int = 128) -> Iterator[dict]:
+    """Inference batches of `features`: packed (`tasks.packing`, `batch_size` examples per batch on average)
+    for sentence-level tasks on one CPU device, else padded to length buckets."""
+    if packable(features) and packs_on(jax.default_backend(), jax.local_device_count()):
+        shape = pack_shape(features, batch_size)
+        if shape is not None:
+            return packed_batches(features, shape)
+    return batches(features, batch_size)
 
 
 def task_outputs(model, params, task: Task, features: Features, batch_size: int = 128):

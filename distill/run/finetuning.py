@@ -133,7 +133,7 @@ def _train(cfg: FinetuneConfig, task, teacher, params, train_ex, dev_ex, out: Pa
     train = encode(task, train_ex, teacher.tokenizer)
     dev = encode(task, dev_ex, teacher.tokenizer)
     log.info("encoded %d train / %d dev features in %.1fs", len(train), len(dev), time.perf_counter() - t_enc)
-    total, _ = cfg.loop.total_steps(train)
+    total = cfg.loop.total_steps(train)
     tx = cfg.optimizer.build(params, total, teacher.arch.num_layers, teacher.arch.groups)
     model = in_precision(teacher.model, cfg.loop.precision, attention_dropout=cfg.loop.attention_dropout)
     step = make_supervised_step(model, tx, task.kind, task.labels if cfg.crf else (), grad_accum=cfg.loop.grad_accum)
@@ -156,7 +156,7 @@ def _train(cfg: FinetuneConfig, task, teacher, params, train_ex, dev_ex, out: Pa
             "train_examples_per_second": progress.examples_seen / max(progress.train_seconds, 1e-9),
             "wall_seconds": time.time() - t_start, "teacher_dir": str(out / "teacher"),
             "num_params": teacher.arch.num_params(task.kind, task.num_labels, crf=cfg.crf),
-            **devices_record(cfg.loop),
+            **devices_record(cfg.loop, train),
         }
         runlog.results(results)
     finally:

@@ -116,7 +116,7 @@ def _train_supernet(cfg: SupernetConfig, out: Path, *, resume: bool, use_cache: 
 
     progress = _train(cfg, prep, params, hidden_order, extras, key, resume=resume)
     results = _results(cfg, prep, teacher_dev, progress)
-    results["stopped_early"] = progress.step < cfg.loop.total_steps(prep.train)[0]  # its time bound, or patience
+    results["stopped_early"] = progress.step < cfg.loop.total_steps(prep.train)  # its time bound, or patience
     write_json(out / "results.json", results)
     timed_out = results["stopped_early"] and cfg.loop.max_seconds > 0  # where the clock, not the key, ended it
     if use_cache and not timed_out:
@@ -162,7 +162,7 @@ def _train(cfg: SupernetConfig, prep: Prepared, params: dict, hidden_order: list
            resume: bool):
     """`fit` with the sandwich step; each evaluation scores the largest and smallest sub-networks."""
     task, arch = prep.task, prep.teacher.arch
-    total, _ = cfg.loop.total_steps(prep.train)
+    total = cfg.loop.total_steps(prep.train)
     tx = cfg.optimizer.build(params, total, arch.num_layers, arch.groups)
     step = make_sandwich_step(arch, cfg.choices, tx, head=task.kind, num_labels=task.num_labels, kind=task.kind,
                               loss_cfg=cfg.loss, num_sampled=cfg.num_sampled, seed=cfg.loop.seed,
@@ -243,7 +243,7 @@ def _results(cfg: SupernetConfig, prep: Prepared, teacher_dev: dict, progress) -
         "history": progress.history, "steps": progress.step, "train_features": len(prep.train),
         "train_examples_per_second": progress.examples_seen / max(progress.train_seconds, 1e-9),
         "seconds": dataclasses.asdict(prep.times), "supernet_dir": str(prep.out / SUPERNET_DIR),
-        "supernet": supernet_meta(cfg), **devices_record(cfg.loop),
+        "supernet": supernet_meta(cfg), **devices_record(cfg.loop, prep.train),
     }
 
 

@@ -6,7 +6,7 @@ what, as flax's `examples/sst2/train.py` hands `train_epoch` its `train_step`:
   steps       a `StepSchedule`: the jitted step from each step index on (one
               entry; two for TinyBERT's intermediate-then-prediction stages);
   data        `TrainData`: the training features, batched per epoch
-              (length-bucketed, shuffled, resumable mid-epoch), each batch with
+              (length-bucketed or packed, shuffled, resumable mid-epoch), each batch with
               the step's extra arguments (e.g. the teacher's cached outputs);
   evaluation  `Evaluation`: how to score the params, which metric decides the
               best, what to do with a new best (export it) and whom to tell
@@ -22,6 +22,7 @@ batch; the schedule is a function of the restored step).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import dataclasses
 import logging
@@ -43,6 +44,7 @@ from distill.train.steps import TrainState
 from tasks.batching import batches, buckets_for, num_batches
 from tasks.errors import UserError
 from tasks.features import Features
+from tasks.packing import epoch_size, pack_shape, packable, packed_batches
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +89,10 @@ class LoopConfig:
     """The train step's compute: 'fp32', or 'bf16' (bfloat16 matmul operands with float32 accumulation,
     float32 master weights, optimizer state, softmax, LayerNorm and losses; see
     `distill.model.bert.mixed_matmul`). Evaluation and exports stay float32."""
+    packing: bool = False
+    """Pack several examples into each row of a training batch (`tasks.packing`; sentence-level tasks, one
+    device, no `grad_accum`): about `batch_size` examples per step on average, one compiled shape, and far
+    less padding than length buckets on short sentences. Other tasks keep length buckets."""
 
     def __post_init__(self):
         if self.epochs < 1 and self.max_steps < 1:
@@ -102,11 +108,14 @@ class LoopConfig:
             raise UserError("checkpoint_every and log_every: must be >= 1")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision: {self.precision!r} is not one of {list(PRECISIONS)}")
+        if self.packing and self.grad_accum > 1:
+            raise UserError("--packing on: packed batches take no --grad-accum (micro-batches split rows and "
+                            "examples apart); turn one of them off")
 
     def stage(self, **changes) -> LoopConfig:
         """A default loop for a stage this run starts (its teacher's fine-tuning, its data stage) that keeps
-        this run's seed, precision, attention dropout and devices; `changes` on top."""
-        keep = ("seed", "precision", "attention_dropout", "devices", "fsdp")
+        this run's seed, precision, attention dropout, devices and packing; `changes` on top."""
+        keep = ("seed", "precision", "attention_dropout", "devices", "fsdp", "packing")
         return LoopConfig(**{k: getattr(self, k) for k in keep}, **changes)
 
     def mesh(self) -> DataParallel:
@@ -114,12 +123,55 @@ class LoopConfig:
         divide is the user's error."""
         return data_parallel(self.batch_size, self.devices, fsdp=self.fsdp, grad_accum=self.grad_accum)
 
-    def total_steps(self, train: Features) -> tuple[int, int]:
-        """(total steps, batches per epoch)."""
-        per_epoch = num_batches(train, self.batch_size, buckets_for(train))
-        if per_epoch == 0:
+    def packs(self, train: Features) -> bool:
+        """Whether this loop's batches of `train` are packed: `packing`, a sentence-level task, and a batch
+        larger than what one row holds (`tasks.packing.pack_shape`)."""
+        return self.packing and packable(train) and pack_shape(train, self.batch_size) is not None
+
+    def epochs_of(self, train: Features) -> Epochs:
+        """How many batches each epoch of `train` has and where the run stops: packed epochs have as many
+        batches as their packing makes (it depends on the seed and the epoch), bucketed ones all the same."""
+        if not len(train):
             raise UserError("no training examples")
-        return self.max_steps or per_epoch * self.epochs, per_epoch
+        if self.packs(train):
+            shape = pack_shape(train, self.batch_size)
+            size = lambda e: epoch_size(train, shape, self.seed, e)  # noqa: E731
+        else:
+            per_epoch = num_batches(train, self.batch_size, buckets_for(train))
+            size = lambda e: per_epoch  # noqa: E731
+        sizes = [size(e) for e in range(self.epochs)] if not self.max_steps else []
+        while sum(sizes) < self.max_steps:  # as many epochs as the steps reach
+            sizes.append(size(len(sizes)))
+        return Epochs(tuple(sizes), self.max_steps or sum(sizes))
+
+    def total_steps(self, train: Features) -> int:
+        """The steps the run makes (`max_steps`, else all epochs' batches)."""
+        return self.epochs_of(train).total
+
+
+@dataclasses.dataclass(frozen=True)
+class Epochs:
+    """The batches of each epoch of a run (`LoopConfig.epochs_of`) and its total steps."""
+
+    sizes: tuple[int, ...]
+    total: int
+
+    @property
+    def starts(self) -> tuple[int, ...]:
+        """The first step of each epoch, then the step after the last one."""
+        out = [0]
+        for n in self.sizes:
+            out.append(out[-1] + n)
+        return tuple(out)
+
+    def of(self, step: int) -> int:
+        """The epoch step `step` (0-based) falls in (the last one past the end)."""
+        return min(bisect.bisect_right(self.starts, step) - 1, len(self.sizes) - 1)
+
+    def fraction(self, step: int) -> float:
+        """Epochs done after `step` steps (1.5: half of the second)."""
+        e = self.of(max(step - 1, 0))
+        return e + (step - self.starts[e]) / self.sizes[e]
 
 
 @dataclasses.dataclass
@@ -137,9 +189,11 @@ class Progress:
     """A hash of the settings that define the run; a resume with other settings is refused."""
 
 
-def devices_record(cfg: LoopConfig) -> dict:
-    """What a run's results.json says it ran on: the device count and kind, the mesh and the precision."""
-    return {**cfg.mesh().describe(), "precision": cfg.precision}
+def devices_record(cfg: LoopConfig, train: Features | None = None) -> dict:
+    """What a run's results.json says it ran on: the device count and kind, the mesh, the precision and
+    whether its batches of `train` were packed (without `train`: whether `packing` was asked for)."""
+    packed = cfg.packing if train is None else cfg.packs(train)
+    return {**cfg.mesh().describe(), "precision": cfg.precision, "packing": packed}
 
 
 class DivergedError(UserError, FloatingPointError):
@@ -182,9 +236,13 @@ class TrainData:
 
     def epoch(self, cfg: LoopConfig, epoch: int, start: int) -> Iterator[tuple[dict, tuple]]:
         """Epoch `epoch`'s batches from batch `start` on: the same order for the same seed and epoch."""
-        buckets = buckets_for(self.features)
-        for batch in batches(self.features, cfg.batch_size, buckets=buckets, shuffle=True, seed=cfg.seed,
-                             epoch=epoch, start=start):
+        if cfg.packs(self.features):
+            shape = pack_shape(self.features, cfg.batch_size)
+            made = packed_batches(self.features, shape, shuffle=True, seed=cfg.seed, epoch=epoch, start=start)
+        else:
+            made = batches(self.features, cfg.batch_size, buckets=buckets_for(self.features), shuffle=True,
+                           seed=cfg.seed, epoch=epoch, start=start)
+        for batch in made:
             yield self.extras(batch) if self.extras is not None else (batch, ())
 
 
@@ -227,13 +285,16 @@ def fit(
                                                     CheckpointConfig(every_steps=cfg.checkpoint_every)),
                cfg.mesh())
     try:
+        if cfg.packs(data.features) and run.dp.size > 1:
+            raise UserError("--packing on: packed batches run on one device of one process; pass --devices 1 "
+                            "(without --workers) or --packing off")
         state = run.dp.place_state(run.restore(state, run_key, resume))
-        total, per_epoch = cfg.total_steps(data.features)
-        stop = run.progress.step >= total or run.patience_spent()
-        for epoch in range(run.progress.step // per_epoch, math.ceil(total / per_epoch)):
+        epochs = cfg.epochs_of(data.features)
+        stop = run.progress.step >= epochs.total or run.patience_spent()
+        for epoch in range(epochs.of(run.progress.step), len(epochs.sizes)):
             if stop:
                 break
-            state, stop = _epoch(run, state, steps, data, epoch, lr_at, desc)
+            state, stop = _epoch(run, state, steps, data, epochs, epoch, lr_at, desc)
     except BaseException:
         with contextlib.suppress(Exception):  # the error that ends the run is the one to report
             run.profile(None, state)
@@ -244,13 +305,14 @@ def fit(
     return state, run.progress
 
 
-def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, epoch: int, lr_at, desc: str):
+def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, epochs: Epochs, epoch: int, lr_at,
+           desc: str):
     """One epoch (or its rest, after a resume); returns the state and whether the run is over."""
     cfg, progress = run.cfg, run.progress
-    total, per_epoch = cfg.total_steps(data.features)
-    first = progress.step - epoch * per_epoch
-    bar = tqdm(data.epoch(cfg, epoch, first), initial=first, total=min(per_epoch, total - epoch * per_epoch),
-               desc=f"{desc} epoch {epoch + 1}/{math.ceil(total / per_epoch)}", unit="batch", mininterval=2.0)
+    total, start = epochs.total, epochs.starts[epoch]
+    first = progress.step - start
+    bar = tqdm(data.epoch(cfg, epoch, first), initial=first, total=min(epochs.sizes[epoch], total - start),
+               desc=f"{desc} epoch {epoch + 1}/{len(epochs.sizes)}", unit="batch", mininterval=2.0)
     dp = run.dp
     rng = dp.replicate(jax.random.key(cfg.seed))
     stop, t_last = False, time.perf_counter()
@@ -264,12 +326,12 @@ def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, e
             progress.train_seconds += now - t_last
             t_last = now
             _log_train(run.runlog, bar, progress, jax.device_get(dp.local(m)), float(lr_at(progress.step)))
-        end_of_epoch = progress.step % per_epoch == 0 or progress.step >= total
+        end_of_epoch = progress.step == epochs.starts[epoch + 1] or progress.step >= total
         late = bool(cfg.max_seconds) and time.perf_counter() - run.started > cfg.max_seconds
         due = end_of_epoch or late or (cfg.eval_every and progress.step % cfg.eval_every == 0)
         if due and (progress.step >= run.evaluation.start or progress.step >= total or late):
             progress.train_seconds += time.perf_counter() - t_last
-            stop = run.evaluate(state, per_epoch) or progress.step >= total or late
+            stop = run.evaluate(state, epochs) or progress.step >= total or late
             if late:
                 log.warning("%s: stopped at step %d of %d, its %.0f s are spent", desc, progress.step, total,
                             cfg.max_seconds)
@@ -347,12 +409,12 @@ class _Run:
         self.ckpt.save(self.progress.step, local(state.params), local(state.opt_state),
                        dataclasses.asdict(self.progress), score=score)
 
-    def evaluate(self, state: TrainState, per_epoch: int) -> bool:
+    def evaluate(self, state: TrainState, epochs: Epochs) -> bool:
         """Evaluate, keep the best, checkpoint, report; True when early stopping says stop."""
         ev, progress = self.evaluation, self.progress
         params = self.dp.local(state.params)  # each process evaluates (and exports) its own copy
         result = ev.evaluate(params)
-        result["epoch"] = round(progress.step / per_epoch, 3)
+        result["epoch"] = round(epochs.fraction(progress.step), 3)
         progress.history.append({"step": progress.step, **result})
         self.runlog.log(progress.step, result, prefix="dev_")
         log.info("step %d dev %s", progress.step, fmt(result))

@@ -61,7 +61,7 @@ def subnet_grads(
     def objective(p):
         out = model.apply(
             {"params": masked(p, supernet, shape, head_mask, ffn_mask)},
-            *model_inputs(batch),
+            **model_inputs(batch),
             deterministic=False,
             rngs={"dropout": rng},
         )

@@ -72,7 +72,7 @@ def supervised_step(
 
     def grad_fn(params, mb, key, mean: bool = False):
         def objective(p):
-            out = model.apply({"params": p}, *model_inputs(mb), deterministic=False, rngs={"dropout": key})
+            out = model.apply({"params": p}, **model_inputs(mb), deterministic=False, rngs={"dropout": key})
             total, count = hard_loss(kind, out, mb, tags)
             return (total / jnp.maximum(count, 1.0) if mean else total), (total, count)
 
@@ -134,7 +134,7 @@ def train_step(
         student_params = {k: v for k, v in params.items() if k != PROJ}
         out = model.apply(
             {"params": student_params},
-            *model_inputs(mb),
+            **model_inputs(mb),
             deterministic=False,
             output_hidden_states=need_hidden,
             output_attentions=need_scores,

@@ -257,8 +257,14 @@ def test_quick_suite_end_to_end(fake_search, tmp_path):
     for workload in ("finetune", "label"):
         assert bf16[workload]["examples_per_s"] > 0
         assert bf16[workload]["tokens_per_real_token"] == fitted[workload]["tokens_per_real_token"]
+    packed = rd["ours"]["packed"]  # several sentences per row: one shape, about one computed token per real one
+    for workload in ("finetune", "label"):
+        assert packed[workload]["examples_per_s"] > 0 and packed[workload]["shapes"] == 1
+        assert 1.0 <= packed[workload]["tokens_per_real_token"] < fitted[workload]["tokens_per_real_token"]
+    assert rd["ours"]["packed-bf16"]["precision"] == "bf16"
     names = [r["name"] for r in parts["realdata"]["ratios"]]
-    assert {"sst2 finetune (after-bf16)", "sst2 label (after-bf16)"} <= set(names)
+    assert {"sst2 finetune (after-bf16)", "sst2 label (after-bf16)", "sst2 finetune (packed)",
+            "sst2 label (packed-bf16)"} <= set(names)
     if HAS_TORCH:
         row = next(r for r in parts["realdata"]["ratios"] if r["name"] == "sst2 finetune (after)")
         torch_rate = rd["torch"]["finetune"]["examples_per_s"]

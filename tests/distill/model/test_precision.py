@@ -120,7 +120,7 @@ def test_bf16_model_matches_fp32_logits_and_gradients(batch, head, accelerator_f
     data = {**batch, "labels": labels}
 
     def loss(m, p):
-        out = m.apply({"params": p}, *model_inputs(data), deterministic=True)
+        out = m.apply({"params": p}, **model_inputs(data), deterministic=True)
         total, count = hard_loss(head, out, data, ())
         return total / count, out.logits
 
@@ -194,14 +194,17 @@ def test_bf16_labelling_is_close_to_fp32_and_cached_apart(tmp_path, monkeypatch)
 
 
 def test_auto_precision_is_bf16_only_where_bfloat16_matmuls_are_fast(monkeypatch):
-    """`--precision auto` (the default): bf16 on a CPU with AMX, fp32 on other CPUs; explicit values stay."""
+    """`--precision auto` (the default): bf16 on a CPU with AMX or AVX512-BF16, fp32 on other CPUs; explicit
+    values stay."""
     from distill import cli
 
     assert cli.precision("fp32") == "fp32" and cli.precision("bf16") == "bf16"
     if jax.default_backend() == "cpu":
-        monkeypatch.setattr(cli, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})
+        monkeypatch.setattr(cli, "cpu_flags", lambda: {"avx2", "avx512f", "avx512_vnni"})
         assert cli.precision("auto") == "fp32"
         monkeypatch.setattr(cli, "cpu_flags", lambda: {"avx512f", "amx_tile", "amx_bf16"})
+        assert cli.precision("auto") == "bf16"
+        monkeypatch.setattr(cli, "cpu_flags", lambda: {"avx512f", "avx512_bf16"})  # AMD Zen 4
         assert cli.precision("auto") == "bf16"
     else:
         assert cli.precision("auto") == "bf16"

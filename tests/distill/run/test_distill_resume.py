@@ -25,7 +25,7 @@ def _cmd(teacher, data, out, *extra):
         "--task", "sst2", "--teacher", str(teacher), "--data-dir", str(data), "--output", str(out),
         "--student", "2L-24-H3-F30-D8", "--epochs", "3", "--batch-size", "8", "--lr", "1e-3",
         "--hard-weight", "0.5", "--hidden-weight", "1", "--checkpoint-every", "5", "--eval-every", "10",
-        *extra,
+        "--packing", "on", "--devices", "1", *extra,
     ]
 
 
@@ -59,7 +59,8 @@ def test_sigkill_then_resume_gives_the_same_student(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr
     results = json.loads((out / "results.json").read_text())
-    assert results["steps"] == 3 * 20
+    assert results["steps"] == json.loads((out / "config.json").read_text())["total_steps"]
+    assert results["packing"] and 0.7 * 3 * 20 <= results["steps"] <= 1.3 * 3 * 20  # packed: ~8 sentences a step
 
     ref_out = tmp_path / "ref"
     ref = subprocess.run(_cmd(teacher, data, ref_out), capture_output=True, text=True, timeout=TIMEOUT)

@@ -1,0 +1,202 @@
+"""Packed batches: several examples laid end to end in each row, for sentence-level tasks.
+
+Real sentences are short and their lengths vary (SST-2 train: 13.3 tokens on average, 66 at most), so
+length buckets still compute on padding (1.25 tokens per real token with `tasks.batching`'s fitted
+buckets). A packed batch has one shape for the whole feature set (`PackShape`: R rows of L tokens, room
+for E examples), so a jitted step compiles once, and its rows are filled from a window of the shuffled
+examples by first fit (1.01 tokens per real token on SST-2). The model keeps the examples apart: it
+attends within an example only, restarts positions at each example's first token and pools each
+example's own [CLS] (`distill.model.bert.BertForTask`).
+
+A training batch holds as many examples as fit, not a fixed count: the shape is sized so that
+`batch_size` examples fit on average (at most E = 2 x `batch_size`), and an epoch has as many batches as
+its packing makes (`epoch_sizes`), which depends only on (seed, epoch). Inference batches take the
+features in a fixed order.
+
+Keys of a packed batch:
+  input_ids, token_type_ids  int32 (R, L)
+  attention_mask             int32 (R, L): the example's number within its row (1, 2, ...), 0 on padding
+  position_ids               int32 (R, L): 0, 1, ... from each example's first token
+  cls_index                  int32 (E,): r * L + t of each example's first token, 0 for padding examples
+  weights, index, labels     (E,) as in `tasks.batching.collate` (index -1 and weight 0: padding examples)
+
+Only sentence-level kinds pack (`PACKED_KINDS`): taggers, span models and a CRF's chain read every
+token of one example in one row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+from typing import Iterator
+
+import numpy as np
+
+from tasks.batching import MULTIPLE
+from tasks.features import Features
+
+PACKED_KINDS = ("classification", "regression")
+"""The task kinds whose features pack: one output per example, from its first token."""
+WINDOW = 128
+"""Examples the packer looks ahead to fill a batch's rows (first fit over them, in order); at least twice a
+batch's room for examples."""
+FILL = 0.97
+"""The share of a batch's tokens that packing fills on short sentences: the first guess of the row count."""
+SAMPLE = 4096
+"""Features packed to measure how many a row count holds (`pack_shape`)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PackShape:
+    """R rows of L tokens with room for E examples: every packed batch of a feature set has this shape."""
+
+    rows: int
+    length: int
+    examples: int
+
+    def __post_init__(self):
+        if min(self.rows, self.length, self.examples) < 1:
+            raise ValueError(f"PackShape: rows, length and examples must be >= 1, got {self}")
+
+
+def packable(features: Features) -> bool:
+    return features.kind in PACKED_KINDS and len(features) > 0
+
+
+def packs_on(backend: str, devices: int) -> bool:
+    """Whether inference (evaluation, labelling) packs on this JAX backend and local device count: on one
+    CPU device. A mesh splits rows and examples apart, and GPUs keep bucketed rows for cuDNN's attention."""
+    return backend == "cpu" and devices == 1
+
+
+def pack_shape(features: Features, batch_size: int) -> PackShape | None:
+    """The shape of `features`' packed batches of `batch_size` examples on average: rows as long as the
+    longest feature (rounded up to a multiple of 8; longer rows would only add attention cost), as many as
+    hold `batch_size` features on average when packed (measured by packing up to `SAMPLE` of them: lengths
+    close to the longest leave gaps that the mean length does not show), room for 2 x `batch_size`. None
+    where one row holds more than `batch_size` features: so small a batch pads less in length buckets."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if not packable(features):
+        raise ValueError(f"features of kind {features.kind!r} do not pack; only {PACKED_KINDS}")
+    lengths = features.lengths.astype(np.int64)
+    length = -(-int(lengths.max()) // MULTIPLE) * MULTIPLE
+    guess = PackShape(max(1, round(batch_size * float(lengths.mean()) / (length * FILL))), length, 2 * batch_size)
+    sample = np.random.default_rng(0).permutation(len(lengths))[:SAMPLE]
+    made = list(_first_fit(list(range(len(sample))), lengths[sample].tolist(), guess))
+    if len(made) < 2:  # one batch: no measure of the rows
+        return guess
+    per_batch = (len(sample) - int((made[-1][:, 0] >= 0).sum())) / (len(made) - 1)  # the last one is a rest
+    if per_batch / guess.rows > batch_size:
+        return None
+    return PackShape(max(1, round(guess.rows * batch_size / per_batch)), length, 2 * batch_size)
+
+
+def packed_plan(features: Features, shape: PackShape, *, shuffle: bool = True, seed: int = 0,
+                epoch: int = 0) -> tuple[np.ndarray, ...]:
+    """Per batch an int32 array (E, 3): each example's feature index, row and first token (feature -1 for
+    padding examples). With `shuffle` the examples come in an order drawn from (seed, epoch), else in
+    feature order; every feature is in exactly one batch."""
+    if len(features) and int(features.lengths.max()) > shape.length:
+        longest = int(np.argmax(features.lengths))
+        raise ValueError(f"feature {longest} has {features.lengths[longest]} tokens, more than the rows' {shape.length}")
+    digest = hashlib.sha1(np.ascontiguousarray(features.lengths, np.int64).tobytes()).hexdigest()
+    return _plan(digest, features.lengths.astype(np.int64).tolist(), shape, shuffle, seed, epoch)
+
+
+_PLANS: dict = {}
+"""Plans by (lengths digest, shape, shuffle, seed, epoch), the last 16: the loop asks for an epoch's batches."""
+_SIZES: dict = {}
+"""Epoch sizes by (lengths digest, shape, seed, epoch): the loop asks for them more than once."""
+
+
+def _plan(digest: str, lengths: list[int], shape: PackShape, shuffle: bool, seed: int, epoch: int):
+    key = (digest, shape, shuffle, seed, epoch)
+    if key not in _PLANS:
+        if len(_PLANS) >= 16:  # a few feature sets x epochs: drop the oldest
+            _PLANS.pop(next(iter(_PLANS)))
+        order = np.random.default_rng((seed, epoch)).permutation(len(lengths)) if shuffle else np.arange(len(lengths))
+        _PLANS[key] = tuple(_first_fit(order.tolist(), lengths, shape))
+    return _PLANS[key]
+
+
+def _first_fit(order: list[int], lengths: list[int], shape: PackShape) -> Iterator[np.ndarray]:
+    """Batches of `order`'s features: each batch's rows filled by first fit over the next waiting features
+    (`WINDOW`, or twice the batch's room for examples), in order; a feature that fits nowhere waits for the
+    next batch (it always fits an empty one)."""
+    stream, waiting = iter(order), []
+    window, shortest = max(WINDOW, 2 * shape.examples), min(lengths, default=1)
+    while True:
+        waiting.extend(itertools.islice(stream, window - len(waiting)))
+        if not waiting:
+            return
+        fill, placed, room = [0] * shape.rows, [], shape.rows * shape.length
+        for i in waiting:
+            if len(placed) == shape.examples or room < shortest:  # full: the rest waits, in order
+                break
+            n = lengths[i]
+            row = next((r for r in range(shape.rows) if fill[r] + n <= shape.length), -1)
+            if row >= 0:
+                placed.append((i, row, fill[row]))
+                fill[row] += n
+                room -= n
+        taken = {i for i, _, _ in placed}
+        waiting = [i for i in waiting if i not in taken]
+        batch = np.full((shape.examples, 3), -1, np.int32)
+        batch[: len(placed)] = placed
+        yield batch
+
+
+def epoch_size(features: Features, shape: PackShape, seed: int, epoch: int) -> int:
+    """The number of packed training batches of epoch `epoch` (remembered: the loop asks more than once)."""
+    digest = hashlib.sha1(np.ascontiguousarray(features.lengths, np.int64).tobytes()).hexdigest()
+    key = (digest, shape, seed, epoch)
+    if key not in _SIZES:
+        _SIZES[key] = len(packed_plan(features, shape, seed=seed, epoch=epoch))
+    return _SIZES[key]
+
+
+def packed_batches(features: Features, shape: PackShape, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                   start: int = 0) -> Iterator[dict[str, np.ndarray]]:
+    """One epoch of packed batches (keys: see the module's docstring), from batch number `start` on."""
+    for plan in packed_plan(features, shape, shuffle=shuffle, seed=seed, epoch=epoch)[start:]:
+        yield collate_packed(features, plan, shape)
+
+
+def collate_packed(features: Features, plan: np.ndarray, shape: PackShape) -> dict[str, np.ndarray]:
+    """The packed batch of `plan` (`packed_plan`'s (E, 3) rows: feature, row, first token)."""
+    rows, length = shape.rows, shape.length
+    ids = np.zeros((rows, length), np.int32)
+    types = np.zeros((rows, length), np.int32)
+    segments = np.zeros((rows, length), np.int32)
+    positions = np.zeros((rows, length), np.int32)
+    count = np.zeros(rows, np.int32)
+    feature, row, first = plan[:, 0], plan[:, 1], plan[:, 2]
+    real = feature >= 0
+    for i, r, t in plan[real]:
+        n = features.lengths[i]
+        count[r] += 1
+        ids[r, t : t + n] = features.input_ids[i]
+        types[r, t : t + n] = features.token_type_ids[i]
+        segments[r, t : t + n] = count[r]
+        positions[r, t : t + n] = np.arange(n)
+    safe = np.where(real, feature, 0)
+    batch = {
+        "input_ids": ids,
+        "token_type_ids": types,
+        "attention_mask": segments,
+        "position_ids": positions,
+        "cls_index": np.where(real, row * length + first, 0).astype(np.int32),
+        "weights": real.astype(np.float32),
+        "index": feature.astype(np.int32),
+    }
+    if features.labels is not None:
+        labels = np.asarray(features.labels)
+        batch["labels"] = np.where(real, labels[safe], 0).astype(labels.dtype)
+    return batch
+
+
+def is_packed(batch: dict) -> bool:
+    """Whether `batch` is a packed batch (`collate_packed`) rather than a padded one (`tasks.batching`)."""
+    return "cls_index" in batch
