@@ -29,6 +29,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import itertools
+import math
 from typing import Iterator
 
 import numpy as np
@@ -74,13 +75,21 @@ def pack_shape(features: Features, batch_size: int) -> PackShape | None:
     """The shape of `features`' packed batches of `batch_size` examples on average: rows as long as the
     longest feature (rounded up to a multiple of 8; longer rows would only add attention cost), as many as
     hold `batch_size` features on average when packed (measured by packing up to `SAMPLE` of them: lengths
-    close to the longest leave gaps that the mean length does not show), room for 2 x `batch_size`. None
+    close to the longest leave gaps that the mean length does not show), room for 2 x `batch_size`; where
+    whole rows would miss `batch_size` by more than 15%, enough rows for exactly `batch_size`. None
     where one row holds more than `batch_size` features: so small a batch pads less in length buckets."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not packable(features):
         raise ValueError(f"features of kind {features.kind!r} do not pack; only {PACKED_KINDS}")
-    lengths = features.lengths.astype(np.int64)
+    digest = hashlib.sha1(np.ascontiguousarray(features.lengths, np.int64).tobytes()).hexdigest()
+    key = (digest, features.max_length, batch_size)
+    if key not in _SHAPES:
+        _SHAPES[key] = _fitted_shape(features.lengths.astype(np.int64), features.max_length, batch_size)
+    return _SHAPES[key]
+
+
+def _fitted_shape(lengths: np.ndarray, max_length: int, batch_size: int) -> PackShape | None:
     length = -(-int(lengths.max()) // MULTIPLE) * MULTIPLE
     guess = PackShape(max(1, round(batch_size * float(lengths.mean()) / (length * FILL))), length, 2 * batch_size)
     sample = np.random.default_rng(0).permutation(len(lengths))[:SAMPLE]
@@ -88,9 +97,13 @@ def pack_shape(features: Features, batch_size: int) -> PackShape | None:
     if len(made) < 2:  # one batch: no measure of the rows
         return guess
     per_batch = (len(sample) - int((made[-1][:, 0] >= 0).sum())) / (len(made) - 1)  # the last one is a rest
-    if per_batch / guess.rows > batch_size:
+    per_row = per_batch / guess.rows
+    if per_row > batch_size:
         return None
-    return PackShape(max(1, round(guess.rows * batch_size / per_batch)), length, 2 * batch_size)
+    shape = PackShape(max(1, round(batch_size / per_row)), length, 2 * batch_size)
+    if abs(shape.rows * per_row / batch_size - 1) > 0.15:  # whole rows are too coarse: exactly batch_size each
+        shape = PackShape(math.ceil(batch_size / per_row), length, batch_size)
+    return shape
 
 
 def packed_plan(features: Features, shape: PackShape, *, shuffle: bool = True, seed: int = 0,
@@ -105,6 +118,8 @@ def packed_plan(features: Features, shape: PackShape, *, shuffle: bool = True, s
     return _plan(digest, features.lengths.astype(np.int64).tolist(), shape, shuffle, seed, epoch)
 
 
+_SHAPES: dict = {}
+"""`pack_shape`'s answers by (lengths digest, max_length, batch size): the loop asks more than once."""
 _PLANS: dict = {}
 """Plans by (lengths digest, shape, shuffle, seed, epoch), the last 16: the loop asks for an epoch's batches."""
 _SIZES: dict = {}
