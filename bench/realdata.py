@@ -265,29 +265,14 @@ def _torch_distill(model, task, features, steps: int, torch) -> dict:
     """The student trained on the teacher's cached logits over length-grouped, dynamically padded batches:
     soft cross-entropy against the teacher's distribution (MSE for regression), tagging per real token."""
     logits, offsets = _teacher_logits(task, features)
-    ids, types = list(features.input_ids), list(features.token_type_ids)
-    plan = _grouped(features.lengths, 32)[:steps]
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01, fused=torch.cuda.is_available() or None)
-    computed = real = examples = 0
-    t0 = time.perf_counter()
-    for rows in plan:
-        batch = _pad(ids, types, rows, torch)
+
+    def loss(batch, rows):
         target = _teacher_targets(logits, offsets, rows, batch["input_ids"].shape[1], task.kind == "tagging", torch)
         with _autocast(torch):
             out = model(**batch).logits.float()
-        loss = _kd_loss(out, target.to(out.device), batch["attention_mask"], task.kind, torch)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        computed += batch["input_ids"].numel()
-        real += int(batch["attention_mask"].sum())
-        examples += len(rows)
-    _sync(torch)
-    seconds = time.perf_counter() - t0
-    return {"examples_per_s": examples / seconds, "seconds": seconds, "batches": len(plan),
-            "tokens_per_real_token": computed / real}
+        return _kd_loss(out, target.to(out.device), batch["attention_mask"], task.kind, torch)
+
+    return _torch_train(model, features, steps, loss, torch)
 
 
 def _teacher_targets(logits, offsets, rows, length: int, token_level: bool, torch):
@@ -351,7 +336,19 @@ def _pad(ids, types, rows, torch) -> dict:
 
 
 def _torch_finetune(model, features, steps: int, torch) -> dict:
+    """The model fine-tuned on the gold labels (transformers' own loss)."""
 
+    def loss(batch, rows):
+        with _autocast(torch):
+            labels = _targets(features, rows, batch["input_ids"].shape[1], torch).to(batch["input_ids"].device)
+            return model(**batch, labels=labels).loss
+
+    return _torch_train(model, features, steps, loss, torch)
+
+
+def _torch_train(model, features, steps: int, loss_fn, torch) -> dict:
+    """`steps` AdamW steps (1e-4, clipping at 1.0) on `loss_fn(batch, rows)` over length-grouped batches of 32
+    padded to their own longest sentence, timed end to end."""
     ids, types = list(features.input_ids), list(features.token_type_ids)
     plan = _grouped(features.lengths, 32)[:steps]
     model.train()
@@ -360,9 +357,7 @@ def _torch_finetune(model, features, steps: int, torch) -> dict:
     t0 = time.perf_counter()
     for rows in plan:
         batch = _pad(ids, types, rows, torch)
-        with _autocast(torch):
-            labels = _targets(features, rows, batch["input_ids"].shape[1], torch).to(batch["input_ids"].device)
-            loss = model(**batch, labels=labels).loss
+        loss = loss_fn(batch, rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -82,11 +82,16 @@ def pack_shape(features: Features, batch_size: int) -> PackShape | None:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     if not packable(features):
         raise ValueError(f"features of kind {features.kind!r} do not pack; only {PACKED_KINDS}")
-    digest = hashlib.sha1(np.ascontiguousarray(features.lengths, np.int64).tobytes()).hexdigest()
+    digest = _digest(features)
     key = (digest, features.max_length, batch_size)
     if key not in _SHAPES:
         _SHAPES[key] = _fitted_shape(features.lengths.astype(np.int64), features.max_length, batch_size)
     return _SHAPES[key]
+
+
+def _digest(features: Features) -> str:
+    """The key of a feature set's lengths, which alone decide its shape, plans and epoch sizes."""
+    return hashlib.sha1(np.ascontiguousarray(features.lengths, np.int64).tobytes()).hexdigest()
 
 
 def _fitted_shape(lengths: np.ndarray, max_length: int, batch_size: int) -> PackShape | None:
@@ -114,7 +119,7 @@ def packed_plan(features: Features, shape: PackShape, *, shuffle: bool = True, s
     if len(features) and int(features.lengths.max()) > shape.length:
         longest = int(np.argmax(features.lengths))
         raise ValueError(f"feature {longest} has {features.lengths[longest]} tokens, more than the rows' {shape.length}")
-    digest = hashlib.sha1(np.ascontiguousarray(features.lengths, np.int64).tobytes()).hexdigest()
+    digest = _digest(features)
     return _plan(digest, features.lengths.astype(np.int64).tolist(), shape, shuffle, seed, epoch)
 
 
@@ -165,7 +170,7 @@ def _first_fit(order: list[int], lengths: list[int], shape: PackShape) -> Iterat
 
 def epoch_size(features: Features, shape: PackShape, seed: int, epoch: int) -> int:
     """The number of packed training batches of epoch `epoch` (remembered: the loop asks more than once)."""
-    digest = hashlib.sha1(np.ascontiguousarray(features.lengths, np.int64).tobytes()).hexdigest()
+    digest = _digest(features)
     key = (digest, shape, seed, epoch)
     if key not in _SIZES:
         _SIZES[key] = len(packed_plan(features, shape, seed=seed, epoch=epoch))
