@@ -69,6 +69,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     _constraint_arguments(p)
     _final_arguments(p)
     cli.add_quantize_arg(p)
+    _export_arguments(p)
     _ray_arguments(p)
     p.add_argument("--teacher-epochs", type=cli.at_least(1), default=2)
     p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
@@ -103,6 +104,16 @@ def _final_arguments(p) -> None:
                    help="supernet strategy: at most this many supernet training steps (the budget plans fewer)")
     p.add_argument("--latency-design", type=cli.at_least(3), default=12,
                    help="supernet strategy: candidates measured to fit the latency predictor")
+
+
+def _export_arguments(p) -> None:
+    p.add_argument("--export-onnx", action="store_true",
+                   help="also write each float student of the front as ONNX (export/<rank>-<arch>-onnx; with "
+                   "--quantize int8 also ONNX Runtime's int8 variant, -onnx-int8), scored on dev with onnxruntime; "
+                   "needs the onnx extra (pip install 'bertnas[onnx]')")
+    p.add_argument("--hf-layout", action="store_true",
+                   help="write shared-layer students (-G) with every layer stored, so transformers loads them")
+    cli.add_hub_arg(p, "the exported front (OUTPUT/export: one folder per student, each with its model card)")
 
 
 def _ray_arguments(p) -> None:
@@ -146,6 +157,7 @@ def config(args: argparse.Namespace) -> SearchConfig:
         latency_threads=args.latency_threads, target_speedup=args.target_speedup, final_steps=args.final_steps,
         final_augment=args.final_augment, final_share=args.final_share, teacher_epochs=args.teacher_epochs,
         train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed, quantize=args.quantize, crf=args.crf,
+        export_onnx=args.export_onnx, hf_layout=args.hf_layout, push_to_hub=args.push_to_hub,
         precision=cli.precision(args.precision), attention_dropout=cli.attention_dropout(args.attention_dropout),
         # trials on GPUs or TPUs keep bucketed rows (cuDNN's attention) whatever the driver runs on
         packing=args.packing == "on" if args.gpus_per_trial or args.tpus_per_trial else cli.packing(args.packing),

@@ -133,6 +133,13 @@ class SearchConfig:
     """'int8': the front's students also get int8 copies (`distill.export.int8`), rows of their own on the front."""
     crf: bool | None = None
     """Tagging: students with a linear-chain CRF; None: when the teacher has one (`DistillConfig.crf`)."""
+    export_onnx: bool = False
+    """The front's float students also as ONNX (OUTPUT/export/<rank>-<arch>-onnx, and with `quantize` ONNX
+    Runtime's int8 variant), each scored on dev with onnxruntime (`nas.exports.onnx_copies`)."""
+    hf_layout: bool = False
+    """Shared-layer students exported with every layer stored, for transformers (`DistillConfig.hf_layout`)."""
+    push_to_hub: str | None = None
+    """A Hugging Face Hub model repository the exported front (OUTPUT/export) is uploaded to at the end."""
 
     def __post_init__(self):
         if self.algorithm not in ALGORITHMS:

@@ -427,10 +427,13 @@ def _train_final(setup: TrialSetup, plan: dict, root: Path, rows: list[dict], *,
     }
 
 
-def export_candidate(supernet_dir: str, choices: SubnetChoices, arch: BertArch, task, dest: Path) -> None:
-    """A supernet estimate's export: the candidate with its supernet weights, as an ordinary student."""
+def export_candidate(supernet_dir: str, choices: SubnetChoices, arch: BertArch, task, dest: Path, *,
+                     hf_layout: bool = False) -> None:
+    """A supernet estimate's export: the candidate with its supernet weights, as an ordinary student
+    (`hf_layout`: shared layers stored once per layer)."""
     supernet = load_bert(supernet_dir)
     sub: Subnet = choices.subnet(supernet.arch, arch.hidden_size, arch.num_heads, arch.ffn_sizes)
     # `from_supernet`, never `supernet`: that key marks a supernet directory itself (its space and hidden order)
-    export_subnet(supernet, sub, dest, task, extra={"kind": "supernet_estimate", "from_supernet": supernet_dir})
+    export_subnet(supernet, sub, dest, task, extra={"kind": "supernet_estimate", "from_supernet": supernet_dir},
+                  hf_layout=hf_layout)
 

@@ -39,7 +39,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from distill.export.card import write_card
+from distill.export.card import check_hub, command_line, push_to_hub, write_card
+from distill.export.onnx import require as require_onnx
 from distill.files import (
     cache_root,
     check_output_path,
@@ -69,6 +70,7 @@ from distill.run import (
 from nas import oneshot, report
 from nas.config import Constraints, SearchConfig
 from nas.cost import Cost, CostModel, device_name, typical_length
+from nas.exports import front_readme, onnx_copies
 from nas.final import quantized_rows, train_final
 from nas.space import SearchSpace, SpaceError, get_space
 from nas.trial import OBJECTIVE_LATENCY, TrialSetup, result_trial_id, run_trial, sampled_arch, trial_status
@@ -130,6 +132,7 @@ def base_distill_config(cfg: SearchConfig, data_dir: Path | None) -> DistillConf
         validation=cfg.validation,
         teacher_epochs=cfg.teacher_epochs,
         crf=cfg.crf,
+        hf_layout=cfg.hf_layout,
     )
 
 
@@ -196,6 +199,9 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
     seconds["total"] = time.time() - start
     summary = {**_summary(prep, space, rows, front, finals, seconds), "strategy": cfg.strategy, **extra}
     _write_reports(out, prep, rows, front, summary)
+    if cfg.push_to_hub:  # last: a failed upload (one line naming the flag) keeps every file written above
+        summary["hub"] = push_to_hub(out / "export", cfg.push_to_hub)
+        log.info("pushed the exported front to %s", summary["hub"])
     return summary
 
 
@@ -263,8 +269,8 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
                                        deadline=deadline, resume=resume)
         seconds["final"] = time.perf_counter() - t0
     handles = {tid: TrialHandle(config=c, export=functools.partial(
-        oneshot.export_candidate, supernet["supernet_dir"], choices, space.arch(c, teacher_arch), prep.task))
-        for tid, c in configs.items()}
+        oneshot.export_candidate, supernet["supernet_dir"], choices, space.arch(c, teacher_arch), prep.task,
+        hf_layout=cfg.hf_layout)) for tid, c in configs.items()}
     extra = {
         "supernet": {**{k: supernet.get(k) for k in ("supernet_dir", "steps", "train_examples_per_second", "best",
                                                      "cached")}, "plan": plan},
@@ -310,6 +316,10 @@ def _settle(cfg: SearchConfig, out: Path, *, resume: bool) -> tuple[SearchConfig
         cfg = dataclasses.replace(cfg, storage_path=str(Path(cfg.storage_path).resolve()))
     if cfg.optuna_storage and not resume:  # a bad URL fails now, not after the teacher's fine-tuning
         optuna_storage(cfg.optuna_storage)
+    if cfg.push_to_hub:  # offline, no token or a bad name: now, not after the hour's work (a resume too)
+        check_hub(cfg.push_to_hub)
+    if cfg.export_onnx:  # the onnx extra missing: likewise
+        require_onnx("jax2onnx", "onnx", "onnxruntime")
     if not resume:
         # At most a tenth of the training set is held out (2,000 would be 35% of STS-B).
         n_train = len(read_split(task, "train", data_dir, limit=cfg.train_limit))
@@ -419,12 +429,16 @@ def _front_and_exports(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, row
     threads = cfg.latency_threads or "all"
     _export_front(out, front, handles, prep.task, prep.base, cfg.dev_limit,
                   latency_device=f"{device_name()} (batch 1, {threads} thread(s), as the search measures)")
+    if cfg.export_onnx:
+        onnx_copies(front, prep.task, prep.base, cfg.dev_limit, cfg.quantize)
     if cfg.quantize:
         rows = rows + quantized_rows(cfg.quantize, setup, front, prep.teacher_cost.latency_ms, prep.val_features,
                                      prep.val_examples, dev_limit=cfg.dev_limit)
         front = report.pareto_front(rows)
     for r in front:
         r["pareto"] = True
+    if (out / "export").is_dir():
+        front_readme(out / "export", front, prep.teacher_row, prep.task.name, prep.task.metric, command_line())
     return rows, front
 
 

@@ -5,7 +5,9 @@ columns, `--max-seq-length`); `user_task_from(name, spec)` builds the task, its 
 whole training split: class names sorted (numerically when they are all integers), the `ClassLabel` names
 of a dataset in their own order, IOB2 tags as `ner` orders them ('O', then B-X, I-X per type).
 `read_user_split(task, split, limit)` reads a split into examples; `user_data_files` names the files a
-cache key fingerprints; `with_data(task, spec)` points a saved model's task at the data to evaluate.
+cache key fingerprints; `with_data(task, spec)` points a saved model's task at the data to evaluate;
+`table_inputs(task, path)` reads a table file's rows as unlabelled inputs of any task (`bertnas predict
+--input rows.csv`), by the task's columns.
 
 Rows come from `tasks.read_table` (files) and `tasks.read_dataset` (a dataset). The checks here fail with
 one `DataError` naming the file and line (or the dataset split and row): a missing column, an empty label,
@@ -23,7 +25,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from tasks.base import TaggingExample, Task, TextExample
+from tasks.base import SpanExample, TaggingExample, Task, TextExample
 from tasks.errors import DataError, UserError
 from tasks.read_conll import iob2_tag_problem, iob2_tag_set
 from tasks.read_dataset import class_names, dataset_files, dataset_rows, dataset_split
@@ -258,6 +260,53 @@ def _score(where: Where, column: str, value) -> float:
     if not math.isfinite(score):
         raise where.error(f"regression target {value!r} in column {column!r} is not a finite number")
     return score
+
+
+INPUT_COLUMNS = {"tagging": ("tokens",), "span": ("question", "context"), "classification": ("text",),
+                 "regression": ("text",)}
+"""The columns `table_inputs` reads for a task that names none of its own (CoNLL-2003, `ner`, SQuAD)."""
+
+
+def input_columns(task: Task, text_column: str | None = None, text_pair_column: str | None = None
+                  ) -> tuple[str, ...]:
+    """The text columns an input table holds for `task`: its own (a generic task's, GLUE's), else
+    `INPUT_COLUMNS` by kind; `text_column` / `text_pair_column` (the flags) replace the first / second."""
+    columns = list(task.text_columns or INPUT_COLUMNS[task.kind])
+    if text_pair_column and len(columns) < 2:
+        raise UserError(f"--text-pair-column: task {task.name} takes one text column ({columns[0]!r})")
+    for i, name in enumerate((text_column, text_pair_column)):
+        if name:
+            columns[i] = name
+    return tuple(columns)
+
+
+def table_inputs(task: Task, path: str | Path, columns: Sequence[str] | None = None
+                 ) -> list[tuple[Where, dict, Any]]:
+    """(where, row, example) for each row of the table file `path` (CSV, TSV or JSON lines) as an unlabelled
+    input of `task`, read from `columns` (default `input_columns(task)`); a label column is not read. A
+    tagging row without words is skipped. DataError naming the file and line: the file's own problems
+    (`table_rows`), a missing column, a value of the wrong type, mixed types in a column, no rows."""
+    columns = tuple(columns or input_columns(task))
+    types = _TypeCheck()
+    inputs = []
+    for where, row in table_rows(path, columns):
+        types.check(where, row)
+        example = _input_example(task, f"input-{len(inputs)}", where, row, columns)
+        if example is not None:
+            inputs.append((where, row, example))
+    if not inputs:
+        raise DataError(path, "no rows with words" if task.kind == "tagging" else "no rows")
+    return inputs
+
+
+def _input_example(task: Task, guid: str, where: Where, row: dict, columns: tuple[str, ...]):
+    if task.kind == "tagging":
+        words = _sequence(where, columns[0], row[columns[0]])
+        return TaggingExample(guid, tuple(words), ("O",) * len(words)) if words else None
+    texts = [_text(where, c, row[c]) for c in columns]
+    if task.kind == "span":
+        return SpanExample(guid, texts[0], texts[1])
+    return TextExample(guid, texts[0], texts[1] if len(texts) > 1 else None)
 
 
 def _tagging_example(task: Task, guid: str, where: Where, row: dict) -> TaggingExample | None:

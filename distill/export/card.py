@@ -284,12 +284,12 @@ def check_hub(repo: str) -> None:
 
 def push_to_hub(folder: str | os.PathLike, repo: str, *, private: bool = True) -> str:
     """Create the model repository `repo` (private unless `private=False`; an existing one is kept as it
-    is) and upload the export `folder` to it in one commit; its URL. A UserError naming `--push-to-hub` on
+    is) and upload the export `folder` (or a folder of exports: a search's front) to it in one commit; its URL. A UserError naming `--push-to-hub` on
     any failure: the local export is never changed."""
     check_hub(repo)
     folder = Path(folder)
-    if not (folder / "config.json").is_file():
-        raise UserError(f"--push-to-hub {repo}: {folder} holds no export to push")
+    if not (folder / "config.json").is_file() and not any(folder.glob("*/config.json")):
+        raise UserError(f"--push-to-hub {repo}: {folder} holds no export (nor folders of exports) to push")
     api = HfApi()
     try:
         api.create_repo(repo, private=private, exist_ok=True, repo_type="model")

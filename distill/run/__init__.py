@@ -11,7 +11,7 @@ re-exports; the modules behind it:
   supernet      `train_supernet(cfg, out)`: teacher -> data -> labels -> rewire -> sandwich training;
                 `score_subnets`: sub-networks scored with the supernet's weights; `export_subnet`
   evaluation    `evaluate_dir`, `evaluate_model`, `load_for_task`
-  prediction    `predict_lines`
+  prediction    `predict_lines`, `predict_table`
   quantization  `quantize_run`, `compare`, `compare_models`
   onnx_export   `export_onnx_run`: a run's export as ONNX (and its int8 variant), evaluated with onnxruntime
   processes     `finetune_process`: one process's part of a fine-tune across processes (Ray Train workers)
@@ -29,7 +29,7 @@ from distill.run.distillation import distill, loss_layer_map
 from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task, predict_features
 from distill.run.finetuning import finetune
 from distill.run.onnx_export import export_onnx_run
-from distill.run.prediction import predict_lines
+from distill.run.prediction import predict_lines, predict_table
 from distill.run.processes import finetune_process, free_address
 from distill.run.quantization import compare, compare_models, quantize_run
 from distill.run.supernet import export_subnet, score_subnets, supernet_layer_map, train_supernet
@@ -41,6 +41,6 @@ __all__ = [
     "AugmentConfig", "DistillConfig", "FinetuneConfig", "InitConfig", "LoopConfig", "LossConfig", "OptimizerConfig",
     "Stage", "Subnet", "SubnetChoices", "SupernetConfig", "compare", "compare_models", "distill", "evaluate_dir",
     "evaluate_model", "export_onnx_run", "export_subnet", "fine_tuned_teacher", "finetune", "finetune_process", "free_address", "load_for_task", "loss_layer_map",
-    "predict_features", "predict_lines", "quantize_run", "read_data", "score_subnets", "supernet_layer_map", "teacher_importance",
+    "predict_features", "predict_lines", "predict_table", "quantize_run", "read_data", "score_subnets", "supernet_layer_map", "teacher_importance",
     "teacher_labels", "train_supernet", "training_features",
 ]

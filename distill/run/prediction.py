@@ -5,10 +5,14 @@ Input lines by task kind:
   tagging                       whitespace-separated words; each CJK character is
                                 a word of its own (character-level Chinese NER)
   span                          `question<TAB>context`
+
+or, from a table file (`predict_table`: CSV, TSV or JSON lines), one record per row read by the task's
+columns (`tasks.userdata.input_columns`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any, Iterable
@@ -18,7 +22,7 @@ from tasks.base import SpanExample, TaggingExample, TextExample
 from tasks.decode import predict_labels
 from tasks.errors import UserError
 from tasks.features import encode
-from tasks.userdata import DataSpec
+from tasks.userdata import DataSpec, input_columns, table_inputs
 
 # CJK ideographs, as BERT's tokenizer (`_is_chinese_char`) splits them off one by one.
 _CJK = re.compile(
@@ -61,12 +65,34 @@ def predict_lines(
         raise UserError(f"{source}: no input lines")
     pairs = len(task.text_columns) == 2
     examples = [_example(task.kind, i, t, pairs, source) for i, t in kept]
+    return _predictions(loaded, task, examples, [{"line": i + 1, "text": text} for i, text in kept], batch_size)
+
+
+def predict_table(
+    model_dir: str | Path, path: str | Path, *, task_name: str | None = None, batch_size: int = 64,
+    spec: DataSpec | None = None,
+) -> list[dict[str, Any]]:
+    """One record per row of the table file `path` (CSV, TSV or JSON lines: `tasks.read_table`), read by the
+    model's task's columns (`tasks.userdata.input_columns`: a generic task's own, GLUE's, else `text`,
+    `tokens` or `question`/`context`; `spec`'s text columns replace them, for any task); each record has the
+    row's line and its text columns."""
+    spec = spec or DataSpec()
+    loaded, task = load_for_task(model_dir, task_name, dataclasses.replace(
+        spec, text_column=None, text_pair_column=None, label_column=None))
+    columns = input_columns(task, spec.text_column, spec.text_pair_column)
+    inputs = table_inputs(task, path, columns)
+    bases = [{"line": where.line, **{c: row[c] for c in columns}} for where, row, _ in inputs]
+    return _predictions(loaded, task, [ex for _, _, ex in inputs], bases, batch_size)
+
+
+def _predictions(loaded, task, examples: list, bases: list[dict], batch_size: int) -> list[dict[str, Any]]:
+    """Each base record with the model's prediction for its example added."""
     features = encode(task, examples, loaded.tokenizer)
     outputs = task_outputs(loaded.model, loaded.params, task, features, batch_size)
     preds = predict_labels(task, features, outputs, examples)
     results = []
-    for (i, text), pred, ex in zip(kept, preds, examples):
-        record: dict[str, Any] = {"line": i + 1, "text": text}
+    for base, pred, ex in zip(bases, preds, examples):
+        record: dict[str, Any] = dict(base)
         if task.kind == "classification":
             record["label"] = pred.label
             record["probabilities"] = dict(zip(task.labels, pred.probabilities))

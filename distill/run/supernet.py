@@ -229,10 +229,11 @@ def score_subnets(params, supernet, subnets: Iterable[Subnet], task: Task, featu
 
 
 def export_subnet(supernet: LoadedBert, sub: Subnet, out_dir: str | Path, task: Task, *,
-                  extra: dict | None = None) -> dict:
+                  extra: dict | None = None, hf_layout: bool = False) -> dict:
     """Export a sub-network with its supernet weights as an ordinary student (`export_model`)."""
     params = jax.device_get(extract(supernet.params, supernet.arch, sub))
-    return export_model(out_dir, sub.arch(supernet.arch), params, supernet.tokenizer, task, extra=extra)
+    return export_model(out_dir, sub.arch(supernet.arch), params, supernet.tokenizer, task, extra=extra,
+                        hf_layout=hf_layout)
 
 
 def _results(cfg: SupernetConfig, prep: Prepared, teacher_dev: dict, progress) -> dict[str, Any]:

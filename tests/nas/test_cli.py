@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,3 +66,22 @@ def test_devices_and_attention_dropout_reach_the_run_configs():
                           "--attention-dropout", "off"])
     loop = loop_from_args(args)
     assert loop.devices == 1 and loop.attention_dropout is False
+
+
+def test_search_export_flags_reach_the_config_and_an_offline_push_fails_before_any_work(tmp_path):
+    from nas.cli import config
+    from nas.tune import base_distill_config
+
+    cfg = config(nas.cli.parse(["search", "--export-onnx", "--hf-layout", "--push-to-hub", "me/front"]))
+    assert (cfg.export_onnx, cfg.hf_layout, cfg.push_to_hub) == (True, True, "me/front")
+    assert base_distill_config(cfg, None).hf_layout  # trials and finals write every layer
+    plain = config(nas.cli.parse(["search"]))
+    assert (plain.export_onnx, plain.hf_layout, plain.push_to_hub) == (False, False, None)
+    done = subprocess.run(
+        [sys.executable, "-m", "nas.cli", "search", "--push-to-hub", "me/front", "--output", str(tmp_path / "out")],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "GLUE_DIR": str(ROOT.parent / "shared" / "data" / "glue")},
+    )
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "--push-to-hub me/front" in last, done.stderr
+    assert "offline" in last and not (tmp_path / "out" / "teacher_finetune").exists()
