@@ -1,4 +1,4 @@
-"""The generic tasks end to end: fine-tune, distil, evaluate and predict on a user's CSV, JSON lines file and
+"""The generic tasks end to end: fine-tune, distil, evaluate, predict (and quantize) on a user's CSV, JSON lines file and
 saved Hugging Face dataset, made from a few rows of the shared SST-2, STS-B and CoNLL-2003 data.
 
 The teacher is the tiny random BERT of tests/helpers.py (its vocabulary knows few of the real words, so
@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 from helpers import write_tiny_teacher
 
+from distill.export.int8 import quantize_export
+from distill.export.scheme import QuantConfig
+from distill.run import compare
 from distill.run.config import DistillConfig, FinetuneConfig
 from distill.run.distillation import distill
 from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task
@@ -88,6 +91,13 @@ def test_sst2_csv_fine_tunes_distils_evaluates_and_predicts(teacher, tmp_path):
     assert evaluated["accuracy"] == results["best"]["accuracy"] and evaluated["examples"] == 12
     records = predict_lines(export, ["a gorgeous , witty , seductive movie .", "dull"])
     assert {r["label"] for r in records} <= {"neg", "pos"} and set(records[0]["probabilities"]) == {"neg", "pos"}
+
+    # quantize --evaluate on the same CSV: both models scored on its rows, the int8 one as `evaluate` scores it
+    quantize_export(export, tmp_path / "int8", QuantConfig())
+    both = compare(export, tmp_path / "int8", spec=DataSpec(dev_file=spec.dev_file))
+    assert both["float32"]["accuracy"] == evaluated["accuracy"] and both["float32"]["examples"] == 12
+    int8 = evaluate_dir(tmp_path / "int8", spec=DataSpec(dev_file=spec.dev_file))
+    assert both["int8"]["accuracy"] == int8["accuracy"] and 0 <= both["agreement"] <= 1
 
 
 def test_stsb_jsonl_regression_end_to_end(teacher, tmp_path):
