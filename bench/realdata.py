@@ -81,7 +81,7 @@ def _ours(request: dict) -> dict:
     from distill.run import OptimizerConfig
     from distill.train.steps import TrainState, make_supervised_step
     from tasks.batching import buckets_for, default_buckets
-    from tasks.packing import packable
+    from tasks.packing import packable, packing_pays
 
     task, features = _features(request)
     teacher = load_bert(request["teacher_dir"], head=task.kind, num_labels=task.num_labels, seed=0)
@@ -105,7 +105,10 @@ def _ours(request: dict) -> dict:
                          "distill": _timed_distill(task, teacher.arch, features, train[: request["steps"]],
                                                    precision, dropout),
                          "label": _timed_labelling(in_precision(teacher.model, precision), teacher.params, label)}
-    return {"side": "ours", "device": jax.devices()[0].device_kind, "attention_dropout": dropout, **out}
+    # what the training tools' `--packing auto` picks for these features (on one CPU device, batch 32)
+    auto = "packed" if packable(features) and packing_pays(features, 32) else "after"
+    return {"side": "ours", "device": jax.devices()[0].device_kind, "attention_dropout": dropout,
+            "packing_auto": auto, **out}
 
 
 def _timed_distill(task, teacher_arch, features, batches: list[tuple], precision: str, dropout: bool) -> dict:
@@ -484,6 +487,8 @@ def main(argv: list[str] | None = None) -> None:
         ratio = f"{r['ratio']:6.2f}" if r["ratio"] else f"{'-':>6}"
         tt = f"{r['torch_tokens_per_real_token']:6.3f}" if r["torch_tokens_per_real_token"] else f"{'-':>6}"
         print(f"{r['name']:<34} {r['ours']:10.1f} {ref} {ratio} {r['tokens_per_real_token']:8.3f} {tt}")
+    if "packing_auto" in result["ours"]:
+        print(f"the tools' training batches here (--packing auto): {result['ours']['packing_auto']}")
     if args.out:
         args.out.write_text(json.dumps(result, indent=2))
 

@@ -160,7 +160,8 @@ def config(args: argparse.Namespace) -> SearchConfig:
         export_onnx=args.export_onnx, hf_layout=args.hf_layout, push_to_hub=args.push_to_hub,
         precision=cli.precision(args.precision), attention_dropout=cli.attention_dropout(args.attention_dropout),
         # trials on GPUs or TPUs keep bucketed rows (cuDNN's attention) whatever the driver runs on
-        packing=args.packing == "on" if args.gpus_per_trial or args.tpus_per_trial else cli.packing(args.packing),
+        packing=("on" if args.packing == "on" else "off") if args.gpus_per_trial or args.tpus_per_trial
+        else cli.packing(args.packing),
     )
     return smoke(cfg) if args.smoke_test else cfg
 

@@ -13,6 +13,7 @@ import math
 from distill.arch import DEFAULT_TEACHER, PRECISIONS
 from distill.export.scheme import scheme
 from tasks.errors import UserError
+from tasks.packing import PACKINGS
 from tasks.userdata import DataSpec
 
 
@@ -126,9 +127,10 @@ class SearchConfig:
     attention_dropout: bool = True
     """Attention-probability dropout in those train steps (`LoopConfig.attention_dropout`; the CLI's
     `--attention-dropout auto` turns it off on GPUs and TPUs)."""
-    packing: bool = False
-    """Packed training batches for sentence-level tasks in those train steps (`LoopConfig.packing`; the CLI's
-    `--packing auto` turns it on where JAX runs on one CPU device)."""
+    packing: str = "off"
+    """Packed training batches for sentence-level tasks in those train steps (`LoopConfig.packing`: 'on',
+    'off', or 'auto': where packing saves compute; the CLI's `--packing auto` gives 'auto' where JAX runs on
+    one CPU device). True and False (searches saved before 'auto') read as 'on' and 'off'."""
     quantize: str | None = None
     """'int8': the front's students also get int8 copies (`distill.export.int8`), rows of their own on the front."""
     crf: bool | None = None
@@ -189,6 +191,10 @@ class SearchConfig:
                 raise UserError(f"{name}: must be a positive number of examples (or unset for all), got {value}")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision: {self.precision!r} is not one of {list(PRECISIONS)}")
+        if isinstance(self.packing, bool):
+            object.__setattr__(self, "packing", "on" if self.packing else "off")
+        if self.packing not in PACKINGS:
+            raise UserError(f"packing: {self.packing!r} is not one of {list(PACKINGS)}")
         if self.quantize is not None:
             scheme(self.quantize)  # a UserError naming the valid schemes
 

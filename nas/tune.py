@@ -76,7 +76,6 @@ from nas.space import SearchSpace, SpaceError, get_space
 from nas.trial import OBJECTIVE_LATENCY, TrialSetup, result_trial_id, run_trial, sampled_arch, trial_status
 from tasks.errors import UserError
 from tasks.features import encode
-from tasks.packing import PACKED_KINDS
 from tasks.readers import load_task, read_split
 from tasks.userdata import DataSpec
 
@@ -178,6 +177,7 @@ class Prepared:
     val_examples: list
     forwards: dict  # teacher forwards spent labelling for the trials, and the training features
     seconds: dict  # teacher, labelling, data_and_importance, teacher_cost_and_eval
+    packed: bool  # whether the search's training batches pack (`LoopConfig.packs` of the training features)
     cold_seconds: float = 0.0  # what the teacher and labelling took when computed (this run, or the cached one's)
 
 
@@ -237,7 +237,7 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
     saved = max(0.0, prep.cold_seconds - prep.seconds["teacher"] - prep.seconds["labelling"])
     plan = oneshot.supernet_plan(cfg, choices, teacher_arch, setup.seq_len, prep.teacher_cost, out,
                                  seconds=oneshot.SUPERNET_SHARE * max(0.0, left - saved), resume=resume,
-                                 packed=cfg.packing and prep.task.kind in PACKED_KINDS)
+                                 packed=prep.packed)
     t0 = time.perf_counter()
     supernet = oneshot.train_stage(cfg, prep.base, choices, plan, out, resume=resume)
     seconds["supernet"] = time.perf_counter() - t0
@@ -359,6 +359,7 @@ def _prepare(cfg: SearchConfig, task, data_dir: Path, out: Path, *, resume: bool
         task=task, data_dir=data_dir, base=base, teacher=teacher, seq_len=seq_len, teacher_cost=cost,
         teacher_eval=val, teacher_row=row, val_features=val_features, val_examples=val_ex,
         forwards={"trials": cache.labelled, "train_features": len(train)}, seconds=seconds,
+        packed=base.loop.packs(train),
         cold_seconds=_teacher_seconds(out, seconds["teacher"]) + max(cache.seconds, cache.recorded_seconds),
     )
 

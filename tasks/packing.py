@@ -34,7 +34,7 @@ from typing import Iterator
 
 import numpy as np
 
-from tasks.batching import MULTIPLE
+from tasks.batching import MULTIPLE, buckets_for
 from tasks.features import Features
 
 PACKED_KINDS = ("classification", "regression")
@@ -46,6 +46,13 @@ FILL = 0.97
 """The share of a batch's tokens that packing fills on short sentences: the first guess of the row count."""
 SAMPLE = 4096
 """Features packed to measure how many a row count holds (`pack_shape`)."""
+ATTENTION_COST = 0.003
+"""The cost of a token grows by this share per token of its row (attention over the row): fitted to the
+measured speeds of bucketed and packed SST-2 and STS-B training on a 2-core CPU (docs/benchmarks.md)."""
+PACKINGS = ("off", "on", "auto")
+"""The packing settings of a training loop (`distill.train.loop.LoopConfig.packing`, `--packing`)."""
+PAYS = 0.95
+"""`packing_pays`: packing is chosen where its estimated compute is below this share of the buckets'."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +94,27 @@ def pack_shape(features: Features, batch_size: int) -> PackShape | None:
     if key not in _SHAPES:
         _SHAPES[key] = _fitted_shape(features.lengths.astype(np.int64), features.max_length, batch_size)
     return _SHAPES[key]
+
+
+def packing_cost(features: Features, shape: PackShape, batch_size: int) -> float:
+    """Estimated compute of `features` in packed batches of `shape` over that in length buckets
+    (`tasks.batching.buckets_for`): each token costs 1 + `ATTENTION_COST` x its row's length, a packed batch
+    holds `batch_size` examples on average, a bucketed feature pads to its bucket. Below 1: packing saves."""
+    lengths = features.lengths.astype(np.int64)
+    buckets = np.asarray(buckets_for(features), np.int64)
+    padded = buckets[np.searchsorted(buckets, lengths)]
+    bucketed = float(np.mean(padded * (1 + ATTENTION_COST * padded)))
+    packed = shape.rows * shape.length * (1 + ATTENTION_COST * shape.length) / batch_size
+    return packed / bucketed
+
+
+def packing_pays(features: Features, batch_size: int) -> bool:
+    """Whether packed batches of `batch_size` examples on average are worth it for `features`: they pack
+    (`pack_shape`) and save at least 1 - `PAYS` of the bucketed compute (`packing_cost`). At batch 32,
+    SST-2 (rows of 72 for 13-token sentences) packs at 0.92 of the bucketed cost; STS-B (rows of 128 for
+    28-token pairs) would cost 1.08 and keeps buckets, as would SST-2 at batch 8 (1.23)."""
+    shape = pack_shape(features, batch_size) if packable(features) else None
+    return shape is not None and packing_cost(features, shape, batch_size) < PAYS
 
 
 def _digest(features: Features) -> str:

@@ -257,22 +257,25 @@ def add_packing_arg(p) -> None:
     p.add_argument("--packing", default="auto", choices=["auto", "on", "off"],
                    help="pack several sentences into each row of a training batch (sentence-level tasks; about "
                    "--batch-size sentences per step on average, far less padding, one compiled shape); auto "
-                   "(default): on where JAX runs on one CPU device without --grad-accum; with --resume, what "
-                   "the run started with")
+                   "(default): where JAX runs on one CPU device without --grad-accum, and only where packing "
+                   "saves compute over length buckets (short sentences such as SST-2's; not STS-B's pairs); on: "
+                   "wherever the task allows; with --resume, what the run started with")
 
 
-def packing(name: str, resume: str | None = None, *, grad_accum: int = 1, processes: int = 1) -> bool:
-    """`--packing`'s value for the run config: `auto` is what the run in `resume` (a run directory being
-    resumed) trained with (off, for runs from before the flag), else on where JAX runs on one CPU device in
-    one process and no `--grad-accum` splits batches (on GPUs bucketed rows keep cuDNN's fused attention,
-    which takes no packed rows)."""
+def packing(name: str, resume: str | None = None, *, grad_accum: int = 1, processes: int = 1) -> str:
+    """`--packing`'s value for the run config ('on', 'off' or 'auto': `LoopConfig.packing`): `auto` is what
+    the run in `resume` (a run directory being resumed) trained with (off, for runs from before the flag),
+    else 'auto' where JAX runs on one CPU device in one process and no `--grad-accum` splits batches (on GPUs
+    bucketed rows keep cuDNN's fused attention, which takes no packed rows), 'off' elsewhere."""
     if name != "auto":
-        return name == "on"
+        return name
     if resume is not None and (saved := _saved_loop(Path(resume))) is not None:
-        return bool(saved.get("packing", False))
+        value = saved.get("packing", "off")
+        return ("on" if value else "off") if isinstance(value, bool) else str(value)
     import jax  # here, not at the top: `--help` and flag errors answer without loading JAX
 
-    return jax.default_backend() == "cpu" and jax.local_device_count() == 1 and grad_accum == 1 and processes == 1
+    one_cpu = jax.default_backend() == "cpu" and jax.local_device_count() == 1
+    return "auto" if one_cpu and grad_accum == 1 and processes == 1 else "off"
 
 
 def add_attention_dropout_arg(p) -> None:

@@ -36,7 +36,7 @@ from distill.model.infer import model_inputs
 from distill.model.sharding import for_batches
 from tasks.batching import batches, buckets_for, num_batches
 from tasks.features import Features
-from tasks.packing import is_packed, pack_shape, packable, packed_batches, packed_plan, packs_on
+from tasks.packing import is_packed, pack_shape, packed_batches, packed_plan, packing_pays, packs_on
 
 log = logging.getLogger(__name__)
 FORMAT = 1
@@ -193,12 +193,12 @@ def _store(batch: dict, done: int, offsets: np.ndarray, outputs: tuple, into: tu
 
 def _labelling_batches(todo: Features, batch_size: int):
     """(batches, their count, the devices) of the teacher's labelling: packed (`tasks.packing`) for
-    sentence-level features on one CPU device, else length-bucketed batches of `batch_size` split over the
-    devices that divide it."""
+    sentence-level features on one CPU device where packing saves compute (`packing_pays`), else
+    length-bucketed batches of `batch_size` split over the devices that divide it."""
     if not len(todo):
         return iter(()), 0, for_batches(batch_size)
-    shape = pack_shape(todo, batch_size) if packable(todo) else None
-    if shape is not None and packs_on(jax.default_backend(), jax.local_device_count()):
+    if packs_on(jax.default_backend(), jax.local_device_count()) and packing_pays(todo, batch_size):
+        shape = pack_shape(todo, batch_size)
         return packed_batches(todo, shape), len(packed_plan(todo, shape, shuffle=False)), for_batches(1)
     buckets = buckets_for(todo)
     return (batches(todo, batch_size, buckets=buckets), num_batches(todo, batch_size, buckets, shuffle=False),

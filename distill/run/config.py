@@ -83,8 +83,7 @@ class FinetuneConfig:
             d["precision"] = loop.precision
         if not loop.attention_dropout:  # likewise
             d["attention_dropout"] = False
-        if loop.packing:  # likewise
-            d["packing"] = True
+        d.update(loop.packing_key())  # likewise
         if self.data.cache_settings():  # likewise (the data's contents are keyed apart, by fingerprint)
             d["data"] = self.data.cache_settings()
         return d
@@ -211,6 +210,6 @@ class SupernetConfig:
             "teacher_epochs": self.teacher_epochs,
             **({"precision": loop.precision} if loop.precision != "fp32" else {}),  # earlier keys stay valid
             **({"attention_dropout": False} if not loop.attention_dropout else {}),  # likewise
-            **({"packing": True} if loop.packing else {}),  # likewise
+            **loop.packing_key(),  # likewise
             **({"data": self.data.cache_settings()} if self.data.cache_settings() else {}),  # likewise
         }

@@ -164,8 +164,8 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
         settings["loop"].pop("precision")
     if settings["loop"]["attention_dropout"]:  # likewise
         settings["loop"].pop("attention_dropout")
-    if not settings["loop"]["packing"]:  # likewise
-        settings["loop"].pop("packing")
+    settings["loop"].pop("packing")
+    settings["loop"].update(cfg.loop.packing_key())  # likewise
     if settings["crf"] is None:  # runs from before the flag keep their key
         settings.pop("crf")
     settings.pop("hf_layout")  # how the export is written, not what is trained

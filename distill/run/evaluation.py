@@ -26,7 +26,7 @@ from tasks.batching import batches
 from tasks.decode import tagged_positions
 from tasks.errors import UserError
 from tasks.features import Features, encode
-from tasks.packing import pack_shape, packable, packed_batches, packs_on
+from tasks.packing import pack_shape, packed_batches, packing_pays, packs_on
 from tasks.readers import read_split
 from tasks.registry import saved_task
 from tasks.userdata import DataSpec, with_data
@@ -70,11 +70,10 @@ def predict_features(model, params, features, batch_size: int = 128):
 
 def inference_batches(features: Features, batch_size: int = 128) -> Iterator[dict]:
     """Inference batches of `features`: packed (`tasks.packing`, `batch_size` examples per batch on average)
-    for sentence-level tasks on one CPU device, else padded to length buckets."""
-    if packable(features) and packs_on(jax.default_backend(), jax.local_device_count()):
-        shape = pack_shape(features, batch_size)
-        if shape is not None:
-            return packed_batches(features, shape)
+    for sentence-level tasks on one CPU device where packing saves compute (`packing_pays`), else padded
+    to length buckets."""
+    if packs_on(jax.default_backend(), jax.local_device_count()) and packing_pays(features, batch_size):
+        return packed_batches(features, pack_shape(features, batch_size))
     return batches(features, batch_size)
 
 

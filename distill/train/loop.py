@@ -44,7 +44,7 @@ from distill.train.steps import TrainState
 from tasks.batching import batches, buckets_for, num_batches
 from tasks.errors import UserError
 from tasks.features import Features
-from tasks.packing import epoch_size, pack_shape, packable, packed_batches
+from tasks.packing import PACKINGS, epoch_size, pack_shape, packable, packed_batches, packing_pays, packs_on
 
 log = logging.getLogger(__name__)
 
@@ -89,10 +89,13 @@ class LoopConfig:
     """The train step's compute: 'fp32', or 'bf16' (bfloat16 matmul operands with float32 accumulation,
     float32 master weights, optimizer state, softmax, LayerNorm and losses; see
     `distill.model.bert.mixed_matmul`). Evaluation and exports stay float32."""
-    packing: bool = False
+    packing: str = "off"
     """Pack several examples into each row of a training batch (`tasks.packing`; sentence-level tasks, one
     device, no `grad_accum`): about `batch_size` examples per step on average, one compiled shape, and far
-    less padding than length buckets on short sentences. Other tasks keep length buckets."""
+    less padding than length buckets on short sentences. 'on' packs wherever the task and batch size allow
+    (`pack_shape`); 'auto' only where packing saves compute over length buckets (`tasks.packing.packing_pays`:
+    SST-2 packs, STS-B's long pairs do not); 'off' keeps buckets, as other tasks always do. True and False
+    (configs saved before 'auto') read as 'on' and 'off'."""
 
     def __post_init__(self):
         if self.epochs < 1 and self.max_steps < 1:
@@ -108,7 +111,11 @@ class LoopConfig:
             raise UserError("checkpoint_every and log_every: must be >= 1")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision: {self.precision!r} is not one of {list(PRECISIONS)}")
-        if self.packing and self.grad_accum > 1:
+        if isinstance(self.packing, bool):
+            object.__setattr__(self, "packing", "on" if self.packing else "off")
+        if self.packing not in PACKINGS:
+            raise UserError(f"packing: {self.packing!r} is not one of {list(PACKINGS)}")
+        if self.packing == "on" and self.grad_accum > 1:
             raise UserError("--packing on: packed batches take no --grad-accum (micro-batches split rows and "
                             "examples apart); turn one of them off")
 
@@ -123,10 +130,19 @@ class LoopConfig:
         divide is the user's error."""
         return data_parallel(self.batch_size, self.devices, fsdp=self.fsdp, grad_accum=self.grad_accum)
 
+    def packing_key(self) -> dict:
+        """`packing` in the cache and run keys: nothing when off and True when on (the keys of runs from before
+        'auto' stay valid), 'auto' when auto."""
+        return {} if self.packing == "off" else {"packing": True if self.packing == "on" else "auto"}
+
     def packs(self, train: Features) -> bool:
-        """Whether this loop's batches of `train` are packed: `packing`, a sentence-level task, and a batch
-        larger than what one row holds (`tasks.packing.pack_shape`)."""
-        return self.packing and packable(train) and pack_shape(train, self.batch_size) is not None
+        """Whether this loop's batches of `train` are packed: `packing` 'on', a sentence-level task and a batch
+        larger than what one row holds (`tasks.packing.pack_shape`); 'auto', where that also saves compute
+        (`packing_pays`), on one CPU device (`packs_on`) and without `grad_accum`."""
+        if self.packing == "auto":
+            return (self.grad_accum == 1 and packs_on(jax.default_backend(), self.mesh().size)
+                    and packing_pays(train, self.batch_size))
+        return self.packing == "on" and packable(train) and pack_shape(train, self.batch_size) is not None
 
     def epochs_of(self, train: Features) -> Epochs:
         """How many batches each epoch of `train` has and where the run stops: packed epochs have as many
@@ -192,7 +208,7 @@ class Progress:
 def devices_record(cfg: LoopConfig, train: Features | None = None) -> dict:
     """What a run's results.json says it ran on: the device count and kind, the mesh, the precision and
     whether its batches of `train` were packed (without `train`: whether `packing` was asked for)."""
-    packed = cfg.packing if train is None else cfg.packs(train)
+    packed = cfg.packing != "off" if train is None else cfg.packs(train)
     return {**cfg.mesh().describe(), "precision": cfg.precision, "packing": packed}
 
 

@@ -1,4 +1,5 @@
-"""The loop on packed batches (`LoopConfig.packing`): epochs of varying size, the flag's resolution, learning.
+"""The loop on packed batches (`LoopConfig.packing`): epochs of varying size, the flag's resolution, where
+`auto` packs, learning.
 
 A packed epoch has as many steps as its packing makes; the loop's epoch boundaries, evaluations, schedule
 and results follow them. Fine-tuning the tiny teacher on packed batches of synthetic SST-2 learns the task
@@ -18,11 +19,11 @@ from helpers import write_sst2, write_tiny_teacher
 from distill import cli
 from distill.run.config import FinetuneConfig
 from distill.run.finetuning import finetune
-from distill.train.loop import Epochs, LoopConfig
+from distill.train.loop import Epochs, LoopConfig, devices_record
 from distill.train.optim import OptimizerConfig
 from tasks.errors import UserError
 from tasks.features import Features
-from tasks.packing import epoch_size, pack_shape
+from tasks.packing import PAYS, epoch_size, pack_shape, packing_cost
 
 
 def _features(n: int = 150, kind: str = "classification") -> Features:
@@ -61,25 +62,56 @@ def test_epochs_fraction_matches_the_bucketed_arithmetic():
 
 
 def test_packing_flag_resolution(tmp_path):
-    assert cli.packing("on") is True and cli.packing("off") is False
+    assert cli.packing("on") == "on" and cli.packing("off") == "off"
     one_cpu = jax.default_backend() == "cpu" and jax.local_device_count() == 1
-    assert cli.packing("auto") is one_cpu
-    assert cli.packing("auto", grad_accum=2) is False  # micro-batches would split rows from their examples
-    assert cli.packing("auto", processes=2) is False  # `bertnas finetune --workers 2`: rows split over processes
+    assert cli.packing("auto") == ("auto" if one_cpu else "off")
+    assert cli.packing("auto", grad_accum=2) == "off"  # micro-batches would split rows from their examples
+    assert cli.packing("auto", processes=2) == "off"  # `bertnas finetune --workers 2`: rows split over processes
     run = tmp_path / "run"
     run.mkdir()
     (run / "config.json").write_text(json.dumps({"finetune": {"loop": {"epochs": 2}}}))  # from before the flag
-    assert cli.packing("auto", str(run)) is False
-    (run / "config.json").write_text(json.dumps({"finetune": {"loop": {"packing": True}}}))
-    assert cli.packing("auto", str(run)) is True and cli.packing("off", str(run)) is False
+    assert cli.packing("auto", str(run)) == "off"
+    (run / "config.json").write_text(json.dumps({"finetune": {"loop": {"packing": True}}}))  # before 'auto'
+    assert cli.packing("auto", str(run)) == "on" and cli.packing("off", str(run)) == "off"
+    (run / "config.json").write_text(json.dumps({"finetune": {"loop": {"packing": "auto"}}}))
+    assert cli.packing("auto", str(run)) == "auto"
     with pytest.raises(UserError, match="grad-accum"):
         LoopConfig(batch_size=8, grad_accum=2, packing=True)
+    with pytest.raises(UserError, match="packing: 'yes'"):
+        LoopConfig(packing="yes")
+    assert LoopConfig(packing=True).packing == "on" and LoopConfig(packing=False).packing == "off"
+    assert [LoopConfig(packing=p).packing_key() for p in ("off", "on", "auto")] == [
+        {}, {"packing": True}, {"packing": "auto"}]  # keys of runs from before 'auto' stay valid
     p = cli.Parser(prog="t")
     cli.add_run_args(p, lr=1e-4, epochs=1)
-    assert cli.loop_from_args(p.parse_args(["--output", "o", "--packing", "off"])).packing is False
-    assert cli.loop_from_args(p.parse_args(["--output", "o", "--grad-accum", "2", "--batch-size", "8"])).packing is False
+    assert cli.loop_from_args(p.parse_args(["--output", "o", "--packing", "off"])).packing == "off"
+    assert cli.loop_from_args(p.parse_args(["--output", "o", "--grad-accum", "2", "--batch-size", "8"])).packing == "off"
     p.add_argument("--workers", type=int, default=1)
-    assert cli.loop_from_args(p.parse_args(["--output", "o", "--workers", "2"])).packing is False
+    assert cli.loop_from_args(p.parse_args(["--output", "o", "--workers", "2"])).packing == "off"
+
+
+def _lengths(lengths) -> Features:
+    lengths = np.asarray(lengths, np.int32)
+    n = len(lengths)
+    return Features(kind="classification", max_length=128, input_ids=[np.ones(k, np.int32) for k in lengths],
+                    token_type_ids=[np.zeros(k, np.int32) for k in lengths], lengths=lengths,
+                    example_index=np.arange(n, dtype=np.int32), labels=np.zeros(n, np.int32))
+
+
+def test_auto_packs_where_packing_saves_compute():
+    """`--packing auto` packs short sentences of varied length (SST-2-like) and keeps buckets for long-tailed
+    pairs (STS-B-like: rows as long as the longest pair cost more attention than buckets pad) and for
+    sentences of one length (no padding to save); `on` packs them all."""
+    rng = np.random.default_rng(0)
+    short = _lengths(np.clip(rng.gamma(3.0, 4.5, 4000).astype(int) + 3, 3, 66))  # mean ~16, longest 66
+    long_tail = _lengths(np.r_[np.clip(rng.normal(28, 8, 4000).astype(int), 8, 80), [125]])  # one 125-token pair
+    uniform = _lengths([7] * 400)
+    assert packing_cost(short, pack_shape(short, 32), 32) < PAYS < packing_cost(long_tail, pack_shape(long_tail, 32), 32)
+    auto, on = LoopConfig(batch_size=32, packing="auto", devices=1), LoopConfig(batch_size=32, packing="on", devices=1)
+    one_cpu = jax.default_backend() == "cpu" and jax.local_device_count() == 1
+    assert [auto.packs(f) for f in (short, long_tail, uniform)] == [one_cpu, False, False]
+    assert [on.packs(f) for f in (short, long_tail, uniform)] == [True, True, True]
+    assert devices_record(auto, long_tail)["packing"] is False and devices_record(on, long_tail)["packing"] is True
 
 
 def test_packed_finetuning_learns_and_records_it(tmp_path):
