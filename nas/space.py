@@ -179,6 +179,12 @@ class SearchSpace:
             layer_groups=share_groups(layers, int(sample.get("share", 1))),
         )
 
+    def architecture_only(self) -> SearchSpace:
+        """This space with each distillation knob fixed at its first choice: what the supernet strategy
+        samples, since a candidate's supernet score does not depend on the knobs (they only set how its
+        final run trains, and sampling them would score the same student again under other knobs)."""
+        return dataclasses.replace(self, **{k: getattr(self, k)[:1] for k in KNOBS})
+
     @staticmethod
     def knobs(sample: dict[str, Any]) -> dict[str, Any]:
         """The distillation settings of `sample`: learning rate, temperature, weights, layer map."""

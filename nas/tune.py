@@ -227,7 +227,9 @@ def _trial_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Pat
 def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Path, *, deadline: float,
                     resume: bool, seconds: dict) -> tuple[list[dict], dict[str, TrialHandle], list[dict], dict]:
     """Stages of the supernet strategy (`nas.oneshot`): supernet, latency predictor, scoring trials, the
-    front measured, the targets trained."""
+    front measured, the targets trained. Candidates are architectures only: the knobs, which no supernet
+    score depends on, are each space's first choice (`SearchSpace.architecture_only`)."""
+    setup = dataclasses.replace(setup, space=setup.space.architecture_only())
     space, teacher_arch = setup.space, prep.teacher.arch
     choices = space.subnet_choices(teacher_arch)
     left = deadline - time.time()

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from distill.arch import BertArch
-from nas.space import PRESETS, SearchSpace, SpaceError, get_space, share_groups
+from nas.space import KNOBS, PRESETS, SearchSpace, SpaceError, get_space, share_groups
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -328,3 +328,15 @@ def test_share_validation(changes, text):
     with pytest.raises(SpaceError, match="^share: ") as err:
         SearchSpace(**changes)
     assert text in str(err.value)
+
+
+def test_architecture_only_fixes_each_knob_at_its_first_choice():
+    space = get_space("default")
+    fixed = space.architecture_only()
+    assert space.temperature == (1.0, 2.0) and len(space.learning_rate) == 3
+    assert [getattr(fixed, k) for k in KNOBS] == [getattr(space, k)[:1] for k in KNOBS]
+    assert (fixed.layers, fixed.hidden, fixed.heads, fixed.ffn) == (space.layers, space.hidden, space.heads, space.ffn)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    fixed.sample(trial, TEACHER)
+    assert not set(trial.params) & set(KNOBS)  # nothing suggested for the knobs
