@@ -123,18 +123,28 @@ def measure_in_child(arch: BertArch, head: str, num_labels: int, seq_len: int, b
                      threads: int, repeats: int = 20, min_seconds: float = 0.25,
                      timeout: float = 900, quantize: str | None = None) -> dict[int, tuple[float, float]]:
     """`measure_latency` for each batch size in a child process on `threads` CPU threads; {batch: (median, p95)}."""
-    request = {"arch": arch.to_dict(), "head": head, "num_labels": num_labels, "seq_len": seq_len,
+    return measure_many_in_child([arch], head, num_labels, seq_len, batches, threads=threads, repeats=repeats,
+                                 min_seconds=min_seconds, timeout=timeout, quantize=quantize)[0]
+
+
+def measure_many_in_child(archs: list[BertArch], head: str, num_labels: int, seq_len: int, batches: list[int], *,
+                          threads: int, repeats: int = 20, min_seconds: float = 0.25, timeout: float = 900,
+                          quantize: str | None = None) -> list[dict[int, tuple[float, float]]]:
+    """`measure_in_child` for several architectures in one child process (JAX starts once); one
+    {batch: (median, p95)} per architecture. `timeout` is per architecture."""
+    request = {"archs": [a.to_dict() for a in archs], "head": head, "num_labels": num_labels, "seq_len": seq_len,
                "batches": list(batches), "threads": threads, "repeats": repeats, "min_seconds": min_seconds,
                "quantize": quantize}
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "nas.latency_child", json.dumps(request)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+                          text=True, env=env, timeout=timeout * len(archs))
     lines = proc.stdout.strip().splitlines()
     if proc.returncode or not lines:
         tail = (proc.stderr or proc.stdout).strip()[-1500:]
-        raise RuntimeError(f"latency measurement of {arch.name} failed (exit {proc.returncode}): {tail}")
-    return {int(b): (float(m), float(p)) for b, (m, p) in json.loads(lines[-1]).items()}
+        names = ", ".join(a.name for a in archs)
+        raise RuntimeError(f"latency measurement of {names} failed (exit {proc.returncode}): {tail}")
+    return [{int(b): (float(m), float(p)) for b, (m, p) in entry.items()} for entry in json.loads(lines[-1])]
 
 
 def device_name() -> str:
@@ -168,7 +178,15 @@ class CostModel:
         return f"{arch.name}|{self.head}|{self.num_labels}|seq{self.seq_len}|b{batch}{threads}{quantized}|{digest}"
 
     def cost(self, arch: BertArch) -> Cost:
-        self._measure(arch, [1, self.batch_size])
+        self._measure([arch], [1, self.batch_size])
+        return self._cost(arch)
+
+    def costs(self, archs: list[BertArch]) -> list[Cost]:
+        """`cost` of each of `archs`, those not cached measured together in one child process."""
+        self._measure(archs, [1, self.batch_size])
+        return [self._cost(a) for a in archs]
+
+    def _cost(self, arch: BertArch) -> Cost:
         median, p95 = self._latency(arch, 1)
         batch_median, _ = self._latency(arch, self.batch_size)
         return Cost(
@@ -177,20 +195,24 @@ class CostModel:
             self.seq_len, latency_ms=median, latency_ms_p95=p95, batch_latency_ms=batch_median,
             throughput=self.batch_size * 1e3 / batch_median, batch_size=self.batch_size)
 
-    def _measure(self, arch: BertArch, batches: list[int]) -> None:
-        """Measure, in one child process, the batch sizes not cached yet (threads > 0 only)."""
-        missing = [b for b in dict.fromkeys(batches) if self.key(arch, b) not in self._entries]
-        if missing:
+    def _measure(self, archs: list[BertArch], batches: list[int]) -> None:
+        """Measure, in one child process, the batch sizes of `archs` not cached yet (threads > 0 only)."""
+        def missing(arch):
+            return [b for b in dict.fromkeys(batches) if self.key(arch, b) not in self._entries]
+
+        if any(missing(a) for a in archs):
             self._entries.update(self._read())  # another process may have measured them
-            missing = [b for b in missing if self.key(arch, b) not in self._entries]
-        if not self.threads or not missing:
+        todo = list({a.to_json(): a for a in archs if missing(a)}.values())
+        if not self.threads or not todo:
             return
-        measured = measure_in_child(arch, self.head, self.num_labels, self.seq_len, missing, threads=self.threads,
-                                    repeats=self.repeats, min_seconds=self.min_seconds, quantize=self.quantize)
-        for b, (median, p95) in measured.items():
-            self._write(self.key(arch, b), {"median_ms": median, "p95_ms": p95, "repeats": self.repeats,
-                                            "min_seconds": self.min_seconds, "threads": self.threads,
-                                            "time": time.time()})
+        sizes = sorted({b for a in todo for b in missing(a)})
+        measured = measure_many_in_child(todo, self.head, self.num_labels, self.seq_len, sizes, threads=self.threads,
+                                         repeats=self.repeats, min_seconds=self.min_seconds, quantize=self.quantize)
+        for arch, entry in zip(todo, measured):
+            for b, (median, p95) in entry.items():
+                self._write(self.key(arch, b), {"median_ms": median, "p95_ms": p95, "repeats": self.repeats,
+                                                "min_seconds": self.min_seconds, "threads": self.threads,
+                                                "time": time.time()})
 
     def _latency(self, arch: BertArch, batch: int) -> tuple[float, float]:
         key = self.key(arch, batch)

@@ -1,13 +1,17 @@
 """Latency measured in a child process on a fixed number of CPU threads (`nas.cost.measure_in_child`).
 
-  python -m nas.latency_child '{"arch": {...}, "head": "classification", "num_labels": 2, "seq_len": 40,
-                               "batches": [1, 32], "threads": 1, "repeats": 20, "min_seconds": 0.25}'
+  python -m nas.latency_child '{"archs": [{...}, ...], "head": "classification", "num_labels": 2,
+                               "seq_len": 40, "batches": [1, 32], "threads": 1, "repeats": 20,
+                               "min_seconds": 0.25}'
 
 Before JAX loads, the process pins itself to `threads` of its CPUs and, for
 one thread, turns off XLA's multi-threaded CPU kernels; then it measures
-each batch size with `nas.cost.measure_latency` and prints one JSON line:
-{"<batch>": [median_ms, p95_ms], ...}. XLA sizes its CPU thread pools when
-the backend starts, so a thread count cannot be set for one call in a
+each batch size of each architecture with `nas.cost.measure_latency` and prints
+one JSON line: [{"<batch>": [median_ms, p95_ms], ...}, ...], one entry per
+architecture (a request with a single "arch" prints that entry alone). One
+child measures many architectures, so the search pays JAX's start once per
+batch of measurements, not once per student. XLA sizes its CPU thread pools
+when the backend starts, so a thread count cannot be set for one call in a
 process that is already running JAX (a search trial, which trains on all CPUs).
 """
 
@@ -37,14 +41,18 @@ def main(argv: list[str]) -> None:
     from distill.arch import BertArch
     from nas.cost import measure_latency
 
-    arch = BertArch.from_dict(request["arch"])
-    result = {
-        str(b): measure_latency(arch, request["head"], request["num_labels"], request["seq_len"], b,
-                                repeats=request["repeats"], min_seconds=request["min_seconds"],
-                                quantize=request.get("quantize"))
-        for b in request["batches"]
-    }
-    print(json.dumps(result), flush=True)
+    def measured(arch: dict) -> dict:
+        return {
+            str(b): measure_latency(BertArch.from_dict(arch), request["head"], request["num_labels"],
+                                    request["seq_len"], b, repeats=request["repeats"],
+                                    min_seconds=request["min_seconds"], quantize=request.get("quantize"))
+            for b in request["batches"]
+        }
+
+    if "archs" in request:
+        print(json.dumps([measured(a) for a in request["archs"]]), flush=True)
+    else:
+        print(json.dumps(measured(request["arch"])), flush=True)
 
 
 if __name__ == "__main__":

@@ -188,7 +188,7 @@ def fit_latency(cfg: SearchConfig, setup: TrialSetup, space: SearchSpace, choice
     """Stage 2: measure the design set (cached per device) and fit the predictor that screens candidates."""
     model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads)
     archs = design_set(choices, space, setup.teacher_arch, cfg.latency_design, cfg.seed)
-    latencies = [model.cost(a).latency_ms for a in archs]
+    latencies = [c.latency_ms for c in model.costs(archs)]  # one child process for the whole design set
     predictor = LatencyPredictor.fit(archs, latencies, setup.seq_len)
     log.info("latency predictor: fitted on %d measured candidates, leave-one-out error %.1f%%", len(archs),
              100 * predictor.error)
@@ -298,8 +298,8 @@ def measure_front(rows: list[dict], configs: dict[str, dict], setup: TrialSetup,
     model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads)
     errors = []
     while todo := [r for r in report.pareto_front(rows) if r.get("latency_source") == "predicted"]:
-        for r in todo:
-            cost = model.cost(space.arch(configs[r["trial_id"]], setup.teacher_arch))
+        costs = model.costs([space.arch(configs[r["trial_id"]], setup.teacher_arch) for r in todo])  # one child
+        for r, cost in zip(todo, costs):
             cost = dataclasses.replace(cost, speedup=teacher_latency_ms / cost.latency_ms)
             errors.append(abs(r["latency_ms"] - cost.latency_ms) / cost.latency_ms)
             r.update(predicted_latency_ms=r["latency_ms"], latency_ms=cost.latency_ms,

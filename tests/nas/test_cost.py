@@ -270,3 +270,27 @@ def test_latency_predictor_recovers_a_linear_cost_and_reports_its_error():
     assert 0.01 < noisy.error < 0.5
     with pytest.raises(ValueError, match=">= 3"):
         LatencyPredictor.fit(archs[:2], exact[:2], 16)
+
+
+def test_costs_measure_many_students_in_one_child(tmp_path, monkeypatch):
+    """`CostModel.costs`: the students not cached yet go to one child process (JAX starts once), each gets
+    its own entries, a repeat measures nothing, and the figures are what `cost` reads back."""
+    calls = []
+    real_run = subprocess.run
+
+    def counting_run(cmd, **kw):
+        calls.append(json.loads(cmd[-1]))
+        return real_run(cmd, **kw)
+
+    monkeypatch.setattr(nas.cost, "subprocess", types.SimpleNamespace(run=counting_run))
+    model = CostModel("classification", 2, 7, batch_size=3, cache_path=tmp_path / "lat.json", repeats=3,
+                      min_seconds=0.01, threads=1)
+    small = TINY.replace(num_layers=1, num_heads=(3,), ffn_sizes=(37,))
+    wide = TINY.replace(ffn_sizes=(64, 64))
+    costs = model.costs([TINY, small, wide, small])
+    assert len(calls) == 1 and len(calls[0]["archs"]) == 3 and calls[0]["batches"] == [1, 3]
+    assert all(c.latency_ms > 0 and c.batch_latency_ms > 0 for c in costs) and costs[1] == costs[3]
+    assert model.costs([small, wide]) == [costs[1], costs[2]] and len(calls) == 1  # cached: no child
+    assert model.cost(TINY) == costs[0]
+    entries = json.loads((tmp_path / "lat.json").read_text())["entries"]
+    assert len(entries) == 6 and all(e["threads"] == 1 for e in entries.values())

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import write_sst2, write_tiny_teacher
+from helpers import STSB_HEADER, write_conll, write_sst2, write_stsb, write_tiny_teacher
 
 from distill.run import evaluate_model, load_for_task, predict_table
 from nas.config import SearchConfig
@@ -95,3 +95,65 @@ def test_supernet_smoke_search_on_a_csv_exports_onnx_and_pushes_the_front(tmp_pa
     assert [c[0] for c in calls] == ["create", "upload"] and calls[1][1]["folder_path"] == str(
         tmp_path / "out" / "export")
     assert summary["hub"] == "https://huggingface.co/me/front"
+
+
+def _stsb_jsonl(tmp_path):
+    bench = write_stsb(tmp_path / "bench")
+    names = STSB_HEADER
+    for split in ("train", "dev"):
+        rows = [dict(zip(names, line.split("\t"))) for line in (bench / f"{split}.tsv").read_text().splitlines()[1:]]
+        (tmp_path / f"{split}.jsonl").write_text("".join(json.dumps(
+            {"first": r["sentence1"], "second": r["sentence2"], "similarity": float(r["score"])}) + "\n" for r in rows))
+    spec = DataSpec(train_file=str(tmp_path / "train.jsonl"), dev_file=str(tmp_path / "dev.jsonl"),
+                    text_column="first", text_pair_column="second", label_column="similarity")
+    return "text-regression", spec, "stsb", bench
+
+
+def _conll_dataset(tmp_path):
+    datasets = pytest.importorskip("datasets")
+    bench = write_conll(tmp_path / "bench")
+    conll = get_task("conll2003")
+    ids = {t: i for i, t in enumerate(conll.labels)}
+    features = datasets.Features({"tokens": datasets.List(datasets.Value("string")),
+                                  "ner_tags": datasets.List(datasets.ClassLabel(names=list(conll.labels)))})
+    splits = {}
+    for ours, theirs in (("train", "train"), ("validation", "dev")):
+        rows = read_split(conll, theirs, bench)
+        splits[ours] = datasets.Dataset.from_dict(
+            {"tokens": [list(e.tokens) for e in rows], "ner_tags": [[ids[t] for t in e.tags] for e in rows]},
+            features=features)
+    datasets.DatasetDict(splits).save_to_disk(str(tmp_path / "conll"))
+    return "token-classification", DataSpec(dataset=str(tmp_path / "conll"), label_column="ner_tags"), "conll2003", bench
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("make", [_stsb_jsonl, _conll_dataset], ids=["stsb-jsonl", "conll-saved-dataset"])
+def test_supernet_smoke_search_on_a_jsonl_and_a_saved_dataset(tmp_path, make):
+    """The same search on a user's JSON lines of scored pairs (text-regression) and on a `save_to_disk`
+    dataset of tagged words (token-classification): every exported member scores on dev what the benchmark
+    reader (STS-B, CoNLL-2003) gives on the same rows."""
+    import ray
+
+    from nas.tune import search
+
+    task_name, spec, bench_name, bench_dir = make(tmp_path)
+    cfg = SearchConfig(
+        task=task_name, teacher=str(write_tiny_teacher(tmp_path / "teacher")), data=spec, space="tiny",
+        num_samples=8, supernet_steps=8, latency_design=4, targets=(1.2,), validation=30, teacher_epochs=1,
+        algorithm="random", seed=0, final_steps=8, final_augment=0,
+    )
+    try:
+        summary = search(cfg, tmp_path / "out")
+    finally:
+        ray.shutdown()
+    assert summary["counts"]["scored"] >= 4
+    trials = json.loads((tmp_path / "out" / "results.json").read_text())["trials"]
+    exported = [r for r in trials if r.get("pareto") and r.get("export")]
+    assert exported
+    bench = get_task(bench_name)
+    rows = read_split(bench, "dev", bench_dir)
+    for r in exported:
+        loaded, task = load_for_task(r["export"])
+        assert task.name == task_name
+        theirs = evaluate_model(loaded.model, loaded.params, bench, encode(bench, rows, loaded.tokenizer), rows)
+        assert r["dev_metric"] == pytest.approx(theirs[bench.metric], abs=1e-6)
