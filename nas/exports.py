@@ -70,7 +70,8 @@ def front_readme(root: Path, front: list[dict], teacher: dict, task: str, metric
         if not r.get("export"):
             continue
         kind = r.get("quantized") or ("trained" if r.get("status") == "final" else r.get("kind") or r["status"])
-        lines.append(f"| `{Path(r['export']).name}` | {kind} | {num(r.get('params', 0) / 1e6, '.2f')}M | "
+        params = r.get("params")
+        lines.append(f"| `{Path(r['export']).name}` | {kind} | {num(params and params / 1e6, '.2f')}M | "
                      f"{num(r.get('latency_ms'), '.2f')} | {num(r.get('speedup'), '.2f')}x | "
                      f"{num(r.get('val_metric'), '.4f')} | {num(r.get('dev_metric'), '.4f')} |")
     lines += [

@@ -201,6 +201,7 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
     _write_reports(out, prep, rows, front, summary)
     if cfg.push_to_hub:  # last: a failed upload (one line naming the flag) keeps every file written above
         summary["hub"] = push_to_hub(out / "export", cfg.push_to_hub)
+        write_json(out / "results.json", {**json.loads((out / "results.json").read_text()), "hub": summary["hub"]})
         log.info("pushed the exported front to %s", summary["hub"])
     return summary
 
@@ -321,7 +322,10 @@ def _settle(cfg: SearchConfig, out: Path, *, resume: bool) -> tuple[SearchConfig
     if cfg.push_to_hub:  # offline, no token or a bad name: now, not after the hour's work (a resume too)
         check_hub(cfg.push_to_hub)
     if cfg.export_onnx:  # the onnx extra missing: likewise
-        require_onnx("jax2onnx", "onnx", "onnxruntime")
+        try:
+            require_onnx("jax2onnx", "onnx", "onnxruntime")
+        except UserError as e:
+            raise UserError(f"--export-onnx: {e}") from None
     if not resume:
         # At most a tenth of the training set is held out (2,000 would be 35% of STS-B).
         n_train = len(read_split(task, "train", data_dir, limit=cfg.train_limit))
@@ -441,7 +445,10 @@ def _front_and_exports(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, row
     for r in front:
         r["pareto"] = True
     if (out / "export").is_dir():
-        front_readme(out / "export", front, prep.teacher_row, prep.task.name, prep.task.metric, command_line())
+        try:
+            front_readme(out / "export", front, prep.teacher_row, prep.task.name, prep.task.metric, command_line())
+        except Exception as e:  # noqa: BLE001 - the front's README is never worth the search's report
+            log.warning("no README.md for %s: %s: %s", out / "export", type(e).__name__, e)
     return rows, front
 
 

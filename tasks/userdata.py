@@ -262,6 +262,18 @@ def _score(where: Where, column: str, value) -> float:
     return score
 
 
+# CJK ideographs, as BERT's tokenizer (`_is_chinese_char`) splits them off one by one.
+_CJK = re.compile(
+    "([\u4E00-\u9FFF\u3400-\u4DBF\U00020000-\U0002A6DF\U0002A700-\U0002B73F"
+    "\U0002B740-\U0002B81F\U0002B820-\U0002CEAF\uF900-\uFAFF\U0002F800-\U0002FA1F])"
+)
+
+
+def split_words(line: str) -> tuple[str, ...]:
+    """The words of a tagging input: whitespace-separated, each CJK character a word of its own."""
+    return tuple(w for token in line.split() for w in _CJK.split(token) if w)
+
+
 INPUT_COLUMNS = {"tagging": ("tokens",), "span": ("question", "context"), "classification": ("text",),
                  "regression": ("text",)}
 """The columns `table_inputs` reads for a task that names none of its own (CoNLL-2003, `ner`, SQuAD)."""
@@ -300,8 +312,9 @@ def table_inputs(task: Task, path: str | Path, columns: Sequence[str] | None = N
 
 
 def _input_example(task: Task, guid: str, where: Where, row: dict, columns: tuple[str, ...]):
-    if task.kind == "tagging":
-        words = _sequence(where, columns[0], row[columns[0]])
+    if task.kind == "tagging":  # a list of words, or text split as `bertnas predict` splits a line
+        value = row[columns[0]]
+        words = split_words(value) if isinstance(value, str) else _sequence(where, columns[0], value)
         return TaggingExample(guid, tuple(words), ("O",) * len(words)) if words else None
     texts = [_text(where, c, row[c]) for c in columns]
     if task.kind == "span":

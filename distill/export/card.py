@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -257,9 +258,14 @@ def _transformers_loads(out: Path, cfg: dict[str, Any]) -> bool:
         return any(k.startswith(last) or f".{last}" in k for k in f.keys())
 
 
+_CREDENTIALS = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]+@")
+"""The user:password@ part of a URL (an `--optuna-storage` database, a Ray or storage URI)."""
+
+
 def command_line() -> str:
-    """This process's command line as `bertnas TOOL ...` (the card's "how it was made")."""
-    return shlex.join(["bertnas", *sys.argv[1:]])
+    """This process's command line as `bertnas TOOL ...` (the card's "how it was made"), with any password in
+    a URL argument (`postgresql://user:secret@host/db`) replaced by `***`: a card may be uploaded."""
+    return shlex.join(["bertnas", *(_CREDENTIALS.sub(r"\1***@", a) for a in sys.argv[1:])])
 
 
 def hub_problem() -> str | None:

@@ -222,6 +222,7 @@ def distill(
 def _distill(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool,
              report: Callable[[int, dict, dict | None], None] | None, teacher_eval: dict | None) -> dict[str, Any]:
     prep = prepare(cfg, out, resume=resume, use_cache=use_cache)
+    cfg = dataclasses.replace(cfg, loop=cfg.loop.resolved(prep.train))  # 'auto' packing decided, keyed, saved
     teacher_params = jax.device_put(prep.teacher.params)  # once, not with every batch
     extras = batch_extras(cfg, prep, teacher_params, use_cache)
     teacher_dev = teacher_eval or evaluate_model(

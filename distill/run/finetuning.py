@@ -13,6 +13,7 @@ and evaluated with constrained Viterbi decoding.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -133,6 +134,7 @@ def _train(cfg: FinetuneConfig, task, teacher, params, train_ex, dev_ex, out: Pa
     train = encode(task, train_ex, teacher.tokenizer)
     dev = encode(task, dev_ex, teacher.tokenizer)
     log.info("encoded %d train / %d dev features in %.1fs", len(train), len(dev), time.perf_counter() - t_enc)
+    cfg = dataclasses.replace(cfg, loop=cfg.loop.resolved(train))  # 'auto' packing decided and saved as such
     total = cfg.loop.total_steps(train)
     tx = cfg.optimizer.build(params, total, teacher.arch.num_layers, teacher.arch.groups)
     model = in_precision(teacher.model, cfg.loop.precision, attention_dropout=cfg.loop.attention_dropout)

@@ -13,7 +13,6 @@ columns (`tasks.userdata.input_columns`).
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -22,18 +21,7 @@ from tasks.base import SpanExample, TaggingExample, TextExample
 from tasks.decode import predict_labels
 from tasks.errors import UserError
 from tasks.features import encode
-from tasks.userdata import DataSpec, input_columns, table_inputs
-
-# CJK ideographs, as BERT's tokenizer (`_is_chinese_char`) splits them off one by one.
-_CJK = re.compile(
-    "([\u4E00-\u9FFF\u3400-\u4DBF\U00020000-\U0002A6DF\U0002A700-\U0002B73F"
-    "\U0002B740-\U0002B81F\U0002B820-\U0002CEAF\uF900-\uFAFF\U0002F800-\U0002FA1F])"
-)
-
-
-def split_words(line: str) -> tuple[str, ...]:
-    """The words of a tagging input line: whitespace-separated, each CJK character a word of its own."""
-    return tuple(w for token in line.split() for w in _CJK.split(token) if w)
+from tasks.userdata import DataSpec, input_columns, split_words, table_inputs
 
 
 def _example(kind: str, i: int, line: str, pairs: bool, source: str):

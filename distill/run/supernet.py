@@ -92,6 +92,7 @@ def _train_supernet(cfg: SupernetConfig, out: Path, *, resume: bool, use_cache: 
         log.info("%s: already finished; nothing to resume", out)
         return _read_results(out)
     prep = prepare(cfg, out, resume=resume, use_cache=use_cache)
+    cfg = dataclasses.replace(cfg, loop=cfg.loop.resolved(prep.train))  # 'auto' packing decided, keyed, saved
     key = run_key(cfg, prep.teacher, prep.train)
     cached = cache_root() / "supernets" / f"{cfg.task}-{key}"
     if use_cache and not resume and (cached / "results.json").is_file():

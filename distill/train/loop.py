@@ -130,6 +130,13 @@ class LoopConfig:
         divide is the user's error."""
         return data_parallel(self.batch_size, self.devices, fsdp=self.fsdp, grad_accum=self.grad_accum)
 
+    def resolved(self, train: Features) -> LoopConfig:
+        """This loop with 'auto' packing decided for `train` ('on' where `packs`, else 'off'): what a run
+        records, keys and resumes with once its training features are known."""
+        if self.packing != "auto":
+            return self
+        return dataclasses.replace(self, packing="on" if self.packs(train) else "off")
+
     def packing_key(self) -> dict:
         """`packing` in the cache and run keys: nothing when off and True when on (the keys of runs from before
         'auto' stay valid), 'auto' when auto."""

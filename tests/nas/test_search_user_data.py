@@ -56,6 +56,7 @@ def test_supernet_smoke_search_on_a_csv_exports_onnx_and_pushes_the_front(tmp_pa
         rows = [line.split("\t") for line in (glue / f"{split}.tsv").read_text().splitlines()[1:]]
         with open(tmp_path / f"{split}.csv", "w", newline="") as fh:
             csv.writer(fh).writerows([["review", "sentiment"]] + [[t, ("neg", "pos")[int(y)]] for t, y in rows])
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setattr(card, "is_offline_mode", lambda: False)
     monkeypatch.setattr(card, "get_token", lambda: "hf_fake")
     calls = []
@@ -87,7 +88,7 @@ def test_supernet_smoke_search_on_a_csv_exports_onnx_and_pushes_the_front(tmp_pa
         onnx = r["onnx"]["float32"]
         assert Path(onnx["export"]).name == Path(r["export"]).name + "-onnx" and onnx["max_abs_diff"] < 1e-4
         assert onnx["dev_metric"] == pytest.approx(r["dev_metric"], abs=1 / 40 + 1e-9)  # a near-tie may flip
-        predicted = predict_table(r["export"], tmp_path / "dev.csv")
+        predicted = predict_table(r["export"], tmp_path / "dev.csv", batch_size=128)  # as evaluate_dir batches
         right = sum(p["label"] == row["sentiment"] for p, row in zip(predicted, dev_csv))
         assert right / len(dev_csv) == pytest.approx(r["dev_metric"], abs=1e-9)
     readme = (tmp_path / "out" / "export" / "README.md").read_text()
@@ -95,6 +96,7 @@ def test_supernet_smoke_search_on_a_csv_exports_onnx_and_pushes_the_front(tmp_pa
     assert [c[0] for c in calls] == ["create", "upload"] and calls[1][1]["folder_path"] == str(
         tmp_path / "out" / "export")
     assert summary["hub"] == "https://huggingface.co/me/front"
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["hub"] == summary["hub"]
 
 
 def _stsb_jsonl(tmp_path):

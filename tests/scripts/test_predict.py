@@ -107,6 +107,9 @@ def test_a_table_gives_the_line_forms_predictions_by_the_tasks_columns(tmp_path)
     assert len(tagged) == 1 and tagged[0]["words"] == ["Peter", "lives", "in", "Paris"]
     assert tagged[0]["tags"] == predict_lines(ner, ["Peter lives in Paris"])[0]["tags"]
 
+    (tmp_path / "ner.csv").write_text("tokens\n张三在北京\n")  # text is split as a line is: CJK characters apart
+    assert predict_table(ner, tmp_path / "ner.csv")[0]["words"] == ["张", "三", "在", "北", "京"]
+
     squad = _saved(tmp_path, "squad")
     (tmp_path / "qa.tsv").write_text("question\tcontext\nwho lives in paris ?\tpeter lives in paris .\n")
     assert predict_table(squad, tmp_path / "qa.tsv")[0]["answer"] == predict_lines(
