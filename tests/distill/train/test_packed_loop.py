@@ -112,6 +112,9 @@ def test_auto_packs_where_packing_saves_compute():
     assert [auto.packs(f) for f in (short, long_tail, uniform)] == [one_cpu, False, False]
     assert [on.packs(f) for f in (short, long_tail, uniform)] == [True, True, True]
     assert devices_record(auto, long_tail)["packing"] is False and devices_record(on, long_tail)["packing"] is True
+    # a run saves, keys and resumes what auto decided for its features
+    assert auto.resolved(short).packing == ("on" if one_cpu else "off") and auto.resolved(long_tail).packing == "off"
+    assert on.resolved(long_tail) is on and auto.resolved(short).packing_key() == ({"packing": True} if one_cpu else {})
 
 
 def test_packed_finetuning_learns_and_records_it(tmp_path):
