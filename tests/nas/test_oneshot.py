@@ -45,7 +45,7 @@ def test_every_candidate_is_scored_with_the_supernet(searched):
     estimates = [r for r in rows if r["kind"] == "supernet"]
     assert len(estimates) == 16 and all(r["status"] == "scored" and r["steps"] == "0" for r in estimates)
     # architectures only: the tiny space's temperatures (1, 2) are not sampled, every row has the first
-    assert {(r["temperature"], r["learning_rate"]) for r in rows} == {("1.0", "0.001")}
+    assert {(float(r["temperature"]), float(r["learning_rate"])) for r in rows} == {(1.0, 0.001)}
     sn = summary["supernet"]
     assert sn["steps"] == 12 and Path(sn["supernet_dir"]) == out / "supernet" / "supernet"
     predictor = summary["latency_predictor"]
