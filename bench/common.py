@@ -94,14 +94,15 @@ def read_json(path: Path) -> dict:
 
 def float_students(ctx) -> tuple[dict, list[Path]]:
     """(the search's results.json or {}, the float32 students to measure): `--student DIR ...`, else the
-    search's exported students (DIR/export/*), int8 exports left out. Skip when there are none."""
+    search's exported students (DIR/export/*), int8 and ONNX exports left out. Skip when there are none."""
     search = Path(ctx.search) if ctx.search else None
     results = read_json(search / "results.json") if search else {}
     if search and not results:
         raise Skip(f"{search}: no results.json (not a finished search)")
     students = [Path(s) for s in ctx.students or []]
     if not students and search:
-        students = sorted(d for d in (search / "export").glob("*") if (d / "config.json").is_file())
+        students = sorted(d for d in (search / "export").glob("*") if (d / "config.json").is_file()
+                          and not (d / "model.onnx").is_file())  # not the `--export-onnx` copies
     students = [s for s in students if "quantization_config" not in read_json(s / "config.json")]
     if not students:
         raise Skip("no float32 students: pass --student DIR or a search with exported students")

@@ -58,10 +58,11 @@ def inputs(ctx) -> dict:
         raise Skip("no --search DIR or --teacher DIR given")
     students = list(ctx.students or [])
     if not students and search:
-        # The float32 students only: the int8 copies of `--quantize int8` are part `quantize`'s
+        # The float32 Flax students only: the int8 copies of `--quantize int8` are part `quantize`'s
         # (the test of `distill.export.hf.is_quantized`, without importing JAX here).
         students = sorted(d for d in (search / "export").glob("*") if (d / "config.json").is_file()
-                          and "quantization_config" not in _json(d / "config.json"))
+                          and "quantization_config" not in _json(d / "config.json")
+                          and not (d / "model.onnx").is_file())  # `--export-onnx` copies: part `onnx`'s
     if not students:
         raise Skip("no students: pass --student DIR or a search with exported students")
     for path in [teacher, *students]:

@@ -194,11 +194,12 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
     stages = _oneshot_stages if cfg.strategy == "supernet" else _trial_stages
     rows, handles, finals, extra = stages(cfg, setup, prep, out, deadline=deadline, resume=resume, seconds=seconds)
     t0 = time.perf_counter()
-    rows, front = _front_and_exports(cfg, setup, prep, rows, handles, out)
+    rows, front, exported = _front_and_exports(cfg, setup, prep, rows, handles, out)
     seconds["export"] = time.perf_counter() - t0
     seconds["total"] = time.time() - start
-    summary = {**_summary(prep, space, rows, front, finals, seconds), "strategy": cfg.strategy, **extra}
-    _write_reports(out, prep, rows, front, summary)
+    summary = {**_summary(prep, space, rows, front, finals, seconds), "strategy": cfg.strategy,
+               "exported": [r["trial_id"] for r in exported if r.get("export")], **extra}
+    _write_reports(out, prep, rows, front, exported, summary)
     if cfg.push_to_hub:  # last: a failed upload (one line naming the flag) keeps every file written above
         summary["hub"] = push_to_hub(out / "export", cfg.push_to_hub)
         write_json(out / "results.json", {**json.loads((out / "results.json").read_text()), "hub": summary["hub"]})
@@ -429,27 +430,38 @@ def _final(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], handles: dict
 
 
 def _front_and_exports(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, rows: list[dict],
-                       handles: dict[str, TrialHandle], out: Path) -> tuple[list[dict], list[dict]]:
-    """Stage 6: the Pareto front exported and scored on dev. With `--quantize`, int8 copies of its students
-    join the rows and the front is taken again over all. Returns all the rows and the front, marked."""
+                       handles: dict[str, TrialHandle], out: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """Stage 6: the Pareto front, and every trained final besides (a target's final that another one beats
+    on validation is still the student trained for that target), exported and scored on dev. With
+    `--quantize`, int8 copies of them join the rows and the front is taken again over all. Returns all the
+    rows, the front (marked) and what was exported."""
     front = report.pareto_front(rows)
+    exported = _with_finals(front, rows)
     threads = cfg.latency_threads or "all"
-    _export_front(out, front, handles, prep.task, prep.base, cfg.dev_limit,
+    _export_front(out, exported, handles, prep.task, prep.base, cfg.dev_limit,
                   latency_device=f"{device_name()} (batch 1, {threads} thread(s), as the search measures)")
     if cfg.export_onnx:
-        onnx_copies(front, prep.task, prep.base, cfg.dev_limit, cfg.quantize)
+        onnx_copies(exported, prep.task, prep.base, cfg.dev_limit, cfg.quantize)
     if cfg.quantize:
-        rows = rows + quantized_rows(cfg.quantize, setup, front, prep.teacher_cost.latency_ms, prep.val_features,
+        rows = rows + quantized_rows(cfg.quantize, setup, exported, prep.teacher_cost.latency_ms, prep.val_features,
                                      prep.val_examples, dev_limit=cfg.dev_limit)
         front = report.pareto_front(rows)
+        exported = _with_finals(front, rows)
     for r in front:
         r["pareto"] = True
     if (out / "export").is_dir():
         try:
-            front_readme(out / "export", front, prep.teacher_row, prep.task.name, prep.task.metric, command_line())
+            front_readme(out / "export", exported, prep.teacher_row, prep.task.name, prep.task.metric,
+                         command_line())
         except Exception as e:  # noqa: BLE001 - the front's README is never worth the search's report
             log.warning("no README.md for %s: %s: %s", out / "export", type(e).__name__, e)
-    return rows, front
+    return rows, front, exported
+
+
+def _with_finals(front: list[dict], rows: list[dict]) -> list[dict]:
+    """`front` and, after it, every trained final that is not on it."""
+    ids = {r["trial_id"] for r in front}
+    return front + [r for r in rows if r.get("status") == "final" and r["trial_id"] not in ids]
 
 
 def _summary(prep: Prepared, space: SearchSpace, rows: list[dict], front: list[dict], finals: list[dict],
@@ -473,12 +485,14 @@ def _summary(prep: Prepared, space: SearchSpace, rows: list[dict], front: list[d
     }
 
 
-def _write_reports(out: Path, prep: Prepared, rows: list[dict], front: list[dict], summary: dict) -> None:
-    """results.csv, results.json, pareto.png and leaderboard.txt (also printed)."""
+def _write_reports(out: Path, prep: Prepared, rows: list[dict], front: list[dict], exported: list[dict],
+                   summary: dict) -> None:
+    """results.csv, results.json, pareto.png (the front highlighted) and leaderboard.txt (what was exported;
+    also printed)."""
     metric = prep.task.metric
     report.write_table(out, rows, summary)
     report.plot(out / "pareto.png", rows, front, prep.teacher_row, metric)
-    board = report.leaderboard(front, prep.teacher_row, metric)
+    board = report.leaderboard(exported, prep.teacher_row, metric)
     (out / "leaderboard.txt").write_text(board + "\n")
     print(board, flush=True)
 

@@ -60,6 +60,8 @@ def test_the_front_is_measured_and_exported(searched):
     trials = json.loads((out / "results.json").read_text())["trials"]
     front = [t for t in trials if t["pareto"]]
     assert [t["trial_id"] for t in front] == summary["pareto"]
+    assert all(Path(t["export"]).is_dir() for t in trials if t["status"] == "final")  # every target's student
+    assert summary["exported"][:len(front)] == summary["pareto"]
     for t in front:
         assert t["latency_source"] == "measured" and Path(t["export"]).is_dir()
         assert load_export(t["export"]).arch.name == t["arch"]

@@ -120,9 +120,15 @@ def test_pareto_front_is_exported_and_scores_on_dev(searched, env):
     front = [t for t in trials if t["pareto"]]
     assert front and [t["trial_id"] for t in front] == summary["pareto"]
     assert [t["trial_id"] for t in pareto_front(trials)] == summary["pareto"]
-    exports = sorted((out / "export").iterdir())
-    assert len(exports) == len(front)
-    for t, d in zip(front, exports):
+    # the front, then every trained final off it (each target's student is exported), in the folders' order
+    by_id = {t["trial_id"]: t for t in trials}
+    exported = [by_id[i] for i in summary["exported"]]
+    assert summary["exported"][:len(front)] == summary["pareto"]
+    assert all(t["status"] == "final" for t in exported[len(front):])
+    assert all(t["export"] for t in trials if t["status"] == "final")
+    exports = sorted(d for d in (out / "export").iterdir() if d.is_dir())
+    assert len(exports) == len(exported) and (out / "export" / "README.md").is_file()
+    for t, d in zip(exported, exports):
         assert Path(t["export"]) == d
         loaded = load_export(d)
         assert loaded.arch.name == t["arch"]
@@ -159,8 +165,8 @@ def test_chosen_candidate_is_trained_again_on_augmented_data(searched, env):
     assert run["eval_split"] == "validation" and run["best"][summary["metric"]] == final["val_metric"]
     assert load_export(out / "final" / "run" / "export").arch.name == source["arch"]
     assert ("final" in summary["pareto"]) == final["pareto"]
-    if final["pareto"]:
-        assert Path(final["export"]).parent == out / "export"
+    row = next(t for t in trials if t["trial_id"] == "final")
+    assert Path(row["export"]).parent == out / "export"  # on the front or not, the final is exported
 
 
 def test_trials_select_on_validation_and_reuse_the_teacher_labels(searched):
