@@ -433,8 +433,8 @@ def _front_and_exports(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, row
                        handles: dict[str, TrialHandle], out: Path) -> tuple[list[dict], list[dict], list[dict]]:
     """Stage 6: the Pareto front, and every trained final besides (a target's final that another one beats
     on validation is still the student trained for that target), exported and scored on dev. With
-    `--quantize`, int8 copies of them join the rows and the front is taken again over all. Returns all the
-    rows, the front (marked) and what was exported."""
+    `--quantize`, int8 copies of them join the rows and the exports, and the front is taken again over all.
+    Returns all the rows, the front (marked) and what was exported."""
     front = report.pareto_front(rows)
     exported = _with_finals(front, rows)
     threads = cfg.latency_threads or "all"
@@ -442,11 +442,11 @@ def _front_and_exports(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, row
                   latency_device=f"{device_name()} (batch 1, {threads} thread(s), as the search measures)")
     if cfg.export_onnx:
         onnx_copies(exported, prep.task, prep.base, cfg.dev_limit, cfg.quantize)
-    if cfg.quantize:
-        rows = rows + quantized_rows(cfg.quantize, setup, exported, prep.teacher_cost.latency_ms, prep.val_features,
-                                     prep.val_examples, dev_limit=cfg.dev_limit)
+    if cfg.quantize:  # an int8 copy of each exported student, written beside it: exported too
+        copies = quantized_rows(cfg.quantize, setup, exported, prep.teacher_cost.latency_ms, prep.val_features,
+                                prep.val_examples, dev_limit=cfg.dev_limit)
+        rows, exported = rows + copies, exported + copies
         front = report.pareto_front(rows)
-        exported = _with_finals(front, rows)
     for r in front:
         r["pareto"] = True
     if (out / "export").is_dir():
