@@ -13,7 +13,7 @@ import math
 from distill.arch import DEFAULT_TEACHER, PRECISIONS
 from distill.export.scheme import scheme
 from tasks.errors import UserError
-from tasks.packing import PACKINGS
+from tasks.packing import packing_setting
 from tasks.userdata import DataSpec
 
 
@@ -191,10 +191,7 @@ class SearchConfig:
                 raise UserError(f"{name}: must be a positive number of examples (or unset for all), got {value}")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision: {self.precision!r} is not one of {list(PRECISIONS)}")
-        if isinstance(self.packing, bool):
-            object.__setattr__(self, "packing", "on" if self.packing else "off")
-        if self.packing not in PACKINGS:
-            raise UserError(f"packing: {self.packing!r} is not one of {list(PACKINGS)}")
+        object.__setattr__(self, "packing", packing_setting(self.packing))
         if self.quantize is not None:
             scheme(self.quantize)  # a UserError naming the valid schemes
 

@@ -35,6 +35,7 @@ from typing import Iterator
 import numpy as np
 
 from tasks.batching import MULTIPLE, buckets_for
+from tasks.errors import UserError
 from tasks.features import Features
 
 PACKED_KINDS = ("classification", "regression")
@@ -94,6 +95,16 @@ def pack_shape(features: Features, batch_size: int) -> PackShape | None:
     if key not in _SHAPES:
         _SHAPES[key] = _fitted_shape(features.lengths.astype(np.int64), features.max_length, batch_size)
     return _SHAPES[key]
+
+
+def packing_setting(value) -> str:
+    """A loop's packing setting as one of `PACKINGS`: True and False (configs saved before 'auto') read as
+    'on' and 'off'; anything else is a UserError naming the field."""
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value not in PACKINGS:
+        raise UserError(f"packing: {value!r} is not one of {list(PACKINGS)}")
+    return value
 
 
 def packing_cost(features: Features, shape: PackShape, batch_size: int) -> float:

@@ -29,6 +29,7 @@ from distill.arch import PRECISIONS
 from distill.export.scheme import SCHEMES
 from distill.files import cache_root
 from tasks.errors import UserError
+from tasks.packing import packing_setting
 from tasks.userdata import DataSpec
 
 
@@ -270,8 +271,7 @@ def packing(name: str, resume: str | None = None, *, grad_accum: int = 1, proces
     if name != "auto":
         return name
     if resume is not None and (saved := _saved_loop(Path(resume))) is not None:
-        value = saved.get("packing", "off")
-        return ("on" if value else "off") if isinstance(value, bool) else str(value)
+        return packing_setting(saved.get("packing", "off"))
     import jax  # here, not at the top: `--help` and flag errors answer without loading JAX
 
     one_cpu = jax.default_backend() == "cpu" and jax.local_device_count() == 1

@@ -44,7 +44,7 @@ from distill.train.steps import TrainState
 from tasks.batching import batches, buckets_for, num_batches
 from tasks.errors import UserError
 from tasks.features import Features
-from tasks.packing import PACKINGS, epoch_size, pack_shape, packable, packed_batches, packing_pays, packs_on
+from tasks.packing import epoch_size, pack_shape, packable, packed_batches, packing_pays, packing_setting, packs_on
 
 log = logging.getLogger(__name__)
 
@@ -111,10 +111,7 @@ class LoopConfig:
             raise UserError("checkpoint_every and log_every: must be >= 1")
         if self.precision not in PRECISIONS:
             raise UserError(f"precision: {self.precision!r} is not one of {list(PRECISIONS)}")
-        if isinstance(self.packing, bool):
-            object.__setattr__(self, "packing", "on" if self.packing else "off")
-        if self.packing not in PACKINGS:
-            raise UserError(f"packing: {self.packing!r} is not one of {list(PACKINGS)}")
+        object.__setattr__(self, "packing", packing_setting(self.packing))
         if self.packing == "on" and self.grad_accum > 1:
             raise UserError("--packing on: packed batches take no --grad-accum (micro-batches split rows and "
                             "examples apart); turn one of them off")
