@@ -352,6 +352,27 @@ def add_quantize_arg(p) -> None:
                    "per token) and report accuracy, size and latency next to float32")
 
 
+def add_compare_args(p) -> None:
+    """`--evaluate` and the data flags of the tools that write a model from another (`quantize`, `export`):
+    both models scored on `--split` of their task (`compare_from_args`)."""
+    p.add_argument("--evaluate", action="store_true",
+                   help="evaluate both models on --split of their task (metrics, drop, agreement)")
+    p.add_argument("--task", default=None, help="task name (default: the one recorded in the model)")
+    p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
+    add_data_args(p)
+    p.add_argument("--split", default="dev")
+    p.add_argument("--limit", type=at_least(1), default=None, help="first N examples only")
+    p.add_argument("--batch-size", type=at_least(1), default=128)
+
+
+def compare_from_args(args) -> dict:
+    """`--evaluate`: `distill.run.compare` of `--model` against `--output` as the flags say."""
+    from distill.run import compare
+
+    return compare(args.model, args.output, args.task, data_dir=args.data_dir, split=args.split, limit=args.limit,
+                   batch_size=args.batch_size, spec=data_from_args(args))
+
+
 def add_hub_arg(p, what: str) -> None:
     """`--push-to-hub REPO` of the tools that write an export (`distill.export.card.push_to_hub`)."""
     p.add_argument("--push-to-hub", metavar="REPO", default=None,

@@ -2,6 +2,7 @@
 
   bertnas export --format onnx --model runs/sst2-4L-312/export --output runs/sst2-4L-312/export-onnx
   bertnas export --format onnx --model DIR --output DIR-int8 --quantize int8    # ONNX Runtime's int8
+  bertnas export --format onnx --model DIR --output DIR-int8 --quantize int8 --evaluate --task sst2
 
 --format onnx writes model.onnx (inputs input_ids, attention_mask, token_type_ids, int64, dynamic batch and
 sequence axes; outputs logits, or start_logits/end_logits for span extraction), config.json and the
@@ -11,8 +12,10 @@ tagger's graph computes the emission scores and its CRF scores go beside it (dec
 --quantize int8 writes ONNX Runtime's dynamic int8 variant instead (int8 weights per output channel,
 activations quantized at run time). Needs the `onnx` extra: pip install 'bertnas[onnx]'. With --json the
 last line of stdout is one JSON object: the path, sizes and the largest |ONNX - Flax| output difference
-measured on a probe batch. The export gets a model card (README.md); --push-to-hub REPO uploads it to the
-Hugging Face Hub.
+measured on a probe batch. --evaluate also scores the source and the ONNX model (with onnxruntime) on
+--split of their task, the drop of its metric and how often their predictions agree (`evaluation`), as
+`bertnas quantize --evaluate` does. The export gets a model card (README.md); --push-to-hub REPO uploads
+it to the Hugging Face Hub.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opset", type=cli.at_least(1), default=None,
                    help="ONNX opset, 17..23 (default 17: onnxruntime >= 1.14 and most runtimes)")
     p.add_argument("--overwrite", action="store_true", help="replace --output if it holds an export of ours")
+    cli.add_compare_args(p)
     cli.add_hub_arg(p, "the ONNX export")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -47,6 +51,8 @@ def main(args: argparse.Namespace) -> int:
     opset = {} if args.opset is None else {"opset": args.opset}
     cli.check_hub_arg(args)
     summary = onnx_export(args.model, args.output, quantize=args.quantize, overwrite=args.overwrite, **opset)
+    if args.evaluate:
+        summary["evaluation"] = cli.compare_from_args(args)
     summary.update(cli.finish_export(args, args.output))
     if args.json:
         print(json.dumps(summary))

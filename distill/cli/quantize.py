@@ -28,13 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activations", default="dynamic", choices=list(ACTIVATIONS),
                    help="dynamic: int8 per token at run time; none: float32 (weight-only int8)")
     p.add_argument("--embeddings", default="int8", choices=list(EMBEDDINGS), help="embedding tables")
-    p.add_argument("--evaluate", action="store_true", help="evaluate both models on --split of their task")
-    p.add_argument("--task", default=None, help="task name (default: the one recorded in the model)")
-    p.add_argument("--data-dir", default=None, help="folder with the task's files (default $GLUE_DIR/<TASK>)")
-    cli.add_data_args(p)
-    p.add_argument("--split", default="dev")
-    p.add_argument("--limit", type=cli.at_least(1), default=None, help="first N examples only")
-    p.add_argument("--batch-size", type=cli.at_least(1), default=128)
+    cli.add_compare_args(p)
     cli.add_hub_arg(p, "the int8 export")
     p.add_argument("--json", action="store_true", help="print the result as one JSON line")
     p.add_argument("-v", "--verbose", action="store_true")
@@ -46,14 +40,12 @@ def config(args: argparse.Namespace) -> QuantConfig:
 
 def main(args: argparse.Namespace) -> int:
     from distill.export.int8 import quantize_export
-    from distill.run import compare
 
     cfg = config(args)
     cli.check_hub_arg(args)
     result = {"quantization": cfg.to_dict(), **quantize_export(args.model, args.output, cfg, overwrite=args.overwrite)}
     if args.evaluate:
-        result["evaluation"] = compare(args.model, args.output, args.task, data_dir=args.data_dir, split=args.split,
-                                       limit=args.limit, batch_size=args.batch_size, spec=cli.data_from_args(args))
+        result["evaluation"] = cli.compare_from_args(args)
     result.update(cli.finish_export(args, args.output))
     if args.json:
         print(json.dumps(result))

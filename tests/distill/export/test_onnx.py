@@ -216,3 +216,26 @@ def test_a_runs_export_gets_onnx_copies_evaluated_next_to_it(tokenizer, random_p
     assert result["export-onnx-int8"]["quantization"] == "int8" and abs(result["export-onnx-int8"]["drop"]) <= 1
     assert json.loads((run / "results.json").read_text())["onnx"]["export-onnx"]["path"] == str(run / "export-onnx")
     assert load_export(run / "export-onnx-int8").model.head == "classification"
+
+
+def test_the_cli_evaluates_the_onnx_model_against_its_source(tokenizer, random_params, tmp_path, capsys):
+    """`bertnas export --format onnx --quantize int8 --evaluate`: both models on dev, as `bertnas quantize
+    --evaluate` reports them (`distill.run.compare`): each one's metrics as `evaluate` gives them, the
+    agreement of their predictions."""
+    arch, task, params = _student("hetero", "sst2", tokenizer, random_params)
+    export_model(tmp_path / "fp32", arch, params, tokenizer, task)
+    data = write_sst2(tmp_path / "SST-2", n_train=4, n_dev=29)
+    for quantize, name in (([], "onnx"), (["--quantize", "int8"], "onnx-int8")):
+        with pytest.raises(SystemExit) as done:
+            nas.cli.main(["export", "--format", "onnx", "--model", str(tmp_path / "fp32"), "--output",
+                          str(tmp_path / name), *quantize, "--evaluate", "--task", "sst2", "--data-dir", str(data),
+                          "--json"])
+        assert done.value.code == 0
+        ev = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["evaluation"]
+        assert ev["split"] == "dev" and ev["float32"]["examples"] == 29
+        assert ev["float32"]["accuracy"] == evaluate_dir(tmp_path / "fp32", "sst2", data_dir=str(data))["accuracy"]
+        assert ev["int8"]["accuracy"] == evaluate_dir(tmp_path / name, "sst2", data_dir=str(data))["accuracy"]
+        assert 0 <= ev["agreement"] <= 1 and ev["drop"] == pytest.approx(
+            ev["float32"]["accuracy"] - ev["int8"]["accuracy"])
+        if not quantize:  # the float32 ONNX graph predicts as its source
+            assert ev["agreement"] == 1.0 and ev["drop"] == 0
