@@ -51,11 +51,12 @@ from distill.run import (
     export_subnet,
     score_subnets,
     train_supernet,
+    training_speed,
 )
 from nas import report
 from nas.config import Constraints, SearchConfig
 from nas.cost import Cost, CostModel, LatencyPredictor
-from nas.final import final_config, label_copies, plan_run, plan_steps
+from nas.final import EVALS, final_config, label_copies, plan_run, plan_steps
 from nas.space import SearchSpace
 from nas.trial import (
     OBJECTIVE_LATENCY,
@@ -385,17 +386,23 @@ def _plan(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], configs: dict[
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "student.json", arch.to_dict())
     t0 = time.perf_counter()
-    speed = student_speed(supernet, choices, setup.teacher_arch, arch, cfg, setup.seq_len)
-    _, copies = plan_run(cfg, setup, seconds, speed)
+    estimate = student_speed(supernet, choices, setup.teacher_arch, arch, cfg, setup.seq_len)
+    measured = training_speed(_final_config(cfg, setup, sample, root, cfg.final_steps, supernet["supernet_dir"], 0),
+                              root)
+    speed, evals = measured.steps_per_second, EVALS * measured.eval_seconds
+    log.info("final training of %s: %.2f steps/s measured (estimate %s), %.1f s an evaluation", arch.name, speed,
+             f"{estimate:.2f}" if estimate else "none", measured.eval_seconds)
+    _, copies = plan_run(cfg, setup, seconds - evals, speed)
     label_seconds, labelled = label_copies(
         _final_config(cfg, setup, sample, root, 1, supernet["supernet_dir"], copies), root)
-    steps = plan_steps(cfg.final_steps, seconds - (time.perf_counter() - t0), speed)
+    steps = plan_steps(cfg.final_steps, seconds - evals - (time.perf_counter() - t0), speed)
     if steps < min(50, cfg.final_steps):
         log.warning("final training of %s skipped: %.0f s left in the budget", arch.name, seconds)
         return None
     plan = {"trial_id": trial_id, "arch": arch.name, "targets": targets, "config": sample, "steps": steps,
-            "augment": copies,
-            "steps_per_second": speed, "labelling_seconds": label_seconds, "labelled_features": labelled}
+            "augment": copies, "steps_per_second": speed, "estimated_steps_per_second": estimate,
+            "eval_seconds": measured.eval_seconds, "calibration_seconds": time.perf_counter() - t0 - label_seconds,
+            "labelling_seconds": label_seconds, "labelled_features": labelled}
     write_json(root / "plan.json", plan)
     source = next(r for r in rows if r["trial_id"] == trial_id)
     log.info("final training for %s: %s (val %.4f with supernet weights, %.2fx) for %d steps",

@@ -12,6 +12,7 @@ re-exports; the modules behind it:
                 `score_subnets`: sub-networks scored with the supernet's weights; `export_subnet`
   evaluation    `evaluate_dir`, `evaluate_model`, `load_for_task`
   prediction    `predict_lines`, `predict_table`
+  speed         `training_speed`: a run's steps and evaluation timed on its own batches before it starts
   quantization  `quantize_run`, `compare`, `compare_models`
   onnx_export   `export_onnx_run`: a run's export as ONNX (and its int8 variant), evaluated with onnxruntime
   processes     `finetune_process`: one process's part of a fine-tune across processes (Ray Train workers)
@@ -32,6 +33,7 @@ from distill.run.onnx_export import export_onnx_run
 from distill.run.prediction import predict_lines, predict_table
 from distill.run.processes import finetune_process, free_address
 from distill.run.quantization import compare, compare_models, quantize_run
+from distill.run.speed import Speed, training_speed
 from distill.run.supernet import export_subnet, score_subnets, supernet_layer_map, train_supernet
 from distill.run.teacher import fine_tuned_teacher
 from distill.train.loop import LoopConfig
@@ -42,5 +44,5 @@ __all__ = [
     "Stage", "Subnet", "SubnetChoices", "SupernetConfig", "compare", "compare_models", "distill", "evaluate_dir",
     "evaluate_model", "export_onnx_run", "export_subnet", "fine_tuned_teacher", "finetune", "finetune_process", "free_address", "load_for_task", "loss_layer_map",
     "predict_features", "predict_lines", "predict_table", "quantize_run", "read_data", "score_subnets", "supernet_layer_map", "teacher_importance",
-    "teacher_labels", "train_supernet", "training_features",
+    "teacher_labels", "train_supernet", "training_features", "training_speed", "Speed",
 ]

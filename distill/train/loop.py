@@ -364,6 +364,17 @@ def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, e
     return state, stop
 
 
+def place_extra(dp: DataParallel, extra: Any, placed: dict) -> Any:
+    """A step's extra argument on the devices: the teacher's outputs for the batch split with it (their
+    stacked hidden states (K, B, T, H) on axis 1); anything else (the teacher's parameters, the same object
+    every step) placed as the state is, once (`placed` keeps each object with its placement, by id)."""
+    if isinstance(extra, TeacherOutputs):
+        return TeacherOutputs(dp.shard(extra.logits), dp.shard(extra.hidden, axis=1), dp.shard(extra.attention))
+    if id(extra) not in placed:  # the object is kept with its placement, so its id stays its own
+        placed[id(extra)] = (extra, dp.place_state(extra))
+    return placed[id(extra)][1]
+
+
 @dataclasses.dataclass
 class _Run:
     """What one `fit` call shares between its stages: the log, settings, checkpointer and progress."""
@@ -379,15 +390,7 @@ class _Run:
     placed: dict = dataclasses.field(default_factory=dict)
 
     def place(self, extra: Any) -> Any:
-        """A step's extra argument on the devices: the teacher's outputs for the batch split with it (their
-        stacked hidden states (K, B, T, H) on axis 1); anything else (the teacher's parameters, the same
-        object every step) placed as the state is, once."""
-        dp = self.dp
-        if isinstance(extra, TeacherOutputs):
-            return TeacherOutputs(dp.shard(extra.logits), dp.shard(extra.hidden, axis=1), dp.shard(extra.attention))
-        if id(extra) not in self.placed:  # the object is kept with its placement, so its id stays its own
-            self.placed[id(extra)] = (extra, dp.place_state(extra))
-        return self.placed[id(extra)][1]
+        return place_extra(self.dp, extra, self.placed)
 
     def profile(self, step: int | None, state: TrainState) -> None:
         """Start the profiler trace before step `PROFILE_FROM`, stop it `profile_steps` later (or at the end,

@@ -92,6 +92,9 @@ def test_targets_are_trained_further_from_the_supernet(searched):
         config = json.loads((run / "config.json").read_text())
         assert config["distill"]["init"]["source"] == summary["supernet"]["supernet_dir"]
         assert json.loads((run / "results.json").read_text())["augmented_examples"] == 270
+        plan = json.loads((run.parent / "plan.json").read_text())  # its steps planned from its measured speed
+        assert plan["steps_per_second"] > 0 and plan["eval_seconds"] > 0 and plan["estimated_steps_per_second"] > 0
+        assert sorted(p.name for p in run.parent.iterdir()) == ["plan.json", "run", "student.json"]
 
 
 def test_a_space_the_supernet_cannot_hold_is_refused_before_any_training(tmp_path):
