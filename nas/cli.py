@@ -197,21 +197,32 @@ class Tool:
         return cls(module.__doc__, module.add_arguments, module.main)
 
 
+def on_workers(cfg, args: argparse.Namespace) -> dict:
+    """`cfg`'s run as `--workers` Ray Train workers on `--workers-on` devices (`nas.multihost`); rank 0's
+    results."""
+    from nas.multihost import run_on_workers  # ray and jax: only when used (as `search` does)
+
+    return run_on_workers(cfg, args.output, args.workers, resume=args.resume, use_gpu=args.workers_on == "gpu",
+                          use_tpu=args.workers_on == "tpu")
+
+
 def finetune_main(args: argparse.Namespace) -> int:
     """`bertnas finetune`: in this process, or with `--workers N` as N Ray Train workers (`nas.multihost`)."""
     if args.workers == 1:
         return finetune_tool.main(args)
-    from nas.multihost import finetune_on_workers  # ray and jax: only when used (as `search` does)
-
-    results = finetune_on_workers(finetune_tool.config(args), args.output, args.workers, resume=args.resume,
-                                  use_gpu=args.workers_on == "gpu", use_tpu=args.workers_on == "tpu")
+    results = on_workers(finetune_tool.config(args), args)
     print(json.dumps({"best": results["best"], "teacher_dir": results["teacher_dir"]}))
     return 0
 
 
+def distill_main(args: argparse.Namespace) -> int:
+    """`bertnas distill`: in this process, or with `--workers N` as N Ray Train workers (`nas.multihost`)."""
+    return distill_tool.main(args, run=on_workers if args.workers > 1 else None)
+
+
 TOOLS: dict[str, Tool] = {
     "finetune": Tool(finetune_tool.__doc__, finetune_tool.add_arguments, finetune_main),
-    "distill": Tool.of(distill_tool),
+    "distill": Tool(distill_tool.__doc__, distill_tool.add_arguments, distill_main),
     "supernet": Tool.of(supernet_tool),
     "search": Tool(__doc__, add_arguments, search_main),
     "evaluate": Tool.of(evaluate_tool),

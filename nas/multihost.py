@@ -1,10 +1,12 @@
-"""Teacher fine-tuning across processes with Ray Train's `JaxTrainer`: one worker per host (or several CPU
-processes on one machine), each feeding its rows of every global batch (`distill.train.multihost`).
+"""Teacher fine-tuning and distillation across processes with Ray Train's `JaxTrainer`: one worker per host
+(or several CPU processes on one machine), each feeding its rows of every global batch
+(`distill.train.multihost`).
 
-`finetune_on_workers(cfg, output, workers)` runs `distill.run.finetune` in `workers` Ray Train workers and
-returns rank 0's results; the run's files are rank 0's, in `output`. On GPUs and TPUs (`use_gpu` /
-`use_tpu`) Ray's `JaxConfig` initialises `jax.distributed`; on CPUs each worker does, from its rank and the
-address rank 0 broadcasts. The teacher cache is not used across processes (every process must train).
+`run_on_workers(cfg, output, workers)` runs `distill.run.finetune` (a `FinetuneConfig`) or `distill.run.distill`
+(a `DistillConfig`) in `workers` Ray Train workers and returns rank 0's results; the run's files are rank
+0's, in `output`. On GPUs and TPUs (`use_gpu` / `use_tpu`) Ray's `JaxConfig` initialises
+`jax.distributed`; on CPUs each worker does, from its rank and the address rank 0 broadcasts. The cache is
+not used across processes (every process must train, and label its teacher's outputs).
 """
 
 from __future__ import annotations
@@ -21,25 +23,26 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.collective import broadcast_from_rank_zero
 from ray.train.v2.jax import JaxConfig, JaxTrainer
 
-from distill.run import FinetuneConfig, finetune_process, free_address
+from distill.run import DistillConfig, FinetuneConfig, free_address, run_process
 from nas.tune import ray_kwargs, start_ray
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _worker(config: dict) -> None:
-    """One Ray Train worker: its part of the fine-tune (joining `jax.distributed` itself on CPUs)."""
+    """One Ray Train worker: its part of the run (joining `jax.distributed` itself on CPUs)."""
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     on_cpu = not (config["use_gpu"] or config["use_tpu"])
     coordinator = broadcast_from_rank_zero(free_address() if rank == 0 else None) if on_cpu else None
-    finetune_process(config["cfg"], config["output"], rank=rank, world=world, coordinator=coordinator,
-                     resume=config["resume"])
+    run_process(config["cfg"], config["output"], rank=rank, world=world, coordinator=coordinator,
+                resume=config["resume"])
 
 
-def finetune_on_workers(cfg: FinetuneConfig, output: str | Path, workers: int, *, use_gpu: bool = False,
-                        use_tpu: bool = False, resume: bool = False) -> dict:
-    """Fine-tune `cfg` across `workers` Ray Train workers (local Ray unless $RAY_ADDRESS); rank 0's results."""
+def run_on_workers(cfg: FinetuneConfig | DistillConfig, output: str | Path, workers: int, *, use_gpu: bool = False,
+                   use_tpu: bool = False, resume: bool = False) -> dict:
+    """Fine-tune or distil (`cfg`'s type) across `workers` Ray Train workers (local Ray unless $RAY_ADDRESS);
+    rank 0's results."""
     output = Path(output).absolute()
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if not (use_gpu or use_tpu):
@@ -57,7 +60,8 @@ def finetune_on_workers(cfg: FinetuneConfig, output: str | Path, workers: int, *
             jax_config=JaxConfig(use_tpu=use_tpu, use_gpu=use_gpu),
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, use_tpu=use_tpu,
                                          resources_per_worker=None if (use_gpu or use_tpu) else {"CPU": 1}),
-            run_config=RunConfig(name="finetune", storage_path=storage),
+            run_config=RunConfig(name="finetune" if isinstance(cfg, FinetuneConfig) else "distill",
+                                 storage_path=storage),
         )
         trainer.fit()
     finally:

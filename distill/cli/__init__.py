@@ -278,6 +278,22 @@ def packing(name: str, resume: str | None = None, *, grad_accum: int = 1, proces
     return "auto" if one_cpu and grad_accum == 1 and processes == 1 else "off"
 
 
+def add_workers_args(p) -> None:
+    """`--workers N` and `--workers-on` of the training tools that run across processes (`nas.multihost`)."""
+    p.add_argument("--workers", type=at_least(1), default=1, metavar="N",
+                   help="run as N processes, Ray Train JaxTrainer workers (one per host; on one machine, CPU "
+                   "processes), each feeding its rows of every batch; rank 0 writes OUTPUT (no cache)")
+    p.add_argument("--workers-on", default="cpu", choices=("cpu", "gpu", "tpu"),
+                   help="the workers' devices with --workers (default cpu)")
+
+
+def check_workers_here(args, tool: str) -> None:
+    """A tool's own `main` runs in this process: `--workers N` goes through `bertnas TOOL` (`nas.cli`, which
+    starts the workers)."""
+    if getattr(args, "workers", 1) > 1:
+        raise UserError(f"--workers: run it through `bertnas {tool}` (scripts call it so)")
+
+
 def add_attention_dropout_arg(p) -> None:
     """`--attention-dropout` of the training tools and the search, after `attention_dropout`."""
     p.add_argument("--attention-dropout", default="auto", choices=["auto", "on", "off"],

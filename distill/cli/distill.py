@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import Callable
 
 from distill import cli
 from distill.arch import LAYER_MAPS
@@ -50,6 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="shared-layer students (-G): write every layer's weights into the export, so transformers "
                    "loads it as a plain BERT (by default each group is stored once: smaller, bertnas only)")
     cli.add_hub_arg(p, "OUTPUT/export (the float32 student)")
+    cli.add_workers_args(p)
     _init_arguments(p.add_argument_group("initialisation"))
     _loss_arguments(p.add_argument_group("losses"))
     g = p.add_argument_group("augmentation")
@@ -134,7 +136,9 @@ def config(args: argparse.Namespace):
     )
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, run: Callable | None = None) -> int:
+    """The run, then its int8, ONNX and Hub steps; `run(cfg, args) -> results` trains (default: `distill`
+    in this process; `bertnas distill --workers N` passes one that runs it across processes)."""
     from distill.run import distill, export_onnx_run, quantize_run
 
     cfg = config(args)
@@ -143,7 +147,11 @@ def main(args: argparse.Namespace) -> int:
         from distill.export.onnx import require
 
         require("jax2onnx", "onnx", "onnxruntime")
-    results = distill(cfg, args.output, resume=args.resume, use_cache=not args.no_cache)
+    if run is None:
+        cli.check_workers_here(args, "distill")
+        results = distill(cfg, args.output, resume=args.resume, use_cache=not args.no_cache)
+    else:
+        results = run(cfg, args)
     if args.quantize:
         results["quantized"] = quantize_run(cfg, args.output, args.quantize)
     if args.export_onnx:

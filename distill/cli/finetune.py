@@ -17,7 +17,6 @@ import argparse
 import json
 
 from distill import cli
-from tasks.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -25,11 +24,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--teacher", default="minilm", help="model directory, alias (minilm) or Hub name")
     p.add_argument("--reinit-top-layers", type=cli.at_least(0), default=0, help="re-initialise the top k layers")
     p.add_argument("--crf", action="store_true", help="tagging: a linear-chain CRF over the tags (Viterbi decoding)")
-    p.add_argument("--workers", type=cli.at_least(1), default=1, metavar="N",
-                   help="run as N processes, Ray Train JaxTrainer workers (one per host; on one machine, CPU "
-                   "processes), each feeding its rows of every batch; rank 0 writes OUTPUT (no cache)")
-    p.add_argument("--workers-on", default="cpu", choices=("cpu", "gpu", "tpu"),
-                   help="the workers' devices with --workers (default cpu)")
+    cli.add_workers_args(p)
 
 
 def config(args: argparse.Namespace):
@@ -53,8 +48,7 @@ def config(args: argparse.Namespace):
 def main(args: argparse.Namespace) -> int:
     from distill.run import finetune
 
-    if args.workers > 1:
-        raise UserError("--workers: run it through `bertnas finetune` (scripts/finetune_teacher.py)")
+    cli.check_workers_here(args, "finetune")
     results = finetune(config(args), args.output, use_cache=not args.no_cache, resume=args.resume)
     print(json.dumps({"best": results["best"], "teacher_dir": results["teacher_dir"]}))
     return 0

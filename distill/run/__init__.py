@@ -15,7 +15,7 @@ re-exports; the modules behind it:
   speed         `training_speed`: a run's steps and evaluation timed on its own batches before it starts
   quantization  `quantize_run`, `compare`, `compare_models`
   onnx_export   `export_onnx_run`: a run's export as ONNX (and its int8 variant), evaluated with onnxruntime
-  processes     `finetune_process`: one process's part of a fine-tune across processes (Ray Train workers)
+  processes     `run_process`: one process's part of a fine-tune or distillation across processes (Ray Train workers)
 
 May import any room of `distill` and `tasks`; nothing of `nas`.
 """
@@ -31,7 +31,7 @@ from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task, 
 from distill.run.finetuning import finetune
 from distill.run.onnx_export import export_onnx_run
 from distill.run.prediction import predict_lines, predict_table
-from distill.run.processes import finetune_process, free_address
+from distill.run.processes import free_address, run_process
 from distill.run.quantization import compare, compare_models, quantize_run
 from distill.run.speed import Speed, training_speed
 from distill.run.supernet import export_subnet, score_subnets, supernet_layer_map, train_supernet
@@ -42,7 +42,7 @@ from distill.train.optim import OptimizerConfig
 __all__ = [
     "AugmentConfig", "DistillConfig", "FinetuneConfig", "InitConfig", "LoopConfig", "LossConfig", "OptimizerConfig",
     "Stage", "Subnet", "SubnetChoices", "SupernetConfig", "compare", "compare_models", "distill", "evaluate_dir",
-    "evaluate_model", "export_onnx_run", "export_subnet", "fine_tuned_teacher", "finetune", "finetune_process", "free_address", "load_for_task", "loss_layer_map",
-    "predict_features", "predict_lines", "predict_table", "quantize_run", "read_data", "score_subnets", "supernet_layer_map", "teacher_importance",
+    "evaluate_model", "export_onnx_run", "export_subnet", "fine_tuned_teacher", "finetune", "free_address", "load_for_task", "loss_layer_map",
+    "predict_features", "predict_lines", "predict_table", "quantize_run", "run_process", "read_data", "score_subnets", "supernet_layer_map", "teacher_importance",
     "teacher_labels", "train_supernet", "training_features", "training_speed", "Speed",
 ]

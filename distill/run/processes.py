@@ -1,9 +1,10 @@
-"""A fine-tune as one process of several (`distill.train.multihost`): what each Ray Train worker runs.
+"""A run as one process of several (`distill.train.multihost`): what each Ray Train worker runs.
 
-`finetune_process(cfg, output, rank=, world=, coordinator=)` joins `jax.distributed` (when `coordinator`
-is given: on CPUs; Ray's `JaxConfig` has joined it on GPUs and TPUs), fine-tunes with the mesh over all
-processes' devices, and leaves; rank 0 writes `output`, the others a scratch directory removed after.
-The teacher cache is not used: every process must train for the collectives to meet.
+`run_process(cfg, output, rank=, world=, coordinator=)` joins `jax.distributed` (when `coordinator` is given:
+on CPUs; Ray's `JaxConfig` has joined it on GPUs and TPUs), runs the fine-tune (a `FinetuneConfig`) or the
+distillation (a `DistillConfig`) with the mesh over all processes' devices, and leaves; rank 0 writes
+`output`, the others a scratch directory removed after. The cache is not used: every process must train
+(and label) for the collectives to meet.
 """
 
 from __future__ import annotations
@@ -11,22 +12,26 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from distill.run.config import FinetuneConfig
+from distill.run.config import DistillConfig, FinetuneConfig
+from distill.run.distillation import distill
 from distill.run.finetuning import finetune
 from distill.train import multihost
 from distill.train.multihost import free_address
 
-__all__ = ["finetune_process", "free_address"]
+__all__ = ["free_address", "run_process"]
 
 
-def finetune_process(cfg: FinetuneConfig, output: str | Path, *, rank: int, world: int, coordinator: str | None,
-                     resume: bool = False) -> dict | None:
-    """Process `rank` of `world`'s part of the fine-tune; rank 0's results (None for the others)."""
+def run_process(cfg: FinetuneConfig | DistillConfig, output: str | Path, *, rank: int, world: int,
+                coordinator: str | None, resume: bool = False) -> dict | None:
+    """Process `rank` of `world`'s part of the run; rank 0's results (None for the others)."""
+    if not isinstance(cfg, (FinetuneConfig, DistillConfig)):
+        raise TypeError(f"run_process: a FinetuneConfig or a DistillConfig, not {type(cfg).__name__}")
+    run = finetune if isinstance(cfg, FinetuneConfig) else distill
     if coordinator is not None:
         multihost.initialize(rank, world, coordinator)
     out = multihost.output_dir(output, rank)
     try:
-        results = finetune(cfg, out, use_cache=False, resume=resume)
+        results = run(cfg, out, use_cache=False, resume=resume)
     finally:
         if rank:
             shutil.rmtree(out, ignore_errors=True)

@@ -85,3 +85,40 @@ def test_search_export_flags_reach_the_config_and_an_offline_push_fails_before_a
     last = done.stderr.strip().splitlines()[-1]
     assert done.returncode == 2 and "Traceback" not in done.stderr and "--push-to-hub me/front" in last, done.stderr
     assert "offline" in last and not (tmp_path / "out" / "teacher_finetune").exists()
+
+
+@pytest.mark.parametrize("tool", ["finetune", "distill"])
+def test_workers_run_the_tools_config_as_ray_train_workers(tool, tmp_path, monkeypatch, capsys):
+    """`--workers N` hands the tool's own run config to `nas.multihost.run_on_workers` (the run itself:
+    `tests/distill/train/test_multihost.py`); the distill tool's steps after the run follow as in one process."""
+    import nas.multihost
+
+    seen = {}
+
+    def fake(cfg, output, workers, **kw):
+        seen.update(cfg=cfg, output=output, workers=workers, **kw)
+        return {"best": {"accuracy": 1.0}, "teacher_dir": str(output), "task": cfg.task}
+
+    monkeypatch.setattr(nas.multihost, "run_on_workers", fake)
+    argv = [tool, "--task", "sst2", "--output", str(tmp_path / "o"), "--workers", "2", "--workers-on", "cpu"]
+    with pytest.raises(SystemExit) as done:
+        nas.cli.main(argv)
+    assert done.value.code == 0
+    from distill.cli import distill as distill_tool
+    from distill.cli import finetune as finetune_tool
+
+    expected = {"finetune": finetune_tool, "distill": distill_tool}[tool].config(nas.cli.parse(argv))
+    assert seen == {"cfg": expected, "output": str(tmp_path / "o"), "workers": 2, "resume": False, "use_gpu": False,
+                    "use_tpu": False}
+    assert seen["cfg"].loop.packing == "off"  # rows split over processes: never packed
+    assert '"accuracy": 1.0' in capsys.readouterr().out
+
+
+def test_a_tools_own_main_refuses_workers(tmp_path):
+    from distill.cli import distill as distill_tool
+    from tasks.errors import UserError
+
+    args = nas.cli.parse(["distill", "--task", "sst2", "--output", str(tmp_path / "o"), "--workers", "2"])
+    with pytest.raises(UserError, match="--workers: run it through `bertnas distill`"):
+        distill_tool.main(args)
+    assert not (tmp_path / "o").exists()

@@ -1,7 +1,8 @@
-"""Fine-tuning across processes (`distill.train.multihost`, `nas.multihost`): two JAX processes launched as
-Ray Train workers (`JaxTrainer`) on the local CPU, joined by `jax.distributed` with gloo collectives, each
-placing its half of every batch, follow the one-process loss curve step by step (1e-4 relative; the
-same tolerance as the 4-device runs of `test_data_parallel.py`) and reach the same dev accuracy.
+"""Fine-tuning and distillation across processes (`distill.train.multihost`, `nas.multihost`): two JAX
+processes launched as Ray Train workers (`JaxTrainer`) on the local CPU, joined by `jax.distributed` with
+gloo collectives, each placing its half of every batch, follow the one-process loss curve step by step
+(1e-4 relative; the same tolerance as the 4-device runs of `test_data_parallel.py`) and reach the same dev
+accuracy.
 """
 
 from __future__ import annotations
@@ -11,12 +12,13 @@ from pathlib import Path
 
 import jax
 import pytest
-from helpers import write_sst2, write_tiny_teacher
+from helpers import write_sst2, write_task_teacher, write_tiny_teacher
 
-from distill.run import FinetuneConfig, finetune
+from distill.kd.objective import LossConfig
+from distill.run import DistillConfig, FinetuneConfig, distill, finetune
 from distill.train.loop import LoopConfig
 from distill.train.optim import OptimizerConfig
-from nas.multihost import finetune_on_workers
+from nas.multihost import run_on_workers
 
 TOLERANCE = 1e-4
 pytestmark = pytest.mark.slow
@@ -36,7 +38,7 @@ def test_two_ray_train_workers_fine_tune_as_one_process(tmp_path, monkeypatch):
                          loop=LoopConfig(epochs=2, batch_size=16, log_every=1, checkpoint_every=10))
     assert jax.process_count() == 1 and jax.device_count() == 1
     one = finetune(cfg, tmp_path / "one", use_cache=False)
-    two = finetune_on_workers(cfg, tmp_path / "two", workers=2)
+    two = run_on_workers(cfg, tmp_path / "two", workers=2)
     assert (one["devices"], two["devices"]) == (1, 2) and two["mesh"] == {"data": 2}
     a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
     assert len(a) == 20 and a.keys() == b.keys()
@@ -45,3 +47,23 @@ def test_two_ray_train_workers_fine_tune_as_one_process(tmp_path, monkeypatch):
     assert [h["step"] for h in two["history"]] == [10, 20]
     assert (tmp_path / "two" / "teacher" / "model.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
+
+
+def test_two_ray_train_workers_distil_as_one_process(tmp_path, monkeypatch):
+    """Each worker labels the data with the teacher itself (no cache across processes), then trains its half
+    of every batch; the student's curve and dev score are the one-process run's."""
+    monkeypatch.setenv("BERTNAS_CACHE", str(tmp_path / "cache"))
+    write_sst2(tmp_path / "data", n_train=160, n_dev=24)
+    teacher = write_task_teacher(tmp_path / "teacher", "sst2")
+    cfg = DistillConfig(task="sst2", teacher=str(teacher), student="2L-24-H3-F30-D8", data_dir=str(tmp_path / "data"),
+                        loss=LossConfig(hard_weight=0.5), optimizer=OptimizerConfig(learning_rate=3e-3),
+                        loop=LoopConfig(epochs=2, batch_size=16, log_every=1, checkpoint_every=10))
+    one = distill(cfg, tmp_path / "one", use_cache=False)
+    two = run_on_workers(cfg, tmp_path / "two", workers=2)
+    assert (one["devices"], two["devices"]) == (1, 2) and two["mesh"] == {"data": 2}
+    a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+    assert len(a) == 20 and a.keys() == b.keys()
+    assert max(abs(a[k] - b[k]) / abs(a[k]) for k in a) < TOLERANCE
+    assert one["best"]["step"] == two["best"]["step"] and one["best"]["accuracy"] == two["best"]["accuracy"]
+    assert (tmp_path / "two" / "export" / "model.safetensors").is_file()
+    assert not (tmp_path / "cache" / "outputs").exists()  # no labels cached: every process labelled for itself
