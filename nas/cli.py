@@ -97,6 +97,8 @@ def _final_arguments(p) -> None:
     p.add_argument("--final-steps", type=cli.at_least(0), default=40000,
                    help="training steps of the final student, fewer if the budget ends first (0: none)")
     p.add_argument("--final-augment", type=cli.at_least(0), default=4, help="augmented copies per example for the final student")
+    p.add_argument("--final-lr", type=cli.number(above=0), default=5e-5,
+                   help="--strategy supernet: the finals' learning rate (they continue from trained supernet weights)")
     p.add_argument("--final-share", type=cli.number(low=0, below=1), default=0.45, help="share of the budget kept for the final student")
     p.add_argument("--targets", default="3,5,10",
                    help="supernet strategy: speedups over the teacher; the best candidate at each is trained further")
@@ -155,7 +157,7 @@ def config(args: argparse.Namespace) -> SearchConfig:
         tpus_per_trial=args.tpus_per_trial,
         optuna_storage=args.optuna_storage,
         latency_threads=args.latency_threads, target_speedup=args.target_speedup, final_steps=args.final_steps,
-        final_augment=args.final_augment, final_share=args.final_share, teacher_epochs=args.teacher_epochs,
+        final_augment=args.final_augment, final_share=args.final_share, final_lr=args.final_lr, teacher_epochs=args.teacher_epochs,
         train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed, quantize=args.quantize, crf=args.crf,
         export_onnx=args.export_onnx, hf_layout=args.hf_layout, push_to_hub=args.push_to_hub,
         precision=cli.precision(args.precision), attention_dropout=cli.attention_dropout(args.attention_dropout),

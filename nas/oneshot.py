@@ -371,8 +371,11 @@ def train_targets(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], config
 
 def _final_config(cfg: SearchConfig, setup: TrialSetup, sample: dict, root: Path, steps: int, supernet_dir: str,
                   copies: int):
+    """A final's run: its candidate's settings from its supernet weights, at `cfg.final_lr` where set."""
     dcfg = final_config(cfg, setup, sample, max_steps=steps, student_file=str(root / "student.json"), copies=copies)
-    return dataclasses.replace(dcfg, init=dataclasses.replace(dcfg.init, source=supernet_dir))
+    optimizer = dcfg.optimizer if cfg.final_lr is None else dataclasses.replace(dcfg.optimizer,
+                                                                                 learning_rate=cfg.final_lr)
+    return dataclasses.replace(dcfg, init=dataclasses.replace(dcfg.init, source=supernet_dir), optimizer=optimizer)
 
 
 def _plan(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], configs: dict[str, dict], root: Path,
@@ -424,6 +427,7 @@ def _train_final(setup: TrialSetup, plan: dict, root: Path, rows: list[dict], *,
     return {
         **{k: source.get(k) for k in ("params", "flops", "latency_ms", "batch_latency_ms", "speedup",
                                       "latency_source", *KNOB_COLUMNS)},
+        "learning_rate": dcfg.optimizer.learning_rate,
         "trial_id": f"final-{plan['trial_id']}", "status": "final", "kind": "final", "from_trial": plan["trial_id"],
         "targets": plan["targets"], "arch": result["student"], "supernet_metric": source["val_metric"],
         "val_metric": (result["best"] or {}).get(setup.task_metric), "steps": result["steps"],

@@ -108,6 +108,7 @@ def load_config(out: Path) -> SearchConfig:
     d["constraints"] = Constraints(**d["constraints"])
     d["data"] = DataSpec(**d.get("data", {}))  # searches from before the field read the benchmark files
     d.setdefault("strategy", "trials")  # searches from before the field (and the supernet default) were trials
+    d.setdefault("final_lr", None)  # searches from before the field: the finals at the space's first choice
     return SearchConfig(**d)
 
 

@@ -11,6 +11,8 @@
 - userdata.py (+ read_table: CSV / TSV / JSON lines, read_dataset: a Hugging
   Face dataset through `datasets`): `DataSpec` (the data flags), the generic
   tasks' label sets and examples, one-line errors naming file and row.
+- holdout.py: `split_off`, the validation slice held out of the training examples,
+  whole and leak-free (no held-out example's repeats or parts left in training).
 - features.py: `encode(task, examples, tokenizer) -> Features`.
 - batching.py: `buckets_for` (lengths fitted to a feature set), `batches`, `num_batches`.
 - packing.py: several sentences per row (`pack_shape`, `packed_plan`, `packed_batches`):

@@ -13,8 +13,6 @@ import os
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-
 from tasks.base import SpanExample, TaggingExample, Task, TextExample
 from tasks.datafiles import DATA_DIR_FLAG, resolve_data_dir, split_path
 from tasks.errors import UserError
@@ -34,8 +32,7 @@ READER_FNS: dict[str, Callable[..., list]] = {
 }
 """Reader functions by `Task.reader` name, all `(task, split, path, limit)`."""
 
-__all__ = ["DataSpec", "Example", "READER_FNS", "data_files", "load_task", "read_split", "resolve_data_dir",
-           "split_off"]
+__all__ = ["DataSpec", "Example", "READER_FNS", "data_files", "load_task", "read_split", "resolve_data_dir"]
 
 
 def load_task(name: str, data_dir: str | os.PathLike | None = None,
@@ -93,16 +90,3 @@ def read_split(
         return read_user_split(task, split, limit)
     path = split_path(task, split, resolve_data_dir(task, data_dir))
     return READER_FNS[task.reader](task, split, path, limit)
-
-
-def split_off(examples: list, n: int, seed: int = 0) -> tuple[list, list]:
-    """(rest, held out): `n` examples drawn by a seeded permutation, both in their original order.
-
-    The same (examples, n, seed) always gives the same split, so every run of
-    a search holds out the same validation examples.
-    """
-    if not 0 <= n < len(examples):
-        raise ValueError(f"cannot hold out {n} of {len(examples)} examples")
-    held = np.zeros(len(examples), bool)
-    held[np.random.default_rng(seed).permutation(len(examples))[:n]] = True
-    return [e for e, h in zip(examples, held) if not h], [e for e, h in zip(examples, held) if h]

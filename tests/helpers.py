@@ -309,3 +309,13 @@ def write_chinese_hf_teacher(directory: Path, seed: int = 0) -> Path:
     config = {**arch.to_hf_config(), "architectures": ["BertForMaskedLM"], "directionality": "bidi"}
     (directory / "config.json").write_text(json.dumps(config, indent=2))
     return directory
+
+
+def sst2_training_left(data_dir: Path, validation: int) -> int:
+    """The training examples of an SST-2 directory that a `validation` slice leaves (`tasks.holdout`: its
+    repeats and parts leave training too)."""
+    from tasks.holdout import split_off
+    from tasks.readers import read_split
+    from tasks.registry import get_task
+
+    return len(split_off(read_split(get_task("sst2"), "train", data_dir), validation)[0])

@@ -21,7 +21,8 @@ from distill.run.config import DistillConfig
 from tasks.base import Task
 from tasks.errors import UserError
 from tasks.features import Features, encode
-from tasks.readers import read_split, split_off
+from tasks.holdout import split_off
+from tasks.readers import read_split
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_sst2, write_tiny_teacher
+from helpers import sst2_training_left, write_sst2, write_tiny_teacher
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,8 @@ def test_every_candidate_is_scored_with_the_supernet(searched):
     estimates = [r for r in rows if r["kind"] == "supernet"]
     assert len(estimates) == 16 and all(r["status"] == "scored" and r["steps"] == "0" for r in estimates)
     # architectures only: the tiny space's temperatures (1, 2) are not sampled, every row has the first
-    assert {(float(r["temperature"]), float(r["learning_rate"])) for r in rows} == {(1.0, 0.001)}
+    assert {(float(r["temperature"]), float(r["learning_rate"])) for r in estimates} == {(1.0, 0.001)}
+    assert {float(r["learning_rate"]) for r in rows if r["kind"] == "final"} == {5e-5}  # `final_lr`
     sn = summary["supernet"]
     assert sn["steps"] == 12 and Path(sn["supernet_dir"]) == out / "supernet" / "supernet"
     predictor = summary["latency_predictor"]
@@ -76,7 +77,7 @@ def test_the_front_is_measured_and_exported(searched):
 
 
 def test_targets_are_trained_further_from_the_supernet(searched):
-    out, summary, _ = searched
+    out, summary, data = searched
     trials = json.loads((out / "results.json").read_text())["trials"]
     finals = summary["finals"]
     assert finals, "a measured candidate at 1.2x or faster is trained further"
@@ -91,7 +92,8 @@ def test_targets_are_trained_further_from_the_supernet(searched):
         run = out / "final" / source["trial_id"] / "run"
         config = json.loads((run / "config.json").read_text())
         assert config["distill"]["init"]["source"] == summary["supernet"]["supernet_dir"]
-        assert json.loads((run / "results.json").read_text())["augmented_examples"] == 270
+        assert config["distill"]["optimizer"]["learning_rate"] == 5e-5 == f["learning_rate"]  # `final_lr`
+        assert json.loads((run / "results.json").read_text())["augmented_examples"] == sst2_training_left(data, 30)
         plan = json.loads((run.parent / "plan.json").read_text())  # its steps planned from its measured speed
         assert plan["steps_per_second"] > 0 and plan["eval_seconds"] > 0 and plan["estimated_steps_per_second"] > 0
         assert sorted(p.name for p in run.parent.iterdir()) == ["plan.json", "run", "student.json"]

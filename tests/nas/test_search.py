@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import write_sst2, write_tiny_teacher
+from helpers import sst2_training_left, write_sst2, write_tiny_teacher
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
@@ -154,11 +154,12 @@ def test_chosen_candidate_is_trained_again_on_augmented_data(searched, env):
     assert source["trial_id"] == expected["trial_id"]
     assert final["status"] == "final" and final["arch"] == source["arch"] and final["steps"] == 20
     assert final["latency_ms"] == source["latency_ms"] and final["learning_rate"] == source["learning_rate"]
-    assert final["augmented_examples"] == 270  # one copy of each of the 270 training examples left
+    left = sst2_training_left(env["data"], 30)
+    assert final["augmented_examples"] == left  # one copy of each training example left
     # Each training feature went through the teacher once: the originals for the trials, the copies after.
     forwards = summary["teacher_forwards"]
-    assert (forwards["trials"], forwards["final"]) == (270, 270) and final["labelled_features"] == 270
-    assert forwards["distinct_features"] == 540 and forwards["per_feature"] == 1.0
+    assert (forwards["trials"], forwards["final"]) == (left, left) and final["labelled_features"] == left
+    assert forwards["distinct_features"] == 2 * left and forwards["per_feature"] == 1.0
     plan = json.loads((out / "final" / "plan.json").read_text())
     assert plan["steps"] == 20 and plan["trial_id"] == source["trial_id"]
     run = json.loads((out / "final" / "run" / "results.json").read_text())
