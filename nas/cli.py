@@ -204,6 +204,9 @@ def on_workers(cfg, args: argparse.Namespace) -> dict:
     results."""
     from nas.multihost import run_on_workers  # ray and jax: only when used (as `search` does)
 
+    if args.resume:  # ranks other than 0 write scratch directories: only rank 0 would hold checkpoints
+        raise UserError("--resume: a run across --workers processes cannot be resumed yet (only rank 0 keeps "
+                        "checkpoints); start it again in a new --output")
     return run_on_workers(cfg, args.output, args.workers, resume=args.resume, use_gpu=args.workers_on == "gpu",
                           use_tpu=args.workers_on == "tpu")
 

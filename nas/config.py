@@ -86,6 +86,10 @@ class SearchConfig:
     batch_size: int = 32
     validation: int = 2000
     """Training examples held out to compare candidates; dev only reports the final front."""
+    validation_split: str = "whole"
+    """How the validation slice is drawn: 'whole' (`tasks.holdout`: whole examples, their repeats and parts
+    out of training), the only way; a saved search without the field drew a plain random slice, so its rows
+    and supernet are not comparable and `--resume` refuses it."""
     augment: int = 0
     """Augmented copies per training example for every trial (labelled once, through the cache)."""
     constraints: Constraints = Constraints()
@@ -168,6 +172,8 @@ class SearchConfig:
             raise UserError(f"evals_per_trial: {self.evals_per_trial} evaluations need >= as many trial_steps")
         if self.budget_minutes <= 0:
             raise UserError(f"budget_minutes: must be > 0, got {self.budget_minutes}")
+        if self.validation_split != "whole":
+            raise UserError(f"validation_split: only 'whole' (tasks.holdout), got {self.validation_split!r}")
         if self.validation < 1:
             raise UserError("validation: the search needs held-out training examples (>= 1) to compare candidates")
         if self.cpus_per_trial < 0 or self.gpus_per_trial < 0 or self.tpus_per_trial < 0:

@@ -369,6 +369,11 @@ def train_targets(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], config
     return finals
 
 
+MIN_FINAL_SECONDS = 60.0
+"""A final with less time than this in its share is skipped before its speed is measured (which takes
+15-25 s on 2 cores)."""
+
+
 def _final_config(cfg: SearchConfig, setup: TrialSetup, sample: dict, root: Path, steps: int, supernet_dir: str,
                   copies: int):
     """A final's run: its candidate's settings from its supernet weights, at `cfg.final_lr` where set."""
@@ -386,25 +391,30 @@ def _plan(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], configs: dict[
         return json.loads((root / "plan.json").read_text())
     sample = configs[trial_id]
     arch = setup.space.arch(sample, setup.teacher_arch)
+    if seconds < MIN_FINAL_SECONDS:  # not even time to measure its speed
+        log.warning("final training of %s skipped: %.0f s left in the budget", arch.name, seconds)
+        return None
     root.mkdir(parents=True, exist_ok=True)
     write_json(root / "student.json", arch.to_dict())
     t0 = time.perf_counter()
     estimate = student_speed(supernet, choices, setup.teacher_arch, arch, cfg, setup.seq_len)
     measured = training_speed(_final_config(cfg, setup, sample, root, cfg.final_steps, supernet["supernet_dir"], 0),
                               root)
+    calibration = time.perf_counter() - t0
     speed, evals = measured.steps_per_second, EVALS * measured.eval_seconds
     log.info("final training of %s: %.2f steps/s measured (estimate %s), %.1f s an evaluation", arch.name, speed,
              f"{estimate:.2f}" if estimate else "none", measured.eval_seconds)
-    _, copies = plan_run(cfg, setup, seconds - evals, speed)
+    _, copies = plan_run(cfg, setup, seconds - calibration - evals, speed)
     label_seconds, labelled = label_copies(
         _final_config(cfg, setup, sample, root, 1, supernet["supernet_dir"], copies), root)
-    steps = plan_steps(cfg.final_steps, seconds - evals - (time.perf_counter() - t0), speed)
+    left = seconds - evals - (time.perf_counter() - t0)
+    steps = plan_steps(cfg.final_steps, left, speed)
     if steps < min(50, cfg.final_steps):
-        log.warning("final training of %s skipped: %.0f s left in the budget", arch.name, seconds)
+        log.warning("final training of %s skipped: %.0f s left in the budget", arch.name, left)
         return None
     plan = {"trial_id": trial_id, "arch": arch.name, "targets": targets, "config": sample, "steps": steps,
             "augment": copies, "steps_per_second": speed, "estimated_steps_per_second": estimate,
-            "eval_seconds": measured.eval_seconds, "calibration_seconds": time.perf_counter() - t0 - label_seconds,
+            "eval_seconds": measured.eval_seconds, "calibration_seconds": calibration,
             "labelling_seconds": label_seconds, "labelled_features": labelled}
     write_json(root / "plan.json", plan)
     source = next(r for r in rows if r["trial_id"] == trial_id)

@@ -105,6 +105,10 @@ def load_config(out: Path) -> SearchConfig:
     if not path.is_file():
         raise UserError(f"{out}: no {CONFIG_FILE}; not a search output directory")
     d = json.loads(path.read_text())
+    if "validation_split" not in d:  # drawn at random before tasks.holdout: its scores are on another slice
+        raise UserError(f"{path}: this search was started by an older bertnas, whose validation slice was a random "
+                        "draw of training examples (not whole ones); its scores and supernet do not carry over: start "
+                        "a new search in another --output")
     d["constraints"] = Constraints(**d["constraints"])
     d["data"] = DataSpec(**d.get("data", {}))  # searches from before the field read the benchmark files
     d.setdefault("strategy", "trials")  # searches from before the field (and the supernet default) were trials

@@ -7,7 +7,9 @@ while dev holds whole sentences the model never saw in part. The teacher scored 
 90.37 on dev, and lower learning rates that scored higher on dev scored lower on the slice (session 15).
 `split_off` holds out whole examples (not inside another one) and drops from training every example that
 repeats a held-out one or occurs inside one; on data where no example repeats or holds another it is a
-plain seeded draw.
+plain seeded draw. What it guards is word-span containment, for the students: the teacher is still
+fine-tuned on the whole training set (the slice included, so its own validation score stays high), and
+pairs that share a premise or a context with a held-out pair (MNLI, SQuAD) stay in training.
 """
 
 from __future__ import annotations

@@ -272,10 +272,12 @@ def packing(name: str, resume: str | None = None, *, grad_accum: int = 1, proces
         return name
     if resume is not None and (saved := _saved_loop(Path(resume))) is not None:
         return packing_setting(saved.get("packing", "off"))
+    if processes > 1:  # rows split over processes: never packed (and no JAX backend started here for it)
+        return "off"
     import jax  # here, not at the top: `--help` and flag errors answer without loading JAX
 
     one_cpu = jax.default_backend() == "cpu" and jax.local_device_count() == 1
-    return "auto" if one_cpu and grad_accum == 1 and processes == 1 else "off"
+    return "auto" if one_cpu and grad_accum == 1 else "off"
 
 
 def add_workers_args(p) -> None:

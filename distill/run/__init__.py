@@ -12,7 +12,7 @@ re-exports; the modules behind it:
                 `score_subnets`: sub-networks scored with the supernet's weights; `export_subnet`
   evaluation    `evaluate_dir`, `evaluate_model`, `load_for_task`
   prediction    `predict_lines`, `predict_table`
-  speed         `training_speed`: a run's steps and evaluation timed on its own batches before it starts
+  speed         `training_speed` (-> `Speed`): a run's steps and evaluation timed on its own batches before it starts
   quantization  `quantize_run`, `compare`, `compare_models`
   onnx_export   `export_onnx_run`: a run's export as ONNX (and its int8 variant), evaluated with onnxruntime
   processes     `run_process`: one process's part of a fine-tune or distillation across processes (Ray Train workers)

@@ -46,7 +46,11 @@ def read_data(cfg: DistillConfig, task: Task, data_dir) -> tuple[list, list, str
         return train_ex, read_split(task, "dev", data_dir, limit=cfg.dev_limit), "dev"
     if cfg.validation >= len(train_ex):
         raise UserError(f"validation: cannot hold out {cfg.validation} of the {len(train_ex)} training examples")
-    return (*split_off(train_ex, cfg.validation), "validation")
+    rest, held = split_off(train_ex, cfg.validation)
+    if not rest:
+        raise UserError(f"validation: holding out {cfg.validation} whole examples leaves no training example (their "
+                        "repeats and the examples inside them leave training too); hold out fewer")
+    return rest, held, "validation"
 
 
 def training_features(cfg: DistillConfig, task: Task, teacher: LoadedBert, train_ex, times: Stage):

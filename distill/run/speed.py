@@ -12,6 +12,7 @@ step count, which this measurement decides, is compiled into it): a few seconds 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import itertools
 import time
@@ -28,6 +29,9 @@ from distill.train.steps import TrainState
 
 MOST_BATCHES = 200
 """At most this many batches are drawn to find `steps` timed ones (the others compiled a new shape)."""
+UNTIMED_PER_SHAPE = 2
+"""The first steps of each batch shape that are not timed: the first compiles; the second may too (the
+state it gets is the first step's output, placed as the device placed it, not as initialised)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,8 +47,9 @@ class Speed:
 
 
 def training_speed(cfg: DistillConfig, out: str | Path, *, steps: int = 30, use_cache: bool = True) -> Speed:
-    """Time `steps` training steps of `cfg`'s run (each on a batch shape compiled before it: the first
-    batch of each shape compiles untimed) and its evaluation (the second call: the first compiles). Reads
+    """Time `steps` training steps of `cfg`'s run, each with its batch's assembly (the first
+    `UNTIMED_PER_SHAPE` steps of each batch shape compile, untimed), and its evaluation (the second call:
+    the first compiles). Reads
     the teacher, its cached outputs and the student's initialisation as the run will; `out` is the run's
     directory, written only when the teacher still has to be fine-tuned (as `distill` would)."""
     prep = prepare(cfg, Path(out), resume=False, use_cache=use_cache)
@@ -73,20 +78,23 @@ def _timed_steps(cfg: DistillConfig, step, state: TrainState, data: TrainData, s
     dp = cfg.loop.mesh()
     state = dp.place_state(state)
     rng = dp.replicate(jax.random.key(cfg.loop.seed))
-    placed, shapes, seconds, timed = {}, set(), 0.0, 0
+    placed, seen, seconds, timed = {}, collections.Counter(), 0.0, 0
     batches = itertools.islice(itertools.chain.from_iterable(data.epoch(cfg.loop, e, 0) for e in itertools.count()),
                                MOST_BATCHES)
+    t0 = time.perf_counter()  # each step's time includes fetching its batch and its teacher outputs
     for batch, extra in batches:
         shape = tuple(sorted((k, v.shape) for k, v in batch.items()))
-        t0 = time.perf_counter()
         state, metrics = step(state, dp.shard(batch), rng, *(place_extra(dp, e, placed) for e in extra))
         jax.block_until_ready(metrics)
-        if shape in shapes:
-            seconds += time.perf_counter() - t0
+        now = time.perf_counter()
+        if seen[shape] >= UNTIMED_PER_SHAPE:
+            seconds += now - t0
             timed += 1
-        shapes.add(shape)
+        seen[shape] += 1
+        t0 = now
         if timed >= steps:
             break
     if not timed:
-        raise RuntimeError(f"training_speed: no batch shape came twice in {MOST_BATCHES} batches")
+        raise RuntimeError(f"training_speed: no batch shape came {UNTIMED_PER_SHAPE + 1} times in {MOST_BATCHES} "
+                           "batches")
     return state, seconds, timed

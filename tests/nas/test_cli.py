@@ -122,3 +122,11 @@ def test_a_tools_own_main_refuses_workers(tmp_path):
     with pytest.raises(UserError, match="--workers: run it through `bertnas distill`"):
         distill_tool.main(args)
     assert not (tmp_path / "o").exists()
+
+
+def test_a_run_across_workers_is_not_resumed(tmp_path):
+    """Only rank 0 keeps checkpoints: `--resume` with `--workers` is one line, before any worker starts."""
+    done = _python("-m", "nas.cli", "distill", "--task", "sst2", "--output", str(tmp_path / "o"), "--workers", "2",
+                   "--resume")
+    last = done.stderr.strip().splitlines()[-1]
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "--resume" in last, done.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 
@@ -89,3 +91,19 @@ def test_crf_passes_through_to_every_trial(tmp_path):
     assert parse(["search", "--crf"]).crf is True
     assert parse(["search", "--no-crf"]).crf is False
     assert parse(["search"]).crf is None
+
+
+def test_a_saved_search_from_before_whole_validation_slices_is_not_resumed(tmp_path):
+    """Its candidates were scored on a random slice (`tasks.holdout` now holds out whole examples): one line
+    naming its config file, nothing resumed; a config saved now loads back equal."""
+    from nas.tune import load_config, save_config
+
+    save_config(tmp_path, SearchConfig(task="sst2", final_lr=1e-4))
+    assert load_config(tmp_path) == SearchConfig(task="sst2", final_lr=1e-4)
+    saved = json.loads((tmp_path / "search_config.json").read_text())
+    del saved["validation_split"]
+    (tmp_path / "search_config.json").write_text(json.dumps(saved))
+    with pytest.raises(UserError, match="search_config.json: this search was started by an older bertnas"):
+        load_config(tmp_path)
+    with pytest.raises(UserError, match="validation_split"):
+        SearchConfig(validation_split="random")

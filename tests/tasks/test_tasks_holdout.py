@@ -55,9 +55,11 @@ def test_pairs_tags_and_spans_have_their_words():
     assert example_words(text(0, "A b", "c")) == ("a", "b", "\x00", "c")
     assert example_words(TaggingExample(guid="0", tokens=("EU", "rejects"), tags=("B-ORG", "O"))) == ("eu", "rejects")
     assert example_words(SpanExample(qid="q", question="Who?", context="Me.")) == ("who?", "\x00", "me.")
-    # a pair's second text is not inside a single sentence that has the same words
-    rest, held = split_off([text(0, "x y"), text(1, "w", "x y"), text(2, "z")], 1, seed=0)
-    assert len(rest) + len(held) == 3
+    # a single text inside a pair's text is a part of the pair; a pair is never inside a single text
+    examples = [text(0, "x y"), text(1, "w", "x y"), text(2, "z")]
+    for seed in range(6):
+        rest, held = split_off(examples, 2, seed=seed)
+        assert [e.guid for e in held] == ["1", "2"] and rest == []  # "x y" is inside the pair: drawn last, left out
 
 
 def test_holding_out_all_examples_or_more_is_refused():
