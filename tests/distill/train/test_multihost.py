@@ -29,6 +29,16 @@ def train_losses(out: Path) -> dict[int, float]:
     return {r["step"]: r["train_loss"] for r in records if "train_loss" in r}
 
 
+def assert_runs_match(one: dict, two: dict, out_one: Path, out_two: Path) -> None:
+    """The two-worker run (`two`) trained as the one-process run (`one`): on 2 devices, the same 20-step loss
+    curve (to `TOLERANCE` relative) and the same best step and dev accuracy."""
+    assert (one["devices"], two["devices"]) == (1, 2) and two["mesh"] == {"data": 2}
+    a, b = train_losses(out_one), train_losses(out_two)
+    assert len(a) == 20 and a.keys() == b.keys()
+    assert max(abs(a[k] - b[k]) / abs(a[k]) for k in a) < TOLERANCE
+    assert one["best"]["step"] == two["best"]["step"] and one["best"]["accuracy"] == two["best"]["accuracy"]
+
+
 def test_two_ray_train_workers_fine_tune_as_one_process(tmp_path, monkeypatch):
     monkeypatch.setenv("BERTNAS_CACHE", str(tmp_path / "cache"))
     write_sst2(tmp_path / "data", n_train=160, n_dev=24)
@@ -39,11 +49,7 @@ def test_two_ray_train_workers_fine_tune_as_one_process(tmp_path, monkeypatch):
     assert jax.process_count() == 1 and jax.device_count() == 1
     one = finetune(cfg, tmp_path / "one", use_cache=False)
     two = run_on_workers(cfg, tmp_path / "two", workers=2)
-    assert (one["devices"], two["devices"]) == (1, 2) and two["mesh"] == {"data": 2}
-    a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
-    assert len(a) == 20 and a.keys() == b.keys()
-    assert max(abs(a[k] - b[k]) / abs(a[k]) for k in a) < TOLERANCE
-    assert one["best"]["step"] == two["best"]["step"] and one["best"]["accuracy"] == two["best"]["accuracy"]
+    assert_runs_match(one, two, tmp_path / "one", tmp_path / "two")
     assert [h["step"] for h in two["history"]] == [10, 20]
     assert (tmp_path / "two" / "teacher" / "model.safetensors").is_file()
     assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir() if p.name.isdigit()) == ["10", "20"]
@@ -60,10 +66,6 @@ def test_two_ray_train_workers_distil_as_one_process(tmp_path, monkeypatch):
                         loop=LoopConfig(epochs=2, batch_size=16, log_every=1, checkpoint_every=10))
     one = distill(cfg, tmp_path / "one", use_cache=False)
     two = run_on_workers(cfg, tmp_path / "two", workers=2)
-    assert (one["devices"], two["devices"]) == (1, 2) and two["mesh"] == {"data": 2}
-    a, b = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
-    assert len(a) == 20 and a.keys() == b.keys()
-    assert max(abs(a[k] - b[k]) / abs(a[k]) for k in a) < TOLERANCE
-    assert one["best"]["step"] == two["best"]["step"] and one["best"]["accuracy"] == two["best"]["accuracy"]
+    assert_runs_match(one, two, tmp_path / "one", tmp_path / "two")
     assert (tmp_path / "two" / "export" / "model.safetensors").is_file()
     assert not (tmp_path / "cache" / "outputs").exists()  # no labels cached: every process labelled for itself
