@@ -11,8 +11,8 @@ slice, the teacher's labels and cost), `nas.tune` runs these stages:
      by the cost model (cached per device) and a `LatencyPredictor` fitted on them, with its
      leave-one-out error;
   3. Ray Tune + Optuna over the space (multi-objective: validation metric up, latency down): a trial
-     (`score_trial`) takes its candidate's weights from the supernet, masked at its shape (one
-     compilation per shape), scores it on the validation slice and predicts its latency; a candidate
+     (`score_trial`) takes its candidate's weights from the supernet and runs it stage by stage
+     (`distill.model.infer.staged_logits`: each layer compiled once per width), scores it on the validation slice and predicts its latency; a candidate
      that breaks a constraint is rejected unscored (`score_rows` turns the results into rows);
   4. `measure_front`: every candidate on the front is measured for real and the front taken again,
      until all its members' latencies are measured;
@@ -35,11 +35,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from distill.arch import BertArch
 from distill.files import enable_compilation_cache, write_json
-from distill.model.store import LoadedBert, load_bert
+from distill.model.store import load_bert
 from distill.run import (
     DistillConfig,
     LossConfig,
@@ -50,6 +51,7 @@ from distill.run import (
     distill,
     export_subnet,
     score_subnets,
+    scoring_batches,
     train_supernet,
     training_speed,
 )
@@ -221,16 +223,19 @@ class ScoreSetup:
     """Compute of the scoring forwards (`SearchConfig.precision`)."""
 
 
-_LOADED: dict[str, tuple[LoadedBert, Any, Any]] = {}
-"""A worker's supernet, task and encoded validation slice, by supernet directory (Tune reuses workers)."""
+_LOADED: dict[str, tuple[Any, BertArch, Any, Any, list[dict]]] = {}
+"""A worker's supernet (host parameters, architecture), task, encoded validation slice and its scoring
+batches, by supernet directory (Tune reuses workers)."""
 
 
 def _supernet(setup: ScoreSetup):
     if setup.supernet_dir not in _LOADED:
         supernet = load_bert(setup.supernet_dir)
         task = saved_task(supernet.meta, setup.task)  # a generic task's labels and columns: the supernet's
+        features = encode(task, list(setup.val_examples), supernet.tokenizer)
         _LOADED.clear()
-        _LOADED[setup.supernet_dir] = (supernet, task, encode(task, list(setup.val_examples), supernet.tokenizer))
+        _LOADED[setup.supernet_dir] = (jax.device_get(supernet.params), supernet.arch, task, features,
+                                       scoring_batches(features, setup.eval_batch_size))
     return _LOADED[setup.supernet_dir]
 
 
@@ -254,10 +259,10 @@ def score_candidate(config: dict, setup: ScoreSetup) -> dict:
         return {setup.metric: REJECTED, OBJECTIVE_LATENCY: WORST_LATENCY, "status": "rejected",
                 "reason": "; ".join(violations), **info}
     t0 = time.perf_counter()
-    supernet, task, features = _supernet(setup)
-    sub = setup.choices.subnet(supernet.arch, arch.hidden_size, arch.num_heads, arch.ffn_sizes)
-    (m,) = score_subnets(supernet.params, supernet.arch, [sub], task, features, list(setup.val_examples),
-                         setup.eval_batch_size, precision=setup.precision)
+    params, supernet, task, features, rows = _supernet(setup)
+    sub = setup.choices.subnet(supernet, arch.hidden_size, arch.num_heads, arch.ffn_sizes)
+    (m,) = score_subnets(params, supernet, [sub], task, features, list(setup.val_examples),
+                         setup.eval_batch_size, precision=setup.precision, rows=rows)
     return {setup.metric: m[setup.task_metric], OBJECTIVE_LATENCY: cost.latency_ms, "status": "scored",
             "score_seconds": time.perf_counter() - t0, **info}
 

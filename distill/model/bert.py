@@ -326,6 +326,39 @@ class Encoder(nn.Module):
         )
 
 
+def task_head(arch: BertArch, head: str, num_labels: int, dtype: Dtype, x, cls_index, deterministic: bool):
+    """(pooled, float32 logits) of the last hidden states `x`, either None where `head` has none. Called inside
+    a compact module (`BertForTask`, `TaskHead`): its parameters (pooler, classifier | qa_outputs) are that
+    module's own."""
+    init = _dense_init(arch)
+    pooled = None
+    if has_pooler(head):
+        pooled = jnp.tanh(_dense(arch.hidden_size, init, dtype, "pooler")(first_tokens(x, cls_index)))
+    dropout = Dropout(arch.hidden_dropout)
+    logits = None
+    if head in ("classification", "regression"):
+        logits = _dense(num_labels, init, dtype, "classifier")(dropout(pooled, deterministic=deterministic))
+    elif head == "tagging":
+        logits = _dense(num_labels, init, dtype, "classifier")(dropout(x, deterministic=deterministic))
+    elif head == "span":
+        logits = _dense(2, init, dtype, "qa_outputs")(x)
+    return pooled, (None if logits is None else logits.astype(jnp.float32))
+
+
+class TaskHead(nn.Module):
+    """`BertForTask`'s head alone (parameters: its pooler and classifier | qa_outputs): the last stage of a
+    staged forward (`distill.model.staged`)."""
+
+    arch: BertArch
+    head: str
+    num_labels: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x, cls_index=None):
+        return task_head(self.arch, self.head, self.num_labels, self.dtype, x, cls_index, True)[1]
+
+
 class Crf(nn.Module):
     """The scores of a linear-chain CRF over `num_tags` tags, zero at init (then the CRF's
     loss equals the per-token cross-entropy of the emissions)."""
@@ -387,7 +420,7 @@ class BertForTask(nn.Module):
             raise ValueError(f"unknown head {self.head!r}; valid: {HEADS}")
         if self.crf and self.head != "tagging":
             raise ValueError(f"a CRF needs the 'tagging' head, not {self.head!r}")
-        arch, init = self.arch, _dense_init(self.arch)
+        arch = self.arch
         if token_type_ids is None:
             token_type_ids = jnp.zeros_like(input_ids)
         if attention_mask is None:
@@ -400,23 +433,7 @@ class BertForTask(nn.Module):
         x, hidden, scores = Encoder(arch, self.dtype, self.attention, self.attention_dropout, name="encoder")(
             x, mask, deterministic, output_hidden_states, output_attentions
         )
-        pooled = None
-        if has_pooler(self.head):
-            pooled = jnp.tanh(_dense(arch.hidden_size, init, self.dtype, "pooler")(first_tokens(x, cls_index)))
-        dropout = Dropout(arch.hidden_dropout)
-        logits = None
-        if self.head in ("classification", "regression"):
-            logits = _dense(self.num_labels, init, self.dtype, "classifier")(
-                dropout(pooled, deterministic=deterministic)
-            )
-        elif self.head == "tagging":
-            logits = _dense(self.num_labels, init, self.dtype, "classifier")(
-                dropout(x, deterministic=deterministic)
-            )
-        elif self.head == "span":
-            logits = _dense(2, init, self.dtype, "qa_outputs")(x)
-        if logits is not None:
-            logits = logits.astype(jnp.float32)
+        pooled, logits = task_head(arch, self.head, self.num_labels, self.dtype, x, cls_index, deterministic)
         return BertOutput(
             logits=logits,
             sequence_output=x,

@@ -1,4 +1,11 @@
-"""Batched inference: a jitted forward per model, logits for every feature in feature order."""
+"""Batched inference: a jitted forward per model, logits for every feature in feature order.
+
+`staged=True` runs the forward in stages instead (`staged_logits`): the embeddings, each layer and the head
+jitted apart, each once per width and batch shape. A search scores hundreds of architectures that differ in
+each layer's heads and FFN size: compiled whole, each would cost seconds of compilation; masked inside a wider
+model (`distill.kd.supernet.masked`), each would compute every masked head and neuron. Staged, they share a
+few dozen compiled layers and compute only their own widths.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +15,8 @@ from typing import Iterable, Iterator
 import jax
 import numpy as np
 
-from distill.model.bert import BertForTask
+from distill.arch import BertArch
+from distill.model.bert import BertForTask, Dtype, Embeddings, Layer, TaskHead, build_mask
 from distill.model.sharding import for_batches
 from tasks.packing import is_packed
 
@@ -31,14 +39,20 @@ def _jitted_logits(model: BertForTask):
     return jax.jit(functools.partial(logits_step, model=model))
 
 
-def predict(model: BertForTask, params, batches: Iterable[dict], num_features: int, max_length: int):
+def predict(model: BertForTask, params, batches: Iterable[dict], num_features: int, max_length: int, *,
+            staged: bool = False):
     """Logits for every feature, in feature order (rows of padding dropped).
 
     Sentence heads give (N, C); token heads give (N, max_length, C) with
     positions past each batch's length zero-filled; span heads return
-    (start_logits, end_logits), each (N, max_length).
+    (start_logits, end_logits), each (N, max_length). `staged`: on the default
+    device, stage by stage (`staged_logits`).
     """
-    return collect(_batch_logits(model, params, batches), num_features, max_length, span=model.head == "span")
+    if staged:
+        outputs = ((b["index"], np.asarray(staged_logits(model, params, b))) for b in batches)
+    else:
+        outputs = _batch_logits(model, params, batches)
+    return collect(outputs, num_features, max_length, span=model.head == "span")
 
 
 def _batch_logits(model: BertForTask, params, batches: Iterable[dict]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -49,6 +63,50 @@ def _batch_logits(model: BertForTask, params, batches: Iterable[dict]) -> Iterat
             dp = for_batches(1 if is_packed(batch) else len(batch["index"]))  # packed: whole rows on one device
             params = dp.replicate(params)
         yield batch["index"], np.asarray(fn(params, dp.shard(batch)))
+
+
+def staged_logits(model: BertForTask, params, batch: dict) -> jax.Array:
+    """`model`'s logits of one batch (its dropout off), as `logits_step` gives them, computed stage by stage:
+    the embeddings once per hidden size, each layer once per (hidden, heads, FFN) and the head once per hidden
+    size are compiled, for each batch shape; architectures that share widths share those compilations."""
+    arch, dtype = model.arch, model.dtype
+    inputs = model_inputs(batch)
+    packed = "cls_index" in inputs
+    x, mask = _embed_stage(_width(arch, 0), dtype, packed)(params["embeddings"], inputs)
+    for g in arch.groups:
+        x = _layer_stage(_width(arch, arch.group_starts[g]), dtype)(params["encoder"][f"layer_{g}"], x, mask)
+    head = {k: params[k] for k in ("pooler", "classifier", "qa_outputs") if k in params}
+    return _head_stage(_width(arch, 0), model.head, model.num_labels, dtype)(head, x, inputs.get("cls_index"))
+
+
+def _width(arch: BertArch, layer: int) -> BertArch:
+    """What a stage's compilation depends on: one layer of `arch` (layer `layer`'s heads and FFN size)."""
+    return arch.replace(num_layers=1, num_heads=(arch.num_heads[layer],), ffn_sizes=(arch.ffn_sizes[layer],),
+                        layer_groups=None)
+
+
+@functools.lru_cache(maxsize=64)
+def _embed_stage(arch: BertArch, dtype: Dtype, packed: bool):
+    embeddings = Embeddings(arch, dtype)
+
+    def stage(params, inputs):
+        x = embeddings.apply({"params": params}, inputs["input_ids"], inputs["token_type_ids"], True,
+                             inputs.get("position_ids"))
+        return x, build_mask(inputs["attention_mask"], packed)
+
+    return jax.jit(stage)
+
+
+@functools.lru_cache(maxsize=512)
+def _layer_stage(arch: BertArch, dtype: Dtype):
+    layer = Layer(arch, arch.num_heads[0], arch.ffn_sizes[0], dtype)
+    return jax.jit(lambda params, x, mask: layer.apply({"params": params}, x, mask, True, False)[0])
+
+
+@functools.lru_cache(maxsize=64)
+def _head_stage(arch: BertArch, head: str, num_labels: int, dtype: Dtype):
+    module = TaskHead(arch, head, num_labels, dtype)
+    return jax.jit(lambda params, x, cls_index: module.apply({"params": params}, x, cls_index))
 
 
 def collect(outputs: Iterable[tuple[np.ndarray, np.ndarray]], num_features: int, max_length: int, *,

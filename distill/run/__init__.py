@@ -9,7 +9,8 @@ re-exports; the modules behind it:
   data          `read_data`, `training_features`, `teacher_labels`, `teacher_importance`
   distillation  `distill(cfg, out)`: teacher -> data -> labels -> init -> train -> export
   supernet      `train_supernet(cfg, out)`: teacher -> data -> labels -> rewire -> sandwich training;
-                `score_subnets`: sub-networks scored with the supernet's weights; `export_subnet`
+                `score_subnets`: sub-networks scored with the supernet's weights (on `scoring_batches`);
+                `export_subnet`
   evaluation    `evaluate_dir`, `evaluate_model`, `load_for_task`
   prediction    `predict_lines`, `predict_table`
   speed         `training_speed` (-> `Speed`): a run's steps and evaluation timed on its own batches before it starts
@@ -34,7 +35,7 @@ from distill.run.prediction import predict_lines, predict_table
 from distill.run.processes import free_address, run_process
 from distill.run.quantization import compare, compare_models, quantize_run
 from distill.run.speed import Speed, training_speed
-from distill.run.supernet import export_subnet, score_subnets, supernet_layer_map, train_supernet
+from distill.run.supernet import export_subnet, score_subnets, scoring_batches, supernet_layer_map, train_supernet
 from distill.run.teacher import fine_tuned_teacher
 from distill.train.loop import LoopConfig
 from distill.train.optim import OptimizerConfig
@@ -43,6 +44,6 @@ __all__ = [
     "AugmentConfig", "DistillConfig", "FinetuneConfig", "InitConfig", "LoopConfig", "LossConfig", "OptimizerConfig",
     "Stage", "Subnet", "SubnetChoices", "SupernetConfig", "compare", "compare_models", "distill", "evaluate_dir",
     "evaluate_model", "export_onnx_run", "export_subnet", "fine_tuned_teacher", "finetune", "free_address", "load_for_task", "loss_layer_map",
-    "predict_features", "predict_lines", "predict_table", "quantize_run", "run_process", "read_data", "score_subnets", "supernet_layer_map", "teacher_importance",
+    "predict_features", "predict_lines", "predict_table", "quantize_run", "run_process", "read_data", "score_subnets", "scoring_batches", "supernet_layer_map", "teacher_importance",
     "teacher_labels", "train_supernet", "training_features", "training_speed", "Speed",
 ]

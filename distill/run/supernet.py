@@ -19,9 +19,9 @@
      features, settings): a later run with the same key copies it instead of
      training, as the fine-tuned-teacher cache does.
 
-`score_subnets` evaluates sub-networks straight from the supernet's weights:
-each runs at its shape (layers, hidden size) with the widths as masks, so a
-compilation per shape (and evaluation bucket) serves every width.
+`score_subnets` evaluates sub-networks straight from the supernet's weights,
+by default stage by stage (`SCORINGS`): each layer compiles once per width
+(and evaluation batch shape) and every sub-network with that width reuses it.
 
 The supernet has no CRF: a CRF teacher's transitions are dropped (a student
 distilled from the supernet may add its own).
@@ -44,6 +44,7 @@ from distill.export.hf import export_model
 from distill.files import cache_root, config_key, features_fingerprint, owned_output, publish, write_json
 from distill.kd.supernet import Subnet, extract, masked, padded, ranking, rewire, width_masks
 from distill.model.bert import COMPUTE_DTYPES, build_model
+from distill.model.infer import predict
 from distill.model.store import LoadedBert, read_arch, read_config, resolve_model_dir, save_bert, weights_fingerprint
 from distill.run.config import SupernetConfig
 from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
@@ -53,8 +54,11 @@ from distill.train.loop import Evaluation, StepSchedule, TrainData, devices_reco
 from distill.train.runlog import RunLog
 from distill.train.sandwich import make_sandwich_step
 from distill.train.steps import TrainState
+from tasks import metrics
 from tasks.base import Task
+from tasks.batching import batches
 from tasks.features import Features, encode
+from tasks.packing import pack_shape, packable, packed_batches, packs_on
 from tasks.readers import load_task
 from tasks.registry import task_record
 
@@ -172,7 +176,7 @@ def _train(cfg: SupernetConfig, prep: Prepared, params: dict, hidden_order: list
 
     def evaluate(p):
         scores = dict(zip(ends, score_subnets(p, arch, ends.values(), task, prep.dev, prep.dev_ex,
-                                              cfg.eval_batch_size, exact=True)))
+                                              cfg.eval_batch_size, how="exact")))
         return {"score": float(np.mean([s[task.metric] for s in scores.values()])),
                 **{f"{name}_{k}": v for name, s in scores.items() for k, v in s.items()}}
 
@@ -209,24 +213,51 @@ def supernet_meta(cfg: SupernetConfig) -> dict:
     return {"choices": dataclasses.asdict(cfg.choices), "num_sampled": cfg.num_sampled}
 
 
-def score_subnets(params, supernet, subnets: Iterable[Subnet], task: Task, features: Features, examples,
-                  batch_size: int = 128, *, exact: bool = False, precision: str = "fp32") -> list[dict]:
-    """Each sub-network's task metrics (`evaluate_model`) with the supernet's weights, untrained.
+SCORINGS = ("staged", "masked", "exact")
+"""How `score_subnets` runs a sub-network: its extracted student stage by stage (`distill.model.infer.
+staged_logits`: each layer compiled once per width, shared by every sub-network with it, and only the
+sub-network's own widths computed), masked within its shape's widest sub-network (one compilation per
+shape, every head and FFN neuron of the shape computed), or its extracted student compiled whole (once per
+architecture)."""
 
-    Masked at its shape by default (one compilation per shape serves every width); `exact` runs the
-    extracted student itself (one compilation per architecture). `precision` 'bf16': forwards in
-    bfloat16 compute (a search ranking hundreds of candidates; see `distill.model.bert.mixed_matmul`).
-    """
-    out, dtype = [], COMPUTE_DTYPES[precision]
+
+def score_subnets(params, supernet, subnets: Iterable[Subnet], task: Task, features: Features, examples,
+                  batch_size: int = 128, *, how: str = "staged", precision: str = "fp32",
+                  rows: list[dict] | None = None) -> list[dict]:
+    """Each sub-network's task metrics (`tasks.metrics.evaluate`, plus examples/s) with the supernet's
+    weights, untrained, computed as `how` says (`SCORINGS`) on `scoring_batches` (`rows`: those batches,
+    collated once for many calls). `precision` 'bf16': forwards in bfloat16 compute (a search ranking
+    hundreds of candidates; see `mixed_matmul`)."""
+    if how not in SCORINGS:
+        raise ValueError(f"how: {how!r} is not one of {SCORINGS}")
+    dtype = COMPUTE_DTYPES[precision]
+    params = jax.device_get(params)  # sliced on the host: on a device, each new width would compile its slicing
+    rows = scoring_batches(features, batch_size) if rows is None else rows
+    out = []
     for sub in subnets:
-        if exact:
-            model = build_model(sub.arch(supernet), task.kind, task.num_labels, dtype)
-            weights = extract(params, supernet, sub)
-        else:
+        t0 = time.perf_counter()
+        if how == "masked":
             model = build_model(padded(supernet, sub.shape).arch(supernet), task.kind, task.num_labels, dtype)
             weights = masked(params, supernet, sub.shape, *width_masks(sub, supernet))
-        out.append(evaluate_model(model, jax.device_put(weights), task, features, examples, batch_size))
+        else:
+            model = build_model(sub.arch(supernet), task.kind, task.num_labels, dtype)
+            weights = extract(params, supernet, sub)
+        outputs = predict(model, jax.device_put(weights), rows, len(features), features.max_length,
+                          staged=how == "staged")
+        seconds = time.perf_counter() - t0
+        out.append({**metrics.evaluate(task, features, examples, outputs), "examples": len(examples),
+                    "examples_per_second": len(examples) / max(seconds, 1e-9)})
     return out
+
+
+def scoring_batches(features: Features, batch_size: int = 128) -> list[dict]:
+    """The batches every sub-network is scored on, collated once: packed into one row shape where the task's
+    features pack on this backend (`tasks.packing`), so that each stage compiles once per width; else padded
+    to the features' fitted length buckets."""
+    if packable(features) and packs_on(jax.default_backend(), jax.local_device_count()):
+        if (shape := pack_shape(features, batch_size)) is not None:
+            return list(packed_batches(features, shape))
+    return list(batches(features, batch_size))
 
 
 def export_subnet(supernet: LoadedBert, sub: Subnet, out_dir: str | Path, task: Task, *,

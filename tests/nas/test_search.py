@@ -246,15 +246,28 @@ def test_bad_input_fails_before_any_trial(env, tmp_path):
 
 def _terminated(out: Path) -> set[str]:
     """Trials that Tune's last saved experiment state records as finished."""
+    return {t for t, status in _saved_trials(out).items() if status == "TERMINATED"}
+
+
+def _saved_trials(out: Path) -> dict[str, str]:
+    """Each trial's status in Tune's last saved experiment state (empty while none is readable)."""
     states = sorted((out / "ray" / "search").glob("experiment_state-*.json"))
     if not states:
-        return set()
+        return {}
     try:
         data = json.loads(states[-1].read_text())
     except (json.JSONDecodeError, OSError):  # being written
-        return set()
+        return {}
     trials = [json.loads(t[0]) for t in data["trial_data"]]
-    return {t["trial_id"] for t in trials if t["status"] == "TERMINATED"}
+    return {t["trial_id"]: t["status"] for t in trials}
+
+
+def _killable(out: Path) -> bool:
+    """A trial finished and another mid-run past a checkpoint, both in Tune's saved experiment state: Tune
+    saves that state now and then, and a trial started after the last save is unknown to `--resume`."""
+    done = _terminated(out)
+    running = done and _checkpointed_mid_run(out, done)
+    return bool(running) and running[0] in _saved_trials(out)
 
 
 def _search_cmd(env, out: Path, *extra: str) -> list[str]:
@@ -293,12 +306,14 @@ def test_sigkilled_search_resumes_and_finishes(env, tmp_path):
     # No ASHA: it could stop the second trial at its first evaluation, before it could be killed mid-run.
     cmd = _search_cmd(env, out, "--final-steps", "0", "--num-samples", "2", "--trial-steps", "24",
                       "--evals-per-trial", "4", "--scheduler", "none")
-    child_env = {**os.environ, "BERTNAS_CACHE": str(env["cache"]), "RAY_ADDRESS": ""}
+    # Tune saves its experiment state at most every 10 s by default: saved at every step here, the running
+    # trial is in it well before it ends (`_killable`).
+    child_env = {**os.environ, "BERTNAS_CACHE": str(env["cache"]), "RAY_ADDRESS": "", "TUNE_GLOBAL_CHECKPOINT_S": "0"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env, start_new_session=True,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
     try:
-        while time.time() < deadline and not ((done := _terminated(out)) and _checkpointed_mid_run(out, done)):
+        while time.time() < deadline and not _killable(out):
             assert proc.poll() is None, "the search ended before it could be killed"
             time.sleep(0.05)
         assert time.time() < deadline, "no trial finished, or the next one reached no checkpoint, in time"

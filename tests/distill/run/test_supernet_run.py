@@ -85,9 +85,9 @@ def test_trained_supernet_is_saved_cached_and_scored(files, tmp_path):
     features = encode(task, examples, supernet.tokenizer)
     subs = [CHOICES.largest(supernet.arch), CHOICES.smallest(supernet.arch),
             CHOICES.sample(supernet.arch, np.random.default_rng(0))]
-    masked = score_subnets(supernet.params, supernet.arch, subs, task, features, examples, 16)
-    exact = score_subnets(supernet.params, supernet.arch, subs, task, features, examples, 16, exact=True)
-    assert [m["accuracy"] for m in masked] == [m["accuracy"] for m in exact]
+    exact, masked, staged = (score_subnets(supernet.params, supernet.arch, subs, task, features, examples, 16, how=how)
+                             for how in ("exact", "masked", "staged"))
+    assert [m["accuracy"] for m in masked] == [m["accuracy"] for m in exact] == [m["accuracy"] for m in staged]
     # bfloat16 scoring (a search's `--precision bf16`) flips at most one prediction of a sub-network here
     bf16 = score_subnets(supernet.params, supernet.arch, subs, task, features, examples, 16, precision="bf16")
     assert all(abs(a["accuracy"] - b["accuracy"]) <= 1 / len(examples) + 1e-9 for a, b in zip(bf16, exact))
