@@ -77,14 +77,15 @@ def result_trial_id(result) -> str:
 def trial_status(result, metric: str, *, has_config: bool, done: str) -> tuple[str, str | None]:
     """(status, error line) of a finished Tune trial; `done` is the status of one with a finite score.
 
-    A trial the time budget stopped before its first report may come back with no config and no
-    metrics (Tune had written neither): it is listed as not started, never a crash of the search.
+    A trial the time budget stopped before its first report comes back with at most Tune's own bookkeeping
+    (its config, if Tune had written it, but none of the trial's metrics, which every report carries): it is
+    listed as not started, never as failed nor as a crash of the search.
     """
     m = result.metrics or {}
     score = m.get(metric)
     if result.error is not None:
         return "failed", error_line(result.error)
-    if not m or (not has_config and metric not in m):  # at most Tune's own bookkeeping, no report
+    if metric not in m:  # no report of the trial's own
         return "not_started", "the search ended (budget or interruption) before its first report"
     if not has_config:  # metrics without the sampled config: nothing to measure, train or export from it
         return "failed", "Tune kept no configuration for this trial"

@@ -72,17 +72,19 @@ def staged_logits(model: BertForTask, params, batch: dict) -> jax.Array:
     arch, dtype = model.arch, model.dtype
     inputs = model_inputs(batch)
     packed = "cls_index" in inputs
-    x, mask = _embed_stage(_width(arch, 0), dtype, packed)(params["embeddings"], inputs)
+    outer = _width(arch, 1, 1)  # the embeddings and the head: the same for any layer widths
+    x, mask = _embed_stage(outer, dtype, packed)(params["embeddings"], inputs)
     for g in arch.groups:
-        x = _layer_stage(_width(arch, arch.group_starts[g]), dtype)(params["encoder"][f"layer_{g}"], x, mask)
+        i = arch.group_starts[g]
+        layer = _width(arch, arch.num_heads[i], arch.ffn_sizes[i])
+        x = _layer_stage(layer, dtype)(params["encoder"][f"layer_{g}"], x, mask)
     head = {k: params[k] for k in ("pooler", "classifier", "qa_outputs") if k in params}
-    return _head_stage(_width(arch, 0), model.head, model.num_labels, dtype)(head, x, inputs.get("cls_index"))
+    return _head_stage(outer, model.head, model.num_labels, dtype)(head, x, inputs.get("cls_index"))
 
 
-def _width(arch: BertArch, layer: int) -> BertArch:
-    """What a stage's compilation depends on: one layer of `arch` (layer `layer`'s heads and FFN size)."""
-    return arch.replace(num_layers=1, num_heads=(arch.num_heads[layer],), ffn_sizes=(arch.ffn_sizes[layer],),
-                        layer_groups=None)
+def _width(arch: BertArch, heads: int, ffn: int) -> BertArch:
+    """What a stage's compilation depends on: a one-layer `arch` with these heads and FFN size."""
+    return arch.replace(num_layers=1, num_heads=(heads,), ffn_sizes=(ffn,), layer_groups=None)
 
 
 @functools.lru_cache(maxsize=64)

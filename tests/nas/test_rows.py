@@ -100,6 +100,14 @@ def test_a_trial_stopped_by_the_budget_before_any_report_is_not_started():
         assert handle == TrialHandle(config={}, checkpoint=None)
 
 
+def test_a_started_trial_cut_by_the_budget_before_its_report_is_not_started():
+    """The CoNLL-2003 search's last scoring trial: Tune had its config, then the budget ended it before it
+    reported; its row read `failed`, 'no finite validation score'."""
+    row, handle = _row(_result(CONFIG, {"trial_id": "abc123", "time_total_s": 0.4}), _setup())
+    assert row["status"] == "not_started" and "before its first report" in row["error"]
+    assert row["val_metric"] is None and handle.config == CONFIG
+
+
 def test_metrics_without_a_config_fail_the_row_not_the_search():
     row, _ = _row(_result({}, {"val_accuracy": 0.9, "step": 200, "arch": "2L-256"}), _setup())
     assert row["status"] == "failed" and row["val_metric"] is None and row["arch"] == "2L-256"

@@ -72,13 +72,16 @@ def test_shared_layers_and_bfloat16(random_params):
 
 def test_architectures_of_equal_widths_share_compiled_stages(random_params):
     """Two architectures built from the same three layer widths in other orders and counts compile no stage
-    the first did not: the cache of layer stages grows by the distinct widths only."""
+    the first did not: the layer stages grow by the distinct widths only, the embeddings and head stages by
+    the hidden size."""
     make = lambda heads, ffn: BertArch(num_layers=len(heads), hidden_size=36, head_size=12,  # noqa: E731
                                        num_heads=heads, ffn_sizes=ffn, vocab_size=101, max_position_embeddings=16)
     first, second = make((1, 3, 2), (20, 37, 11)), make((2, 1), (11, 20))
     batch = collate(_features("classification"), np.arange(11), 7)
-    infer._layer_stage.cache_clear()
+    for stage in (infer._embed_stage, infer._layer_stage, infer._head_stage):
+        stage.cache_clear()
     for arch in (first, second):
         model = build_model(arch, "classification", 3)
         staged_logits(model, random_params(arch, "classification", 3), batch)
     assert infer._layer_stage.cache_info().currsize == 3
+    assert infer._embed_stage.cache_info().currsize == infer._head_stage.cache_info().currsize == 1
