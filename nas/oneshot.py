@@ -225,18 +225,19 @@ class ScoreSetup:
 
 _LOADED: dict[str, tuple[Any, BertArch, Any, Any, list[dict]]] = {}
 """A worker's supernet (host parameters, architecture), task, encoded validation slice and its scoring
-batches, by supernet directory (Tune reuses workers)."""
+batches, by supernet directory, batch size and slice size (Tune reuses workers)."""
 
 
 def _supernet(setup: ScoreSetup):
-    if setup.supernet_dir not in _LOADED:
+    key = f"{setup.supernet_dir}|{setup.eval_batch_size}|{len(setup.val_examples)}"
+    if key not in _LOADED:
         supernet = load_bert(setup.supernet_dir)
         task = saved_task(supernet.meta, setup.task)  # a generic task's labels and columns: the supernet's
         features = encode(task, list(setup.val_examples), supernet.tokenizer)
         _LOADED.clear()
-        _LOADED[setup.supernet_dir] = (jax.device_get(supernet.params), supernet.arch, task, features,
-                                       scoring_batches(features, setup.eval_batch_size))
-    return _LOADED[setup.supernet_dir]
+        _LOADED[key] = (jax.device_get(supernet.params), supernet.arch, task, features,
+                        scoring_batches(features, setup.eval_batch_size))
+    return _LOADED[key]
 
 
 def predicted_cost(setup: ScoreSetup, arch: BertArch) -> Cost:

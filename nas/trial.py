@@ -74,6 +74,16 @@ def result_trial_id(result) -> str:
     return (result.metrics or {}).get("trial_id") or Path(result.path).name.removeprefix("trial_")
 
 
+TUNE_KEYS = frozenset({
+    "training_iteration", "time_total_s", "time_this_iter_s", "time_since_restore", "iterations_since_restore",
+    "timesteps_total", "timesteps_since_restore", "episodes_total", "timestamp", "date", "pid", "hostname",
+    "node_ip", "config", "checkpoint_dir_name", "trial_id", "done", "experiment_tag", "experiment_id",
+    "should_checkpoint",
+})
+"""What Tune writes into a trial's metrics by itself (`ray.tune.result.AUTO_RESULT_KEYS` and the trial's
+identity): metrics with nothing else hold no report of the trial's."""
+
+
 def trial_status(result, metric: str, *, has_config: bool, done: str) -> tuple[str, str | None]:
     """(status, error line) of a finished Tune trial; `done` is the status of one with a finite score.
 
@@ -85,7 +95,7 @@ def trial_status(result, metric: str, *, has_config: bool, done: str) -> tuple[s
     score = m.get(metric)
     if result.error is not None:
         return "failed", error_line(result.error)
-    if metric not in m:  # no report of the trial's own
+    if not set(m) - TUNE_KEYS:  # no report of the trial's own
         return "not_started", "the search ended (budget or interruption) before its first report"
     if not has_config:  # metrics without the sampled config: nothing to measure, train or export from it
         return "failed", "Tune kept no configuration for this trial"

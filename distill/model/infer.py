@@ -68,7 +68,8 @@ def _batch_logits(model: BertForTask, params, batches: Iterable[dict]) -> Iterat
 def staged_logits(model: BertForTask, params, batch: dict) -> jax.Array:
     """`model`'s logits of one batch (its dropout off), as `logits_step` gives them, computed stage by stage:
     the embeddings once per hidden size, each layer once per (hidden, heads, FFN) and the head once per hidden
-    size are compiled, for each batch shape; architectures that share widths share those compilations."""
+    size are compiled, for each batch shape; architectures that share widths share those compilations.
+    Attention is XLA's (`model.attention` 'cudnn' is not used)."""
     arch, dtype = model.arch, model.dtype
     inputs = model_inputs(batch)
     packed = "cls_index" in inputs

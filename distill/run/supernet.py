@@ -231,7 +231,8 @@ def score_subnets(params, supernet, subnets: Iterable[Subnet], task: Task, featu
     if how not in SCORINGS:
         raise ValueError(f"how: {how!r} is not one of {SCORINGS}")
     dtype = COMPUTE_DTYPES[precision]
-    params = jax.device_get(params)  # sliced on the host: on a device, each new width would compile its slicing
+    if how != "exact":  # sliced on the host: on a device, each new width would compile its slicing
+        params = jax.device_get(params)
     rows = scoring_batches(features, batch_size) if rows is None else rows
     out = []
     for sub in subnets:

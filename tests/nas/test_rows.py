@@ -106,6 +106,9 @@ def test_a_started_trial_cut_by_the_budget_before_its_report_is_not_started():
     row, handle = _row(_result(CONFIG, {"trial_id": "abc123", "time_total_s": 0.4}), _setup())
     assert row["status"] == "not_started" and "before its first report" in row["error"]
     assert row["val_metric"] is None and handle.config == CONFIG
+    # a trial that did report, but never its score, failed
+    row, _ = _row(_result(CONFIG, {"trial_id": "abc123", "time_total_s": 9.0, "step": 12}), _setup())
+    assert row["status"] == "failed" and "no finite validation score" in row["error"]
 
 
 def test_metrics_without_a_config_fail_the_row_not_the_search():
