@@ -12,6 +12,10 @@ import json
 import random
 from pathlib import Path
 
+import numpy as np
+
+from tasks.features import Features
+
 # --- vocabulary ---------------------------------------------------------------
 
 SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -319,3 +323,16 @@ def sst2_training_left(data_dir: Path, validation: int) -> int:
     from tasks.registry import get_task
 
     return len(split_off(read_split(get_task("sst2"), "train", data_dir), validation)[0])
+
+
+def token_features(kind: str, n: int = 11, seed: int = 5) -> Features:
+    """`n` random sentence features of 2-7 tokens (ids 5-100 after a [CLS] of 2, the second half of each
+    of token type 1), labelled as `kind` ('classification': 3 classes; else a 0-5 score), max length 7."""
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(2, 8, size=n).astype(np.int32)
+    ids = [np.concatenate([[2], rng.integers(5, 101, size=k - 1)]).astype(np.int32) for k in lengths]
+    types = [(np.arange(k) >= k // 2).astype(np.int32) for k in lengths]
+    labels = rng.integers(0, 3, size=n).astype(np.int32) if kind == "classification" else \
+        rng.uniform(0, 5, size=n).astype(np.float32)
+    return Features(kind=kind, max_length=7, input_ids=ids, token_type_ids=types, lengths=lengths,
+                    example_index=np.arange(n, dtype=np.int32), labels=labels)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import token_features
 
 from distill.kd.losses import hard_loss
 from distill.kd.objective import LossConfig, distill_loss, teacher_forward
@@ -19,17 +20,6 @@ from distill.model.infer import model_inputs
 from tasks.batching import collate
 from tasks.features import Features
 from tasks.packing import PackShape, collate_packed, packed_plan
-
-
-def _features(kind: str, n: int = 11, seed: int = 5) -> Features:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(2, 8, size=n).astype(np.int32)
-    ids = [np.concatenate([[2], rng.integers(5, 101, size=k - 1)]).astype(np.int32) for k in lengths]
-    types = [(np.arange(k) >= k // 2).astype(np.int32) for k in lengths]
-    labels = rng.integers(0, 3, size=n).astype(np.int32) if kind == "classification" else \
-        rng.uniform(0, 5, size=n).astype(np.float32)
-    return Features(kind=kind, max_length=7, input_ids=ids, token_type_ids=types, lengths=lengths,
-                    example_index=np.arange(n, dtype=np.int32), labels=labels)
 
 
 def _pair(f: Features):
@@ -44,7 +34,7 @@ def _pair(f: Features):
 
 @pytest.mark.parametrize("kind, labels", [("classification", 3), ("regression", 1)])
 def test_packed_outputs_equal_padded_ones(tiny_arch, random_params, kind, labels):
-    f = _features(kind)
+    f = token_features(kind)
     model = build_model(tiny_arch, kind, labels)
     params = random_params(tiny_arch, kind, labels)
     packed, padded = _pair(f)
@@ -63,7 +53,7 @@ def test_packed_outputs_equal_padded_ones(tiny_arch, random_params, kind, labels
 
 
 def test_packed_loss_and_gradient_equal_padded_ones(tiny_arch, random_params):
-    f = _features("classification")
+    f = token_features("classification")
     model = build_model(tiny_arch, "classification", 3)
     params = random_params(tiny_arch, "classification", 3)
 
@@ -81,7 +71,7 @@ def test_packed_loss_and_gradient_equal_padded_ones(tiny_arch, random_params):
 def test_packed_distillation_terms_equal_padded_ones(tiny_arch, hetero_arch, random_params):
     """Logits, hidden-state and attention-score terms over a packed batch equal the padded batch's: the
     masks keep each example's own tokens and (query, key) pairs."""
-    f = _features("classification")
+    f = token_features("classification")
     teacher = build_model(tiny_arch, "classification", 3)
     student = build_model(hetero_arch, "classification", 3)
     t_params, s_params = random_params(tiny_arch, "classification", 3, seed=1), random_params(

@@ -7,32 +7,21 @@ from __future__ import annotations
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import token_features
 
 from distill.arch import BertArch
 from distill.model import infer
 from distill.model.bert import build_model
 from distill.model.infer import logits_step, predict, staged_logits
 from tasks.batching import batches, collate
-from tasks.features import Features
 from tasks.packing import PackShape, packed_batches
-
-
-def _features(kind: str, n: int = 11, seed: int = 5) -> Features:
-    rng = np.random.default_rng(seed)
-    lengths = rng.integers(2, 8, size=n).astype(np.int32)
-    ids = [np.concatenate([[2], rng.integers(5, 101, size=k - 1)]).astype(np.int32) for k in lengths]
-    types = [(np.arange(k) >= k // 2).astype(np.int32) for k in lengths]
-    labels = rng.integers(0, 3, size=n).astype(np.int32) if kind == "classification" else \
-        rng.uniform(0, 5, size=n).astype(np.float32)
-    return Features(kind=kind, max_length=7, input_ids=ids, token_type_ids=types, lengths=lengths,
-                    example_index=np.arange(n, dtype=np.int32), labels=labels)
 
 
 @pytest.mark.parametrize("head, labels", [("classification", 3), ("regression", 1), ("tagging", 5), ("span", 2)])
 def test_staged_logits_equal_the_whole_models(hetero_arch, random_params, head, labels):
     model = build_model(hetero_arch, head, labels)
     params = random_params(hetero_arch, head, labels, seed=3)
-    batch = collate(_features("classification"), np.arange(11), 7)
+    batch = collate(token_features("classification"), np.arange(11), 7)
     want = np.asarray(logits_step(params, batch, model=model))
     got = np.asarray(staged_logits(model, params, batch))
     assert got.shape == want.shape
@@ -41,7 +30,7 @@ def test_staged_logits_equal_the_whole_models(hetero_arch, random_params, head, 
 
 @pytest.mark.parametrize("kind, labels", [("classification", 3), ("regression", 1)])
 def test_staged_predict_on_packed_rows_equals_the_whole_models(hetero_arch, random_params, kind, labels):
-    f = _features(kind, n=17)
+    f = token_features(kind, n=17)
     model = build_model(hetero_arch, kind, labels)
     params = random_params(hetero_arch, kind, labels, seed=4)
     shape = PackShape(rows=3, length=15, examples=9)
@@ -59,7 +48,7 @@ def test_shared_layers_and_bfloat16(random_params):
     arch = BertArch(num_layers=3, hidden_size=36, head_size=12, num_heads=(2, 3, 2), ffn_sizes=(20, 37, 20),
                     vocab_size=101, max_position_embeddings=16, layer_groups=(0, 1, 0))
     params = random_params(arch, "classification", 3, seed=5)
-    batch = collate(_features("classification"), np.arange(11), 7)
+    batch = collate(token_features("classification"), np.arange(11), 7)
     whole, staged = {}, {}
     for name, dtype in (("fp32", jnp.float32), ("bf16", jnp.bfloat16)):
         model = build_model(arch, "classification", 3, dtype)
@@ -77,7 +66,7 @@ def test_architectures_of_equal_widths_share_compiled_stages(random_params):
     make = lambda heads, ffn: BertArch(num_layers=len(heads), hidden_size=36, head_size=12,  # noqa: E731
                                        num_heads=heads, ffn_sizes=ffn, vocab_size=101, max_position_embeddings=16)
     first, second = make((1, 3, 2), (20, 37, 11)), make((2, 1), (11, 20))
-    batch = collate(_features("classification"), np.arange(11), 7)
+    batch = collate(token_features("classification"), np.arange(11), 7)
     for stage in (infer._embed_stage, infer._layer_stage, infer._head_stage):
         stage.cache_clear()
     for arch in (first, second):
