@@ -12,8 +12,9 @@ slice, the teacher's labels and cost), `nas.tune` runs these stages:
      leave-one-out error;
   3. Ray Tune + Optuna over the space (multi-objective: validation metric up, latency down): a trial
      (`score_trial`) takes its candidate's weights from the supernet and runs it stage by stage
-     (`distill.model.infer.staged_logits`: each layer compiled once per width), scores it on the validation slice and predicts its latency; a candidate
-     that breaks a constraint is rejected unscored (`score_rows` turns the results into rows);
+     (`distill.model.infer.staged_logits`: each layer compiled once per width), scores it on the
+     validation slice and predicts its latency; a candidate that breaks a constraint is rejected unscored
+     (`score_rows` turns the results into rows);
   4. `measure_front`: every candidate on the front is measured for real and the front taken again,
      until all its members' latencies are measured;
   5. `train_targets`: for each target speedup, the most accurate measured candidate at or above it is
