@@ -39,13 +39,16 @@ def main(argv: list[str]) -> None:
     request = json.loads(argv[0])
     pin(int(request["threads"]))
     from distill.arch import BertArch
-    from nas.cost import measure_latency
+    from distill.model.bert import build_model
+    from nas.cost import measure_latency, timing_params
 
-    def measured(arch: dict) -> dict:
+    def measured(spec: dict) -> dict:
+        arch = BertArch.from_dict(spec)
+        params = timing_params(build_model(arch, request["head"], request["num_labels"]))  # one set, every batch
         return {
-            str(b): measure_latency(BertArch.from_dict(arch), request["head"], request["num_labels"],
-                                    request["seq_len"], b, repeats=request["repeats"],
-                                    min_seconds=request["min_seconds"], quantize=request.get("quantize"))
+            str(b): measure_latency(arch, request["head"], request["num_labels"], request["seq_len"], b,
+                                    repeats=request["repeats"], min_seconds=request["min_seconds"],
+                                    quantize=request.get("quantize"), params=params)
             for b in request["batches"]
         }
 

@@ -20,7 +20,16 @@ from distill.arch import BertArch
 from distill.files import cache_root
 from distill.model.bert import build_model, init_params
 from nas.config import Constraints
-from nas.cost import Cost, CostModel, LatencyPredictor, device_name, latency_features, measure_latency, typical_length
+from nas.cost import (
+    Cost,
+    CostModel,
+    LatencyPredictor,
+    device_name,
+    latency_features,
+    measure_latency,
+    timing_params,
+    typical_length,
+)
 from tasks.errors import UserError
 from tasks.features import Features
 
@@ -82,6 +91,22 @@ def test_measure_latency_real():
     assert 0 < median <= p95 and math.isfinite(p95)
     with pytest.raises(ValueError):
         measure_latency(TINY, "classification", 3, 17, 2)  # longer than max positions
+
+
+def test_timing_params_have_the_models_shapes():
+    """The host-drawn timing parameters have exactly the initialiser's tree, shapes and dtypes, finite
+    values of the initialiser's scale, and the model runs on them."""
+    model = build_model(HETERO, "classification", 3)
+    real, timed = init_params(model, jax.random.key(0)), timing_params(model)
+    assert jax.tree.structure(real) == jax.tree.structure(timed)
+    for a, b in zip(jax.tree.leaves(real), jax.tree.leaves(timed)):
+        assert (a.shape, a.dtype) == (b.shape, b.dtype)
+        assert np.isfinite(np.asarray(b)).all()
+    weights = np.asarray(timed["embeddings"]["word_embeddings"]["embedding"])
+    assert 0.01 < weights.std() < 0.03
+    ids = np.ones((2, 7), np.int32)
+    out = model.apply({"params": timed}, ids, 0 * ids, ids, deterministic=True)
+    assert all(np.isfinite(np.asarray(x, np.float32)).all() for x in jax.tree.leaves(out))
 
 
 def test_measure_latency_times_at_least_min_seconds(monkeypatch):
