@@ -34,6 +34,7 @@ from distill.run import (
     evaluate_dir,
     evaluate_model,
     fine_tuned_teacher,
+    label_prefixes,
     load_for_task,
     loss_layer_map,
     read_data,
@@ -209,7 +210,7 @@ def label_copies(dcfg, root: Path) -> tuple[float, int]:
     train_ex, _, _ = read_data(dcfg, task, dcfg.data_dir)
     train, original, _ = training_features(dcfg, task, teacher, train_ex, Stage())
     cache = teacher_labels(
-        dcfg, task, teacher, train, prefix=int(original.sum()),  # the trials' labels: only copies are new
+        dcfg, task, teacher, train, prefixes=label_prefixes(train, original, dcfg.augment.copies),  # the trials' labels
         hidden_layers=dcfg.loss.teacher_hidden_layers(loss_layer_map(dcfg, teacher.arch, student)),
     )
     return cache.seconds, cache.labelled

@@ -317,6 +317,19 @@ def measure_front(rows: list[dict], configs: dict[str, dict], setup: TrialSetup,
     return {"measured": len(errors), "error": float(np.mean(errors)) if errors else None}
 
 
+FRONT_PER_SQRT = 2.5
+"""The front grows to about this times the square root of the candidates scored, measured round by round
+(sessions 14-16: 30 and 40 members for 240 candidates, 21 for 85)."""
+MEASURE_SECONDS = 4.0
+"""One student's measurement in the shared child process (batch 1 and the throughput batch, one thread):
+three SST-2 students took 11.9 s on 2 cores, JAX's start included (session 17)."""
+
+
+def front_reserve(num_samples: int) -> float:
+    """Seconds the scoring stage leaves for measuring the front of `num_samples` scored candidates."""
+    return MEASURE_SECONDS * math.ceil(FRONT_PER_SQRT * math.sqrt(max(1, num_samples)))
+
+
 # ------------------------------------------------------------------ 5. the targets, trained
 def pick_targets(rows: list[dict], targets: tuple[float, ...]) -> dict[str, list[float]]:
     """For each target speedup, the most accurate measured candidate at or above it (ties: the faster, then

@@ -263,7 +263,7 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
     )
     t0 = time.perf_counter()
     trainable = tune_trainable(cfg, oneshot.score_trial, score_setup)
-    scoring_budget = max(30.0, deadline - time.time() - finals_reserve - 60)  # 60 s: the front's measurements
+    scoring_budget = max(30.0, deadline - time.time() - finals_reserve - oneshot.front_reserve(cfg.num_samples))
     grid = _run_tune(cfg, trainable, setup, out, resume=resume, time_budget_s=scoring_budget, asha=False,
                      reuse_actors=True)
     rows, configs = oneshot.score_rows(grid, score_setup)

@@ -295,7 +295,9 @@ def _check_examples(task: Task, examples: Sequence) -> None:
 
 
 def augment(task: Task, examples: Sequence, tokenizer, word_embeddings: np.ndarray, cfg: AugmentConfig) -> list:
-    """Only the new examples: `cfg.copies` per input, all copies of example 0 first, then of 1, ...
+    """Only the new examples: `cfg.copies` per input, copy by copy: copy 0 of every example, then copy 1 of
+    every example, ... Copy c of an example is the same whatever `cfg.copies` is, so the copies of a run with
+    fewer of them are a prefix of these (their teacher labels are reused: `distill.kd.outputs`).
 
     Copies keep the input's type, label and tags; their guid gets '-aug{c}'.
     """
@@ -305,7 +307,7 @@ def augment(task: Task, examples: Sequence, tokenizer, word_embeddings: np.ndarr
     words = {core for e in examples for w in _example_words(e) if (core := eligible_core(w)) is not None}
     table = NeighbourTable.build(tokenizer, word_embeddings, cfg.neighbours, sorted(words))
     recase = table.lower
-    out: list = []
+    by_copy: list[list] = [[] for _ in range(cfg.copies)]
     changed = 0
     bar = tqdm(
         examples, desc=f"augment {task.name}", unit="example", mininterval=2.0,
@@ -314,7 +316,9 @@ def augment(task: Task, examples: Sequence, tokenizer, word_embeddings: np.ndarr
     for index, example in enumerate(bar):
         made = _copies_of(example, index, table, cfg, recase)
         changed += sum(m != dataclasses.replace(example, guid=m.guid) for m in made)
-        out.extend(made)
+        for copies, m in zip(by_copy, made):
+            copies.append(m)
+    out = [m for copies in by_copy for m in copies]
     log.info(
         "augment %s: %d examples -> %d copies (%d changed); %d of %d distinct words have neighbours",
         task.name, len(examples), len(out), changed, sum(bool(table.neighbours(w)) for w in words), len(words),

@@ -21,6 +21,7 @@ import math
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -239,7 +240,7 @@ def cached_teacher_outputs(
     hidden_layers: tuple[int, ...] = (),
     batch_size: int = 128,
     use_cache: bool = True,
-    prefix: int = 0,
+    prefixes: Sequence[int] = (),
 ) -> OutputCache:
     """Teacher outputs for `features`, from the on-disk cache or computed (and stored) now.
 
@@ -248,11 +249,12 @@ def cached_teacher_outputs(
     written to a private temporary directory and renamed into place, so
     concurrent runs (search trials) never see a half-written entry.
 
-    `prefix`: the first `prefix` features (the originals, before their
-    augmented copies) may be cached as a set of their own; if they are, their
-    rows are reused and only the rest are labelled, so no feature goes through
-    the teacher twice (a search labels the originals for its trials, then the
-    copies for its final run).
+    `prefixes`: feature counts p such that the first p features (the
+    originals, or the originals with fewer augmented copies) may be cached as
+    a set of their own; the longest one cached is reused and only the rest
+    are labelled, so no feature goes through the teacher twice (a search
+    labels the originals for its trials, then copies for its finals, more
+    copies for a faster final).
     """
     directory = _entry(task, teacher_key, features)
     desc = f"{task}: teacher labelling"
@@ -263,10 +265,7 @@ def cached_teacher_outputs(
         log.info("reusing cached teacher outputs %s", directory)
         return found
     layers = tuple(sorted(set(hidden_layers) | set(_meta(directory).get("hidden_layers", ()))))
-    first = rows(features, 0, prefix)
-    head = _read(_entry(task, teacher_key, first), set(layers), first) if 0 < prefix < len(features) else None
-    if head is not None:
-        log.info("reusing the cached teacher outputs of the first %d features", prefix)
+    head = _cached_prefix(task, teacher_key, features, prefixes, set(layers))
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
@@ -281,6 +280,17 @@ def cached_teacher_outputs(
         return result
     stored.seconds, stored.labelled = result.seconds, result.labelled
     return stored
+
+
+def _cached_prefix(task: str, teacher_key: str, features: Features, prefixes: Sequence[int],
+                   layers: set[int]) -> OutputCache | None:
+    """The outputs of the longest of `prefixes` (first features) that the cache holds with `layers`, or None."""
+    for n in sorted({p for p in prefixes if 0 < p < len(features)}, reverse=True):
+        first = rows(features, 0, n)
+        if (head := _read(_entry(task, teacher_key, first), layers, first)) is not None:
+            log.info("reusing the cached teacher outputs of the first %d features", n)
+            return head
+    return None
 
 
 def _entry(task: str, teacher_key: str, features: Features) -> Path:

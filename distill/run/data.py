@@ -75,18 +75,29 @@ def teacher_importance(cfg: DistillConfig, task: Task, teacher: LoadedBert, trai
                              num_batches=cfg.init.importance_batches)
 
 
+def label_prefixes(train: Features, original: np.ndarray | None, copies: int) -> tuple[int, ...]:
+    """The feature counts that runs with fewer augmented copies labelled on their own: the originals, and
+    the originals with their first k copies for each k < `copies` (copies come copy by copy, `augment`, so
+    each such run's features are a prefix of these). Empty without copies."""
+    if not copies or original is None or original.all() or not original.any():
+        return ()
+    examples = int(train.example_index[original > 0].max()) + 1
+    return tuple(int(np.searchsorted(train.example_index, examples * (1 + k))) for k in range(copies))
+
+
 def teacher_labels(cfg: DistillConfig, task: Task, teacher: LoadedBert, train: Features, *,
-                   hidden_layers: tuple[int, ...] = (), prefix: int = 0, use_cache: bool = True,
+                   hidden_layers: tuple[int, ...] = (), prefixes: tuple[int, ...] = (), use_cache: bool = True,
                    params=None) -> OutputCache:
     """The teacher's outputs (logits, and the hidden states of `hidden_layers`) on every training feature,
-    through the on-disk cache (`distill.kd.outputs`): features the cache holds are not run again, and
-    with `prefix` > 0 the first `prefix` features may come from an entry labelled without the rest
-    (the originals, before augmented copies). `params`: the teacher's, already on the device. With
+    through the on-disk cache (`distill.kd.outputs`): features the cache holds are not run again, and the
+    first p features, for the longest p of `prefixes` (`label_prefixes`) that the cache holds, come from an
+    entry labelled without the rest (the originals, or fewer augmented copies). `params`: the teacher's,
+    already on the device. With
     `--precision bf16` the teacher labels in bfloat16 compute too (cached apart from float32 labels)."""
     precision = cfg.loop.precision
     key = weights_fingerprint(teacher.path) + ("" if precision == "fp32" else f"-{precision}")  # own entries
     return cached_teacher_outputs(
         in_precision(teacher.model, precision), teacher.params if params is None else params, train,
         teacher_key=key, task=task.name, hidden_layers=hidden_layers,
-        batch_size=cfg.eval_batch_size, use_cache=use_cache, prefix=prefix,
+        batch_size=cfg.eval_batch_size, use_cache=use_cache, prefixes=prefixes,
     )

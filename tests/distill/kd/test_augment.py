@@ -148,8 +148,10 @@ def test_number_and_order_of_copies(tok, emb):
     examples = [TextExample(f"e{i}", "the movie was really good fun", label=str(i % 2)) for i in range(4)]
     out = augment(SST2, examples, tok, emb, AugmentConfig(copies=3, replace_prob=0.5, neighbours=3))
     assert len(out) == 12
-    assert [e.guid for e in out] == [f"e{i}-aug{c}" for i in range(4) for c in range(3)]
-    assert [e.label for e in out] == [str(i % 2) for i in range(4) for _ in range(3)]
+    assert [e.guid for e in out] == [f"e{i}-aug{c}" for c in range(3) for i in range(4)]  # copy by copy
+    assert [e.label for e in out] == [str(i % 2) for _ in range(3) for i in range(4)]
+    fewer = augment(SST2, examples, tok, emb, AugmentConfig(copies=2, replace_prob=0.5, neighbours=3))
+    assert fewer == out[:8], "fewer copies are a prefix (their teacher labels serve a run with more)"
     assert all(isinstance(e, TextExample) for e in out)
     assert all(e.text_a != "the movie was really good fun" for e in out)  # redrawn until changed
     assert all(len(e.text_a.split()) == 6 for e in out)
@@ -171,7 +173,7 @@ def test_deterministic_per_seed(tok, emb):
     other = augment(SST2, examples, tok, emb, dataclasses.replace(c0, seed=1))
     assert [e.text_a for e in other] != [e.text_a for e in first]
     # Example i's copies depend on (seed, i, copy) only, not on the other examples.
-    assert augment(SST2, examples[:2], tok, emb, c0) == first[:8]
+    assert augment(SST2, examples[:2], tok, emb, c0) == [first[c * 6 + i] for c in range(4) for i in range(2)]
     assert len({e.text_a for e in first}) > 10  # copies differ from one another
 
 

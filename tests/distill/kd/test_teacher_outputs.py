@@ -121,7 +121,8 @@ def test_cached_prefix_is_not_labelled_again(setup, monkeypatch, tmp_path, task_
         return real(model, params, features, *a, **k)
 
     monkeypatch.setattr(teacher_outputs, "label_features", spy)
-    got = cached_teacher_outputs(model, params, full, teacher_key="t", task=task_name, hidden_layers=(1,), prefix=n)
+    got = cached_teacher_outputs(model, params, full, teacher_key="t", task=task_name, hidden_layers=(1,),
+                                 prefixes=(n - 2, n))  # the longest cached one serves
     assert seen == [5], "only the 5 new features may be labelled"
     want = real(model, params, full, (1,), batch_size=8)
     np.testing.assert_allclose(got.logits, want.logits, atol=1e-5)
@@ -131,7 +132,7 @@ def test_cached_prefix_is_not_labelled_again(setup, monkeypatch, tmp_path, task_
 
     # A prefix that is not cached (another teacher) or not a prefix (different lengths): all labelled.
     seen.clear()
-    cached_teacher_outputs(model, params, full, teacher_key="t2", task=task_name, prefix=n)
+    cached_teacher_outputs(model, params, full, teacher_key="t2", task=task_name, prefixes=(n,))
     assert seen == [len(full)]
     with pytest.raises(ValueError, match="not a prefix"):
         real(model, params, teacher_outputs.rows(full, 1), (1,), head=want)
