@@ -92,3 +92,18 @@ def test_targets_pick_the_same_candidate_whatever_the_row_order():
     assert first == {"cc": [3.0], "bb": [5.0], "dd": [10.0]}
     assert oneshot.pick_targets(rows[::-1], (3.0, 5.0, 10.0)) == first
     assert oneshot.pick_targets(rows, (20.0,)) == {}  # no measured candidate that fast: skipped
+
+
+def test_finals_share_time_by_their_distance_from_the_teacher():
+    """Session 17's SST-2 picks: the 10x candidate, furthest below the teacher, gets the largest share; a
+    candidate at or above the teacher still gets half the mean; no teacher score: equal shares."""
+    rows = [{"trial_id": tid, "val_metric": val} for tid, val in [("x3", 0.92), ("x5", 0.896), ("x10", 0.844)]]
+    picks = {"x3": [3.0], "x5": [5.0], "x10": [10.0]}
+    weights = oneshot.final_weights(rows, picks, 0.9755)
+    shares = np.asarray(weights) / sum(weights)
+    np.testing.assert_allclose(shares, [0.0555 / 0.2665, 0.0795 / 0.2665, 0.1315 / 0.2665], rtol=1e-6)
+    rows[0]["val_metric"] = 0.99  # above the teacher
+    weights = oneshot.final_weights(rows, picks, 0.9755)
+    assert weights[0] == pytest.approx(0.5 * (0.0795 + 0.1315) / 3) and weights[1:] == pytest.approx([0.0795, 0.1315])
+    assert oneshot.final_weights(rows, picks, None) == [1.0, 1.0, 1.0]
+    assert oneshot.final_weights(rows, {}, 0.9755) == []
