@@ -3,8 +3,9 @@
 Params and FLOPs are exact counts (`BertArch.num_params`, `BertArch.flops`, 2
 FLOPs per multiply-add, one example of the task's typical length). Latency is
 measured, the way HAT's `latency_dataset.py` and our `bench/` do it: build the
-model (float32, random params drawn on the host: `timing_params`), jit the deterministic (inference, dropout off)
-forward pass, compile it and run `warmup` untimed calls, then time at least
+model (float32, random params drawn on the host: `timing_params`), jit the
+deterministic (inference, dropout off) forward pass, compile it and run
+`warmup` untimed calls, then time at least
 `repeats` calls (and as many more as fit in `min_seconds`: a sub-millisecond
 model gets hundreds, so one slow call cannot move the median) of random token
 ids with a full attention mask, each ended by `jax.block_until_ready`, with

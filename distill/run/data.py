@@ -92,8 +92,8 @@ def teacher_labels(cfg: DistillConfig, task: Task, teacher: LoadedBert, train: F
     through the on-disk cache (`distill.kd.outputs`): features the cache holds are not run again, and the
     first p features, for the longest p of `prefixes` (`label_prefixes`) that the cache holds, come from an
     entry labelled without the rest (the originals, or fewer augmented copies). `params`: the teacher's,
-    already on the device. With
-    `--precision bf16` the teacher labels in bfloat16 compute too (cached apart from float32 labels)."""
+    already on the device. With `--precision bf16` the teacher labels in bfloat16 compute too (cached apart
+    from float32 labels)."""
     precision = cfg.loop.precision
     key = weights_fingerprint(teacher.path) + ("" if precision == "fp32" else f"-{precision}")  # own entries
     return cached_teacher_outputs(
