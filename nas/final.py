@@ -5,8 +5,9 @@ architectures, not to reach their accuracy. `train_final` takes the most
 accurate candidate that is at least `target_speedup` times faster than the
 teacher (by the trials' validation scores and measured latencies) and distils
 it again with the knobs its trial used, augmented data (labelled once, through
-the cache) and as many steps as the time left allows, measured from the
-trial's own training speed.
+the cache) and as many steps as the time left allows at its own training
+speed, measured on its own batches before it starts (`distill.run.training_speed`:
+a trial's speed is a lower bound when the trial stopped at its first report).
 
 The plan (candidate, knobs, steps) is written to `OUTPUT/final/plan.json`
 before training, so a resumed search continues the same run from its
@@ -40,6 +41,7 @@ from distill.run import (
     read_data,
     teacher_labels,
     training_features,
+    training_speed,
 )
 from nas.cost import CostModel
 from nas.trial import TrialSetup, trial_distill_config
@@ -133,21 +135,27 @@ def _plan(cfg, setup: TrialSetup, rows: list[dict], configs: Mapping[str, dict],
         return None
     sample = configs[chosen["trial_id"]]
     root.mkdir(parents=True, exist_ok=True)
-    write_json(root / "student.json", setup.space.arch(sample, setup.teacher_arch).to_dict())
-    seconds_left = deadline - time.time() - 30  # the front's export and dev evaluation follow
-    _, copies = plan_run(cfg, setup, seconds_left, steps_per_second(chosen))
-    dcfg = final_config(cfg, setup, sample, max_steps=cfg.final_steps, student_file=str(root / "student.json"),
-                        copies=copies)
+    student_file = str(root / "student.json")
+    write_json(student_file, setup.space.arch(sample, setup.teacher_arch).to_dict())
     t0 = time.perf_counter()
+    # Its own speed, measured: a trial's is a lower bound when the trial stopped at its first report (its
+    # seconds include compiling and starting), which planned session 17's 15-minute final at half its speed.
+    measured = training_speed(final_config(cfg, setup, sample, max_steps=cfg.final_steps, student_file=student_file,
+                                           copies=0), root)
+    speed, evals = measured.steps_per_second, EVALS * measured.eval_seconds
+    seconds_left = deadline - time.time() - 30 - evals  # the front's export and dev evaluation follow
+    _, copies = plan_run(cfg, setup, seconds_left, speed)
+    dcfg = final_config(cfg, setup, sample, max_steps=cfg.final_steps, student_file=student_file, copies=copies)
     label_seconds, labelled = label_copies(dcfg, root)  # before planning the steps: it may take minutes
-    seconds_left = deadline - time.time() - 30
-    steps = plan_steps(cfg.final_steps, seconds_left, steps_per_second(chosen))
+    seconds_left = deadline - time.time() - 30 - evals
+    steps = plan_steps(cfg.final_steps, seconds_left, speed)
     if steps < min(MIN_STEPS, cfg.final_steps):
         log.warning("final training skipped: %.0f s left in the budget", seconds_left)
         return None
     plan = {
         "trial_id": chosen["trial_id"], "arch": chosen["arch"], "config": sample, "steps": steps, "augment": copies,
-        "steps_per_second": steps_per_second(chosen), "seconds_left": seconds_left,
+        "steps_per_second": speed, "trial_steps_per_second": steps_per_second(chosen),
+        "eval_seconds": measured.eval_seconds, "seconds_left": seconds_left,
         "prepare_seconds": time.perf_counter() - t0, "labelling_seconds": label_seconds,
         "labelled_features": labelled,
     }

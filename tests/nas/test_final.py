@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from distill.run import Speed
 from nas.config import SearchConfig
 from nas.final import choose, plan_steps, steps_per_second
 
@@ -155,19 +156,25 @@ def test_the_final_run_takes_its_candidate_from_the_configs_beside_the_rows(tmp_
     configs = {"a": sample, "b": {**sample, "layers": 1}}
     trained = []
     monkeypatch.setattr(nas.final, "label_copies", lambda dcfg, root: (1.5, 7))
+    speeds = []
+    monkeypatch.setattr(nas.final, "training_speed", lambda dcfg, root: speeds.append(dcfg) or Speed(2.0, 0.5, 30))
     monkeypatch.setattr(nas.final, "distill", lambda dcfg, run, **kw: trained.append(dcfg) or {
         "best": {"accuracy": 0.91}, "student": "2L-256", "steps": dcfg.loop.max_steps,
         "train_examples_per_second": 100.0, "augmented_examples": 0, "train_features": 30,
     })
     cfg = SearchConfig(final_steps=200)
-    final = train_final(cfg, setup, rows, configs, tmp_path, deadline=time.time() + 3600, resume=False)
+    final = train_final(cfg, setup, rows, configs, tmp_path, deadline=time.time() + 100, resume=False)
     plan = json.loads((tmp_path / "final" / "plan.json").read_text())
-    assert (plan["trial_id"], plan["config"], plan["steps"], plan["labelled_features"]) == ("a", sample, 200, 7)
+    assert (plan["trial_id"], plan["config"], plan["labelled_features"]) == ("a", sample, 7)
+    # 100 s less 30 for the exports and 10 evaluations of 0.5 s, at the measured 2 steps/s (not the trial's
+    # 10) with a 0.9 margin: 117 steps
+    assert 110 <= plan["steps"] <= 117 and plan["steps_per_second"] == 2.0 and plan["trial_steps_per_second"] == 10.0
+    assert speeds[0].augment.copies == 0 and speeds[0].optimizer.learning_rate == 3e-4
     assert (final["from_trial"], final["config"], final["val_metric"]) == ("a", sample, 0.91)
-    assert trained[0].optimizer.learning_rate == 3e-4 and trained[0].loop.max_steps == 200
+    assert trained[0].optimizer.learning_rate == 3e-4 and trained[0].loop.max_steps == plan["steps"]
     assert json.loads((tmp_path / "final" / "student.json").read_text())["num_layers"] == 2
 
-    again = train_final(cfg, setup, rows, {}, tmp_path, deadline=time.time() + 3600, resume=True)  # from the plan
+    again = train_final(cfg, setup, rows, {}, tmp_path, deadline=time.time() + 100, resume=True)  # from the plan
     assert again["config"] == sample and trained[1] == trained[0]
 
 
