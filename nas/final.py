@@ -53,6 +53,8 @@ PLAN = "plan.json"
 EVALS = 10
 """Validation evaluations of the final run (the best one is exported)."""
 MIN_STEPS = 50
+MIN_SECONDS = 60.0
+"""A final with less time than this left is skipped before its speed is measured (15-30 s on 2 cores)."""
 
 
 def choose(rows: list[dict], target_speedup: float) -> dict | None:
@@ -134,6 +136,9 @@ def _plan(cfg, setup: TrialSetup, rows: list[dict], configs: Mapping[str, dict],
         log.warning("final training skipped: no candidate was trained")
         return None
     sample = configs[chosen["trial_id"]]
+    if deadline - time.time() - 30 < MIN_SECONDS:  # not even time to measure its speed
+        log.warning("final training skipped: %.0f s left in the budget", deadline - time.time() - 30)
+        return None
     root.mkdir(parents=True, exist_ok=True)
     student_file = str(root / "student.json")
     write_json(student_file, setup.space.arch(sample, setup.teacher_arch).to_dict())

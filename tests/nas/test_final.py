@@ -176,6 +176,9 @@ def test_the_final_run_takes_its_candidate_from_the_configs_beside_the_rows(tmp_
 
     again = train_final(cfg, setup, rows, {}, tmp_path, deadline=time.time() + 100, resume=True)  # from the plan
     assert again["config"] == sample and trained[1] == trained[0]
+    speeds.clear()  # too little time left even to measure the speed: skipped, nothing run
+    assert train_final(cfg, setup, rows, configs, tmp_path / "late", deadline=time.time() + 80, resume=False) is None
+    assert not speeds and len(trained) == 2
 
 
 def test_copies_are_planned_to_the_steps_that_use_them():
