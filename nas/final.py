@@ -21,8 +21,9 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 from distill.arch import resolve_student
 from distill.export.int8 import quantize_export
@@ -35,7 +36,6 @@ from distill.run import (
     evaluate_dir,
     evaluate_model,
     fine_tuned_teacher,
-    label_prefixes,
     load_for_task,
     loss_layer_map,
     read_data,
@@ -44,6 +44,7 @@ from distill.run import (
     training_speed,
 )
 from nas.cost import CostModel
+from nas.report import finite
 from nas.trial import TrialSetup, trial_distill_config
 from tasks.readers import load_task
 
@@ -60,10 +61,10 @@ MIN_SECONDS = 60.0
 def choose(rows: list[dict], target_speedup: float) -> dict | None:
     """The most accurate trained candidate with speedup >= `target_speedup` (ties: the faster); when none
     is that fast, the fastest trained candidate. None when nothing was trained."""
-    trained = [r for r in rows if r["status"] in ("completed", "stopped") and _finite(r.get("val_metric"))]
+    trained = [r for r in rows if r["status"] in ("completed", "stopped") and finite(r.get("val_metric"))]
     if not trained:
         return None
-    fast = [r for r in trained if _finite(r.get("speedup")) and r["speedup"] >= target_speedup]
+    fast = [r for r in trained if finite(r.get("speedup")) and r["speedup"] >= target_speedup]
     if fast:
         return max(fast, key=lambda r: (r["val_metric"], r["speedup"]))
     log.warning("no trained candidate is %.3gx faster than the teacher: training the fastest one", target_speedup)
@@ -72,9 +73,9 @@ def choose(rows: list[dict], target_speedup: float) -> dict | None:
 
 def steps_per_second(row: dict) -> float | None:
     """The candidate's training speed in its trial (evaluations included); else a lower bound from its wall time."""
-    if _finite(row.get("steps_per_second")) and row["steps_per_second"] > 0:
+    if finite(row.get("steps_per_second")) and row["steps_per_second"] > 0:
         return row["steps_per_second"]
-    if row.get("steps") and _finite(row.get("seconds")) and row["seconds"] > 0:
+    if row.get("steps") and finite(row.get("seconds")) and row["seconds"] > 0:
         return row["steps"] / row["seconds"]
     return None
 
@@ -142,31 +143,20 @@ def _plan(cfg, setup: TrialSetup, rows: list[dict], configs: Mapping[str, dict],
     root.mkdir(parents=True, exist_ok=True)
     student_file = str(root / "student.json")
     write_json(student_file, setup.space.arch(sample, setup.teacher_arch).to_dict())
-    t0 = time.perf_counter()
     # Its own speed, measured: a trial's is a lower bound when the trial stopped at its first report (its
     # seconds include compiling and starting), which planned session 17's 15-minute final at half its speed.
-    measured = training_speed(final_config(cfg, setup, sample, max_steps=cfg.final_steps, student_file=student_file,
-                                           copies=0), root)
-    speed, evals = measured.steps_per_second, EVALS * measured.eval_seconds
-    seconds_left = deadline - time.time() - 30 - evals  # the front's export and dev evaluation follow
-    _, copies = plan_run(cfg, setup, seconds_left, speed)
-    dcfg = final_config(cfg, setup, sample, max_steps=cfg.final_steps, student_file=student_file, copies=copies)
-    label_seconds, labelled = label_copies(dcfg, root)  # before planning the steps: it may take minutes
-    seconds_left = deadline - time.time() - 30 - evals
-    steps = plan_steps(cfg.final_steps, seconds_left, speed)
-    if steps < min(MIN_STEPS, cfg.final_steps):
-        log.warning("final training skipped: %.0f s left in the budget", seconds_left)
+    t0 = time.perf_counter()
+    budget = budget_final(cfg, setup, lambda copies: final_config(
+        cfg, setup, sample, max_steps=cfg.final_steps, student_file=student_file, copies=copies),
+        root, deadline - time.time() - 30)  # the front's export and dev evaluation follow
+    if budget["steps"] < min(MIN_STEPS, cfg.final_steps):
+        log.warning("final training skipped: %.0f s left in the budget", deadline - time.time() - 30)
         return None
-    plan = {
-        "trial_id": chosen["trial_id"], "arch": chosen["arch"], "config": sample, "steps": steps, "augment": copies,
-        "steps_per_second": speed, "trial_steps_per_second": steps_per_second(chosen),
-        "eval_seconds": measured.eval_seconds, "seconds_left": seconds_left,
-        "prepare_seconds": time.perf_counter() - t0, "labelling_seconds": label_seconds,
-        "labelled_features": labelled,
-    }
+    plan = {"trial_id": chosen["trial_id"], "arch": chosen["arch"], "config": sample, **budget,
+            "trial_steps_per_second": steps_per_second(chosen), "prepare_seconds": time.perf_counter() - t0}
     write_json(root / PLAN, plan)
     log.info("final training: %s (trial %s, val %.4f, %.2fx) for %d steps, augment %d", chosen["arch"],
-             chosen["trial_id"], chosen["val_metric"], chosen["speedup"], steps, copies)
+             chosen["trial_id"], chosen["val_metric"], chosen["speedup"], plan["steps"], plan["augment"])
     return plan
 
 
@@ -202,6 +192,23 @@ def _train_planned(cfg, setup: TrialSetup, plan: dict, root: Path, *, resume: bo
     }
 
 
+def budget_final(cfg, setup: TrialSetup, config_with: Callable[[int], Any], root: Path, seconds: float) -> dict:
+    """What a final run can do in `seconds` from now: its speed measured on its own batches
+    (`training_speed` of `config_with(0)`), its augmented copies chosen (`plan_run`) and labelled
+    (`label_copies` of `config_with(copies)`, before the steps are fitted: it may take minutes), and its
+    steps fitted in what is left after its evaluations. The plan's fields: steps, augment (copies),
+    steps_per_second, eval_seconds, calibration_seconds, labelling_seconds, labelled_features."""
+    t0 = time.perf_counter()
+    measured = training_speed(config_with(0), root)
+    calibration = time.perf_counter() - t0
+    speed, evals = measured.steps_per_second, EVALS * measured.eval_seconds
+    _, copies = plan_run(cfg, setup, seconds - calibration - evals, speed)
+    label_seconds, labelled = label_copies(config_with(copies), root)
+    steps = plan_steps(cfg.final_steps, seconds - evals - (time.perf_counter() - t0), speed)
+    return {"steps": steps, "augment": copies, "steps_per_second": speed, "eval_seconds": measured.eval_seconds,
+            "calibration_seconds": calibration, "labelling_seconds": label_seconds, "labelled_features": labelled}
+
+
 def final_config(cfg, setup: TrialSetup, sample: dict, *, max_steps: int, student_file: str, copies: int):
     """The candidate's trial settings (`sample`: its sampled config) with `copies` augmented copies per
     example (`plan_run`) and a longer schedule."""
@@ -223,7 +230,7 @@ def label_copies(dcfg, root: Path) -> tuple[float, int]:
     train_ex, _, _ = read_data(dcfg, task, dcfg.data_dir)
     train, original, _ = training_features(dcfg, task, teacher, train_ex, Stage())
     cache = teacher_labels(
-        dcfg, task, teacher, train, prefixes=label_prefixes(train, original, dcfg.augment.copies),  # the trials' labels
+        dcfg, task, teacher, train, original=original,  # the trials' labels, and fewer copies' of other finals
         hidden_layers=dcfg.loss.teacher_hidden_layers(loss_layer_map(dcfg, teacher.arch, student)),
     )
     return cache.seconds, cache.labelled
@@ -271,8 +278,4 @@ def quantized_rows(name: str, setup: TrialSetup, front: list[dict], teacher_late
 
 
 def _diff(a, b):
-    return a - b if _finite(a) and _finite(b) else None
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
+    return a - b if finite(a) and finite(b) else None

@@ -54,12 +54,11 @@ from distill.run import (
     score_subnets,
     scoring_batches,
     train_supernet,
-    training_speed,
 )
 from nas import report
 from nas.config import Constraints, SearchConfig
 from nas.cost import Cost, CostModel, LatencyPredictor
-from nas.final import EVALS, final_config, label_copies, plan_run, plan_steps
+from nas.final import budget_final, final_config
 from nas.space import SearchSpace
 from nas.trial import (
     OBJECTIVE_LATENCY,
@@ -377,17 +376,13 @@ def final_weights(rows: list[dict], picks: dict[str, list[float]], teacher_metri
     Session 17's SST-2 finals, trained for twice their steps: the 10x final (estimate 13.2 points under the
     teacher) gained 1.4 dev points, the 5x final (8.0 under) none."""
     scores = {r["trial_id"]: r.get("val_metric") for r in rows}
-    gaps = [teacher_metric - scores[t] if teacher_metric is not None and _finite(scores.get(t)) else None
-            for t in picks]
+    known = teacher_metric is not None
+    gaps = [teacher_metric - scores[t] if known and report.finite(scores.get(t)) else None for t in picks]
     if not gaps or any(g is None for g in gaps):
         return [1.0] * len(gaps)
     gaps = [max(0.0, g) for g in gaps]
     floor = 0.5 * sum(gaps) / len(gaps)
     return [max(g, floor) if floor > 0 else 1.0 for g in gaps]
-
-
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def train_targets(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], configs: dict[str, dict], out: Path, *,
@@ -439,28 +434,20 @@ def _plan(cfg: SearchConfig, setup: TrialSetup, rows: list[dict], configs: dict[
     write_json(root / "student.json", arch.to_dict())
     t0 = time.perf_counter()
     estimate = student_speed(supernet, choices, setup.teacher_arch, arch, cfg, setup.seq_len)
-    measured = training_speed(_final_config(cfg, setup, sample, root, cfg.final_steps, supernet["supernet_dir"], 0),
-                              root)
-    calibration = time.perf_counter() - t0
-    speed, evals = measured.steps_per_second, EVALS * measured.eval_seconds
-    log.info("final training of %s: %.2f steps/s measured (estimate %s), %.1f s an evaluation", arch.name, speed,
-             f"{estimate:.2f}" if estimate else "none", measured.eval_seconds)
-    _, copies = plan_run(cfg, setup, seconds - calibration - evals, speed)
-    label_seconds, labelled = label_copies(
-        _final_config(cfg, setup, sample, root, 1, supernet["supernet_dir"], copies), root)
-    left = seconds - evals - (time.perf_counter() - t0)
-    steps = plan_steps(cfg.final_steps, left, speed)
-    if steps < min(50, cfg.final_steps):
-        log.warning("final training of %s skipped: %.0f s left in the budget", arch.name, left)
+    budget = budget_final(cfg, setup, lambda copies: _final_config(cfg, setup, sample, root, cfg.final_steps,
+                                                                   supernet["supernet_dir"], copies), root, seconds)
+    log.info("final training of %s: %.2f steps/s measured (estimate %s), %.1f s an evaluation", arch.name,
+             budget["steps_per_second"], f"{estimate:.2f}" if estimate else "none", budget["eval_seconds"])
+    if budget["steps"] < min(50, cfg.final_steps):
+        log.warning("final training of %s skipped: %.0f s left in the budget", arch.name,
+                    seconds - (time.perf_counter() - t0))
         return None
-    plan = {"trial_id": trial_id, "arch": arch.name, "targets": targets, "config": sample, "steps": steps,
-            "augment": copies, "steps_per_second": speed, "estimated_steps_per_second": estimate,
-            "eval_seconds": measured.eval_seconds, "calibration_seconds": calibration,
-            "labelling_seconds": label_seconds, "labelled_features": labelled}
+    plan = {"trial_id": trial_id, "arch": arch.name, "targets": targets, "config": sample, **budget,
+            "estimated_steps_per_second": estimate}
     write_json(root / "plan.json", plan)
     source = next(r for r in rows if r["trial_id"] == trial_id)
     log.info("final training for %s: %s (val %.4f with supernet weights, %.2fx) for %d steps",
-             "/".join(f"{t:g}x" for t in targets), arch.name, source["val_metric"], source["speedup"], steps)
+             "/".join(f"{t:g}x" for t in targets), arch.name, source["val_metric"], source["speedup"], plan["steps"])
     return plan
 
 

@@ -30,13 +30,13 @@ TRAINED = ("completed", "stopped", "scored", "final", "quantized")
 """Rows with a score: trials, supernet estimates (`scored`), finals, int8 copies of front members (--quantize)."""
 
 
-def _finite(x) -> bool:
+def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 def pareto_front(rows: list[dict], metric: str = "val_metric", cost: str = "latency_ms") -> list[dict]:
     """Rows not dominated on (metric up, cost down), best metric first; rows without both values never qualify."""
-    ok = [r for r in rows if r.get("status") in TRAINED and _finite(r.get(metric)) and _finite(r.get(cost))]
+    ok = [r for r in rows if r.get("status") in TRAINED and finite(r.get(metric)) and finite(r.get(cost))]
 
     def dominated(r):
         return any(
@@ -77,7 +77,7 @@ def plot(path: Path, rows: list[dict], front: list[dict], teacher: dict, metric_
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    pts = [r for r in rows if _finite(r.get("val_metric")) and _finite(r.get("latency_ms"))]
+    pts = [r for r in rows if finite(r.get("val_metric")) and finite(r.get("latency_ms"))]
     estimates = any(r.get("kind") == "supernet" for r in pts)
     ax.scatter([r["latency_ms"] for r in pts], [r["val_metric"] for r in pts], c="0.6", s=18,
                label="supernet estimates (untrained)" if estimates else "candidates")
@@ -93,7 +93,7 @@ def plot(path: Path, rows: list[dict], front: list[dict], teacher: dict, metric_
     if quantized:
         ax.scatter([r["latency_ms"] for r in quantized], [r["val_metric"] for r in quantized], marker="x", s=40,
                    c="C1", label="int8 copies", zorder=3)
-    if _finite(teacher.get("latency_ms")) and _finite(teacher.get("val_metric")):
+    if finite(teacher.get("latency_ms")) and finite(teacher.get("val_metric")):
         ax.scatter([teacher["latency_ms"]], [teacher["val_metric"]], marker="*", s=160, c="C3", label="teacher", zorder=3)
     ax.set_xscale("log")
     ax.set_xlabel("latency, batch 1 (ms, log scale)")
@@ -112,9 +112,9 @@ def leaderboard(front: list[dict], teacher: dict, metric_name: str) -> str:
     ]
 
     def line(name, r):
-        speed = f"{r['speedup']:.2f}x" if _finite(r.get("speedup")) else "-"
-        dev = f"{r['dev_metric']:.4f}" if _finite(r.get("dev_metric")) else "-"
-        val = f"{r['val_metric']:.4f}" if _finite(r.get("val_metric")) else "-"
+        speed = f"{r['speedup']:.2f}x" if finite(r.get("speedup")) else "-"
+        dev = f"{r['dev_metric']:.4f}" if finite(r.get("dev_metric")) else "-"
+        val = f"{r['val_metric']:.4f}" if finite(r.get("val_metric")) else "-"
         return f"{name:<34} {r['params'] / 1e6:>7.2f}M {r['latency_ms']:>9.2f} {speed:>8} {val:>14} {dev:>14}"
 
     lines.append(line("teacher", {**teacher, "speedup": 1.0}))

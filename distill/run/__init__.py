@@ -6,7 +6,7 @@ re-exports; the modules behind it:
   config        `FinetuneConfig`, `DistillConfig`, `SupernetConfig` (one run config per entry point)
   finetuning    `finetune(cfg, out)`: a teacher fine-tuned on the task, cached
   teacher       `fine_tuned_teacher(cfg, task, out)`: load it, fine-tuning first if need be
-  data          `read_data`, `training_features`, `teacher_labels`, `label_prefixes`, `teacher_importance`
+  data          `read_data`, `training_features`, `teacher_labels`, `teacher_importance`
   distillation  `distill(cfg, out)`: teacher -> data -> labels -> init -> train -> export
   supernet      `train_supernet(cfg, out)`: teacher -> data -> labels -> rewire -> sandwich training;
                 `score_subnets`: sub-networks scored with the supernet's weights (on `scoring_batches`);
@@ -26,7 +26,7 @@ from distill.kd.init import InitConfig
 from distill.kd.objective import LossConfig
 from distill.kd.supernet import Subnet, SubnetChoices
 from distill.run.config import DistillConfig, FinetuneConfig, SupernetConfig
-from distill.run.data import Stage, label_prefixes, read_data, teacher_importance, teacher_labels, training_features
+from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
 from distill.run.distillation import distill, loss_layer_map
 from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task, predict_features
 from distill.run.finetuning import finetune
@@ -45,5 +45,5 @@ __all__ = [
     "Stage", "Subnet", "SubnetChoices", "SupernetConfig", "compare", "compare_models", "distill", "evaluate_dir",
     "evaluate_model", "export_onnx_run", "export_subnet", "fine_tuned_teacher", "finetune", "free_address", "load_for_task", "loss_layer_map",
     "predict_features", "predict_lines", "predict_table", "quantize_run", "run_process", "read_data", "score_subnets", "scoring_batches", "supernet_layer_map", "teacher_importance",
-    "teacher_labels", "label_prefixes", "train_supernet", "training_features", "training_speed", "Speed",
+    "teacher_labels", "train_supernet", "training_features", "training_speed", "Speed",
 ]

@@ -86,18 +86,19 @@ def label_prefixes(train: Features, original: np.ndarray | None, copies: int) ->
 
 
 def teacher_labels(cfg: DistillConfig, task: Task, teacher: LoadedBert, train: Features, *,
-                   hidden_layers: tuple[int, ...] = (), prefixes: tuple[int, ...] = (), use_cache: bool = True,
-                   params=None) -> OutputCache:
+                   hidden_layers: tuple[int, ...] = (), original: np.ndarray | None = None,
+                   use_cache: bool = True, params=None) -> OutputCache:
     """The teacher's outputs (logits, and the hidden states of `hidden_layers`) on every training feature,
-    through the on-disk cache (`distill.kd.outputs`): features the cache holds are not run again, and the
-    first p features, for the longest p of `prefixes` (`label_prefixes`) that the cache holds, come from an
-    entry labelled without the rest (the originals, or fewer augmented copies). `params`: the teacher's,
-    already on the device. With `--precision bf16` the teacher labels in bfloat16 compute too (cached apart
+    through the on-disk cache (`distill.kd.outputs`): features the cache holds are not run again, and with
+    `original` (the originals' flags, `training_features`) the first features, as many as a run with fewer
+    of `cfg.augment.copies` labelled (`label_prefixes`), may come from that run's entry. `params`: the
+    teacher's, already on the device. With `--precision bf16` the teacher labels in bfloat16 compute too (cached apart
     from float32 labels)."""
     precision = cfg.loop.precision
     key = weights_fingerprint(teacher.path) + ("" if precision == "fp32" else f"-{precision}")  # own entries
     return cached_teacher_outputs(
         in_precision(teacher.model, precision), teacher.params if params is None else params, train,
         teacher_key=key, task=task.name, hidden_layers=hidden_layers,
-        batch_size=cfg.eval_batch_size, use_cache=use_cache, prefixes=prefixes,
+        batch_size=cfg.eval_batch_size, use_cache=use_cache,
+        prefixes=label_prefixes(train, original, cfg.augment.copies),
     )

@@ -48,7 +48,7 @@ from distill.model.bert import abstract_params, build_model, in_precision
 from distill.model.crf import check_crf
 from distill.model.store import LoadedBert, load_bert, read_arch, read_config, resolve_model_dir, weights_fingerprint
 from distill.run.config import DistillConfig
-from distill.run.data import Stage, label_prefixes, read_data, teacher_importance, teacher_labels, training_features
+from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
 from distill.run.evaluation import evaluate_model
 from distill.run.teacher import fine_tuned_teacher
 from distill.train.checkpoint import Checkpointer
@@ -275,7 +275,7 @@ def batch_extras(cfg: DistillConfig, prep: Prepared, teacher_params, use_cache: 
     if not online:
         cache = teacher_labels(
             cfg, prep.task, prep.teacher, prep.train, hidden_layers=hidden_layers, use_cache=use_cache,
-            params=teacher_params, prefixes=label_prefixes(prep.train, prep.original, cfg.augment.copies),
+            params=teacher_params, original=prep.original,
         )
         prep.times.labelling = cache.seconds
     original = prep.original if prep.num_augmented else None

@@ -47,7 +47,7 @@ from distill.model.bert import COMPUTE_DTYPES, build_model
 from distill.model.infer import predict
 from distill.model.store import LoadedBert, read_arch, read_config, resolve_model_dir, save_bert, weights_fingerprint
 from distill.run.config import SupernetConfig
-from distill.run.data import Stage, label_prefixes, read_data, teacher_importance, teacher_labels, training_features
+from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
 from distill.run.evaluation import evaluate_model
 from distill.run.teacher import fine_tuned_teacher
 from distill.train.loop import Evaluation, StepSchedule, TrainData, devices_record, fit
@@ -107,8 +107,7 @@ def _train_supernet(cfg: SupernetConfig, out: Path, *, resume: bool, use_cache: 
     teacher_params = jax.device_put(prep.teacher.params)
     augmented = prep.original is not None and not prep.original.all()
     labels = teacher_labels(cfg.data_stage(), prep.task, prep.teacher, prep.train, use_cache=use_cache,
-                            params=teacher_params,
-                            prefixes=label_prefixes(prep.train, prep.original, cfg.augment.copies))
+                            params=teacher_params, original=prep.original)
     prep.times.labelling = labels.seconds
     teacher_dev = evaluate_model(prep.teacher.model, teacher_params, prep.task, prep.dev, prep.dev_ex,
                                  cfg.eval_batch_size)

@@ -26,7 +26,7 @@ def test_more_copies_label_only_the_new_ones(tmp_path, monkeypatch):
         cfg = dataclasses.replace(base, augment=AugmentConfig(copies=copies, replace_prob=0.5))
         train, original, _ = training_features(cfg, task, teacher, train_ex, Stage())
         prefixes = label_prefixes(train, original, copies)
-        return train, prefixes, teacher_labels(cfg, task, teacher, train, prefixes=prefixes, use_cache=use_cache)
+        return train, prefixes, teacher_labels(cfg, task, teacher, train, original=original, use_cache=use_cache)
 
     n = len(train_ex)  # one feature per SST-2 example
     assert label_prefixes(*run(0)[:1], None, 0) == ()
