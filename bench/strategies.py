@@ -13,12 +13,16 @@ student at or above it (measured batch-1 speedup, as the search measures) and wh
 trained final, a trial, a supernet estimate); per strategy: the candidates scored, and how well its ranking
 predicts the trained students' dev scores: Spearman's rho over its exported front between the score it
 ranked each member by (a trial's validation score, a supernet estimate's; for a final, its candidate's)
-and the member's dev score.
+and the member's dev score. Where both strategies have a student at a target, the two are compared on the
+same dev examples by a paired bootstrap of the task's metric (`tasks.metrics.paired_bootstrap`): the
+difference, its 95% interval and p-value, and the winner, or `tie` where the interval holds zero (SST-2's
+872 dev sentences put the standard error of one accuracy near a point).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import subprocess
@@ -27,6 +31,8 @@ import time
 from pathlib import Path
 
 from bench.common import Skip
+from distill.run import split_predictions
+from tasks.metrics import get_metric, paired_bootstrap
 
 STRATEGIES = ("supernet", "trials")
 ROOT = Path(__file__).resolve().parent.parent
@@ -82,6 +88,7 @@ def compare(summaries: dict[str, dict], targets: tuple[float, ...]) -> dict:
             row[name] = None if best is None else {
                 "arch": best["arch"], "speedup": best["speedup"], "dev": best["dev_metric"],
                 "kind": best.get("kind") or ("final" if best.get("status") == "final" else "trial"),
+                "export": best["export"],
             }
         per_target.append(row)
     strategies = {name: {"candidates": s["candidates"], "seconds": s["seconds"].get("total"),
@@ -94,6 +101,27 @@ def compare(summaries: dict[str, dict], targets: tuple[float, ...]) -> dict:
                        "reference": b and b["dev"], "unit": "", "ratio": a["dev"] / b["dev"] if a and b else None,
                        "ratio_is": "supernet / trials"})
     return {"targets": per_target, "strategies": strategies, "ratios": ratios}
+
+
+def paired_tests(result: dict, summaries: dict[str, dict], predict, *, samples: int = 1000) -> dict:
+    """`result` (`compare`) with each target's two students compared on the same dev examples: `predict`
+    maps an export directory to (task, predictions, references) (`distill.run.split_predictions`); the
+    metric is the searches' own (results.json `metric`). Each target row gains `paired`: difference
+    (supernet - trials), low, high, p_value, winner ('supernet', 'trials' or 'tie'); None where a strategy
+    has no student there."""
+    metric_name = next(iter(summaries.values()))["metric"]
+    predict = functools.cache(predict)  # a student may serve several targets
+    for row in result["targets"]:
+        a, b = row.get("supernet"), row.get("trials")
+        row["paired"] = None
+        if not (a and b):
+            continue
+        (task, pa, refs), (_, pb, _) = predict(a["export"]), predict(b["export"])
+        test = paired_bootstrap(get_metric(task.kind, metric_name), pa, pb, refs, samples=samples)
+        winner = {"a": "supernet", "b": "trials", "tie": "tie"}[test.winner()]
+        row["paired"] = {"metric": metric_name, "difference": test.difference, "low": test.low, "high": test.high,
+                         "p_value": test.p_value, "winner": winner}
+    return result
 
 
 def run_searches(task: str, out: Path, *, budget_minutes: float, data_dir: str | None, seed: int,
@@ -139,17 +167,42 @@ def part(ctx) -> dict:
         raise Skip(f"no SST-2 data at {data}")
     summaries = run_searches("sst2", Path(ctx.out) / "strategies", budget_minutes=60, data_dir=str(data), seed=0,
                              extra=[])
-    return compare(summaries, (3.0, 5.0, 10.0))
+    return with_paired_tests(compare(summaries, (3.0, 5.0, 10.0)), summaries, str(data))
+
+
+def with_paired_tests(result: dict, summaries: dict[str, dict], data_dir: str | None) -> dict:
+    """`paired_tests` on the exports' dev predictions (`distill.run.split_predictions` from `data_dir`), or
+    `result` as it is, saying why, where an export directory is gone (moved or deleted since the search)."""
+    students = {row[s]["export"] for row in result["targets"] for s in STRATEGIES if row.get(s)}
+    missing = sorted(d for d in students if not Path(d).is_dir())
+    if missing:
+        print(f"paired tests skipped: {len(missing)} export directories are gone, e.g. {missing[0]}")
+        return result
+    return paired_tests(result, summaries, lambda d: split_predictions(d, data_dir=data_dir))
+
+
+def search_data_dir(out: Path) -> str | None:
+    """The data directory the finished searches in `out` read (their search_config.json), if recorded."""
+    for strategy in STRATEGIES:
+        config = out / strategy / "search_config.json"
+        if config.is_file():
+            return json.loads(config.read_text()).get("data_dir")
+    return None
 
 
 def table(result: dict) -> str:
-    lines = [f"{'target':>7}  " + "  ".join(f"{s + ' dev (student, kind)':<44}" for s in STRATEGIES)]
+    lines = [f"{'target':>7}  " + "  ".join(f"{s + ' dev (student, kind)':<44}" for s in STRATEGIES)
+             + "  paired (supernet - trials)"]
     for row in result["targets"]:
         cells = []
         for s in STRATEGIES:
             r = row.get(s)
             cells.append(f"{'-':<44}" if r is None else
                          f"{r['dev']:.4f} ({r['arch'][:22]} {r['speedup']:.1f}x, {r['kind']})".ljust(44))
+        paired = row.get("paired")
+        if paired:
+            cells.append(f"{paired['winner']} ({paired['difference']:+.4f}, 95% [{paired['low']:+.4f}, "
+                         f"{paired['high']:+.4f}], p {paired['p_value']:.2f})")
         lines.append(f"{row['target']:>6g}x  " + "  ".join(cells))
     for s, info in result["strategies"].items():
         rho = "-" if info["spearman"] is None else f"{info['spearman']:.2f}"
@@ -174,7 +227,8 @@ def main(argv: list[str] | None = None) -> None:
     else:
         summaries = run_searches(args.task, args.out, budget_minutes=args.budget_minutes, data_dir=args.data_dir,
                                  seed=args.seed, extra=[*extra, "--targets", args.targets])
-    result = compare(summaries, targets)
+    result = with_paired_tests(compare(summaries, targets), summaries,
+                               args.data_dir or search_data_dir(args.compare or args.out))
     print(table(result))
     (args.compare or args.out).joinpath("strategies.json").write_text(json.dumps(result, indent=2) + "\n")
 

@@ -14,13 +14,17 @@
   SQuAD v1.1 evaluate script computes them.
 
 `evaluate(task, features, examples, outputs)` turns model outputs (in
-feature order) into the task's metrics, decoding them with tasks/decode.py;
-`predict_labels` (re-exported from there) gives readable predictions.
+feature order) into the task's metrics, decoding them with tasks/decode.py
+(`predictions` gives what the metrics compare); `predict_labels`
+(re-exported from there) gives readable predictions. `paired_bootstrap`
+tells whether one model's predictions beat another's on the same examples
+beyond what the choice of examples explains.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import re
 import string
 import warnings
@@ -46,9 +50,9 @@ from tasks.features import Features
 MetricFn = Callable[[Sequence, Sequence], float]
 
 __all__ = [
-    "METRICS", "ClassPrediction", "MetricFn", "accuracy", "binary_f1", "entity_f1",
+    "METRICS", "ClassPrediction", "MetricFn", "PairedTest", "accuracy", "binary_f1", "entity_f1",
     "entity_precision", "entity_recall", "evaluate", "get_metric", "matthews_corr",
-    "normalize_answer", "pearson", "predict_labels", "spearmanr", "squad_exact_match",
+    "normalize_answer", "paired_bootstrap", "pearson", "predict_labels", "predictions", "spearmanr", "squad_exact_match",
     "squad_exact_match_score", "squad_f1", "squad_f1_score",
 ]
 
@@ -201,20 +205,71 @@ def evaluate(task: Task, features: Features, examples: Sequence, outputs) -> dic
     Viterbi), with L >= the longest feature; span a pair
     (start_logits, end_logits), each (N, L).
     """
+    preds, refs = predictions(task, features, examples, outputs)
+    return {name: float(get_metric(task.kind, name)(preds, refs)) for name in task.metric_names}
+
+
+def predictions(task: Task, features: Features, examples: Sequence, outputs) -> tuple[Sequence, Sequence]:
+    """What the task's metrics compare, one entry per example: the predictions decoded from `outputs` (as
+    `evaluate` takes them) and the gold references."""
     if task.kind in ("classification", "regression"):
         if features.labels is None:
             raise UserError(f"the {task.name} features have no gold labels to evaluate against")
         if task.kind == "classification":
-            preds = class_predictions(task, features, outputs)
-        else:
-            preds = score_predictions(features, outputs)
-        refs = np.asarray(features.labels)
-    elif task.kind == "tagging":
-        preds = tag_predictions(task, features, examples, outputs)
-        refs = [list(e.tags) for e in examples]
-    else:
-        if not any(e.answers for e in examples):
-            raise UserError(f"the {task.name} examples have no gold answers to evaluate against")
-        preds = span_predictions(task, features, examples, outputs)
-        refs = [[text for text, _ in e.answers] or [""] for e in examples]
-    return {name: float(get_metric(task.kind, name)(preds, refs)) for name in task.metric_names}
+            return class_predictions(task, features, outputs), np.asarray(features.labels)
+        return score_predictions(features, outputs), np.asarray(features.labels)
+    if task.kind == "tagging":
+        return tag_predictions(task, features, examples, outputs), [list(e.tags) for e in examples]
+    if not any(e.answers for e in examples):
+        raise UserError(f"the {task.name} examples have no gold answers to evaluate against")
+    return span_predictions(task, features, examples, outputs), [[text for text, _ in e.answers] or [""]
+                                                                  for e in examples]
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedTest:
+    """Two systems' predictions on the same examples compared by a paired bootstrap: `difference` is
+    metric(a) - metric(b); `low`, `high` bound its central `level` interval over resamplings of the examples;
+    `p_value` is two-sided (the share of resampled differences on the far side of zero, doubled)."""
+
+    difference: float
+    low: float
+    high: float
+    p_value: float
+    samples: int
+    level: float
+
+    def winner(self) -> str:
+        """'a' or 'b' where the interval excludes zero, else 'tie'."""
+        return "a" if self.low > 0 else "b" if self.high < 0 else "tie"
+
+
+def paired_bootstrap(metric: MetricFn, a: Sequence, b: Sequence, references: Sequence, *, samples: int = 1000,
+                     level: float = 0.95, seed: int = 0) -> PairedTest:
+    """Whether predictions `a` beat `b` on `references` by `metric` beyond what the choice of examples
+    explains: both are scored on the same `samples` resamplings (with replacement) of the examples, as in
+    Koehn (2004) and Berg-Kirkpatrick et al. (2012), and the differences give the interval and p-value."""
+    n = len(references)
+    if not len(a) == len(b) == n or n == 0:
+        raise ValueError(f"a, b and references need one entry per example: {len(a)}, {len(b)}, {n}")
+    if samples < 1 or not 0 < level < 1:
+        raise ValueError(f"samples must be >= 1 and level in (0, 1), got {samples} and {level}")
+    take = _taker(a), _taker(b), _taker(references)
+    rng = np.random.default_rng(seed)
+    diffs = np.empty(samples)
+    for i in range(samples):
+        idx = rng.integers(0, n, n)
+        pa, pb, refs = (t(idx) for t in take)
+        diffs[i] = metric(pa, refs) - metric(pb, refs)
+    diffs = np.nan_to_num(diffs, nan=0.0)  # a resample on which a correlation is undefined counts as no change
+    tail = (1 - level) / 2
+    p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
+    return PairedTest(float(metric(a, references) - metric(b, references)), float(np.quantile(diffs, tail)),
+                      float(np.quantile(diffs, 1 - tail)), p, samples, level)
+
+
+def _taker(values: Sequence) -> Callable[[np.ndarray], Sequence]:
+    """Index `values` by an index array: numpy arrays at once, anything else (tag or answer lists) as a list."""
+    if isinstance(values, np.ndarray):
+        return lambda idx: values[idx]
+    return lambda idx: [values[i] for i in idx]

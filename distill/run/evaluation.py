@@ -130,3 +130,15 @@ def evaluate_dir(
     features = encode(task, examples, loaded.tokenizer)
     result = evaluate_model(loaded.model, loaded.params, task, features, examples, batch_size)
     return {"task": task.name, "split": split, **result}
+
+
+def split_predictions(model_dir: str | Path, task_name: str | None = None, *, data_dir: str | None = None,
+                      split: str = "dev", batch_size: int = 128, spec: DataSpec | None = None):
+    """A saved model's predictions on `split` of its task, one per example, with the gold references and
+    the task (`tasks.metrics.predictions`): what a paired comparison of two models reads."""
+    loaded, task = load_for_task(model_dir, task_name, spec)
+    examples = read_split(task, split, data_dir)
+    features = encode(task, examples, loaded.tokenizer)
+    outputs = task_outputs(loaded.model, loaded.params, task, features, batch_size)
+    preds, refs = metrics.predictions(task, features, examples, outputs)
+    return task, preds, refs

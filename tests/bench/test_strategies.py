@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from bench import strategies
@@ -17,7 +18,7 @@ def _row(tid, *, speedup, val, dev, status="completed", export=True, **kw):
 
 
 SUPERNET = {
-    "candidates": 240, "seconds": {"total": 3500.0}, "teacher": {"dev_metric": 0.90},
+    "candidates": 240, "seconds": {"total": 3500.0}, "teacher": {"dev_metric": 0.90}, "metric": "accuracy",
     "trials": [
         _row("a", speedup=3.5, val=0.86, dev=0.85, status="scored", kind="supernet"),
         _row("b", speedup=6.0, val=0.80, dev=0.79, status="scored", kind="supernet"),
@@ -28,7 +29,7 @@ SUPERNET = {
     ],
 }
 TRIALS = {
-    "candidates": 14, "seconds": {"total": 3400.0}, "teacher": {"dev_metric": 0.90},
+    "candidates": 14, "seconds": {"total": 3400.0}, "teacher": {"dev_metric": 0.90}, "metric": "accuracy",
     "trials": [
         _row("t1", speedup=3.2, val=0.87, dev=0.86),
         _row("t2", speedup=8.0, val=0.83, dev=0.82),
@@ -66,13 +67,40 @@ def test_ranking_quality_ranks_finals_by_their_candidates_scores():
     assert strategies.ranking_quality(two) == {"spearman": None, "points": 2}
 
 
-def test_compare_reads_finished_searches_and_the_suite_part_skips_in_quick(tmp_path):
+def test_paired_tests_compare_each_targets_two_students_on_the_same_examples():
+    refs = np.arange(300) % 2
+    wrong = {"export/final-b": 15, "export/t1": 30, "export/final": 60}  # errors on the first N examples
+
+    class Task:
+        kind = "classification"
+
+    predicted = []
+
+    def predict(export):
+        predicted.append(export)
+        preds = refs.copy()
+        preds[: wrong.get(export, 0)] ^= 1
+        return Task(), preds, refs
+
+    result = strategies.compare({"supernet": SUPERNET, "trials": TRIALS}, (3.0, 5.0, 10.0))
+    strategies.paired_tests(result, {"supernet": SUPERNET, "trials": TRIALS}, predict, samples=300)
+    paired = {row["target"]: row["paired"] for row in result["targets"]}
+    # 3x: final-b (95% right) against t1 (90%): 5 points on the same 300 examples, beyond chance
+    assert paired[3.0]["difference"] == pytest.approx(0.05) and paired[3.0]["winner"] == "supernet"
+    assert paired[3.0]["low"] > 0 and paired[3.0]["p_value"] < 0.05 and paired[3.0]["metric"] == "accuracy"
+    assert paired[5.0]["difference"] == pytest.approx(0.15) and paired[10.0] is None  # no trials student at 10x
+    assert sorted(predicted) == ["export/final", "export/final-b", "export/t1"]  # each student predicted once
+    assert "supernet (+0.0500" in strategies.table(result)
+
+
+def test_compare_reads_finished_searches_and_the_suite_part_skips_in_quick(tmp_path, capsys):
     for name, summary in (("supernet", SUPERNET), ("trials", TRIALS)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps(summary))
     strategies.main(["--compare", str(tmp_path)])
     saved = json.loads((tmp_path / "strategies.json").read_text())
     assert [row["target"] for row in saved["targets"]] == [3.0, 5.0, 10.0]
+    assert "paired tests skipped: 4 export directories are gone" in capsys.readouterr().out  # hand-made rows
     with pytest.raises(Skip, match="no finished search"):
         strategies.load(tmp_path / "nothing")
 

@@ -21,6 +21,7 @@ from tasks.metrics import (
     get_metric,
     matthews_corr,
     normalize_answer,
+    paired_bootstrap,
     pearson,
     spearmanr,
     squad_exact_match,
@@ -161,3 +162,42 @@ def test_evaluate_classification_and_regression(tokenizer):
     assert all(isinstance(v, float) for v in scores.values())
     with pytest.raises(ValueError, match="3 rows"):
         evaluate(stsb, f_sts, pairs, np.zeros(2))
+
+
+def test_paired_bootstrap_tells_a_real_difference_from_the_choice_of_examples():
+    rng = np.random.default_rng(7)
+    refs = rng.integers(0, 2, 401)
+    a = refs.copy()
+    a[:40] = 1 - a[:40]  # 90.0% right
+    b = refs.copy()
+    b[:100] = 1 - b[:100]  # 75.1% right, wrong wherever a is
+    test = paired_bootstrap(accuracy, a, b, refs, samples=500)
+    assert test.difference == pytest.approx(accuracy(a, refs) - accuracy(b, refs))
+    assert 0 < test.low < test.difference < test.high and test.p_value < 0.01 and test.winner() == "a"
+    swapped = paired_bootstrap(accuracy, b, a, refs, samples=500)
+    assert swapped.difference == pytest.approx(-test.difference) and swapped.winner() == "b"
+    # one example apart out of 401: the interval holds zero
+    c = a.copy()
+    c[200] = 1 - c[200]
+    close = paired_bootstrap(accuracy, a, c, refs, samples=500)
+    assert close.low <= 0 <= close.high and close.p_value > 0.05 and close.winner() == "tie"
+    same = paired_bootstrap(accuracy, a, a, refs, samples=50)
+    assert (same.difference, same.low, same.high, same.p_value, same.winner()) == (0.0, 0.0, 0.0, 1.0, "tie")
+    # the same seed gives the same interval
+    assert paired_bootstrap(accuracy, a, b, refs, samples=500) == test
+
+
+def test_paired_bootstrap_takes_every_kind_of_prediction():
+    rng = np.random.default_rng(3)
+    gold = rng.normal(size=61)
+    near, far = gold + 0.1 * rng.normal(size=61), gold + 2.0 * rng.normal(size=61)
+    scores = paired_bootstrap(pearson, near, far, gold, samples=200)
+    assert scores.difference == pytest.approx(pearson(near, gold) - pearson(far, gold)) and scores.winner() == "a"
+    tags = [["B-PER", "O"], ["O", "B-LOC", "I-LOC"], ["B-ORG"]] * 7  # lists index one by one
+    missed = [["O", "O"], ["O", "B-LOC", "I-LOC"], ["O"]] * 7
+    tagged = paired_bootstrap(entity_f1, tags, missed, tags, samples=100)
+    assert tagged.difference == pytest.approx(1.0 - entity_f1(missed, tags)) and tagged.winner() == "a"
+    with pytest.raises(ValueError, match="one entry per example"):
+        paired_bootstrap(accuracy, [1, 0], [1], [1, 0])
+    with pytest.raises(ValueError, match="samples"):
+        paired_bootstrap(accuracy, [1], [1], [1], samples=0)

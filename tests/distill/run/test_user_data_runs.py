@@ -23,12 +23,13 @@ from distill.export.scheme import QuantConfig
 from distill.run import compare
 from distill.run.config import DistillConfig, FinetuneConfig
 from distill.run.distillation import distill
-from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task
+from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task, split_predictions
 from distill.run.finetuning import finetune
 from distill.run.prediction import predict_lines
 from distill.train.loop import LoopConfig
 from distill.train.optim import OptimizerConfig
 from tasks.features import encode
+from tasks.metrics import entity_f1, pearson
 from tasks.readers import load_task, read_split
 from tasks.registry import get_task
 from tasks.userdata import DataSpec
@@ -112,6 +113,9 @@ def test_stsb_jsonl_regression_end_to_end(teacher, tmp_path):
     results = distil("text-regression", ours["teacher_dir"], tmp_path, spec)
     evaluated = evaluate_dir(tmp_path / "distill" / "export", spec=DataSpec(dev_file=spec.dev_file))
     assert evaluated["pearson"] == pytest.approx(results["best"]["pearson"])
+    task, preds, refs = split_predictions(tmp_path / "distill" / "export", spec=DataSpec(dev_file=spec.dev_file))
+    assert task.kind == "regression" and len(preds) == len(refs) == 16  # one per example, as paired tests read
+    assert pearson(preds, refs) == pytest.approx(evaluated["pearson"])
     records = predict_lines(tmp_path / "distill" / "export", [f"{rows[0].text_a}\t{rows[0].text_b}"])
     assert isinstance(records[0]["score"], float)
 
@@ -136,6 +140,8 @@ def test_conll_saved_dataset_tagging_end_to_end(teacher, tmp_path):
     results = distil("token-classification", ours["teacher_dir"], tmp_path, spec)
     evaluated = evaluate_dir(tmp_path / "distill" / "export", spec=DataSpec(dataset=spec.dataset))
     assert evaluated["f1"] == pytest.approx(results["best"]["f1"])
+    _, preds, refs = split_predictions(tmp_path / "distill" / "export", spec=DataSpec(dataset=spec.dataset))
+    assert len(preds) == len(refs) == 12 and entity_f1(preds, refs) == pytest.approx(evaluated["f1"])
     records = predict_lines(tmp_path / "distill" / "export", ["EU rejects German call"])
     assert records[0]["words"] == ["EU", "rejects", "German", "call"] and set(records[0]["tags"]) <= set(conll.labels)
 
