@@ -13,10 +13,12 @@ student at or above it (measured batch-1 speedup, as the search measures) and wh
 trained final, a trial, a supernet estimate); per strategy: the candidates scored, and how well its ranking
 predicts the trained students' dev scores: Spearman's rho over its exported front between the score it
 ranked each member by (a trial's validation score, a supernet estimate's; for a final, its candidate's)
-and the member's dev score. Where both strategies have a student at a target, the two are compared on the
-same dev examples by a paired bootstrap of the task's metric (`tasks.metrics.paired_bootstrap`): the
-difference, its 95% interval and p-value, and the winner, or `tie` where the interval holds zero (SST-2's
-872 dev sentences put the standard error of one accuracy near a point).
+and the member's dev score; whether the supernet strategy found its supernet in the cache (trained by an
+earlier search with the same settings, so this budget bought more scoring and finals than a cold one).
+Where both strategies have a student at a target, the two are compared on the same dev examples by a
+paired bootstrap of the task's metric (`tasks.metrics.paired_bootstrap`): the difference, its 95%
+interval and p-value, and the winner, or `tie` where the interval holds zero (SST-2's 872 dev sentences
+put the standard error of one accuracy near a point).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def compare(summaries: dict[str, dict], targets: tuple[float, ...]) -> dict:
             }
         per_target.append(row)
     strategies = {name: {"candidates": s["candidates"], "seconds": s["seconds"].get("total"),
-                         "teacher_dev": s["teacher"]["dev_metric"], **ranking_quality(s)}
+                         "teacher_dev": s["teacher"]["dev_metric"], **ranking_quality(s),
+                         "supernet_cached": bool((s.get("supernet") or {}).get("cached"))}
                   for name, s in summaries.items()}
     ratios = []
     for row in per_target:
@@ -206,8 +209,10 @@ def table(result: dict) -> str:
         lines.append(f"{row['target']:>6g}x  " + "  ".join(cells))
     for s, info in result["strategies"].items():
         rho = "-" if info["spearman"] is None else f"{info['spearman']:.2f}"
+        cached = " (its supernet from the cache: trained by an earlier search, not in this budget)" \
+            if info.get("supernet_cached") else ""
         lines.append(f"{s}: {info['candidates']} candidates scored, Spearman {rho} over {info['points']} exported "
-                     f"students, teacher dev {info['teacher_dev']:.4f}, {info['seconds'] or 0:.0f} s")
+                     f"students, teacher dev {info['teacher_dev']:.4f}, {info['seconds'] or 0:.0f} s{cached}")
     return "\n".join(lines)
 
 

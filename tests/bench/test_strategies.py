@@ -19,6 +19,7 @@ def _row(tid, *, speedup, val, dev, status="completed", export=True, **kw):
 
 SUPERNET = {
     "candidates": 240, "seconds": {"total": 3500.0}, "teacher": {"dev_metric": 0.90}, "metric": "accuracy",
+    "supernet": {"cached": "cache/supernets/sst2-0123"},
     "trials": [
         _row("a", speedup=3.5, val=0.86, dev=0.85, status="scored", kind="supernet"),
         _row("b", speedup=6.0, val=0.80, dev=0.79, status="scored", kind="supernet"),
@@ -53,7 +54,7 @@ def test_each_target_gets_the_best_exported_student_at_or_above_it():
 def test_ranking_quality_ranks_finals_by_their_candidates_scores():
     sn = strategies.compare({"supernet": SUPERNET}, (3.0,))["strategies"]["supernet"]
     # exported with a dev score: a, b, c and the two finals (ranked by 0.80 and 0.70); d has no export
-    assert sn["points"] == 5 and sn["candidates"] == 240
+    assert sn["points"] == 5 and sn["candidates"] == 240 and sn["supernet_cached"]
     # scores 0.86, 0.80, 0.70, 0.80, 0.70 against dev 0.85, 0.79, 0.70, 0.88, 0.86: rho from scipy
     from scipy import stats
 
@@ -90,7 +91,9 @@ def test_paired_tests_compare_each_targets_two_students_on_the_same_examples():
     assert paired[3.0]["low"] > 0 and paired[3.0]["p_value"] < 0.05 and paired[3.0]["metric"] == "accuracy"
     assert paired[5.0]["difference"] == pytest.approx(0.15) and paired[10.0] is None  # no trials student at 10x
     assert sorted(predicted) == ["export/final", "export/final-b", "export/t1"]  # each student predicted once
-    assert "supernet (+0.0500" in strategies.table(result)
+    table = strategies.table(result)
+    assert "supernet (+0.0500" in table and "its supernet from the cache" in table
+    assert result["strategies"]["trials"]["supernet_cached"] is False
 
 
 def test_compare_reads_finished_searches_and_the_suite_part_skips_in_quick(tmp_path, capsys):
