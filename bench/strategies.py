@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import math
 import subprocess
 import sys
 import time
@@ -34,20 +33,17 @@ from pathlib import Path
 
 from bench.common import Skip
 from distill.run import split_predictions
+from nas.report import finite
 from tasks.metrics import get_metric, paired_bootstrap
 
 STRATEGIES = ("supernet", "trials")
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _finite(x) -> bool:
-    return isinstance(x, (int, float)) and math.isfinite(x)
-
-
 def exported(summary: dict) -> list[dict]:
     """The search's exported rows with a dev score and a speedup (its Pareto front)."""
-    return [r for r in summary["trials"] if r.get("export") and _finite(r.get("dev_metric"))
-            and _finite(r.get("speedup"))]
+    return [r for r in summary["trials"] if r.get("export") and finite(r.get("dev_metric"))
+            and finite(r.get("speedup"))]
 
 
 def best_at(summary: dict, target: float) -> dict | None:
@@ -60,7 +56,7 @@ def search_score(row: dict, rows: dict[str, dict]) -> float | None:
     """The score the strategy ranked `row` by: a final's candidate's (its supernet estimate, or its trial's
     validation score), else the row's own validation score."""
     if row.get("status") == "final":
-        if _finite(row.get("supernet_metric")):
+        if finite(row.get("supernet_metric")):
             return row["supernet_metric"]
         source = rows.get(row.get("from_trial"))
         return source.get("val_metric") if source else None
@@ -73,7 +69,7 @@ def ranking_quality(summary: dict) -> dict:
     from scipy import stats
 
     rows = {r["trial_id"]: r for r in summary["trials"]}
-    pairs = [(s, r["dev_metric"]) for r in exported(summary) if _finite(s := search_score(r, rows))]
+    pairs = [(s, r["dev_metric"]) for r in exported(summary) if finite(s := search_score(r, rows))]
     rho = None
     if len(pairs) >= 3 and len({p[0] for p in pairs}) > 1 and len({p[1] for p in pairs}) > 1:
         rho = float(stats.spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic)

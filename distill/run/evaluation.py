@@ -125,9 +125,7 @@ def evaluate_dir(
     spec: DataSpec | None = None,
 ) -> dict[str, Any]:
     """Load a saved model directory and evaluate it on `split` of its task (`spec`: see `load_for_task`)."""
-    loaded, task = load_for_task(model_dir, task_name, spec)
-    examples = read_split(task, split, data_dir, limit=limit)
-    features = encode(task, examples, loaded.tokenizer)
+    loaded, task, examples, features = _split_features(model_dir, task_name, data_dir, split, limit, spec)
     result = evaluate_model(loaded.model, loaded.params, task, features, examples, batch_size)
     return {"task": task.name, "split": split, **result}
 
@@ -136,9 +134,14 @@ def split_predictions(model_dir: str | Path, task_name: str | None = None, *, da
                       split: str = "dev", batch_size: int = 128, spec: DataSpec | None = None):
     """A saved model's predictions on `split` of its task, one per example, with the gold references and
     the task (`tasks.metrics.predictions`): what a paired comparison of two models reads."""
-    loaded, task = load_for_task(model_dir, task_name, spec)
-    examples = read_split(task, split, data_dir)
-    features = encode(task, examples, loaded.tokenizer)
+    loaded, task, examples, features = _split_features(model_dir, task_name, data_dir, split, None, spec)
     outputs = task_outputs(loaded.model, loaded.params, task, features, batch_size)
     preds, refs = metrics.predictions(task, features, examples, outputs)
     return task, preds, refs
+
+
+def _split_features(model_dir, task_name, data_dir, split, limit, spec):
+    """A saved model, its task, and `split`'s examples encoded with its tokenizer."""
+    loaded, task = load_for_task(model_dir, task_name, spec)
+    examples = read_split(task, split, data_dir, limit=limit)
+    return loaded, task, examples, encode(task, examples, loaded.tokenizer)
