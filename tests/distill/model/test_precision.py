@@ -66,6 +66,22 @@ def test_mixed_matmul_matches_float32_in_value_and_gradient():
     assert vjp32(g)[0].dtype == jnp.float32
 
 
+@pytest.mark.parametrize("rows", [1, 2, 35])
+def test_the_jitted_weight_gradient_is_the_float32_product_of_the_rounded_operands(rows):
+    """Under jit, where XLA chooses the matmul's form: on the CPU the weight gradient runs from a row-major
+    transposed copy of the input (`_weight_gradient`), which XLA must neither fold back into the
+    rows-contracting form (a bfloat16 product its CPU matmul cannot run) nor get wrong; one row takes the
+    plain form."""
+    kx, kw, kg = jax.random.split(jax.random.key(rows), 3)
+    x, w = jax.random.normal(kx, (rows, 36)), jax.random.normal(kw, (36, 60)) * 0.2
+    g = jax.random.normal(kg, (rows, 60))
+    grad = jax.jit(jax.grad(lambda a, b: jnp.sum(mixed_matmul(a, b) * g), argnums=(0, 1)))
+    dx, dw = grad(x, w)
+    round16 = lambda a: a.astype(jnp.bfloat16).astype(jnp.float32)  # noqa: E731
+    np.testing.assert_allclose(np.asarray(dw), np.asarray(round16(x).T @ round16(g)), rtol=1e-5, atol=1e-5)
+    assert _rel(dx, g @ w.T) < 1e-2
+
+
 def test_mixed_matmul_with_bfloat16_results_keeps_a_float32_weight_gradient():
     """The accelerator form (`bf16_results()`): the result and the input's cotangent in bfloat16, the
     weight gradient still accumulated and returned in float32."""

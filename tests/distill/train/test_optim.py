@@ -11,7 +11,7 @@ from flax import traverse_util
 
 from distill.arch import BertArch
 from distill.model.bert import abstract_params, build_model
-from distill.train.optim import OptimizerConfig, layer_lr_scales
+from distill.train.optim import OptimizerConfig, clip_by_global_norm, layer_lr_scales
 from tasks.errors import UserError
 
 ARCH = BertArch.uniform(2, 36, 3, 37, vocab_size=41, max_position_embeddings=16)
@@ -32,6 +32,25 @@ def one_update(cfg: OptimizerConfig, params, grads, total_steps: int = 10):
     tx = cfg.build(params, total_steps, ARCH.num_layers)
     updates, _ = tx.update(grads, tx.init(params), params)
     return optax.apply_updates(params, updates)
+
+
+@pytest.mark.parametrize("scale", [0.01, 3.0])
+def test_clipping_matches_optax_and_keeps_its_state(scale):
+    """Our global-norm clipping (one scalar factor, which XLA fuses into the optimizer) gives optax's
+    clipped gradients, below the maximum norm (unchanged) and above it, and the same (empty) state, so
+    checkpoints written with either restore into the other."""
+    params = tiny_params(1)
+    grads = jax.tree.map(lambda x: x * scale, tiny_params(2))
+    norm = float(optax.global_norm(grads))
+    max_norm = 10.0
+    assert (norm < max_norm) == (scale < 1)
+    ours, theirs = clip_by_global_norm(max_norm), optax.clip_by_global_norm(max_norm)
+    got, state = jax.jit(ours.update)(grads, ours.init(params))
+    want, their_state = theirs.update(grads, theirs.init(params))
+    for path, x in flat(want).items():
+        np.testing.assert_allclose(flat(got)[path], x, rtol=1e-6, atol=0)
+    assert float(optax.global_norm(got)) == pytest.approx(min(norm, max_norm), rel=1e-5)
+    assert jax.tree.structure(state) == jax.tree.structure(their_state)
 
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
