@@ -41,10 +41,14 @@ class Case:
     shape: str  # a key of bench.common.SHAPES
     batch: int
     seq: int
+    precision: str = "fp32"
+    """"bf16": ours in bfloat16 compute (`distill.model.bert.in_precision`), PyTorch under CPU autocast to
+    bfloat16; "fp32": both in float32."""
 
     @property
     def key(self) -> str:
-        return f"{self.mode}/{self.shape}/b{self.batch}/s{self.seq}"
+        suffix = "" if self.precision == "fp32" else f"/{self.precision}"
+        return f"{self.mode}/{self.shape}/b{self.batch}/s{self.seq}{suffix}"
 
     def fields(self) -> dict:
         return dataclasses.asdict(self) | {"key": self.key}
@@ -107,7 +111,7 @@ def compare_rows(rows: list[dict]) -> list[dict]:
         ref = torch_rows.get(r["key"])
         out.append({
             "key": r["key"], "mode": r["mode"], "shape": r["shape"], "arch": r["arch"], "batch": r["batch"],
-            "seq": r["seq"], "ours_examples_per_s": r["examples_per_s"],
+            "seq": r["seq"], "precision": r.get("precision", "fp32"), "ours_examples_per_s": r["examples_per_s"],
             "torch_examples_per_s": ref["examples_per_s"] if ref else None,
             "ratio": r["examples_per_s"] / ref["examples_per_s"] if ref else None,
             "max_abs_logit_diff": ref.get("max_abs_logit_diff") if ref else None,
@@ -145,7 +149,8 @@ def ratio_rows(comparison: list[dict]) -> list[dict]:
     """The suite table's lines: examples/s of both sides and ours / PyTorch."""
     return [
         {
-            "name": f"{c['mode']} {c['shape']} b{c['batch']} s{c['seq']}",
+            "name": f"{c['mode']} {c['shape']} b{c['batch']} s{c['seq']}"
+                    + ("" if c.get("precision", "fp32") == "fp32" else f" {c['precision']}"),
             "ours": c["ours_examples_per_s"], "reference": c["torch_examples_per_s"], "unit": "ex/s",
             "ratio": c["ratio"], "ratio_is": "ours / torch",
         }
@@ -180,7 +185,7 @@ def _ours(cases: list[Case], args, add) -> None:
             host_params[case.shape] = params
         batch = make_batch(case.batch, case.seq, arch.vocab_size)
         build = steps.ours_forward if case.mode == "infer" else steps.ours_step
-        step, carry = build(arch, host_params[case.shape], batch)
+        step, carry = build(arch, host_params[case.shape], batch, case.precision)
         timed = time_steps(step, carry, jax.block_until_ready, **args.timing)
         if case.mode == "infer":
             np.save(_logits_file(args.weights, case), np.asarray(step(carry)[1]))
@@ -214,7 +219,7 @@ def _torch(cases: list[Case], args, add) -> None:
             model.load_state_dict(load_file(str(weights)), strict=True)
         batch = make_batch(case.batch, case.seq, arch.vocab_size)
         build = steps.torch_forward if case.mode == "infer" else steps.torch_step
-        step = build(model, batch)
+        step = build(model, batch, case.precision)
         timed = time_steps(step, None, lambda _: None, **args.timing)
         ours = _logits_file(args.weights, case)
         if case.mode == "infer" and ours.is_file():

@@ -11,50 +11,54 @@ import functools
 from bench.common import HEAD, INPUTS, NUM_LABELS
 
 
-def ours_forward(arch, params, batch: dict):
-    """(step, carry) for `time_steps`: one jitted forward; the step returns (carry, logits)."""
+def ours_forward(arch, params, batch: dict, precision: str = "fp32"):
+    """(step, carry) for `time_steps`: one jitted forward (in `precision`); the step returns (carry, logits)."""
     import jax
 
-    from distill.model.bert import build_model
+    from distill.model.bert import build_model, in_precision
     from distill.model.infer import logits_step
 
-    forward = jax.jit(functools.partial(logits_step, model=build_model(arch, HEAD, NUM_LABELS)))
+    model = in_precision(build_model(arch, HEAD, NUM_LABELS), precision)
+    forward = jax.jit(functools.partial(logits_step, model=model))
     params, inputs = jax.device_put((params, {k: batch[k] for k in INPUTS}))
     return (lambda carry: (carry, forward(params, inputs))), None
 
 
-def torch_forward(model, batch: dict):
-    """A step for `time_steps`: one forward of `model` in inference mode; returns (carry, logits)."""
+def torch_forward(model, batch: dict, precision: str = "fp32"):
+    """A step for `time_steps`: one forward of `model` in inference mode (under CPU autocast to bfloat16 in
+    bf16); returns (carry, logits)."""
     import torch
 
     model.eval()
     inputs = {k: torch.from_numpy(batch[k]).long() for k in INPUTS}
 
     def step(carry):
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(torch, precision):
             return carry, model(**inputs).logits
 
     return step
 
 
-def ours_step(arch, params, batch: dict):
-    """(step, state) for `time_steps`: `distill.train.steps.make_supervised_step` with our AdamW (clipping at 1.0)."""
+def ours_step(arch, params, batch: dict, precision: str = "fp32"):
+    """(step, state) for `time_steps`: `distill.train.steps.make_supervised_step` with our AdamW (clipping at
+    1.0), in `precision` (bf16: float32 master weights, as the tools train)."""
     import jax
 
-    from distill.model.bert import build_model
+    from distill.model.bert import build_model, in_precision
     from distill.train.optim import OptimizerConfig
     from distill.train.steps import TrainState, make_supervised_step
 
     model = build_model(arch, HEAD, NUM_LABELS)
     params = jax.device_put(params)
     tx = OptimizerConfig().build(params, 10_000, arch.num_layers)
-    step = make_supervised_step(model, tx, HEAD)
+    step = make_supervised_step(in_precision(model, precision), tx, HEAD)
     batch, rng = jax.device_put(batch), jax.random.key(0)
     return (lambda state: step(state, batch, rng)), TrainState.create(params, tx)
 
 
-def torch_step(model, batch: dict):
-    """A step for `time_steps`: zero_grad, forward + loss, backward, clip_grad_norm_(1.0), AdamW."""
+def torch_step(model, batch: dict, precision: str = "fp32"):
+    """A step for `time_steps`: zero_grad, forward + loss (under CPU autocast to bfloat16 in bf16: float32
+    weights and optimizer, as PyTorch users train in mixed precision), backward, clip_grad_norm_(1.0), AdamW."""
     import torch
 
     model.train()
@@ -64,10 +68,17 @@ def torch_step(model, batch: dict):
 
     def step(carry):
         opt.zero_grad(set_to_none=True)
-        loss = model(**inputs, labels=labels).loss
+        with _autocast(torch, precision):
+            loss = model(**inputs, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         return carry, loss
 
     return step
+
+
+def _autocast(torch, precision: str):
+    """PyTorch's CPU autocast to bfloat16 in bf16 (its matmuls through oneDNN's bfloat16 kernels, AMX where
+    the CPU has it); disabled in fp32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")

@@ -2,6 +2,7 @@
 
   python bench/train_step.py                 # teacher shape (6L-384), batch 32, seq 16/32/64
   python bench/train_step.py --shape base --seq 128
+  python bench/train_step.py --precision fp32 bf16   # bf16: ours in bfloat16 compute, PyTorch under autocast
 
 Both sides do one full step: forward, backward, global-norm clipping and an
 AdamW update, on a sequence-classification head with dropout on (training
@@ -13,8 +14,10 @@ uses as many threads as this process may use (torch 2.13.0 CPU,
 Prints a table and one JSON line per shape.
 
 Also the suite's part `train_step` (`python -m bench`): batch 32, sequence
-128, shapes student, teacher and BERT-base (`--quick`: tiny shapes, batch 8,
-sequence 16).
+128, shapes student, teacher and BERT-base, in float32 and, on a CPU where
+`--precision auto` picks bf16 (AMX or AVX512-BF16), in bfloat16 too: ours as the
+tools train there, PyTorch under CPU autocast to bfloat16 (`--quick`: tiny
+shapes, batch 8, sequence 16, float32).
 """
 
 from __future__ import annotations
@@ -30,13 +33,16 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 from bench import compare  # noqa: E402
 from bench.common import SHAPES, cpu_threads, shape_arch  # noqa: E402
 from bench.compare import Case, ratio_rows  # noqa: E402
+from distill.cli import BF16_CPU_FLAGS, cpu_flags  # noqa: E402
 
 SHAPE_ORDER = ("student", "teacher", "base")  # cheapest first: a time budget cuts from the end
 
 
 def cases(quick: bool) -> list[Case]:
+    """Float32 cases, then (on a CPU with bfloat16 matmuls, not with `quick`) the bfloat16 ones."""
     batch, seq = (8, 16) if quick else (32, 128)
-    return [Case("train", shape, batch, seq) for shape in SHAPE_ORDER]
+    precisions = ["fp32"] + (["bf16"] if not quick and cpu_flags() & BF16_CPU_FLAGS else [])
+    return [Case("train", shape, batch, seq, p) for p in precisions for shape in SHAPE_ORDER]
 
 
 def part(ctx) -> dict:
@@ -51,20 +57,24 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--seq", type=int, nargs="+", default=[16, 32, 64])
     p.add_argument("--steps", type=int, default=10, help="timed steps, after compilation and one warm-up step")
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "bf16"],
+                   help="bf16: ours in bfloat16 compute, PyTorch under CPU autocast to bfloat16")
     args = p.parse_args()
     arch = shape_arch(args.shape)
     timing = {"warmup": 0, "repeats": args.steps, "min_repeat_s": 0.0, "max_steps_per_repeat": 1}
-    result = compare.run([Case("train", args.shape, args.batch, s) for s in args.seq], quick=False, timing=timing)
+    result = compare.run([Case("train", args.shape, args.batch, s, p) for p in args.precision for s in args.seq],
+                         quick=False, timing=timing)
     for message in result["messages"]:
         print(message, file=sys.stderr)
     ours = {r["key"]: r for r in result["rows"] if r.get("side") == "ours"}
-    print(f"{'shape':>8} {'seq':>4} {'ours ex/s':>10} {'torch ex/s':>10} {'ratio':>6}")
+    print(f"{'shape':>8} {'seq':>4} {'prec':>5} {'ours ex/s':>10} {'torch ex/s':>10} {'ratio':>6}")
     for c in result["comparison"]:
         row = {
             "shape": args.shape,
             "arch": arch.name,
             "batch": args.batch,
             "seq": c["seq"],
+            "precision": c["precision"],
             "ours_examples_per_second": c["ours_examples_per_s"],
             "torch_examples_per_second": c["torch_examples_per_s"],
             "ratio": c["ratio"],
@@ -74,7 +84,8 @@ def main() -> None:
         ref = c["torch_examples_per_s"]
         torch_col = f"{ref:10.1f}" if ref else f"{'-':>10}"
         ratio_col = f"{c['ratio']:6.2f}" if ref else f"{'-':>6}"
-        print(f"{args.shape:>8} {c['seq']:>4} {c['ours_examples_per_s']:10.1f} {torch_col} {ratio_col}")
+        print(f"{args.shape:>8} {c['seq']:>4} {c['precision']:>5} {c['ours_examples_per_s']:10.1f} {torch_col} "
+              f"{ratio_col}")
         print(json.dumps(row))
 
 
