@@ -33,6 +33,7 @@ from pathlib import Path
 
 from bench import steps
 from bench.common import HEAD, NUM_LABELS, cpu_threads, hf_bert_kwargs, make_batch, shape_arch, time_steps
+from distill.cli.host import retain_freed_memory
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,6 +167,7 @@ def _weights_file(weights: Path, arch) -> Path:
 
 
 def _ours(cases: list[Case], args, add) -> None:
+    retain_freed_memory()  # as `bertnas` runs: before JAX starts its threads
     import jax
     import numpy as np
     from safetensors.numpy import save_file

@@ -40,6 +40,7 @@ from distill.cli import finetune as finetune_tool
 from distill.cli import predict as predict_tool
 from distill.cli import quantize as quantize_tool
 from distill.cli import supernet as supernet_tool
+from distill.cli.host import retain_freed_memory
 from nas.config import ALGORITHMS, SCHEDULERS, STRATEGIES, Constraints, SearchConfig, smoke
 from tasks.errors import UserError
 
@@ -252,7 +253,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """`bertnas ...` (the console script), also behind `scripts/*.py`: exits 2 with one line on bad input."""
+    """`bertnas ...` (the console script), also behind `scripts/*.py`: exits 2 with one line on bad input.
+    Before anything starts a thread, glibc is set to keep freed memory (`distill.cli.host`)."""
+    retain_freed_memory()
     def run() -> int:
         args = parse(sys.argv[1:] if argv is None else argv)
         cli.setup_logging(getattr(args, "verbose", False))

@@ -24,7 +24,7 @@ from ray.train.collective import broadcast_from_rank_zero
 from ray.train.v2.jax import JaxConfig, JaxTrainer
 
 from distill.run import DistillConfig, FinetuneConfig, free_address, run_process
-from nas.tune import ray_kwargs, start_ray
+from nas.tune import ray_kwargs, start_ray, worker_host_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,7 +46,7 @@ def run_on_workers(cfg: FinetuneConfig | DistillConfig, output: str | Path, work
     output = Path(output).absolute()
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if not (use_gpu or use_tpu):
-        env["JAX_PLATFORMS"] = "cpu"
+        env.update(JAX_PLATFORMS="cpu", **worker_host_env(False))
     started = not ray.is_initialized()
     if started:  # a local Ray bound to 127.0.0.1, as a search's (`nas.tune.ray_kwargs`), or the cluster's
         cpus = None if os.environ.get("RAY_ADDRESS") else max(workers, os.cpu_count() or 1)

@@ -2,7 +2,8 @@
 `quantize`, `export`), each with `add_arguments(parser)`, the mapping of its flags to its one run config, and
 `main(args)`; `nas.cli` gathers them (and `search`) under the `bertnas` command.
 
-This file holds their shared plumbing: logging, errors and exit codes. A `UserError` (bad file, flag,
+This file holds their shared plumbing: logging, errors and exit codes (and `host`, the host allocator's
+settings that the `bertnas` command and the search's CPU workers start with). A `UserError` (bad file, flag,
 directory or name) prints one line, `error: <message>`, and exits with status 2; an interrupted run
 exits with 130. Anything else is a bug: one line naming the log file that holds its traceback, exit 70.
 

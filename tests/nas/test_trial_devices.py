@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
+from distill.cli.host import RETAIN_FREED_MEMORY_ENV
 from nas.config import SearchConfig
-from nas.tune import MEMORY_HEADROOM, init_ray, ray_init_kwargs, trial_device_env, tune_trainable
+from nas.tune import MEMORY_HEADROOM, init_ray, ray_init_kwargs, trial_device_env, tune_trainable, worker_host_env
 
 
 def test_a_fraction_of_a_gpu_caps_the_trials_memory_pool_at_its_share():
@@ -19,10 +20,16 @@ def test_a_fraction_of_a_gpu_caps_the_trials_memory_pool_at_its_share():
     assert sum(four) < 1  # four trials sharing a GPU fit in it together
 
 
-def test_whole_gpus_allocate_on_demand_and_a_cpu_search_sets_nothing():
+def test_whole_gpus_allocate_on_demand_and_a_cpu_search_sets_only_the_host_allocator(monkeypatch):
     assert trial_device_env(2, environ={}) == {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
     assert trial_device_env(0, environ={}) == {}
-    assert "runtime_env" not in ray_init_kwargs(SearchConfig())  # a CPU search starts Ray as before
+    for name in RETAIN_FREED_MEMORY_ENV:
+        monkeypatch.delenv(name, raising=False)
+    # CPU trials keep freed memory (`distill.cli.host`); GPU trials leave the host allocator alone
+    assert ray_init_kwargs(SearchConfig())["runtime_env"] == {"env_vars": RETAIN_FREED_MEMORY_ENV}
+    assert ray_init_kwargs(SearchConfig(gpus_per_trial=1))["runtime_env"] == {
+        "env_vars": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}
+    assert worker_host_env(False, environ={"MALLOC_ARENA_MAX": "4"}) == {}  # the user's own malloc settings win
 
 
 def test_the_users_own_settings_win():

@@ -1,0 +1,47 @@
+"""The host's memory allocator in the tools' processes: keep freed memory for the next train step.
+
+Imports nothing of ours.
+
+XLA:CPU allocates each execution's buffers anew (one block for all of a train step's temporaries: about
+200 MB for the teacher at batch 32) through glibc's `posix_memalign`, from the worker thread that runs it.
+glibc serves a block that large from `mmap` (always, in a thread's own arena), and the next step's block is
+a fresh mapping whose every page the kernel faults in again: 50,000 page faults a step, 208 million in a
+12-minute SST-2 fine-tuning on 2 cores, a quarter of its CPU time spent in the kernel. With one arena,
+no `mmap` and no trimming, a step's block comes back from the heap the last step freed: the teacher's
+train step went from 165 to 137 ms (2-core Xeon, bf16, packed SST-2 rows).
+
+`retain_freed_memory()` sets that with `mallopt` in this process; it must run before JAX starts its
+threads (the first thread to want its own arena fixes the arena limit), which the `bertnas` command does
+first thing. `RETAIN_FREED_MEMORY_ENV` is the same as environment variables, which glibc reads when a
+process starts: the search's Ray workers get them. The cost is resident memory: the process keeps its
+peak heap until it exits (at most `TRIM_THRESHOLD` of free memory at the heap's top is handed back).
+Other C libraries (musl, macOS) are left as they are.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+
+M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
+TRIM_THRESHOLD = 2**31 - 1
+"""Free memory at the top of the heap beyond which glibc hands it back (its largest setting, 2 GiB)."""
+
+RETAIN_FREED_MEMORY_ENV = {
+    "MALLOC_ARENA_MAX": "1",
+    "MALLOC_MMAP_MAX_": "0",
+    "MALLOC_TRIM_THRESHOLD_": str(TRIM_THRESHOLD),
+}
+
+
+def retain_freed_memory() -> bool:
+    """Set glibc's malloc to one arena, no `mmap` and no trimming below `TRIM_THRESHOLD` in this process;
+    False (nothing changed) where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    settings = ((M_ARENA_MAX, 1), (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+    return all(mallopt(option, value) == 1 for option, value in settings)
