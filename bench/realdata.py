@@ -32,7 +32,9 @@ later run. Reported: examples/s, tokens computed per real token, ours / PyTorch.
 Where JAX and PyTorch see a GPU, both sides run on it: ours as the tools run there (attention-probability
 dropout off, `--attention-dropout auto`; cuDNN's fused attention in `after-bf16`), PyTorch under bfloat16
 autocast with its attention dropout off likewise. `--teacher DIR` measures another teacher (any BERT
-directory; the weights do not change the speed), `--limit N` the first N training sentences only.
+directory; the weights do not change the speed), `--limit N` the first N training sentences only. On the
+CPU PyTorch runs in float32 (the plain loop), or under CPU autocast to bfloat16 with `--torch-precision bf16`
+(the like-for-like comparison with ours in bf16 on CPUs with AMX or AVX512-BF16).
 """
 
 from __future__ import annotations
@@ -245,12 +247,14 @@ def _torch(request: dict) -> dict:
     # On a GPU, as ours there: bfloat16 autocast, no attention-probability dropout (fused attention).
     extra = {"attention_probs_dropout_prob": 0.0} if cuda else {}
     model = cls.from_pretrained(request["teacher_dir"], num_labels=num_labels, **extra).to("cuda" if cuda else "cpu")
-    train = _torch_finetune(model, features, request["steps"], torch)
-    label = _torch_label(model, _first_torch(features, request["label_limit"]), torch)
+    bf16 = cuda or request.get("torch_precision") == "bf16"
+    autocast = functools.partial(_autocast, torch, bf16)
+    train = _torch_finetune(model, features, request["steps"], torch, autocast)
+    label = _torch_label(model, _first_torch(features, request["label_limit"]), torch, autocast)
     student = _torch_student(cls, model.config, num_labels, torch)
-    distill = _torch_distill(student, task, features, request["steps"], torch)
+    distill = _torch_distill(student, task, features, request["steps"], torch, autocast)
     return {"side": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "device": torch.cuda.get_device_name() if cuda else "cpu", "precision": "bf16" if cuda else "fp32",
+            "device": torch.cuda.get_device_name() if cuda else "cpu", "precision": "bf16" if bf16 else "fp32",
             "attn_implementation": model.config._attn_implementation, "finetune": train, "distill": distill,
             "label": label}
 
@@ -266,14 +270,14 @@ def _torch_student(cls, teacher_config, num_labels: int, torch):
     return cls(config).to("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _torch_distill(model, task, features, steps: int, torch) -> dict:
+def _torch_distill(model, task, features, steps: int, torch, autocast) -> dict:
     """The student trained on the teacher's cached logits over length-grouped, dynamically padded batches:
     soft cross-entropy against the teacher's distribution (MSE for regression), tagging per real token."""
     logits, offsets = _teacher_logits(task, features)
 
     def loss(batch, rows):
         target = _teacher_targets(logits, offsets, rows, batch["input_ids"].shape[1], task.kind == "tagging", torch)
-        with _autocast(torch):
+        with autocast():
             out = model(**batch).logits.float()
         return _kd_loss(out, target.to(out.device), batch["attention_mask"], task.kind, torch)
 
@@ -303,10 +307,10 @@ def _sync(torch) -> None:
         torch.cuda.synchronize()
 
 
-def _autocast(torch):
-    """bfloat16 autocast on a GPU (ours runs bf16 there by default); nothing on the CPU."""
-    cuda = torch.cuda.is_available()
-    return torch.autocast("cuda" if cuda else "cpu", dtype=torch.bfloat16, enabled=cuda)
+def _autocast(torch, bf16: bool):
+    """bfloat16 autocast where `bf16` (always on a GPU, where ours runs bf16 by default; on the CPU with
+    `--torch-precision bf16`), else nothing."""
+    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
 def _first_torch(features, n: int) -> tuple[list, list]:
@@ -340,11 +344,11 @@ def _pad(ids, types, rows, torch) -> dict:
     return {"input_ids": x.to(device), "token_type_ids": t.to(device), "attention_mask": m.to(device)}
 
 
-def _torch_finetune(model, features, steps: int, torch) -> dict:
+def _torch_finetune(model, features, steps: int, torch, autocast) -> dict:
     """The model fine-tuned on the gold labels (transformers' own loss)."""
 
     def loss(batch, rows):
-        with _autocast(torch):
+        with autocast():
             labels = _targets(features, rows, batch["input_ids"].shape[1], torch).to(batch["input_ids"].device)
             return model(**batch, labels=labels).loss
 
@@ -389,14 +393,14 @@ def _targets(features, rows, length: int, torch):
     return target.float() if target.is_floating_point() else target.long()
 
 
-def _torch_label(model, data, torch) -> dict:
+def _torch_label(model, data, torch, autocast) -> dict:
     ids, types = data
     order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
     plan = [order[i: i + 128] for i in range(0, len(order), 128)]
     model.eval()
     computed = real = 0
     t0 = time.perf_counter()
-    with torch.inference_mode(), _autocast(torch):
+    with torch.inference_mode(), autocast():
         for rows in plan:
             batch = _pad(ids, types, rows, torch)
             model(**batch).logits.float().cpu()  # to the host, as a labelling pass keeps them
@@ -416,7 +420,8 @@ def measure(request: dict) -> dict:
 
 
 def run(task: str, data_root: Path, *, steps: int, label_limit: int, limit: int | None = None,
-        threads: int | None = None, teacher: str = "minilm", strategies: tuple[str, ...] = STRATEGIES) -> dict:
+        threads: int | None = None, teacher: str = "minilm", strategies: tuple[str, ...] = STRATEGIES,
+        torch_precision: str = "fp32") -> dict:
     """Both sides on one task; the ratios of ours (each bucket strategy) over PyTorch."""
     from distill.model.store import resolve_model_dir
 
@@ -425,7 +430,8 @@ def run(task: str, data_root: Path, *, steps: int, label_limit: int, limit: int 
         raise Skip(f"no {task} data at {data_dir}")
     request = {"task": task, "data_dir": str(data_dir), "teacher_dir": str(resolve_model_dir(teacher)),
                "steps": steps, "label_limit": label_limit, "limit": limit, "threads": threads or cpu_threads(),
-               "accelerator": True, "strategies": list(strategies)}  # ours on a GPU where there is one, as the tools run
+               "accelerator": True,  # ours on a GPU where there is one, as the tools run
+               "strategies": list(strategies), "torch_precision": torch_precision}
     ours = run_child("bench.realdata", {**request, "side": "ours"})
     try:
         torch = run_child("bench.realdata", {**request, "side": "torch"})
@@ -476,13 +482,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--teacher", default="minilm", help="teacher model directory or alias (default %(default)s)")
     p.add_argument("--strategies", default=",".join(STRATEGIES),
                    help=f"our batchings to measure, comma-separated (default all: {','.join(STRATEGIES)})")
+    p.add_argument("--torch-precision", default="fp32", choices=["fp32", "bf16"],
+                   help="PyTorch's compute on the CPU: fp32 (default, the plain loop) or bf16 (torch.autocast to "
+                   "bfloat16, float32 weights and AdamW); on a GPU it always runs under bfloat16 autocast")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     strategies = tuple(s for s in args.strategies.split(",") if s)
     if not strategies or set(strategies) - set(STRATEGIES):
         p.error(f"--strategies: choose among {','.join(STRATEGIES)}")
     result = run(args.task, args.data_root, steps=args.steps, label_limit=args.label_limit, limit=args.limit,
-                 teacher=args.teacher, strategies=strategies)
+                 teacher=args.teacher, strategies=strategies, torch_precision=args.torch_precision)
     print(f"{'workload':<34} {'ours ex/s':>10} {'torch ex/s':>10} {'ratio':>6} {'tok/real':>8} {'torch':>6}")
     for r in result["ratios"]:
         ref = f"{r['reference']:10.1f}" if r["reference"] else f"{'-':>10}"

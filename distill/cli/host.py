@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
 TRIM_THRESHOLD = 2**31 - 1
@@ -34,9 +35,12 @@ RETAIN_FREED_MEMORY_ENV = {
 }
 
 
-def retain_freed_memory() -> bool:
+def retain_freed_memory(environ=os.environ) -> bool:
     """Set glibc's malloc to one arena, no `mmap` and no trimming below `TRIM_THRESHOLD` in this process;
-    False (nothing changed) where the C library is not glibc."""
+    False (nothing changed) where the C library is not glibc, or where `environ` (the user's) sets any of
+    `RETAIN_FREED_MEMORY_ENV`'s variables: glibc has read those, and they win."""
+    if any(name in environ for name in RETAIN_FREED_MEMORY_ENV):
+        return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         mallopt = libc.mallopt

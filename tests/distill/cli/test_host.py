@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from distill.cli.host import retain_freed_memory
+
 ROOT = Path(__file__).resolve().parents[3]
 
 CHILD = """
@@ -41,3 +43,7 @@ def test_retained_memory_is_not_faulted_in_again():
     pages = 30 * 64 * 2**20 // 4096  # thirty 64 MiB blocks
     assert plain["faults"] > pages / 2  # each block mapped afresh (measured: about one fault per page)
     assert retained["faults"] < plain["faults"] / 5  # the heap grows to its peak once (measured: 1-3 blocks)
+
+
+def test_the_users_own_malloc_settings_win():
+    assert not retain_freed_memory(environ={"MALLOC_ARENA_MAX": "8"})
