@@ -614,13 +614,15 @@ LOCALHOST = "127.0.0.1"
 def ray_init_kwargs(cfg: SearchConfig) -> dict[str, Any]:
     """`ray.init` arguments of a search (`ray_kwargs`), its GPU trials' memory settings in every worker's
     environment (`trial_device_env`); CPU trials get the host allocator's (`worker_host_env`)."""
-    return ray_kwargs(cfg.address, {**worker_host_env(cfg.gpus_per_trial > 0), **trial_device_env(cfg.gpus_per_trial)})
+    accelerated = cfg.gpus_per_trial > 0 or cfg.tpus_per_trial > 0
+    return ray_kwargs(cfg.address, {**worker_host_env(accelerated), **trial_device_env(cfg.gpus_per_trial)})
 
 
 def worker_host_env(accelerated: bool, environ=os.environ) -> dict[str, str]:
     """The environment that makes glibc keep freed memory in a CPU training worker
     (`distill.cli.host.RETAIN_FREED_MEMORY_ENV`: its train steps run without page faults); nothing for
-    workers whose steps run on accelerators, or where `environ` (the user's) sets any of those variables."""
+    workers whose steps run on accelerators, or where `environ` (the user's: on a cluster, the driver's) sets
+    any of those variables."""
     if accelerated or any(k in environ for k in RETAIN_FREED_MEMORY_ENV):
         return {}
     return dict(RETAIN_FREED_MEMORY_ENV)

@@ -18,6 +18,14 @@ def _private_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("BERTNAS_CACHE", str(tmp_path_factory.mktemp("bertnas_cache")))
 
 
+@pytest.fixture(autouse=True)
+def _allocator_left_alone(monkeypatch):
+    """Tests that call `nas.cli.main` in this process leave glibc's settings as they are: JAX's threads run
+    already, so `distill.cli.host.retain_freed_memory` would only keep the whole session's peak heap.
+    (`tests/distill/cli/test_host.py` checks it in child processes.)"""
+    monkeypatch.setattr("nas.cli.retain_freed_memory", lambda: False)
+
+
 # --------------------------------------------------------------------------- PyTorch comparisons required
 # CI (`.ci/run`) sets BERTNAS_REQUIRE_TORCH=1: a PyTorch comparison that would be skipped (torch or
 # transformers missing) fails instead, so those tests cannot vanish as skips while the run stays green.

@@ -11,8 +11,8 @@ no `mmap` and no trimming, a step's block comes back from the heap the last step
 train step went from 165 to 137 ms (2-core Xeon, bf16, packed SST-2 rows).
 
 `retain_freed_memory()` sets that with `mallopt` in this process; it must run before JAX starts its
-threads (the first thread to want its own arena fixes the arena limit), which the `bertnas` command does
-first thing. `RETAIN_FREED_MEMORY_ENV` is the same as environment variables, which glibc reads when a
+threads (glibc fixes the arena limit once threads have created arenas), which the `bertnas` command
+does first thing. `RETAIN_FREED_MEMORY_ENV` is the same as environment variables, which glibc reads when a
 process starts: the search's Ray workers get them. The cost is resident memory: the process keeps its
 peak heap until it exits (at most `TRIM_THRESHOLD` of free memory at the heap's top is handed back).
 Other C libraries (musl, macOS) are left as they are.
@@ -37,8 +37,8 @@ RETAIN_FREED_MEMORY_ENV = {
 
 def retain_freed_memory(environ=os.environ) -> bool:
     """Set glibc's malloc to one arena, no `mmap` and no trimming below `TRIM_THRESHOLD` in this process;
-    False (nothing changed) where the C library is not glibc, or where `environ` (the user's) sets any of
-    `RETAIN_FREED_MEMORY_ENV`'s variables: glibc has read those, and they win."""
+    True if all three took. False where the C library is not glibc or where `environ` (the user's) sets
+    any of `RETAIN_FREED_MEMORY_ENV`'s variables (glibc has read those, and they win): nothing changed."""
     if any(name in environ for name in RETAIN_FREED_MEMORY_ENV):
         return False
     try:

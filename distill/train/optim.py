@@ -99,7 +99,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
     def update(updates, state, params=None):
         del params
-        scale = jnp.minimum(1.0, max_norm / optax.global_norm(updates))
+        scale = jnp.minimum(1.0, max_norm / optax.tree.norm(updates))
         return jax.tree.map(lambda t: t * scale.astype(t.dtype), updates), state
 
     return optax.GradientTransformation(optax.init_empty_state, update)

@@ -29,6 +29,7 @@ def test_whole_gpus_allocate_on_demand_and_a_cpu_search_sets_only_the_host_alloc
     assert ray_init_kwargs(SearchConfig())["runtime_env"] == {"env_vars": RETAIN_FREED_MEMORY_ENV}
     assert ray_init_kwargs(SearchConfig(gpus_per_trial=1))["runtime_env"] == {
         "env_vars": {"XLA_PYTHON_CLIENT_PREALLOCATE": "false"}}
+    assert "runtime_env" not in ray_init_kwargs(SearchConfig(tpus_per_trial=1))  # nor do TPU trials
     assert worker_host_env(False, environ={"MALLOC_ARENA_MAX": "4"}) == {}  # the user's own malloc settings win
 
 
