@@ -145,6 +145,13 @@ def make_batch(batch: int, seq: int, vocab: int) -> dict:
     }
 
 
+def torch_autocast(torch, bf16: bool, device: str = "cpu"):
+    """PyTorch's autocast to bfloat16 on `device` where `bf16` (its matmuls through oneDNN's bfloat16
+    kernels on a CPU, AMX where it has it), else a context that does nothing: the PyTorch side of a bf16
+    comparison with float32 weights and optimizer, as PyTorch users train in mixed precision."""
+    return torch.autocast(device, dtype=torch.bfloat16, enabled=bf16)
+
+
 def hf_bert_kwargs(arch: BertArch) -> dict:
     """Keyword arguments of the transformers `BertConfig` with the same shape as `arch`."""
     return {k: v for k, v in arch.to_hf_config().items() if k not in ("model_type", "architectures")}

@@ -46,7 +46,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import Skip, child_main, cpu_info, cpu_threads, run_child
+from bench.common import Skip, child_main, cpu_info, cpu_threads, run_child, torch_autocast
 from distill.cli.host import retain_freed_memory
 
 TASKS = {"sst2": "glue/SST-2", "stsb": "glue/STS-B", "conll2003": "conll2003"}
@@ -248,7 +248,7 @@ def _torch(request: dict) -> dict:
     extra = {"attention_probs_dropout_prob": 0.0} if cuda else {}
     model = cls.from_pretrained(request["teacher_dir"], num_labels=num_labels, **extra).to("cuda" if cuda else "cpu")
     bf16 = cuda or request.get("torch_precision") == "bf16"
-    autocast = functools.partial(_autocast, torch, bf16)
+    autocast = functools.partial(torch_autocast, torch, bf16, "cuda" if cuda else "cpu")
     train = _torch_finetune(model, features, request["steps"], torch, autocast)
     label = _torch_label(model, _first_torch(features, request["label_limit"]), torch, autocast)
     student = _torch_student(cls, model.config, num_labels, torch)
@@ -305,12 +305,6 @@ def _kd_loss(student, teacher, mask, kind: str, torch):
 def _sync(torch) -> None:
     if torch.cuda.is_available():
         torch.cuda.synchronize()
-
-
-def _autocast(torch, bf16: bool):
-    """bfloat16 autocast where `bf16` (always on a GPU, where ours runs bf16 by default; on the CPU with
-    `--torch-precision bf16`), else nothing."""
-    return torch.autocast("cuda" if torch.cuda.is_available() else "cpu", dtype=torch.bfloat16, enabled=bf16)
 
 
 def _first_torch(features, n: int) -> tuple[list, list]:

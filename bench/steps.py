@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 
-from bench.common import HEAD, INPUTS, NUM_LABELS
+from bench.common import HEAD, INPUTS, NUM_LABELS, torch_autocast
 
 
 def ours_forward(arch, params, batch: dict, precision: str = "fp32"):
@@ -33,7 +33,7 @@ def torch_forward(model, batch: dict, precision: str = "fp32"):
     inputs = {k: torch.from_numpy(batch[k]).long() for k in INPUTS}
 
     def step(carry):
-        with torch.inference_mode(), _autocast(torch, precision):
+        with torch.inference_mode(), torch_autocast(torch, precision == "bf16"):
             return carry, model(**inputs).logits
 
     return step
@@ -68,7 +68,7 @@ def torch_step(model, batch: dict, precision: str = "fp32"):
 
     def step(carry):
         opt.zero_grad(set_to_none=True)
-        with _autocast(torch, precision):
+        with torch_autocast(torch, precision == "bf16"):
             loss = model(**inputs, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -76,9 +76,3 @@ def torch_step(model, batch: dict, precision: str = "fp32"):
         return carry, loss
 
     return step
-
-
-def _autocast(torch, precision: str):
-    """PyTorch's CPU autocast to bfloat16 in bf16 (its matmuls through oneDNN's bfloat16 kernels, AMX where
-    the CPU has it); disabled in fp32."""
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")

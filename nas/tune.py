@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from distill.cli.host import RETAIN_FREED_MEMORY_ENV
+from distill.cli.host import retain_freed_memory_env
 from distill.export.card import check_hub, command_line, push_to_hub, write_card
 from distill.export.onnx import require as require_onnx
 from distill.files import (
@@ -620,12 +620,10 @@ def ray_init_kwargs(cfg: SearchConfig) -> dict[str, Any]:
 
 def worker_host_env(accelerated: bool, environ=os.environ) -> dict[str, str]:
     """The environment that makes glibc keep freed memory in a CPU training worker
-    (`distill.cli.host.RETAIN_FREED_MEMORY_ENV`: its train steps run without page faults); nothing for
+    (`distill.cli.host.retain_freed_memory_env`: its train steps run without page faults); nothing for
     workers whose steps run on accelerators, or where `environ` (the user's: on a cluster, the driver's) sets
     any of those variables."""
-    if accelerated or any(k in environ for k in RETAIN_FREED_MEMORY_ENV):
-        return {}
-    return dict(RETAIN_FREED_MEMORY_ENV)
+    return {} if accelerated else retain_freed_memory_env(environ)
 
 
 def ray_kwargs(address: str | None, env: dict[str, str] | None = None, **extra) -> dict[str, Any]:

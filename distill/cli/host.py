@@ -35,11 +35,19 @@ RETAIN_FREED_MEMORY_ENV = {
 }
 
 
+def retain_freed_memory_env(environ=os.environ) -> dict[str, str]:
+    """`RETAIN_FREED_MEMORY_ENV` for a child process, or nothing where `environ` (the user's) sets any of
+    its variables: the user's malloc settings win."""
+    if any(name in environ for name in RETAIN_FREED_MEMORY_ENV):
+        return {}
+    return dict(RETAIN_FREED_MEMORY_ENV)
+
+
 def retain_freed_memory(environ=os.environ) -> bool:
     """Set glibc's malloc to one arena, no `mmap` and no trimming below `TRIM_THRESHOLD` in this process;
     True if all three took. False where the C library is not glibc or where `environ` (the user's) sets
     any of `RETAIN_FREED_MEMORY_ENV`'s variables (glibc has read those, and they win): nothing changed."""
-    if any(name in environ for name in RETAIN_FREED_MEMORY_ENV):
+    if not retain_freed_memory_env(environ):
         return False
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")

@@ -95,10 +95,10 @@ def _row_major_transpose(x: jax.Array) -> jax.Array:
 def _weight_gradient(x: jax.Array, g: jax.Array) -> jax.Array:
     """`x.T @ g` in float32 from bfloat16 operands. XLA:CPU runs the `_TN` form (both operands contract
     their rows) in float32 at a fifth of its bfloat16 speed; on the CPU the gradient is computed as
-    `_row_major_transpose(x) @ g` instead, the `_NN` form its bfloat16 kernels take: 2-3.5x faster at
-    the teacher's shapes (batch 32 x length 32, hidden 384, FFN 1,536: 270 -> 900 GFLOP/s on an AMX
-    Xeon; 1.5-3.5x over the FFN's and attention's shapes), the copy included. GPUs and TPUs take every form, and so does a CPU split into several devices,
-    where the rows are spread over the devices and the copy's halves would move between them."""
+    `_row_major_transpose(x) @ g` instead, the `_NN` form its bfloat16 kernels take: 1.5-3.5x faster
+    over the teacher's shapes (batch 32 x length 32, hidden 384 to FFN 1,536: 270 -> 900 GFLOP/s on an
+    AMX Xeon), the copy included. GPUs and TPUs take every form, and so does a CPU split into several
+    devices, where the rows are spread over the devices and the copy's halves would move between them."""
     if jax.default_backend() == "cpu" and jax.local_device_count() == 1 and x.shape[0] >= 2:
         return lax.dot_general(_row_major_transpose(x), g, _NN, preferred_element_type=jnp.float32)
     return lax.dot_general(x, g, _TN, preferred_element_type=jnp.float32)
