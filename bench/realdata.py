@@ -81,6 +81,7 @@ def _ours(request: dict) -> dict:
     import jax
 
     from distill.model.bert import in_precision
+    from distill.model.infer import token_cap
     from distill.model.store import load_bert
     from distill.run import OptimizerConfig
     from distill.train.steps import TrainState, make_supervised_step
@@ -103,7 +104,8 @@ def _ours(request: dict) -> dict:
         fresh = lambda: TrainState.create(jax.device_put(teacher.params), tx)  # noqa: E731
         train = _packed(features, 32, True) if packed else _bucketed(features, 32, buckets, True)
         label = _first(features, request["label_limit"])
-        label = _packed(label, 128, False) if packed else _bucketed(label, 128, buckets, strategy == "before")
+        tokens = None if strategy == "before" else token_cap()  # the tools' labelling batches (`_labelling_batches`)
+        label = _packed(label, 128, False) if packed else _bucketed(label, 128, buckets, strategy == "before", tokens)
         out[strategy] = {"buckets": list(buckets), "precision": precision,
                          "finetune": _timed_steps(step, fresh, train[: request["steps"]], jax.random.key(0)),
                          "distill": _timed_distill(task, teacher.arch, features, train[: request["steps"]],
@@ -156,13 +158,15 @@ def _teacher_logits(task, features):
     return np.random.default_rng(0).normal(size=(rows, width)).astype(np.float32), offsets
 
 
-def _bucketed(features, batch_size: int, buckets, shuffle: bool) -> list[tuple]:
+def _bucketed(features, batch_size: int, buckets, shuffle: bool, tokens: int | None = None) -> list[tuple]:
     """(shape, make batch, real features, tokens computed) per batch of length-bucketed batches (`shuffle`:
-    bucket by bucket, in a shuffled order, as training takes them; else in length order)."""
+    bucket by bucket, in a shuffled order, as training takes them; else in length order, `tokens` a batch
+    at most)."""
     from tasks.batching import batch_plan, collate
 
-    return [((length,), functools.partial(collate, features, rows, length), features.lengths[rows[rows >= 0]],
-             length * len(rows)) for length, rows in batch_plan(features, batch_size, buckets=buckets, shuffle=shuffle)]
+    plan = batch_plan(features, batch_size, buckets=buckets, shuffle=shuffle, tokens=tokens)
+    return [((len(rows), length), functools.partial(collate, features, rows, length),
+             features.lengths[rows[rows >= 0]], length * len(rows)) for length, rows in plan]
 
 
 def _packed(features, batch_size: int, shuffle: bool) -> list[tuple]:

@@ -26,6 +26,11 @@ MAX_BUCKETS = 8
 """At most this many bucket lengths per feature set: a step compiles once per bucket."""
 MULTIPLE = 8
 """Bucket lengths are multiples of this (or the feature set's maximum length)."""
+INFERENCE_TOKENS = 2048
+"""Tokens (rows x length) of an inference batch on one CPU device (`inference_tokens`). XLA:CPU's forward
+slows down as a batch's activations outgrow the caches: the minilm teacher's bfloat16 forward on a 2-core
+Xeon ran 23.0k tokens/s at 2,048 tokens a batch and 12.5k at 16,384 (128 rows of 128), float32 10.3k and
+7.6k; 512-1,024 tokens gave 18-22k (docs/benchmarks.md)."""
 
 
 def default_buckets(max_length: int) -> tuple[int, ...]:
@@ -76,6 +81,13 @@ def buckets_for(features: Features) -> tuple[int, ...]:
     return fit_buckets(features.lengths, features.max_length)
 
 
+def inference_tokens(backend: str, devices: int) -> int | None:
+    """The token cap of inference batches (`batch_plan`'s `tokens`) on this JAX backend and local device
+    count: `INFERENCE_TOKENS` on one CPU device; None (rows = the batch size) on accelerators, whose
+    throughput grows with the batch, and where a batch's rows are split over several devices."""
+    return INFERENCE_TOKENS if backend == "cpu" and devices == 1 else None
+
+
 def _check_buckets(features: Features, buckets: Sequence[int] | None) -> np.ndarray:
     b = np.asarray(buckets_for(features) if buckets is None else buckets)
     if b.ndim != 1 or not len(b) or b.min() < 1 or np.any(np.diff(b) <= 0):
@@ -97,19 +109,24 @@ def batch_plan(
     shuffle: bool = False,
     seed: int = 0,
     epoch: int = 0,
+    tokens: int | None = None,
 ) -> list[tuple[int, np.ndarray]]:
-    """(bucket length, feature indices (batch_size,), -1 for padding) per batch.
+    """(bucket length, feature indices (rows,), -1 for padding) per batch.
 
     With `shuffle` (training): batches never mix buckets, their order and contents depend only on
     (seed, epoch), and each bucket's last batch is filled up with padding rows. Without (inference):
     the features in length order, cut into consecutive batches, each padded to the bucket of its
-    longest feature, so only the last batch has padding rows.
+    longest feature. Rows: `batch_size`, or with `tokens` (inference only) `batch_size` capped at
+    `tokens // length` (at least 1) for a batch of bucket `length`; a batch takes longer features while
+    its rows allow, so padding rows are left only where the rows shrink (and in the last batch).
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if tokens is not None and (shuffle or tokens < 1):
+        raise ValueError(f"tokens: a positive cap of inference (unshuffled) batches, got {tokens} (shuffle={shuffle})")
     b = _check_buckets(features, buckets)
     if not shuffle:
-        return _sorted_plan(features, batch_size, b)
+        return _sorted_plan(features, batch_size, b, tokens)
     which = np.searchsorted(b, features.lengths, side="left")
     rng = np.random.default_rng((seed, epoch))
     plan = []
@@ -120,13 +137,20 @@ def batch_plan(
     return [plan[i] for i in rng.permutation(len(plan))]
 
 
-def _sorted_plan(features: Features, batch_size: int, b: np.ndarray) -> list[tuple[int, np.ndarray]]:
+def _sorted_plan(features: Features, batch_size: int, b: np.ndarray, tokens: int | None) -> list[tuple[int, np.ndarray]]:
     order = np.argsort(features.lengths, kind="stable")
-    plan = []
-    for lo in range(0, len(order), batch_size):
-        chunk = order[lo : lo + batch_size]
-        length = b[np.searchsorted(b, features.lengths[chunk].max(), side="left")]
-        plan.append((int(length), _rows(chunk, batch_size)))
+    which = np.searchsorted(b, features.lengths[order], side="left")  # each sorted feature's bucket
+    ends = np.searchsorted(which, np.arange(len(b)), side="right")  # where each bucket's features end
+    room = [batch_size if tokens is None else min(batch_size, max(1, tokens // int(n))) for n in b]
+    plan, lo = [], 0
+    while lo < len(order):
+        k = which[lo]
+        hi = min(lo + room[k], ends[k])
+        while hi - lo < room[k] and hi < len(order) and hi - lo < room[which[hi]]:  # longer ones still fit
+            k = which[hi]
+            hi = min(lo + room[k], ends[k])
+        plan.append((int(b[k]), _rows(order[lo:hi], room[k])))
+        lo = hi
     return plan
 
 
@@ -137,10 +161,12 @@ def _rows(chunk: np.ndarray, batch_size: int) -> np.ndarray:
 
 
 def num_batches(features: Features, batch_size: int, buckets: Sequence[int] | None = None, *,
-                shuffle: bool = True) -> int:
-    """How many batches one epoch of `batches` yields (`shuffle` as given to it)."""
+                shuffle: bool = True, tokens: int | None = None) -> int:
+    """How many batches one epoch of `batches` yields (`shuffle` and `tokens` as given to it)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if tokens is not None:
+        return len(batch_plan(features, batch_size, buckets=buckets, shuffle=shuffle, tokens=tokens))
     b = _check_buckets(features, buckets)
     if not shuffle:
         return -(-len(features) // batch_size)
@@ -157,15 +183,16 @@ def batches(
     seed: int = 0,
     epoch: int = 0,
     start: int = 0,
+    tokens: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One epoch of padded batches, from batch number `start` on.
+    """One epoch of padded batches, from batch number `start` on (`tokens`: see `batch_plan`).
 
     Keys: input_ids, token_type_ids, attention_mask int32 (B, L); weights
     float32 (B,); index int32 (B,); labels ((B,) int32 / float32, or (B, L)
     int32 for tagging) when the features have labels; start_positions and
     end_positions int32 (B,) for labelled span features.
     """
-    plan = batch_plan(features, batch_size, buckets=buckets, shuffle=shuffle, seed=seed, epoch=epoch)
+    plan = batch_plan(features, batch_size, buckets=buckets, shuffle=shuffle, seed=seed, epoch=epoch, tokens=tokens)
     for length, rows in plan[start:]:
         yield collate(features, rows, length)
 

@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from distill.files import cache_root, config_key, features_fingerprint, write_json
 from distill.kd.objective import TeacherOutputs
-from distill.model.infer import model_inputs
+from distill.model.infer import model_inputs, token_cap
 from distill.model.sharding import for_batches
 from tasks.batching import batches, buckets_for, num_batches
 from tasks.features import Features
@@ -195,15 +195,16 @@ def _store(batch: dict, done: int, offsets: np.ndarray, outputs: tuple, into: tu
 def _labelling_batches(todo: Features, batch_size: int):
     """(batches, their count, the devices) of the teacher's labelling: packed (`tasks.packing`) for
     sentence-level features on one CPU device where packing saves compute (`packing_pays`), else
-    length-bucketed batches of `batch_size` split over the devices that divide it."""
+    length-bucketed batches of `batch_size` (capped in tokens on one CPU device: `token_cap`) split over the
+    devices that divide it."""
     if not len(todo):
         return iter(()), 0, for_batches(batch_size)
     if packs_on(jax.default_backend(), jax.local_device_count()) and packing_pays(todo, batch_size):
         shape = pack_shape(todo, batch_size)
         return packed_batches(todo, shape), len(packed_plan(todo, shape, shuffle=False)), for_batches(1)
-    buckets = buckets_for(todo)
-    return (batches(todo, batch_size, buckets=buckets), num_batches(todo, batch_size, buckets, shuffle=False),
-            for_batches(batch_size))
+    buckets, tokens = buckets_for(todo), token_cap()
+    return (batches(todo, batch_size, buckets=buckets, tokens=tokens),
+            num_batches(todo, batch_size, buckets, shuffle=False, tokens=tokens), for_batches(batch_size))
 
 
 def rows(features: Features, start: int = 0, stop: int | None = None) -> Features:

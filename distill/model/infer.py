@@ -18,10 +18,17 @@ import numpy as np
 from distill.arch import BertArch
 from distill.model.bert import BertForTask, Dtype, Embeddings, Layer, TaskHead, build_mask
 from distill.model.sharding import for_batches
+from tasks.batching import inference_tokens
 from tasks.packing import is_packed
 
 PACKED_INPUTS = ("position_ids", "cls_index")
 """A packed batch's extra model inputs (`tasks.packing`)."""
+
+
+def token_cap() -> int | None:
+    """The token cap of padded inference batches here (`tasks.batching.inference_tokens`): on one CPU
+    device, `INFERENCE_TOKENS`; else none."""
+    return inference_tokens(jax.default_backend(), jax.local_device_count())
 
 
 def model_inputs(batch: dict) -> dict:
@@ -59,7 +66,7 @@ def _batch_logits(model: BertForTask, params, batches: Iterable[dict]) -> Iterat
     fn = _jitted_logits(model)
     dp = None
     for batch in batches:
-        if dp is None:  # every batch has the first one's rows (padded): split over the devices that divide it
+        if dp is None:  # over several devices every batch has the first one's rows (no `token_cap` there)
             dp = for_batches(1 if is_packed(batch) else len(batch["index"]))  # packed: whole rows on one device
             params = dp.replicate(params)
         yield batch["index"], np.asarray(fn(params, dp.shard(batch)))

@@ -18,7 +18,7 @@ from distill.export.hf import is_onnx_dir, is_quantized_dir
 from distill.export.load import load_export
 from distill.export.onnx import OnnxModel
 from distill.model import crf
-from distill.model.infer import predict
+from distill.model.infer import predict, token_cap
 from distill.model.store import LoadedBert, load_bert
 from tasks import metrics
 from tasks.base import Task
@@ -71,10 +71,10 @@ def predict_features(model, params, features, batch_size: int = 128):
 def inference_batches(features: Features, batch_size: int = 128) -> Iterator[dict]:
     """Inference batches of `features`: packed (`tasks.packing`, `batch_size` examples per batch on average)
     for sentence-level tasks on one CPU device where packing saves compute (`packing_pays`), else padded
-    to length buckets."""
+    to length buckets, capped in tokens on one CPU device (`token_cap`)."""
     if packs_on(jax.default_backend(), jax.local_device_count()) and packing_pays(features, batch_size):
         return packed_batches(features, pack_shape(features, batch_size))
-    return batches(features, batch_size)
+    return batches(features, batch_size, tokens=token_cap())
 
 
 def task_outputs(model, params, task: Task, features: Features, batch_size: int = 128):

@@ -44,7 +44,7 @@ from distill.export.hf import export_model
 from distill.files import cache_root, config_key, features_fingerprint, owned_output, publish, write_json
 from distill.kd.supernet import Subnet, extract, masked, padded, ranking, rewire, width_masks
 from distill.model.bert import COMPUTE_DTYPES, build_model
-from distill.model.infer import predict
+from distill.model.infer import predict, token_cap
 from distill.model.store import LoadedBert, read_arch, read_config, resolve_model_dir, save_bert, weights_fingerprint
 from distill.run.config import SupernetConfig
 from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
@@ -254,11 +254,11 @@ def score_subnets(params, supernet, subnets: Iterable[Subnet], task: Task, featu
 def scoring_batches(features: Features, batch_size: int = 128) -> list[dict]:
     """The batches every sub-network is scored on, collated once: packed into one row shape where the task's
     features pack on this backend (`tasks.packing`), so that each stage compiles once per width; else padded
-    to the features' fitted length buckets."""
+    to the features' fitted length buckets (capped in tokens on one CPU device: `token_cap`)."""
     if packable(features) and packs_on(jax.default_backend(), jax.local_device_count()):
         if (shape := pack_shape(features, batch_size)) is not None:
             return list(packed_batches(features, shape))
-    return list(batches(features, batch_size))
+    return list(batches(features, batch_size, tokens=token_cap()))
 
 
 def export_subnet(supernet: LoadedBert, sub: Subnet, out_dir: str | Path, task: Task, *,

@@ -8,7 +8,17 @@ import numpy as np
 import pytest
 from task_data import GLUE, needs_data
 
-from tasks.batching import MAX_BUCKETS, batch_plan, batches, buckets_for, default_buckets, fit_buckets, num_batches
+from tasks.batching import (
+    INFERENCE_TOKENS,
+    MAX_BUCKETS,
+    batch_plan,
+    batches,
+    buckets_for,
+    default_buckets,
+    fit_buckets,
+    inference_tokens,
+    num_batches,
+)
 from tasks.features import IGNORE, Features, encode
 from tasks.readers import read_split
 from tasks.registry import get_task
@@ -127,6 +137,41 @@ def test_shuffle_is_a_function_of_seed_and_epoch():
     assert plain == [b["index"].tolist() for b in batches(f, 8, epoch=4)]  # no shuffle: fixed
 
 
+@pytest.mark.parametrize("tokens", [37, 100, 1000])
+def test_token_capped_inference_batches(tokens):
+    """Capped in tokens: every feature once, in length order; a batch of bucket L has min(batch, tokens // L)
+    rows (at least 1), so the rows depend on the bucket alone (one compilation each); within the cap no
+    batch mixes in padding rows unless the next bucket's cap is reached, or it is the last."""
+    f = _features(n=211, seed=3)
+    b = buckets_for(f)
+    plan = batch_plan(f, 16, tokens=tokens)
+    assert len(plan) == num_batches(f, 16, shuffle=False, tokens=tokens)
+    room = {n: min(16, max(1, tokens // n)) for n in b}
+    seen = np.concatenate([rows[rows >= 0] for _, rows in plan])
+    assert sorted(seen.tolist()) == list(range(211))
+    assert np.all(np.diff(f.lengths[seen]) >= 0)  # length order
+    for i, (length, rows) in enumerate(plan):
+        real = rows[rows >= 0]
+        assert len(rows) == room[length] and length == b[np.searchsorted(b, f.lengths[real].max())]
+        if len(real) < len(rows) and i + 1 < len(plan):  # a partial batch: the next feature's bucket is full
+            nxt = plan[i + 1][1][0]
+            assert len(real) >= room[b[np.searchsorted(b, f.lengths[nxt])]]
+    got = [x for x in batches(f, 16, tokens=tokens)]
+    assert all(x["input_ids"].shape == (room[n], n) for x, (n, _) in zip(got, plan))
+
+
+def test_uncapped_inference_plan_is_consecutive_chunks():
+    """Without a cap (accelerators), the features in length order cut into chunks of the batch size."""
+    f = _features(n=50, seed=4)
+    order = np.argsort(f.lengths, kind="stable")
+    plan = batch_plan(f, 8)
+    assert [rows[rows >= 0].tolist() for _, rows in plan] == [order[i:i + 8].tolist() for i in range(0, 50, 8)]
+    huge = batch_plan(f, 8, tokens=10**9)  # a cap above every batch changes nothing
+    assert len(huge) == len(plan) and all(a[0] == c[0] and np.array_equal(a[1], c[1]) for a, c in zip(plan, huge))
+    assert inference_tokens("cpu", 1) == INFERENCE_TOKENS
+    assert inference_tokens("cpu", 2) is None and inference_tokens("gpu", 1) is None
+
+
 def test_tagging_and_span_keys():
     f = _features("tagging", n=10)
     for b in batches(f, 4):
@@ -152,6 +197,10 @@ def test_bad_arguments():
         batch_plan(f, 8, buckets=(64, 32, 128))
     with pytest.raises(ValueError, match="batch_size"):
         num_batches(f, 0)
+    with pytest.raises(ValueError, match="tokens"):
+        batch_plan(f, 8, shuffle=True, tokens=256)
+    with pytest.raises(ValueError, match="tokens"):
+        batch_plan(f, 8, tokens=0)
 
 
 @needs_data
