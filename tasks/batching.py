@@ -5,10 +5,10 @@ most `MAX_BUCKETS` lengths, multiples of 8, chosen to pad as few tokens as
 possible (SST-2 train with the minilm tokenizer: 1.26 computed tokens per
 real token, against 1.62 with the fixed lengths of `default_buckets`), so a
 jitted step still compiles at most `MAX_BUCKETS` times per feature set.
-Each feature goes to the smallest bucket length >= its token count, batches
-never mix buckets, and every batch has exactly `batch_size` rows (the last
-batch of a bucket is filled with dummy rows of weight 0 and index -1), so a
-jitted step compiles once per bucket. With `shuffle`, the order inside each
+Each feature goes to the smallest bucket length >= its token count, training
+batches never mix buckets, and every training batch has exactly `batch_size`
+rows (the last batch of a bucket is filled with dummy rows of weight 0 and
+index -1), so a jitted step compiles once per bucket. With `shuffle`, the order inside each
 bucket and the order of the batches depend only on (seed, epoch): batch i
 of epoch e is the same batch in a resumed run (`start=i`).
 """
@@ -29,8 +29,8 @@ MULTIPLE = 8
 INFERENCE_TOKENS = 2048
 """Tokens (rows x length) of an inference batch on one CPU device (`inference_tokens`). XLA:CPU's forward
 slows down as a batch's activations outgrow the caches: the minilm teacher's bfloat16 forward on a 2-core
-Xeon ran 23.0k tokens/s at 2,048 tokens a batch and 12.5k at 16,384 (128 rows of 128), float32 10.3k and
-7.6k; 512-1,024 tokens gave 18-22k (docs/benchmarks.md)."""
+Xeon, rows of 32 tokens, ran at 23.8k tokens/s in batches of 2,048 tokens and 12.5k in batches of 16,384
+(float32: 10.3k and 7.6k); rows of 128, 15.7k and 9.7k (docs/benchmarks.md)."""
 
 
 def default_buckets(max_length: int) -> tuple[int, ...]:
@@ -137,7 +137,8 @@ def batch_plan(
     return [plan[i] for i in rng.permutation(len(plan))]
 
 
-def _sorted_plan(features: Features, batch_size: int, b: np.ndarray, tokens: int | None) -> list[tuple[int, np.ndarray]]:
+def _sorted_plan(features: Features, batch_size: int, b: np.ndarray,
+                 tokens: int | None) -> list[tuple[int, np.ndarray]]:
     order = np.argsort(features.lengths, kind="stable")
     which = np.searchsorted(b, features.lengths[order], side="left")  # each sorted feature's bucket
     ends = np.searchsorted(which, np.arange(len(b)), side="right")  # where each bucket's features end
@@ -162,11 +163,12 @@ def _rows(chunk: np.ndarray, batch_size: int) -> np.ndarray:
 
 def num_batches(features: Features, batch_size: int, buckets: Sequence[int] | None = None, *,
                 shuffle: bool = True, tokens: int | None = None) -> int:
-    """How many batches one epoch of `batches` yields (`shuffle` and `tokens` as given to it)."""
+    """How many batches one epoch of `batches` yields (`shuffle` and `tokens` as given to it; `tokens`
+    implies unshuffled inference batches)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
-    if tokens is not None:
-        return len(batch_plan(features, batch_size, buckets=buckets, shuffle=shuffle, tokens=tokens))
+    if tokens is not None:  # inference batches: unshuffled
+        return len(batch_plan(features, batch_size, buckets=buckets, tokens=tokens))
     b = _check_buckets(features, buckets)
     if not shuffle:
         return -(-len(features) // batch_size)

@@ -49,13 +49,7 @@ SAMPLE = 4096
 """Features packed to measure how many a row count holds (`pack_shape`)."""
 ATTENTION_COST = 0.003
 """The cost of a token grows by this share per token of its row (attention over the row): fitted to the
-measured speeds of bucketed and packed SST-2 and STS-B training on a 2-core AMD EPYC (docs/benchmarks.md).
-Inference (evaluation, labelling) uses it on every CPU."""
-ATTENTION_COST_AMX = 0.010
-"""`ATTENTION_COST` of bfloat16 training on a CPU with AMX, whose matmuls run several times faster than the
-batched products and masks of attention: fitted to a 2-core Xeon's SST-2 fine-tuning, where length buckets
-(1.25 tokens per real token) ran at 203.7 examples/s and packed rows of 72 tokens (1.01) at 177.1; STS-B
-121.7 against 87.4 (docs/benchmarks.md)."""
+measured speeds of bucketed and packed SST-2 and STS-B training on a 2-core CPU (docs/benchmarks.md)."""
 PACKINGS = ("off", "on", "auto")
 """The packing settings of a training loop (`distill.train.loop.LoopConfig.packing`, `--packing`)."""
 PAYS = 0.95
@@ -113,32 +107,25 @@ def packing_setting(value) -> str:
     return value
 
 
-def training_attention_cost(cpu_flags: set[str], precision: str) -> float:
-    """The attention cost (`packing_cost`) of training in `precision` on a CPU with `cpu_flags`:
-    `ATTENTION_COST_AMX` in bf16 where the CPU has AMX, else `ATTENTION_COST`."""
-    return ATTENTION_COST_AMX if precision == "bf16" and "amx_bf16" in cpu_flags else ATTENTION_COST
-
-
-def packing_cost(features: Features, shape: PackShape, batch_size: int, attention_cost: float = ATTENTION_COST) -> float:
+def packing_cost(features: Features, shape: PackShape, batch_size: int) -> float:
     """Estimated compute of `features` in packed batches of `shape` over that in length buckets
-    (`tasks.batching.buckets_for`): each token costs 1 + `attention_cost` x its row's length, a packed batch
+    (`tasks.batching.buckets_for`): each token costs 1 + `ATTENTION_COST` x its row's length, a packed batch
     holds `batch_size` examples on average, a bucketed feature pads to its bucket. Below 1: packing saves."""
     lengths = features.lengths.astype(np.int64)
     buckets = np.asarray(buckets_for(features), np.int64)
     padded = buckets[np.searchsorted(buckets, lengths)]
-    bucketed = float(np.mean(padded * (1 + attention_cost * padded)))
-    packed = shape.rows * shape.length * (1 + attention_cost * shape.length) / batch_size
+    bucketed = float(np.mean(padded * (1 + ATTENTION_COST * padded)))
+    packed = shape.rows * shape.length * (1 + ATTENTION_COST * shape.length) / batch_size
     return packed / bucketed
 
 
-def packing_pays(features: Features, batch_size: int, attention_cost: float = ATTENTION_COST) -> bool:
+def packing_pays(features: Features, batch_size: int) -> bool:
     """Whether packed batches of `batch_size` examples on average are worth it for `features`: they pack
     (`pack_shape`) and save at least 1 - `PAYS` of the bucketed compute (`packing_cost`). At batch 32,
     SST-2 (rows of 72 for 13-token sentences) packs at 0.92 of the bucketed cost; STS-B (rows of 128 for
-    28-token pairs) would cost 1.08 and keeps buckets, as would SST-2 at batch 8 (1.23). With
-    `ATTENTION_COST_AMX` (bf16 training on an AMX CPU) SST-2 costs 1.14 and keeps buckets too."""
+    28-token pairs) would cost 1.08 and keeps buckets, as would SST-2 at batch 8 (1.23)."""
     shape = pack_shape(features, batch_size) if packable(features) else None
-    return shape is not None and packing_cost(features, shape, batch_size, attention_cost) < PAYS
+    return shape is not None and packing_cost(features, shape, batch_size) < PAYS
 
 
 def _digest(features: Features) -> str:

@@ -20,7 +20,6 @@ ROOMS = {
     "tasks": "tasks",
     "distill": "distill",  # the package's own __init__ (a docstring)
     "distill.files": "files",
-    "distill.host": "host",
     "distill.arch": "arch",
     "distill.model": "model",
     "distill.kd": "kd",
@@ -32,19 +31,18 @@ ROOMS = {
     "scripts": "scripts",
     "bench": "bench",
 }
-LIBRARY = {"tasks", "files", "host", "arch", "model", "kd", "train", "export", "run", "cli", "nas", "distill"}
+LIBRARY = {"tasks", "files", "arch", "model", "kd", "train", "export", "run", "cli", "nas", "distill"}
 ALLOWED = {
     "tasks": {"tasks"},
     "files": {"tasks"},
-    "host": set(),
     "arch": {"tasks"},
-    "model": {"arch", "files", "host", "tasks"},
-    "kd": {"model", "arch", "files", "host", "tasks"},
-    "train": {"kd", "model", "arch", "files", "host", "tasks"},
-    "export": {"model", "arch", "files", "host", "tasks"},
-    "run": {"train", "kd", "model", "export", "arch", "files", "host", "tasks"},
-    "cli": {"run", "export", "arch", "files", "host", "tasks"},
-    "nas": {"run", "cli", "model", "export", "arch", "files", "host", "tasks"},
+    "model": {"arch", "files", "tasks"},
+    "kd": {"model", "arch", "files", "tasks"},
+    "train": {"kd", "model", "arch", "files", "tasks"},
+    "export": {"model", "arch", "files", "tasks"},
+    "run": {"train", "kd", "model", "export", "arch", "files", "tasks"},
+    "cli": {"run", "export", "arch", "files", "tasks"},
+    "nas": {"run", "cli", "model", "export", "arch", "files", "tasks"},
     "distill": set(),
     "scripts": {"nas"},  # each script is `nas.cli.main([command, ...])`
     "bench": LIBRARY,

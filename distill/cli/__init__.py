@@ -29,7 +29,6 @@ from typing import Callable
 from distill.arch import PRECISIONS
 from distill.export.scheme import SCHEMES
 from distill.files import cache_root
-from distill.host import BF16_CPU_FLAGS, cpu_flags  # noqa: F401 (BF16_CPU_FLAGS: the tools' name for it)
 from tasks.errors import UserError
 from tasks.packing import packing_setting
 from tasks.userdata import DataSpec
@@ -350,6 +349,19 @@ def _saved_loop(run: Path) -> dict | None:
     return loops[0] if loops else None
 
 
+BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
+"""CPU flags under which `--precision auto` picks bf16: AMX (Intel Sapphire Rapids and later) or AVX512-BF16
+(AMD Zen 4 and later, Intel Cooper Lake): XLA's bfloat16 matmuls with float32 results beat float32 there."""
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (Linux's /proc/cpuinfo; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((v for k, _, v in (ln.partition(":") for ln in text.splitlines()) if k.strip() == "flags"), "")
+    return set(line.split())
 
 
 def add_quantize_arg(p) -> None:

@@ -267,17 +267,20 @@ class SelfAttention(nn.Module):
             # even lengths only; an odd bucket goes through XLA); padding is always at the end of a row
             lengths = jnp.maximum(mask.sum(-1, dtype=jnp.int32), 1)  # padding rows (weight 0): never 0 keys
             context = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
-        else:
+        elif jax.default_backend() == "cpu":
             context = _attention(q, k, v, mask)
+        else:  # GPUs/TPUs: the preset keeps the backward's products in bfloat16 (jax-ml/jax#24047)
+            context = jax.nn.dot_product_attention(q, k, v, mask=_heads_mask(mask))
         out = ReshapedDense((arch.hidden_size,), 2, _dense_init(arch), self.dtype, name="output")(context)
         return out, scores
 
 
 def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Softmax attention without scores or dropout, as `jax.nn.dot_product_attention`'s XLA form computes it
-    (float32 logits and softmax, probabilities in the inputs' dtype), written out: the query-key product
-    with a float32 result and no precision preset, which XLA:CPU runs faster (teacher forward at 16 rows of
-    128 tokens in bfloat16 on an AMX Xeon: 133 -> 109 ms; no change at rows of 16-32 tokens)."""
+    """Softmax attention without scores or dropout on the CPU, as `jax.nn.dot_product_attention`'s XLA form
+    computes it (float32 logits and softmax, probabilities in the inputs' dtype), written out: the
+    query-key product with a float32 result and no precision preset, which XLA:CPU runs faster (teacher
+    forward at 16 rows of 128 tokens in bfloat16 on an AMX Xeon: 133 -> 109 ms; no change at rows of
+    16-32 tokens)."""
     logits = jnp.einsum("btnh,bsnh->bnts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
     logits = jnp.where(_heads_mask(mask), logits, jnp.finfo(jnp.float32).min)
     return jnp.einsum("bnts,bsnh->btnh", jax.nn.softmax(logits, axis=-1).astype(v.dtype), v)

@@ -36,7 +36,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from distill.arch import PRECISIONS
-from distill.host import cpu_flags
 from distill.kd.objective import TeacherOutputs
 from distill.model.sharding import DataParallel, data_parallel
 from distill.train.checkpoint import CheckpointConfig, Checkpointer
@@ -45,16 +44,7 @@ from distill.train.steps import TrainState
 from tasks.batching import batches, buckets_for, num_batches
 from tasks.errors import UserError
 from tasks.features import Features
-from tasks.packing import (
-    epoch_size,
-    pack_shape,
-    packable,
-    packed_batches,
-    packing_pays,
-    packing_setting,
-    packs_on,
-    training_attention_cost,
-)
+from tasks.packing import epoch_size, pack_shape, packable, packed_batches, packing_pays, packing_setting, packs_on
 
 log = logging.getLogger(__name__)
 
@@ -152,12 +142,10 @@ class LoopConfig:
     def packs(self, train: Features) -> bool:
         """Whether this loop's batches of `train` are packed: `packing` 'on', a sentence-level task and a batch
         larger than what one row holds (`tasks.packing.pack_shape`); 'auto', where that also saves compute
-        (`packing_pays`, with this CPU's and precision's `training_attention_cost`), on one CPU device
-        (`packs_on`) and without `grad_accum`."""
+        (`packing_pays`), on one CPU device (`packs_on`) and without `grad_accum`."""
         if self.packing == "auto":
-            cost = training_attention_cost(cpu_flags(), self.precision)
             return (self.grad_accum == 1 and packs_on(jax.default_backend(), self.mesh().size)
-                    and packing_pays(train, self.batch_size, cost))
+                    and packing_pays(train, self.batch_size))
         return self.packing == "on" and packable(train) and pack_shape(train, self.batch_size) is not None
 
     def epochs_of(self, train: Features) -> Epochs:

@@ -19,20 +19,11 @@ from helpers import write_sst2, write_tiny_teacher
 from distill import cli
 from distill.run.config import FinetuneConfig
 from distill.run.finetuning import finetune
-from distill.train import loop
 from distill.train.loop import Epochs, LoopConfig, devices_record
 from distill.train.optim import OptimizerConfig
 from tasks.errors import UserError
 from tasks.features import Features
-from tasks.packing import (
-    ATTENTION_COST_AMX,
-    PAYS,
-    epoch_size,
-    pack_shape,
-    packing_cost,
-    packing_pays,
-    training_attention_cost,
-)
+from tasks.packing import PAYS, epoch_size, pack_shape, packing_cost
 
 
 def _features(n: int = 150, kind: str = "classification") -> Features:
@@ -124,22 +115,6 @@ def test_auto_packs_where_packing_saves_compute():
     # a run saves, keys and resumes what auto decided for its features
     assert auto.resolved(short).packing == ("on" if one_cpu else "off") and auto.resolved(long_tail).packing == "off"
     assert on.resolved(long_tail) is on and auto.resolved(short).packing_key() == ({"packing": True} if one_cpu else {})
-
-
-def test_auto_keeps_buckets_for_bf16_training_on_amx(monkeypatch):
-    """On a CPU with AMX, bfloat16 training's attention costs more next to its matmuls
-    (`ATTENTION_COST_AMX`): SST-2-like sentences keep length buckets there; in float32, or on a CPU with
-    AVX512-BF16 but no AMX (AMD Zen 4), they pack as before."""
-    rng = np.random.default_rng(0)
-    short = _lengths(np.clip(rng.gamma(3.0, 4.5, 4000).astype(int) + 3, 3, 66))
-    assert training_attention_cost({"amx_bf16", "avx512_bf16"}, "bf16") == ATTENTION_COST_AMX
-    assert training_attention_cost({"amx_bf16"}, "fp32") == training_attention_cost({"avx512_bf16"}, "bf16")
-    assert packing_pays(short, 32) and not packing_pays(short, 32, ATTENTION_COST_AMX)
-    one_cpu = jax.default_backend() == "cpu" and jax.local_device_count() == 1
-    for flags, precision, packs in [({"amx_bf16"}, "bf16", False), ({"amx_bf16"}, "fp32", one_cpu),
-                                    ({"avx512_bf16"}, "bf16", one_cpu)]:
-        monkeypatch.setattr(loop, "cpu_flags", lambda flags=flags: flags)
-        assert LoopConfig(batch_size=32, packing="auto", devices=1, precision=precision).packs(short) is packs
 
 
 def test_packed_finetuning_learns_and_records_it(tmp_path):
