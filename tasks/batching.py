@@ -8,9 +8,9 @@ jitted step still compiles at most `MAX_BUCKETS` times per feature set.
 Each feature goes to the smallest bucket length >= its token count, training
 batches never mix buckets, and every training batch has exactly `batch_size`
 rows (the last batch of a bucket is filled with dummy rows of weight 0 and
-index -1), so a jitted step compiles once per bucket. With `shuffle`, the order inside each
-bucket and the order of the batches depend only on (seed, epoch): batch i
-of epoch e is the same batch in a resumed run (`start=i`).
+index -1), so a jitted step compiles once per bucket. With `shuffle`, the
+order inside each bucket and the order of the batches depend only on (seed,
+epoch): batch i of epoch e is the same batch in a resumed run (`start=i`).
 """
 
 from __future__ import annotations

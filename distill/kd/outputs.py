@@ -35,7 +35,7 @@ from distill.files import cache_root, config_key, features_fingerprint, write_js
 from distill.kd.objective import TeacherOutputs
 from distill.model.infer import model_inputs, token_cap
 from distill.model.sharding import for_batches
-from tasks.batching import batches, buckets_for, num_batches
+from tasks.batching import batch_plan, collate
 from tasks.features import Features
 from tasks.packing import is_packed, pack_shape, packed_batches, packed_plan, packing_pays, packs_on
 
@@ -202,9 +202,8 @@ def _labelling_batches(todo: Features, batch_size: int):
     if packs_on(jax.default_backend(), jax.local_device_count()) and packing_pays(todo, batch_size):
         shape = pack_shape(todo, batch_size)
         return packed_batches(todo, shape), len(packed_plan(todo, shape, shuffle=False)), for_batches(1)
-    buckets, tokens = buckets_for(todo), token_cap()
-    return (batches(todo, batch_size, buckets=buckets, tokens=tokens),
-            num_batches(todo, batch_size, buckets, shuffle=False, tokens=tokens), for_batches(batch_size))
+    plan = batch_plan(todo, batch_size, tokens=token_cap())  # planned once: the batches and their count
+    return (collate(todo, rows, length) for length, rows in plan), len(plan), for_batches(batch_size)
 
 
 def rows(features: Features, start: int = 0, stop: int | None = None) -> Features:
