@@ -6,7 +6,8 @@ either rejects it (a constraint is broken: nothing is trained) or distils it
 with `distill.run.distill` on the held-out-validation setup the driver prepared.
 The teacher's outputs come from the driver's cache: no teacher forward here.
 After every evaluation the trial reports to Tune (so the scheduler can stop
-it) with the best exported student so far as the trial's checkpoint.
+it) with the best exported student so far as the trial's checkpoint when it
+improved; the final report always carries the best export.
 
 An exception or a non-finite loss fails the trial (Tune records the error)
 and the search goes on.
@@ -147,6 +148,16 @@ def _trial_dir(ctx) -> Path:
     return Path(ctx.get_trial_dir())
 
 
+def _costed(setup: TrialSetup, arch: BertArch):
+    """`arch`'s cost, and what every report of its trial carries about it."""
+    t0 = time.perf_counter()
+    cost = candidate_cost(setup, arch)
+    return cost, {
+        "cost_seconds": time.perf_counter() - t0, "arch": arch.name, "params": cost.params, "flops": cost.flops,
+        "latency_ms": cost.latency_ms, "batch_latency_ms": cost.batch_latency_ms, "speedup": cost.speedup,
+    }
+
+
 def run_trial(config: dict, setup: TrialSetup) -> None:
     from ray import tune
 
@@ -156,17 +167,7 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
     enable_compilation_cache()
     trial_dir = _trial_dir(tune.get_context())
     arch = setup.space.arch(config, setup.teacher_arch)
-    t0 = time.perf_counter()
-    cost = candidate_cost(setup, arch)
-    info = {
-        "cost_seconds": time.perf_counter() - t0,
-        "arch": arch.name,
-        "params": cost.params,
-        "flops": cost.flops,
-        "latency_ms": cost.latency_ms,
-        "batch_latency_ms": cost.batch_latency_ms,
-        "speedup": cost.speedup,
-    }
+    cost, info = _costed(setup, arch)
     violations = setup.constraints.violations(cost)
     if violations:
         tune.report({
@@ -202,14 +203,17 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             **info,
             **speed,
         }
-        checkpoint = tune.Checkpoint.from_directory(str(out / "export")) if improved else None
         if step >= cfg.loop.max_steps:
             # The final report waits until distill() has written its results and export: the
             # scheduler may stop the trial at any report, which would cut them short.
-            last.update(metrics=metrics, checkpoint=checkpoint)
+            last.update(metrics=metrics)
             return
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(out / "export")) if improved else None)
 
-    distill(cfg, out, resume=resume, report=report, teacher_eval=setup.teacher_eval)
-    if last:  # the checkpoint names the export directory: what is there now (maybe redone) is persisted
-        tune.report({**last["metrics"], "status": "completed"}, checkpoint=last["checkpoint"])
+    results = distill(cfg, out, resume=resume, report=report, teacher_eval=setup.teacher_eval)
+    if last:
+        # The export holds the best step's model (distill re-exports it after a resume) and goes with the final
+        # report whichever step was best: a trial resumed after a SIGKILL may have lost the checkpoint it
+        # reported for its best step (the kill came before Tune saved it), and its best step does not recur.
+        checkpoint = tune.Checkpoint.from_directory(str(out / "export")) if results.get("export") else None
+        tune.report({**last["metrics"], "status": "completed"}, checkpoint=checkpoint)

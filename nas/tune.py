@@ -730,6 +730,11 @@ def _export_front(out: Path, front: list[dict], handles: dict[str, TrialHandle],
         dest = export_path(root, f"{i + 1:02d}-{r['arch']}")
         try:
             if not _export_member(r, handles, dest):
+                # Every trial that reported a score also reported its best export: a member without one is
+                # a search that lost it (listed with the reason, never left out silently).
+                log.error("front member %s (%s) has no model to export: its trial kept no checkpoint",
+                          r["trial_id"], r["arch"])
+                r.update(export=None, dev_metric=None, export_error="no model: its trial kept no checkpoint")
                 continue
             r["export"] = str(dest)
             r["dev_metric"] = evaluate_dir(dest, task.name, data_dir=base.data_dir, limit=dev_limit,

@@ -81,14 +81,16 @@ def test_the_front_is_exported_from_the_handles_checkpoints(tmp_path, monkeypatc
     front = [
         {"trial_id": "final", "arch": "2L-256", "export_dir": str(final_export)},
         {"trial_id": "a", "arch": "2L-128"},
-        {"trial_id": "b", "arch": "1L-128"},  # its trial kept no checkpoint: nothing to export
+        {"trial_id": "b", "arch": "1L-128"},  # its trial kept no checkpoint: nothing to export, and it says so
     ]
     handles = {"a": TrialHandle(config=CONFIG, checkpoint=Checkpoint()), "b": TrialHandle(config=CONFIG)}
     base = DistillConfig(data_dir=str(tmp_path))
     _export_front(tmp_path, front, handles, get_task("sst2"), base, None, latency_device="cpu")
     assert [r.get("dev_metric") for r in front] == [0.75, 0.75, None]
     assert Path(front[0]["export"]).name == "01-2L-256" and Path(front[0]["export"]).is_dir()
-    assert (tmp_path / "copied" / "from").read_text() == front[1]["export"] and "export" not in front[2]
+    assert (tmp_path / "copied" / "from").read_text() == front[1]["export"] and front[2]["export"] is None
+    assert front[2]["export_error"] == "no model: its trial kept no checkpoint"
+    assert not (tmp_path / "export" / "03-1L-128").exists()
 
 
 def test_a_trial_stopped_by_the_budget_before_any_report_is_not_started():
