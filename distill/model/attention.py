@@ -89,8 +89,13 @@ def _scale(q: jax.Array) -> float:
     return 1.0 / math.sqrt(q.shape[-1])
 
 
-def _dropped(p: jax.Array, keep: jax.Array | None, keep_prob: float) -> jax.Array:
-    return p if keep is None else jnp.where(keep, p * jnp.asarray(1.0 / keep_prob, p.dtype), jnp.zeros((), p.dtype))
+def _dropped(p: jax.Array, keep: jax.Array | None, keep_prob: float, dtype=None) -> jax.Array:
+    """`p` with the dropped entries zeroed and the kept ones scaled by 1 / `keep_prob` as rounded to `dtype`
+    (default `p`'s): the backward's float32 gradients scale by the factor the forward's probabilities had."""
+    if keep is None:
+        return p
+    scale = jnp.asarray(1.0 / keep_prob, dtype or p.dtype).astype(p.dtype)
+    return jnp.where(keep, p * scale, jnp.zeros((), p.dtype))
 
 
 def _forward(qkv, mask, keep, keep_prob, chunk):
@@ -136,7 +141,7 @@ def _chunk_backward(q, k, v, mask, keep, lse, g, keep_prob):
     f32 = jnp.float32
     p = jnp.where(mask, jnp.exp(jnp.einsum("bnth,bnsh->bnts", q, k, preferred_element_type=f32) * scale
                                 - lse[..., None]), 0.0)
-    dp = _dropped(jnp.einsum("bnth,bnsh->bnts", g, v, preferred_element_type=f32), keep, keep_prob)
+    dp = _dropped(jnp.einsum("bnth,bnsh->bnts", g, v, preferred_element_type=f32), keep, keep_prob, dtype)
     row = jnp.sum(dp * p, axis=-1)  # (c, N, T): each query's sum of dp * p, shared by both orientations
     ds = (p * (dp - row[..., None]) * scale).astype(dtype)
     dq = jnp.einsum("bnts,bnsh->bnth", ds, k, preferred_element_type=f32)
@@ -145,7 +150,7 @@ def _chunk_backward(q, k, v, mask, keep, lse, g, keep_prob):
     keep_t = None if keep is None else jnp.swapaxes(keep, -1, -2)
     p_t = jnp.where(mask_t, jnp.exp(jnp.einsum("bnsh,bnth->bnst", k, q, preferred_element_type=f32) * scale
                                     - lse[..., None, :]), 0.0)
-    dp_t = _dropped(jnp.einsum("bnsh,bnth->bnst", v, g, preferred_element_type=f32), keep_t, keep_prob)
+    dp_t = _dropped(jnp.einsum("bnsh,bnth->bnst", v, g, preferred_element_type=f32), keep_t, keep_prob, dtype)
     ds_t = (p_t * (dp_t - row[..., None, :]) * scale).astype(dtype)
     dk = jnp.einsum("bnst,bnth->bnsh", ds_t, q, preferred_element_type=f32)
     dv = jnp.einsum("bnst,bnth->bnsh", _dropped(p_t.astype(dtype), keep_t, keep_prob), g, preferred_element_type=f32)

@@ -192,6 +192,8 @@ class Dropout(nn.Module):
         random bits; (None, 1.0) where it would keep everything."""
         if deterministic or round(self.rate * DROPOUT_LEVELS) == 0:
             return None, 1.0
+        if round((1.0 - self.rate) * DROPOUT_LEVELS) == 0:  # drops everything, as `__call__` does
+            return jnp.zeros(shape, bool), 1.0
         return keep_mask(self.make_rng("dropout"), shape, self.rate)
 
 
@@ -300,9 +302,10 @@ def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax
 
 def _own_cpu_attention() -> bool:
     """Whether training's attention without scores runs `distill.model.attention.cpu_attention`: on one
-    CPU device (several split the batch between them, which its chunks would cut across). Inference keeps
-    `_attention`, whose forward alone is 5-8% faster (teacher bf16 forward at 16 x 128 and 64 x 32 rows)."""
-    return jax.default_backend() == "cpu" and jax.local_device_count() == 1
+    CPU device in all (several, in this process or across `jax.distributed` processes, split the batch
+    between them, which its chunks would cut across). Inference keeps `_attention`, whose forward alone is
+    5-8% faster (teacher bf16 forward at 16 x 128 and 64 x 32 rows)."""
+    return jax.default_backend() == "cpu" and jax.device_count() == 1
 
 
 def build_mask(attention_mask: jax.Array, packed: bool) -> jax.Array:
