@@ -281,7 +281,7 @@ class SelfAttention(nn.Module):
             # even lengths only; an odd bucket goes through XLA); padding is always at the end of a row
             lengths = jnp.maximum(mask.sum(-1, dtype=jnp.int32), 1)  # padding rows (weight 0): never 0 keys
             context = jax.nn.dot_product_attention(q, k, v, key_value_seq_lengths=lengths, implementation="cudnn")
-        elif jax.default_backend() == "cpu":  # inference (teacher labelling, evaluation)
+        elif jax.default_backend() == "cpu":  # inference, and training on several CPU devices
             context = _attention(q, k, v, mask)
         else:  # GPUs/TPUs: the preset keeps the backward's products in bfloat16 (jax-ml/jax#24047)
             context = jax.nn.dot_product_attention(q, k, v, mask=_heads_mask(mask))
