@@ -180,19 +180,18 @@ class Dropout(nn.Module):
 
     @nn.compact
     def __call__(self, x, deterministic: bool):
-        if deterministic or round(self.rate * DROPOUT_LEVELS) == 0:
+        mask, keep = self.keep(x.shape, deterministic)
+        if mask is None:
             return x
-        if round((1.0 - self.rate) * DROPOUT_LEVELS) == 0:
-            return jnp.zeros_like(x)
-        mask, keep = keep_mask(self.make_rng("dropout"), x.shape, self.rate)
         return jnp.where(mask, x * jnp.asarray(1.0 / keep, x.dtype), jnp.zeros((), x.dtype))
 
     def keep(self, shape: tuple[int, ...], deterministic: bool) -> tuple[jax.Array | None, float]:
-        """(mask, keep probability) that `__call__` would apply to an input of `shape`, from the same
-        random bits; (None, 1.0) where it would keep everything."""
+        """(mask, keep probability) applied to an input of `shape` (`__call__`, and the attention that
+        takes its mask: `distill.model.attention.cpu_attention`); (None, 1.0) where it keeps everything, an
+        all-False mask where it drops everything (no random bits drawn in either case)."""
         if deterministic or round(self.rate * DROPOUT_LEVELS) == 0:
             return None, 1.0
-        if round((1.0 - self.rate) * DROPOUT_LEVELS) == 0:  # drops everything, as `__call__` does
+        if round((1.0 - self.rate) * DROPOUT_LEVELS) == 0:
             return jnp.zeros(shape, bool), 1.0
         return keep_mask(self.make_rng("dropout"), shape, self.rate)
 
