@@ -21,8 +21,9 @@ skipped and say so; bfloat16 cases come before float32 ones):
   attention-probability dropout on (what the fused path is worth). Earlier
   runs also tried the dropout key from `unsafe_rbg`: it gained nothing;
 - `--profile`: a JAX profiler trace of a few steps of the first bfloat16 train
-  case, summed per device op (rows with mode "profile": the ops that take the
-  most time per step, and their share), to see where a step's time goes;
+  case, summed per XLA op and kind of op (`distill.train.profile`; rows with
+  mode "profile": the ops that take the most time per step, and their share),
+  to see where a step's time goes;
 - the same train and infer cases with transformers'
   `BertForSequenceClassification` (random init, eager; AdamW, fused on CUDA,
   and `clip_grad_norm_`; inference in `torch.inference_mode`), if torch is
@@ -59,7 +60,6 @@ peak instead. Goal: bfloat16 train MFU >= 40% on BERT-base.
 from __future__ import annotations
 
 import argparse
-import collections
 import contextlib
 import dataclasses
 import functools
@@ -294,17 +294,13 @@ def _patched(variant: str, bert):
     return contextlib.nullcontext()
 
 
-_PROFILE_STATS = ("long_name", "hlo_op", "hlo_category", "tf_op", "bytes_accessed", "flops", "kernel_details")
-
-
 def profile_ops(step, state, case: Case, out_dir: str, steps: int = 3, top: int = 25) -> dict:
     """Traces `steps` calls of the (compiled) `step` with the JAX profiler into `out_dir` and sums the
-    device's op times by name: {"mode": "profile", "ops": [{"name", "ms_per_step", "share"}, ...]} over the
-    device's "XLA Ops" line (else its busiest line), the `top` biggest first."""
-    import glob
-
+    op times (`distill.train.profile.summarize`): {"mode": "profile", "source", "kinds", "ops", ...}, the
+    `top` biggest ops first."""
     import jax
-    from jax.profiler import ProfileData
+
+    from distill.train.profile import summarize
 
     state = jax.block_until_ready(step(state)[0])  # `step` returns (state, metrics) and donates its state
     os.makedirs(out_dir, exist_ok=True)
@@ -312,30 +308,7 @@ def profile_ops(step, state, case: Case, out_dir: str, steps: int = 3, top: int 
     with jax.profiler.trace(trace_dir):
         for _ in range(steps):
             state = jax.block_until_ready(step(state)[0])
-    data = ProfileData.from_file(sorted(glob.glob(f"{trace_dir}/**/*.xplane.pb", recursive=True))[-1])
-    lines = [ln for plane in data.planes if plane.name.startswith("/device:") for ln in plane.lines]
-    totals_by_line, details = {}, {}
-    for line in lines:
-        totals = collections.Counter()
-        for event in line.events:
-            totals[event.name] += event.duration_ns
-            if event.name not in details:  # what the op is: its HLO text, category, bytes (GPU traces)
-                details[event.name] = {k: str(v)[:240] for k, v in event.stats if k in _PROFILE_STATS}
-        totals_by_line[line.name] = totals
-    if not totals_by_line:
-        return {**case.fields(), "mode": "profile", "error": "no device plane in the trace", "trace": trace_dir}
-    busiest = max(totals_by_line, key=lambda k: sum(totals_by_line[k].values()))
-    name = "XLA Ops" if "XLA Ops" in totals_by_line else busiest
-    totals = totals_by_line[name]
-    busy = sum(totals.values())
-    ops = [{"name": op, "ms_per_step": ns / steps / 1e6, "share": ns / busy, **details.get(op, {})}
-           for op, ns in totals.most_common(top)]
-    categories = collections.Counter()
-    for op, ns in totals.items():
-        categories[details.get(op, {}).get("hlo_category", "?")] += ns / busy
-    return {**case.fields(), "mode": "profile", "line": name, "busy_ms_per_step": busy / steps / 1e6,
-            "lines": sorted(totals_by_line), "categories": dict(categories.most_common()), "ops": ops,
-            "trace": trace_dir}
+    return {**case.fields(), "mode": "profile", **summarize(trace_dir, steps, top)}
 
 
 # ------------------------------------------------------------- PyTorch side
@@ -527,8 +500,8 @@ def _print_table(result: dict) -> None:
             print(f"torch {r['key']}: {r.get('error') or r.get('skipped')}")
     for r in result["rows"]:
         if r.get("mode") == "profile" and "ops" in r:
-            print(f"profile of {r['key']} ({r['line']}, {r['busy_ms_per_step']:.2f} ms busy per step):")
-            print("  by category: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in r["categories"].items()))
+            print(f"profile of {r['key']} ({r['source']}, {r['busy_ms_per_step']:.2f} ms busy per step):")
+            print("  by kind: " + ", ".join(f"{k['kind']} {100 * k['share']:.1f}%" for k in r["kinds"][:12]))
             for op in r["ops"][:15]:
                 print(f"  {op['ms_per_step']:8.3f} ms {100 * op['share']:5.1f}%  {op['name'][:90]}")
     for note in result["messages"]:

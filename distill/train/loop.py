@@ -36,9 +36,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from distill.arch import PRECISIONS
+from distill.files import write_json
 from distill.kd.objective import TeacherOutputs
 from distill.model.sharding import DataParallel, data_parallel
 from distill.train.checkpoint import CheckpointConfig, Checkpointer
+from distill.train.profile import summarize
 from distill.train.runlog import RunLog
 from distill.train.steps import TrainState
 from tasks.batching import batches, buckets_for, num_batches
@@ -404,7 +406,23 @@ class _Run:
                 jax.block_until_ready(state)
             jax.profiler.stop_trace()
             self.tracing = False
-            log.info("profiler trace of steps %d-%d in %s", PROFILE_FROM, PROFILE_FROM + n - 1, self.runlog.dir / "profile")
+            traced = (self.progress.step if step is None else step) - PROFILE_FROM
+            log.info("profiler trace of steps %d-%d in %s", PROFILE_FROM, PROFILE_FROM + traced - 1, self.runlog.dir / "profile")
+            self.summarize_profile(traced)
+
+    def summarize_profile(self, steps: int) -> None:
+        """`profile/ops.json`: the traced steps' XLA ops summed (`distill.train.profile`); the biggest kinds
+        logged. A trace it cannot read is logged, not raised: the run goes on."""
+        out = self.runlog.dir / "profile"
+        try:
+            summary = summarize(out, steps)
+            write_json(out / "ops.json", summary)
+        except Exception as e:  # a diagnostic: never the reason a training run fails
+            log.warning("could not summarize the profiler trace in %s: %s: %s", out, type(e).__name__, e)
+            return
+        kinds = ", ".join(f"{k['kind']} {100 * k['share']:.0f}%" for k in summary.get("kinds", [])[:6])
+        log.info("traced ops: %.1f ms busy per step (%s); %s; all in %s", summary.get("busy_ms_per_step", 0.0),
+                 summary.get("source") or summary.get("error"), kinds, out / "ops.json")
 
     def restore(self, state: TrainState, run_key: str, resume: bool) -> TrainState:
         """The state to start from: the last complete checkpoint when resuming (same `run_key` only)."""

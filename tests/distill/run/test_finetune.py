@@ -272,6 +272,10 @@ def test_profile_writes_a_trace_of_the_asked_steps(teacher_dir, tmp_path):
     finetune(cfg, tmp_path / "out", use_cache=False)
     traces = list((tmp_path / "out" / "profile").rglob("*.xplane.pb"))
     assert len(traces) == 1 and traces[0].stat().st_size > 0
+    # and its summary beside it: the two traced steps' XLA ops (the train step's among them), summed
+    ops = json.loads((tmp_path / "out" / "profile" / "ops.json").read_text())
+    assert ops["steps"] == 2 and ops["busy_ms_per_step"] > 0 and ops["trace"] == str(traces[0])
+    assert ops["ops"] and ops["kinds"]
 
 
 def test_bf16_fine_tuning_learns_and_is_cached_apart(sst2_run, tmp_path, monkeypatch):

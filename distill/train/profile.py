@@ -1,0 +1,112 @@
+"""Where a profiled run's time went: the XLA ops of a JAX profiler trace, summed per op and per kind.
+
+`summarize(trace_dir, steps)` reads the newest `*.xplane.pb` under `trace_dir` (what `jax.profiler.trace`
+or `--profile N` writes) and sums the time of each XLA op the trace recorded:
+
+- on a GPU or TPU, the device plane's "XLA Ops" line (else its busiest line), with the op's HLO category
+  as its kind;
+- on the CPU, every host thread's events that name an HLO op (XLA:CPU runs its thunks on a pool of
+  threads, one or several at a time): their times are summed over the threads, so with two threads at
+  work the busy time can exceed the wall-clock time. An op's kind is its name without the number
+  (`ynn_fusion.465` -> `ynn_fusion`: XLA:CPU's YNNPACK matmuls; `*_fusion`: elementwise loops named after
+  their ops; `copy`, `concatenate`, `dot`, `while`).
+
+The result is plain JSON: the busy milliseconds per step, the kinds and the `top` ops, each with its
+milliseconds per step and share of the busy time. The training loop writes it next to the trace as
+`profile/ops.json` and logs the biggest kinds; `bench.accelerator --profile` prints it.
+"""
+
+from __future__ import annotations
+
+import collections
+import re
+from pathlib import Path
+
+from jax.profiler import ProfileData
+
+OP_STAT = "hlo_op"
+"""The event statistic by which XLA marks an event as the run of one HLO op (CPU thunks carry it)."""
+
+DETAIL_STATS = ("long_name", "hlo_op", "hlo_category", "tf_op", "bytes_accessed", "flops", "kernel_details")
+"""Statistics copied (cut to 240 characters) into an op's row where the trace has them (GPU traces)."""
+
+
+def summarize(trace_dir: str | Path, steps: int, top: int = 25) -> dict:
+    """The ops of the newest trace under `trace_dir`, summed and divided by `steps` (the steps traced):
+    {"source", "busy_ms_per_step", "kinds": [{"kind", "ms_per_step", "share"}], "ops": [{"name", "kind",
+    "ms_per_step", "calls_per_step", "share", ...}]}, biggest first, `top` ops at most. A trace without
+    any XLA op gives {"source": None, "error": ...}."""
+    files = sorted(Path(trace_dir).rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime)
+    if not files:
+        return {"source": None, "error": f"no *.xplane.pb under {trace_dir}"}
+    data = ProfileData.from_file(str(files[-1]))
+    found = _device_ops(data) or _host_ops(data)
+    if found is None:
+        return {"source": None, "error": "no XLA op in the trace", "trace": str(files[-1])}
+    source, times, calls, details = found
+    busy = sum(times.values()) or 1
+    steps = max(1, steps)
+    kinds = collections.Counter()
+    for name, ns in times.items():
+        kinds[details[name].get("hlo_category") or op_kind(name)] += ns
+    return {
+        "source": source,
+        "trace": str(files[-1]),
+        "steps": steps,
+        "busy_ms_per_step": busy / steps / 1e6,
+        "kinds": [{"kind": k, "ms_per_step": ns / steps / 1e6, "share": ns / busy} for k, ns in kinds.most_common()],
+        "ops": [{"name": name, "kind": details[name].get("hlo_category") or op_kind(name),
+                 "ms_per_step": ns / steps / 1e6, "calls_per_step": calls[name] / steps, "share": ns / busy,
+                 **{k: v for k, v in details[name].items() if k != "hlo_op"}}
+                for name, ns in times.most_common(top)],
+    }
+
+
+def op_kind(name: str) -> str:
+    """An op's name without XLA's number: `ynn_fusion.465` -> `ynn_fusion`."""
+    return re.sub(r"\.\d+$", "", name)
+
+
+def _device_ops(data: ProfileData):
+    """(source, times, calls, details) of the device planes' op line, or None without a device plane."""
+    by_line = {}
+    for plane in data.planes:
+        if plane.name.startswith("/device:"):
+            for line in plane.lines:
+                by_line[f"{plane.name} {line.name}"] = _sum(line.events, lambda e: True)
+    by_line = {k: v for k, v in by_line.items() if v[0]}
+    if not by_line:
+        return None
+    ops = [k for k in by_line if k.endswith(" XLA Ops")]
+    name = ops[0] if ops else max(by_line, key=lambda k: sum(by_line[k][0].values()))
+    return (name, *by_line[name])
+
+
+def _host_ops(data: ProfileData):
+    """(source, times, calls, details) of the host threads' XLA op events, or None if there are none."""
+    times, calls, details, threads = collections.Counter(), collections.Counter(), {}, set()
+    for plane in data.planes:
+        if not plane.name.startswith("/host:"):
+            continue
+        for line in plane.lines:
+            t, c, d = _sum(line.events, lambda e: any(k == OP_STAT for k, _ in e.stats))
+            if t:
+                threads.add(line.name)
+                times.update(t)
+                calls.update(c)
+                details.update(d)
+    if not times:
+        return None
+    return f"XLA ops on {len(threads)} host thread(s), summed", times, calls, details
+
+
+def _sum(events, keep):
+    times, calls, details = collections.Counter(), collections.Counter(), {}
+    for event in events:
+        if not keep(event):
+            continue
+        times[event.name] += event.duration_ns
+        calls[event.name] += 1
+        if event.name not in details:
+            details[event.name] = {k: str(v)[:240] for k, v in event.stats if k in DETAIL_STATS}
+    return times, calls, details
