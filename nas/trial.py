@@ -148,6 +148,11 @@ def _trial_dir(ctx) -> Path:
     return Path(ctx.get_trial_dir())
 
 
+def _export_checkpoint(tune, out: Path):
+    """A Tune checkpoint of the trial's export (`out/export`: the best step's model so far)."""
+    return tune.Checkpoint.from_directory(str(out / "export"))
+
+
 def _costed(setup: TrialSetup, arch: BertArch):
     """`arch`'s cost, and what every report of its trial carries about it."""
     t0 = time.perf_counter()
@@ -208,12 +213,12 @@ def run_trial(config: dict, setup: TrialSetup) -> None:
             # scheduler may stop the trial at any report, which would cut them short.
             last.update(metrics=metrics)
             return
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(out / "export")) if improved else None)
+        tune.report(metrics, checkpoint=_export_checkpoint(tune, out) if improved else None)
 
     results = distill(cfg, out, resume=resume, report=report, teacher_eval=setup.teacher_eval)
     if last:
         # The export holds the best step's model (distill re-exports it after a resume) and goes with the final
         # report whichever step was best: a trial resumed after a SIGKILL may have lost the checkpoint it
         # reported for its best step (the kill came before Tune saved it), and its best step does not recur.
-        checkpoint = tune.Checkpoint.from_directory(str(out / "export")) if results.get("export") else None
+        checkpoint = _export_checkpoint(tune, out) if results.get("export") else None
         tune.report({**last["metrics"], "status": "completed"}, checkpoint=checkpoint)
