@@ -319,10 +319,10 @@ def fit(
             state, stop = _epoch(run, state, steps, data, epochs, epoch, lr_at, desc)
     except BaseException:
         with contextlib.suppress(Exception):  # the error that ends the run is the one to report
-            run.profile(None, state)
+            run.end_profile(None, failed=True)
             run.ckpt.close()
         raise
-    run.profile(None, state)
+    run.end_profile(state)
     run.ckpt.close()
     return state, run.progress
 
@@ -353,12 +353,14 @@ def _epoch(run: _Run, state: TrainState, steps: StepSchedule, data: TrainData, e
         due = end_of_epoch or late or (cfg.eval_every and progress.step % cfg.eval_every == 0)
         if due and (progress.step >= run.evaluation.start or progress.step >= total or late):
             progress.train_seconds += time.perf_counter() - t_last
+            run.end_profile(state)
             stop = run.evaluate(state, epochs) or progress.step >= total or late
             if late:
                 log.warning("%s: stopped at step %d of %d, its %.0f s are spent", desc, progress.step, total,
                             cfg.max_seconds)
             t_last = time.perf_counter()
         elif progress.step % cfg.checkpoint_every == 0:
+            run.end_profile(state)
             run.checkpoint(state)
         if stop:
             break
@@ -394,20 +396,29 @@ class _Run:
     def place(self, extra: Any) -> Any:
         return place_extra(self.dp, extra, self.placed)
 
-    def profile(self, step: int | None, state: TrainState) -> None:
-        """Start the profiler trace before step `PROFILE_FROM`, stop it `profile_steps` later (or at the end,
-        `step` None), once the traced steps have finished."""
+    def profile(self, step: int, state: TrainState) -> None:
+        """Before step `step`: start the profiler trace at `PROFILE_FROM`, stop it `profile_steps` later."""
         n = self.cfg.profile_steps
         if n and not self.tracing and step == PROFILE_FROM:
             jax.profiler.start_trace(str(self.runlog.dir / "profile"))
             self.tracing = True
-        elif self.tracing and (step is None or step >= PROFILE_FROM + n):
-            if step is not None:  # at the end the state may be gone (an exception in a step that donated it)
-                jax.block_until_ready(state)
-            jax.profiler.stop_trace()
-            self.tracing = False
-            traced = (self.progress.step if step is None else step) - PROFILE_FROM
-            log.info("profiler trace of steps %d-%d in %s", PROFILE_FROM, PROFILE_FROM + traced - 1, self.runlog.dir / "profile")
+        elif self.tracing and step >= PROFILE_FROM + n:
+            self.end_profile(state)
+
+    def end_profile(self, state: TrainState | None, failed: bool = False) -> None:
+        """Stop the profiler trace, if one runs, once the steps so far have finished: after its steps, or
+        earlier, before an evaluation or checkpoint (which would count as training time), or at the end of
+        the run. The traced steps' ops go to `profile/ops.json`; not after an error (`failed`: the state may
+        be gone, donated by the step that failed), where the trace is kept as it is."""
+        if not self.tracing:
+            return
+        if not failed:
+            jax.block_until_ready(state)
+        jax.profiler.stop_trace()
+        self.tracing = False
+        traced = self.progress.step - PROFILE_FROM
+        log.info("profiler trace of steps %d-%d in %s", PROFILE_FROM, PROFILE_FROM + traced - 1, self.runlog.dir / "profile")
+        if not failed and traced > 0:
             self.summarize_profile(traced)
 
     def summarize_profile(self, steps: int) -> None:

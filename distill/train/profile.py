@@ -11,6 +11,10 @@ or `--profile N` writes) and sums the time of each XLA op the trace recorded:
   (`ynn_fusion.465` -> `ynn_fusion`: XLA:CPU's YNNPACK matmuls; `*_fusion`: elementwise loops named after
   their ops; `copy`, `concatenate`, `dot`, `while`).
 
+An op is named within its XLA module (its program: the train step, an evaluation), and counted for its
+own time, less that of the ops inside it (a `while` loop's body). A trace with a device plane but no op on
+it (a GPU without kernel tracing) gives an error, not the host's launch times.
+
 The result is plain JSON: the busy milliseconds per step, the kinds and the `top` ops, each with its
 milliseconds per step and share of the busy time. The training loop writes it next to the trace as
 `profile/ops.json` and logs the biggest kinds; `bench.accelerator --profile` prints it.
@@ -33,32 +37,36 @@ DETAIL_STATS = ("long_name", "hlo_op", "hlo_category", "tf_op", "bytes_accessed"
 
 def summarize(trace_dir: str | Path, steps: int, top: int = 25) -> dict:
     """The ops of the newest trace under `trace_dir`, summed and divided by `steps` (the steps traced):
-    {"source", "busy_ms_per_step", "kinds": [{"kind", "ms_per_step", "share"}], "ops": [{"name", "kind",
-    "ms_per_step", "calls_per_step", "share", ...}]}, biggest first, `top` ops at most. A trace without
-    any XLA op gives {"source": None, "error": ...}."""
+    {"source", "threads" (host threads with ops; None for a device), "busy_ms_per_step", "kinds": [{"kind", "ms_per_step", "share"}], "ops": [{"name", "module",
+    "kind", "ms_per_step", "calls_per_step", "share", ...}]}, biggest first, `top` ops at most. An op is
+    named within its XLA module (program), and its time is its own: an op that runs others inside it (a
+    `while` loop and its body) counts only what the others do not. A trace without any XLA op, or with a
+    device plane that recorded none, gives {"source": None, "error": ...}."""
     files = sorted(Path(trace_dir).rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime)
     if not files:
         return {"source": None, "error": f"no *.xplane.pb under {trace_dir}"}
     data = ProfileData.from_file(str(files[-1]))
-    found = _device_ops(data) or _host_ops(data)
-    if found is None:
+    device = any(plane.name.startswith("/device:") for plane in data.planes)
+    found = _device_ops(data) if device else _host_ops(data)
+    if found is None:  # a device plane without ops (no kernel tracing): host times would mislead
         return {"source": None, "error": "no XLA op in the trace", "trace": str(files[-1])}
-    source, times, calls, details = found
+    source, threads, times, calls, details = found
     busy = sum(times.values()) or 1
     steps = max(1, steps)
     kinds = collections.Counter()
-    for name, ns in times.items():
-        kinds[details[name].get("hlo_category") or op_kind(name)] += ns
+    for key, ns in times.items():
+        kinds[_kind(key, details)] += ns
     return {
         "source": source,
+        "threads": threads,
         "trace": str(files[-1]),
         "steps": steps,
         "busy_ms_per_step": busy / steps / 1e6,
         "kinds": [{"kind": k, "ms_per_step": ns / steps / 1e6, "share": ns / busy} for k, ns in kinds.most_common()],
-        "ops": [{"name": name, "kind": details[name].get("hlo_category") or op_kind(name),
-                 "ms_per_step": ns / steps / 1e6, "calls_per_step": calls[name] / steps, "share": ns / busy,
-                 **{k: v for k, v in details[name].items() if k != "hlo_op"}}
-                for name, ns in times.most_common(top)],
+        "ops": [{"name": key[1], "module": key[0], "kind": _kind(key, details), "ms_per_step": ns / steps / 1e6,
+                 "calls_per_step": calls[key] / steps, "share": ns / busy,
+                 **{k: v for k, v in details[key].items() if k != OP_STAT}}
+                for key, ns in times.most_common(top)],
     }
 
 
@@ -67,29 +75,34 @@ def op_kind(name: str) -> str:
     return re.sub(r"\.\d+$", "", name)
 
 
+def _kind(key: tuple[str, str], details: dict) -> str:
+    return details[key].get("hlo_category") or op_kind(key[1])
+
+
 def _device_ops(data: ProfileData):
-    """(source, times, calls, details) of the device planes' op line, or None without a device plane."""
+    """(source, None, times, calls, details) of the device planes' op line, or None if it recorded no op."""
     by_line = {}
     for plane in data.planes:
         if plane.name.startswith("/device:"):
             for line in plane.lines:
-                by_line[f"{plane.name} {line.name}"] = _sum(line.events, lambda e: True)
+                by_line[f"{plane.name} {line.name}"] = own_times(line.events, lambda e: True)
     by_line = {k: v for k, v in by_line.items() if v[0]}
     if not by_line:
         return None
     ops = [k for k in by_line if k.endswith(" XLA Ops")]
     name = ops[0] if ops else max(by_line, key=lambda k: sum(by_line[k][0].values()))
-    return (name, *by_line[name])
+    return (name, None, *by_line[name])
 
 
 def _host_ops(data: ProfileData):
-    """(source, times, calls, details) of the host threads' XLA op events, or None if there are none."""
+    """(source, threads, times, calls, details) of the host threads' XLA op events (`threads`: how many
+    threads ran them), or None if there are none."""
     times, calls, details, threads = collections.Counter(), collections.Counter(), {}, set()
     for plane in data.planes:
         if not plane.name.startswith("/host:"):
             continue
         for line in plane.lines:
-            t, c, d = _sum(line.events, lambda e: any(k == OP_STAT for k, _ in e.stats))
+            t, c, d = own_times(line.events, lambda e: any(k == OP_STAT for k, _ in e.stats))
             if t:
                 threads.add(line.name)
                 times.update(t)
@@ -97,16 +110,27 @@ def _host_ops(data: ProfileData):
                 details.update(d)
     if not times:
         return None
-    return f"XLA ops on {len(threads)} host thread(s), summed", times, calls, details
+    return f"XLA ops on {len(threads)} host thread(s), summed", len(threads), times, calls, details
 
 
-def _sum(events, keep):
+def own_times(events, keep) -> tuple[collections.Counter, collections.Counter, dict]:
+    """(times, calls, details) of one timeline's events that `keep` accepts, keyed by (module, name): each
+    event's own time, its duration less that of the kept events inside it (XLA:CPU traces a `while` op
+    from its start to its end, its body's ops inside it on the same thread)."""
     times, calls, details = collections.Counter(), collections.Counter(), {}
-    for event in events:
-        if not keep(event):
-            continue
-        times[event.name] += event.duration_ns
-        calls[event.name] += 1
-        if event.name not in details:
-            details[event.name] = {k: str(v)[:240] for k, v in event.stats if k in DETAIL_STATS}
+    enclosing: list[tuple[int, tuple[str, str]]] = []  # (end, key) of the events open at this point
+    spans = sorted(((e.start_ns, e.start_ns + e.duration_ns, e) for e in events if keep(e)),
+                   key=lambda span: (span[0], -span[1]))
+    for start, end, event in spans:
+        stats = {k: v for k, v in event.stats}
+        key = (str(stats.get("hlo_module", "")), event.name)
+        while enclosing and enclosing[-1][0] <= start:
+            enclosing.pop()
+        if enclosing and end <= enclosing[-1][0]:
+            times[enclosing[-1][1]] -= end - start
+        times[key] += end - start
+        calls[key] += 1
+        if key not in details:
+            details[key] = {k: str(v)[:240] for k, v in stats.items() if k in DETAIL_STATS}
+        enclosing.append((end, key))
     return times, calls, details

@@ -278,6 +278,18 @@ def test_profile_writes_a_trace_of_the_asked_steps(teacher_dir, tmp_path):
     assert ops["ops"] and ops["kinds"]
 
 
+def test_a_profile_cut_short_counts_only_the_steps_it_traced(teacher_dir, tmp_path):
+    """Five steps asked for, the run ends after one: the trace stops before the final evaluation, whose
+    program stays out of the summary, and the summary is per the one traced step."""
+    data = write_sst2(tmp_path / "data", n_train=120, n_dev=20)
+    cfg = sst2_config(teacher_dir, data, loop=LoopConfig(max_steps=6, batch_size=16, profile_steps=5))
+    finetune(cfg, tmp_path / "out", use_cache=False)
+    ops = json.loads((tmp_path / "out" / "profile" / "ops.json").read_text())
+    assert ops["steps"] == 1 and ops["busy_ms_per_step"] > 0
+    (module,) = {op["module"] for op in ops["ops"]}  # the train step's program only, no evaluation's
+    assert "step" in module
+
+
 def test_bf16_fine_tuning_learns_and_is_cached_apart(sst2_run, tmp_path, monkeypatch):
     """`--precision bf16` fine-tunes to the fp32 run's bar, into a cache entry of its own."""
     cfg, _, _, cache = sst2_run
