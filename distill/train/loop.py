@@ -417,7 +417,8 @@ class _Run:
         jax.profiler.stop_trace()
         self.tracing = False
         traced = self.progress.step - PROFILE_FROM
-        log.info("profiler trace of steps %d-%d in %s", PROFILE_FROM, PROFILE_FROM + traced - 1, self.runlog.dir / "profile")
+        log.info("profiler trace of steps %d-%d in %s", PROFILE_FROM, PROFILE_FROM + traced - 1,
+                 self.runlog.dir / "profile")
         if not failed and traced > 0:
             self.summarize_profile(traced)
 

@@ -37,8 +37,9 @@ DETAIL_STATS = ("long_name", "hlo_op", "hlo_category", "tf_op", "bytes_accessed"
 
 def summarize(trace_dir: str | Path, steps: int, top: int = 25) -> dict:
     """The ops of the newest trace under `trace_dir`, summed and divided by `steps` (the steps traced):
-    {"source", "threads" (host threads with ops; None for a device), "busy_ms_per_step", "kinds": [{"kind", "ms_per_step", "share"}], "ops": [{"name", "module",
-    "kind", "ms_per_step", "calls_per_step", "share", ...}]}, biggest first, `top` ops at most. An op is
+    {"source", "threads" (host threads with ops; None for a device), "busy_ms_per_step", "kinds": [{"kind",
+    "ms_per_step", "share"}], "ops": [{"name", "module", "kind", "ms_per_step", "calls_per_step", "share",
+    ...}]}, biggest first, `top` ops at most. An op is
     named within its XLA module (program), and its time is its own: an op that runs others inside it (a
     `while` loop and its body) counts only what the others do not. A trace without any XLA op, or with a
     device plane that recorded none, gives {"source": None, "error": ...}."""
@@ -85,7 +86,7 @@ def _device_ops(data: ProfileData):
     for plane in data.planes:
         if plane.name.startswith("/device:"):
             for line in plane.lines:
-                by_line[f"{plane.name} {line.name}"] = own_times(line.events, lambda e: True)
+                by_line[f"{plane.name} {line.name}"] = own_times(line.events, ops_only=False)
     by_line = {k: v for k, v in by_line.items() if v[0]}
     if not by_line:
         return None
@@ -102,7 +103,7 @@ def _host_ops(data: ProfileData):
         if not plane.name.startswith("/host:"):
             continue
         for line in plane.lines:
-            t, c, d = own_times(line.events, lambda e: any(k == OP_STAT for k, _ in e.stats))
+            t, c, d = own_times(line.events, ops_only=True)
             if t:
                 threads.add(line.name)
                 times.update(t)
@@ -113,17 +114,20 @@ def _host_ops(data: ProfileData):
     return f"XLA ops on {len(threads)} host thread(s), summed", len(threads), times, calls, details
 
 
-def own_times(events, keep) -> tuple[collections.Counter, collections.Counter, dict]:
-    """(times, calls, details) of one timeline's events that `keep` accepts, keyed by (module, name): each
-    event's own time, its duration less that of the kept events inside it (XLA:CPU traces a `while` op
-    from its start to its end, its body's ops inside it on the same thread)."""
+def own_times(events, ops_only: bool) -> tuple[collections.Counter, collections.Counter, dict]:
+    """(times, calls, details) of one timeline's events (`ops_only`: those that carry `OP_STAT`, XLA:CPU's
+    ops among the host's other events), keyed by (module, name): each event's own time, its duration less
+    that of the counted events inside it (XLA:CPU traces a `while` op from its start to its end, its body's
+    ops inside it on the same thread)."""
     times, calls, details = collections.Counter(), collections.Counter(), {}
     enclosing: list[tuple[int, tuple[str, str]]] = []  # (end, key) of the events open at this point
-    spans = sorted(((e.start_ns, e.start_ns + e.duration_ns, e) for e in events if keep(e)),
-                   key=lambda span: (span[0], -span[1]))
-    for start, end, event in spans:
-        stats = {k: v for k, v in event.stats}
-        key = (str(stats.get("hlo_module", "")), event.name)
+    spans = []
+    for e in events:
+        stats = dict(e.stats)
+        if OP_STAT in stats or not ops_only:
+            spans.append((e.start_ns, e.start_ns + e.duration_ns, e.name, stats))
+    for start, end, name, stats in sorted(spans, key=lambda span: (span[0], -span[1])):
+        key = (str(stats.get("hlo_module", "")), name)
         while enclosing and enclosing[-1][0] <= start:
             enclosing.pop()
         if enclosing and end <= enclosing[-1][0]:

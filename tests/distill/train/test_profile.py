@@ -10,20 +10,23 @@ import pytest
 from distill.train.profile import op_kind, own_times, summarize
 
 
-def _trace(tmp_path, calls: int):
-    """A trace of `calls` calls of a jitted function of odd tiny shapes: a matmul, then elementwise work."""
-    f = jax.jit(lambda a, b: jnp.tanh(a @ b) * 3.0 + jnp.exp(a @ b))
-    a = jax.random.normal(jax.random.key(0), (35, 36))
-    b = jax.random.normal(jax.random.key(1), (36, 7))
-    jax.block_until_ready(f(a, b))  # compiled before the trace
+def _trace(tmp_path, calls: int, f=None, args=None):
+    """(trace directory, wall-clock ms) of `calls` calls of the jitted `f` on `args`, compiled before the
+    trace; by default a function of odd tiny shapes: a matmul, then elementwise work."""
+    if f is None:
+        f = jax.jit(lambda a, b: jnp.tanh(a @ b) * 3.0 + jnp.exp(a @ b))
+        args = (jax.random.normal(jax.random.key(0), (35, 36)), jax.random.normal(jax.random.key(1), (36, 7)))
+    jax.block_until_ready(f(*args))
     with jax.profiler.trace(str(tmp_path / "trace")):
+        t0 = time.perf_counter()
         for _ in range(calls):
-            jax.block_until_ready(f(a, b))
-    return tmp_path / "trace"
+            jax.block_until_ready(f(*args))
+        wall_ms = 1e3 * (time.perf_counter() - t0)
+    return tmp_path / "trace", wall_ms
 
 
 def test_the_summary_adds_up_to_the_traced_ops(tmp_path):
-    summary = summarize(_trace(tmp_path, 3), steps=3, top=1000)
+    summary = summarize(_trace(tmp_path, 3)[0], steps=3, top=1000)
     assert summary["source"] and summary["steps"] == 3 and summary["busy_ms_per_step"] > 0
     ops = summary["ops"]
     assert ops and all(op["calls_per_step"] >= 1.0 for op in ops)  # every op ran in each of the 3 calls
@@ -39,7 +42,7 @@ def test_the_summary_adds_up_to_the_traced_ops(tmp_path):
 
 
 def test_top_keeps_the_biggest_ops_and_all_kinds(tmp_path):
-    trace = _trace(tmp_path, 2)
+    trace, _ = _trace(tmp_path, 2)
     full, one = summarize(trace, 2, top=1000), summarize(trace, 2, top=1)
     assert one["ops"] == full["ops"][:1] and one["kinds"] == full["kinds"]
 
@@ -71,7 +74,7 @@ def test_an_op_counts_its_own_time_without_the_ops_inside_it():
         _event("fusion.2", 130, 140, module="jit_eval"),  # another program's op of the same name
         SimpleNamespace(name="end: dot.3", start_ns=130, duration_ns=0, stats=[]),
     ]
-    times, calls, details = own_times(events, lambda e: bool(e.stats))
+    times, calls, details = own_times(events, ops_only=True)
     assert times == {("jit_step", "while.1"): 40, ("jit_step", "fusion.2"): 60, ("jit_step", "dot.3"): 30,
                      ("jit_eval", "fusion.2"): 10}
     assert sum(times.values()) == 140 and calls[("jit_step", "fusion.2")] == 2
@@ -82,13 +85,7 @@ def test_a_real_loop_is_not_counted_twice(tmp_path):
     """A jitted `fori_loop` of matmuls: whatever XLA:CPU records for the loop and its body, their own times
     add up to no more than the traced calls took, times the threads XLA ran them on."""
     f = jax.jit(lambda a: jax.lax.fori_loop(0, 9, lambda i, x: jnp.tanh(x @ a), a))
-    a = jax.random.normal(jax.random.key(0), (35, 35))
-    jax.block_until_ready(f(a))
-    with jax.profiler.trace(str(tmp_path / "trace")):
-        t0 = time.perf_counter()
-        for _ in range(3):
-            jax.block_until_ready(f(a))
-        wall_ms = 1e3 * (time.perf_counter() - t0)
-    summary = summarize(tmp_path / "trace", steps=3, top=1000)
+    trace, wall_ms = _trace(tmp_path, 3, f, (jax.random.normal(jax.random.key(0), (35, 35)),))
+    summary = summarize(trace, steps=3, top=1000)
     assert 0 < summary["busy_ms_per_step"] * 3 <= wall_ms * summary["threads"]
     assert all(op["ms_per_step"] >= 0 for op in summary["ops"])
