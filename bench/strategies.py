@@ -89,7 +89,7 @@ def compare(summaries: dict[str, dict], targets: tuple[float, ...]) -> dict:
                 "export": best["export"],
             }
         per_target.append(row)
-    strategies = {name: {"candidates": s["candidates"], "seconds": s["seconds"].get("total"),
+    strategies = {name: {"candidates": s["candidates"], "distinct": s.get("distinct_candidates"), "seconds": s["seconds"].get("total"),
                          "teacher_dev": s["teacher"]["dev_metric"], **ranking_quality(s),
                          "supernet_cached": bool((s.get("supernet") or {}).get("cached"))}
                   for name, s in summaries.items()}
@@ -207,7 +207,8 @@ def table(result: dict) -> str:
         rho = "-" if info["spearman"] is None else f"{info['spearman']:.2f}"
         cached = " (its supernet from the cache: trained by an earlier search, not in this budget)" \
             if info.get("supernet_cached") else ""
-        lines.append(f"{s}: {info['candidates']} candidates scored, Spearman {rho} over {info['points']} exported "
+        distinct = "" if info.get("distinct") is None else f" ({info['distinct']} distinct)"
+        lines.append(f"{s}: {info['candidates']} candidates scored{distinct}, Spearman {rho} over {info['points']} exported "
                      f"students, teacher dev {info['teacher_dev']:.4f}, {info['seconds'] or 0:.0f} s{cached}")
     return "\n".join(lines)
 

@@ -75,7 +75,7 @@ from tasks.registry import saved_task
 log = logging.getLogger(__name__)
 
 SUPERNET = "supernet"
-KNOB_COLUMNS = ("learning_rate", "temperature", "hard_weight", "hidden_weight", "init_layers")
+KNOB_COLUMNS = report.KNOBS
 
 
 # ------------------------------------------------------------------ 1. the supernet

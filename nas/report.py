@@ -34,6 +34,16 @@ def finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+SEARCHED = ("completed", "stopped", "scored")
+"""Rows of candidates the search itself scored (trials and supernet estimates; not finals or int8 copies)."""
+KNOBS = ("learning_rate", "temperature", "hard_weight", "hidden_weight", "init_layers")
+
+
+def distinct_candidates(rows: list[dict]) -> set[tuple]:
+    """The distinct candidates among the searched rows: a student and the knobs it was trained with."""
+    return {(r.get("arch"), *(r.get(k) for k in KNOBS)) for r in rows if r.get("status") in SEARCHED}
+
+
 def pareto_front(rows: list[dict], metric: str = "val_metric", cost: str = "latency_ms") -> list[dict]:
     """Rows not dominated on (metric up, cost down), best metric first; rows without both values never qualify."""
     ok = [r for r in rows if r.get("status") in TRAINED and finite(r.get(metric)) and finite(r.get(cost))]

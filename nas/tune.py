@@ -484,7 +484,8 @@ def _summary(prep: Prepared, space: SearchSpace, rows: list[dict], front: list[d
         "pareto": [r["trial_id"] for r in front],
         "final": final,
         "finals": finals,
-        "candidates": sum(r["status"] in ("completed", "stopped", "scored") for r in rows),
+        "candidates": sum(r["status"] in report.SEARCHED for r in rows),
+        "distinct_candidates": len(report.distinct_candidates(rows)),
         "counts": {s: sum(r["status"] == s for r in rows) for s in statuses},
         "seconds": seconds,
         "teacher_forwards": _forwards(prep.forwards, finals),
@@ -550,7 +551,8 @@ def _run_tune(cfg: SearchConfig, trainable, setup: TrialSetup, out: Path, *, res
     trial takes milliseconds once its process holds the supernet and the compiled shapes)."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-    from ray.tune.search.optuna import OptunaSearch
+
+    from nas.searcher import DistinctOptunaSearch  # imports Ray Tune and Optuna
 
     # Ctrl+C raises KeyboardInterrupt here, as anywhere else in the search: Tune's own handler would return
     # a partial result as if the search had ended. Its state on disk resumes either way (`--resume`).
@@ -565,9 +567,9 @@ def _run_tune(cfg: SearchConfig, trainable, setup: TrialSetup, out: Path, *, res
         log.warning("%s: nothing to restore; starting the trials from the beginning", path)
     sampler = make_sampler(cfg)
     study_storage = optuna_storage(cfg.optuna_storage) if cfg.optuna_storage else None
-    searcher = OptunaSearch(
+    searcher = DistinctOptunaSearch(
         space=Sampler(setup.space, setup.teacher_arch), metric=[setup.metric, OBJECTIVE_LATENCY], mode=["max", "min"],
-        sampler=sampler, storage=study_storage,
+        sampler=sampler, storage=study_storage, seed=cfg.seed,
         study_name=f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}" if study_storage is not None else None,
     )
     if asha:

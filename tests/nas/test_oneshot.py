@@ -44,6 +44,7 @@ def test_every_candidate_is_scored_with_the_supernet(searched):
         rows = list(csv.DictReader(fh))
     estimates = [r for r in rows if r["kind"] == "supernet"]
     assert len(estimates) == 16 and all(r["status"] == "scored" and r["steps"] == "0" for r in estimates)
+    assert len({r["arch"] for r in estimates}) == 16 == summary["distinct_candidates"]  # none scored twice
     # architectures only: the tiny space's temperatures (1, 2) are not sampled, every row has the first
     assert {(float(r["temperature"]), float(r["learning_rate"])) for r in estimates} == {(1.0, 0.001)}
     assert {float(r["learning_rate"]) for r in rows if r["kind"] == "final"} == {5e-5}  # `final_lr`
