@@ -59,7 +59,7 @@ from nas import report
 from nas.config import Constraints, SearchConfig
 from nas.cost import Cost, CostModel, LatencyPredictor
 from nas.final import budget_final, final_config
-from nas.space import SearchSpace
+from nas.space import KNOBS, SearchSpace
 from nas.trial import (
     OBJECTIVE_LATENCY,
     REJECTED,
@@ -75,7 +75,7 @@ from tasks.registry import saved_task
 log = logging.getLogger(__name__)
 
 SUPERNET = "supernet"
-KNOB_COLUMNS = report.KNOBS
+KNOB_COLUMNS = KNOBS
 
 
 # ------------------------------------------------------------------ 1. the supernet

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 from distill.files import write_json
+from nas.space import KNOBS
 
 COLUMNS = (
     "trial_id", "status", "kind", "arch", "params", "flops", "latency_ms", "batch_latency_ms", "speedup",
@@ -36,11 +37,11 @@ def finite(x) -> bool:
 
 SEARCHED = ("completed", "stopped", "scored")
 """Rows of candidates the search itself scored (trials and supernet estimates; not finals or int8 copies)."""
-KNOBS = ("learning_rate", "temperature", "hard_weight", "hidden_weight", "init_layers")
 
 
 def distinct_candidates(rows: list[dict]) -> set[tuple]:
-    """The distinct candidates among the searched rows: a student and the knobs it was trained with."""
+    """The distinct candidates among the searched rows: a student and the knobs it was trained with
+    (`nas.searcher` hands each to Tune once while fresh ones can be found)."""
     return {(r.get("arch"), *(r.get(k) for k in KNOBS)) for r in rows if r.get("status") in SEARCHED}
 
 

@@ -73,7 +73,7 @@ from nas.config import Constraints, SearchConfig
 from nas.cost import Cost, CostModel, device_name, typical_length
 from nas.exports import front_readme, onnx_copies
 from nas.final import quantized_rows, train_final
-from nas.space import SearchSpace, SpaceError, get_space
+from nas.space import KNOBS, SearchSpace, SpaceError, get_space
 from nas.trial import OBJECTIVE_LATENCY, TrialSetup, result_trial_id, run_trial, sampled_arch, trial_status
 from tasks.errors import UserError
 from tasks.features import encode
@@ -95,6 +95,11 @@ class Sampler:
 
     def __call__(self, trial) -> dict:
         return self.space.sample(trial, self.teacher_arch)
+
+    def candidate(self, config: dict) -> tuple:
+        """Which candidate a sampled `config` is: its student's name and its knobs (as
+        `report.distinct_candidates` counts them)."""
+        return (self.space.arch(config, self.teacher_arch).name, *(config[k] for k in KNOBS))
 
 
 def save_config(out: Path, cfg: SearchConfig) -> None:
@@ -567,9 +572,10 @@ def _run_tune(cfg: SearchConfig, trainable, setup: TrialSetup, out: Path, *, res
         log.warning("%s: nothing to restore; starting the trials from the beginning", path)
     sampler = make_sampler(cfg)
     study_storage = optuna_storage(cfg.optuna_storage) if cfg.optuna_storage else None
+    space = Sampler(setup.space, setup.teacher_arch)
     searcher = DistinctOptunaSearch(
-        space=Sampler(setup.space, setup.teacher_arch), metric=[setup.metric, OBJECTIVE_LATENCY], mode=["max", "min"],
-        sampler=sampler, storage=study_storage, seed=cfg.seed,
+        space=space, metric=[setup.metric, OBJECTIVE_LATENCY], mode=["max", "min"], sampler=sampler,
+        storage=study_storage, key=space.candidate, fallback_seed=cfg.seed,
         study_name=f"{out.name}-{time.strftime('%Y%m%d-%H%M%S')}" if study_storage is not None else None,
     )
     if asha:
