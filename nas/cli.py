@@ -226,10 +226,15 @@ def distill_main(args: argparse.Namespace) -> int:
     return distill_tool.main(args, run=on_workers if args.workers > 1 else None)
 
 
+def supernet_main(args: argparse.Namespace) -> int:
+    """`bertnas supernet`: in this process, or with `--workers N` as N Ray Train workers (`nas.multihost`)."""
+    return supernet_tool.main(args, run=on_workers if args.workers > 1 else None)
+
+
 TOOLS: dict[str, Tool] = {
     "finetune": Tool(finetune_tool.__doc__, finetune_tool.add_arguments, finetune_main),
     "distill": Tool(distill_tool.__doc__, distill_tool.add_arguments, distill_main),
-    "supernet": Tool.of(supernet_tool),
+    "supernet": Tool(supernet_tool.__doc__, supernet_tool.add_arguments, supernet_main),
     "search": Tool(__doc__, add_arguments, search_main),
     "evaluate": Tool.of(evaluate_tool),
     "predict": Tool.of(predict_tool),

@@ -1,9 +1,10 @@
-"""Teacher fine-tuning and distillation across processes with Ray Train's `JaxTrainer`: one worker per host
-(or several CPU processes on one machine), each feeding its rows of every global batch
+"""Teacher fine-tuning, distillation and supernet training across processes with Ray Train's `JaxTrainer`: one
+worker per host (or several CPU processes on one machine), each feeding its rows of every global batch
 (`distill.train.multihost`).
 
-`run_on_workers(cfg, output, workers)` runs `distill.run.finetune` (a `FinetuneConfig`) or `distill.run.distill`
-(a `DistillConfig`) in `workers` Ray Train workers and returns rank 0's results; the run's files are rank
+`run_on_workers(cfg, output, workers)` runs `distill.run.finetune` (a `FinetuneConfig`), `distill.run.distill`
+(a `DistillConfig`) or `distill.run.train_supernet` (a `SupernetConfig`) in `workers` Ray Train workers and
+returns rank 0's results; the run's files are rank
 0's, in `output`. On GPUs and TPUs (`use_gpu` / `use_tpu`) Ray's `JaxConfig` initialises
 `jax.distributed`; on CPUs each worker does, from its rank and the address rank 0 broadcasts. The cache is
 not used across processes (every process must train, and label its teacher's outputs).
@@ -23,7 +24,7 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.collective import broadcast_from_rank_zero
 from ray.train.v2.jax import JaxConfig, JaxTrainer
 
-from distill.run import DistillConfig, FinetuneConfig, free_address, run_process
+from distill.run import DistillConfig, FinetuneConfig, SupernetConfig, free_address, run_process
 from nas.tune import ray_kwargs, start_ray, worker_host_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,9 +40,12 @@ def _worker(config: dict) -> None:
                 resume=config["resume"])
 
 
-def run_on_workers(cfg: FinetuneConfig | DistillConfig, output: str | Path, workers: int, *, use_gpu: bool = False,
-                   use_tpu: bool = False, resume: bool = False) -> dict:
-    """Fine-tune or distil (`cfg`'s type) across `workers` Ray Train workers (local Ray unless $RAY_ADDRESS);
+RUN_NAMES = {FinetuneConfig: "finetune", DistillConfig: "distill", SupernetConfig: "supernet"}
+
+
+def run_on_workers(cfg: FinetuneConfig | DistillConfig | SupernetConfig, output: str | Path, workers: int, *,
+                   use_gpu: bool = False, use_tpu: bool = False, resume: bool = False) -> dict:
+    """Fine-tune, distil or train a supernet (`cfg`'s type) across `workers` Ray Train workers (local Ray unless $RAY_ADDRESS);
     rank 0's results."""
     output = Path(output).absolute()
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
@@ -60,8 +64,7 @@ def run_on_workers(cfg: FinetuneConfig | DistillConfig, output: str | Path, work
             jax_config=JaxConfig(use_tpu=use_tpu, use_gpu=use_gpu),
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, use_tpu=use_tpu,
                                          resources_per_worker=None if (use_gpu or use_tpu) else {"CPU": 1}),
-            run_config=RunConfig(name="finetune" if isinstance(cfg, FinetuneConfig) else "distill",
-                                 storage_path=storage),
+            run_config=RunConfig(name=RUN_NAMES[type(cfg)], storage_path=storage),
         )
         trainer.fit()
     finally:

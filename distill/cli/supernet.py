@@ -2,6 +2,7 @@
 
   bertnas supernet --task sst2 --output runs/supernet-sst2
   bertnas supernet --task sst2 --layers 1,2,3,4 --hidden 128,256,384 --output runs/sn
+  bertnas supernet --task sst2 --workers 2 --output runs/sn2     (as 2 Ray Train worker processes)
 
 The supernet starts as the fine-tuned teacher (fine-tuned first if need be)
 with its heads, FFN neurons and hidden dims reordered by importance, so a
@@ -9,13 +10,16 @@ sub-network keeps the first ones. Each step trains the largest and the
 smallest sub-network of the space and --num-sampled random ones on the
 teacher's outputs (the sandwich rule). Evaluations score the largest and the
 smallest; the best supernet is written to OUTPUT/supernet and cached, so a
-later run with the same settings reuses it.
+later run with the same settings reuses it. With --workers N it runs as N
+processes (one per host; Ray Train's JaxTrainer), each feeding its rows of
+every batch, without the cache.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from typing import Callable
 
 from distill import cli
 from distill.arch import LAYER_MAPS
@@ -24,6 +28,7 @@ from tasks.errors import UserError
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     cli.add_run_args(p, lr=1e-4, epochs=1)
+    cli.add_workers_args(p)
     p.add_argument("--teacher", default="minilm", help="fine-tuned teacher directory, or a pre-trained one")
     p.add_argument("--teacher-epochs", type=cli.at_least(1), default=2, help="epochs when the teacher must be fine-tuned first")
     p.add_argument("--validation", type=cli.at_least(0), default=0,
@@ -81,14 +86,21 @@ def config(args: argparse.Namespace):
     )
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, run: Callable | None = None) -> int:
+    """The supernet's training; `run(cfg, args) -> results` trains (default: `train_supernet` in this process;
+    `bertnas supernet --workers N` passes one that runs it across processes)."""
     from distill.files import enable_compilation_cache
     from distill.run import train_supernet
 
     # A sandwich compiles a gradient per sub-network shape and batch length (about 100 in the first 200 steps
     # of the default space on SST-2): a second run on the same machine takes them from the disk cache.
     enable_compilation_cache()
-    results = train_supernet(config(args), args.output, resume=args.resume, use_cache=not args.no_cache)
+    cfg = config(args)
+    if run is None:
+        cli.check_workers_here(args, "supernet")
+        results = train_supernet(cfg, args.output, resume=args.resume, use_cache=not args.no_cache)
+    else:
+        results = run(cfg, args)
     keys = ("task", "best", "teacher_dev", "steps", "train_examples_per_second", "seconds", "supernet_dir")
     print(json.dumps({k: results[k] for k in keys if k in results}))
     return 0

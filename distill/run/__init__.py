@@ -17,7 +17,8 @@ re-exports; the modules behind it:
   speed         `training_speed` (-> `Speed`): a run's steps and evaluation timed on its own batches before it starts
   quantization  `quantize_run`, `compare`, `compare_models`
   onnx_export   `export_onnx_run`: a run's export as ONNX (and its int8 variant), evaluated with onnxruntime
-  processes     `run_process`: one process's part of a fine-tune or distillation across processes (Ray Train workers)
+  processes     `run_process`: one process's part of a fine-tune, distillation or supernet training across
+                processes (Ray Train workers)
 
 May import any room of `distill` and `tasks`; nothing of `nas`.
 """

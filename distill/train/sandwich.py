@@ -110,7 +110,9 @@ def sandwich_step(
     with `largest`, `smallest` and `sampled` each logged as a mean)."""
     step = int(state.step)  # one host sync per step: the sandwich is a function of the step index
     subnets = choices.sandwich(supernet, step, seed, num_sampled)
-    batch = jax.device_put(batch)
+    # Host rows go to the device once for all sub-networks; a batch the loop has sharded stays as it is (across
+    # processes it is not this process's to move).
+    batch = jax.tree.map(lambda x: x if isinstance(x, jax.Array) else jax.device_put(x), batch)
     step_rng = jax.random.fold_in(rng, step)
     total_grads, losses = None, []
     for k, sub in enumerate(subnets):

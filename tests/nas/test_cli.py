@@ -87,7 +87,7 @@ def test_search_export_flags_reach_the_config_and_an_offline_push_fails_before_a
     assert "offline" in last and not (tmp_path / "out" / "teacher_finetune").exists()
 
 
-@pytest.mark.parametrize("tool", ["finetune", "distill"])
+@pytest.mark.parametrize("tool", ["finetune", "distill", "supernet"])
 def test_workers_run_the_tools_config_as_ray_train_workers(tool, tmp_path, monkeypatch, capsys):
     """`--workers N` hands the tool's own run config to `nas.multihost.run_on_workers` (the run itself:
     `tests/distill/train/test_multihost.py`); the distill tool's steps after the run follow as in one process."""
@@ -97,7 +97,7 @@ def test_workers_run_the_tools_config_as_ray_train_workers(tool, tmp_path, monke
 
     def fake(cfg, output, workers, **kw):
         seen.update(cfg=cfg, output=output, workers=workers, **kw)
-        return {"best": {"accuracy": 1.0}, "teacher_dir": str(output), "task": cfg.task}
+        return {"best": {"accuracy": 1.0}, "teacher_dir": str(output), "task": cfg.task, "steps": 3}
 
     monkeypatch.setattr(nas.multihost, "run_on_workers", fake)
     argv = [tool, "--task", "sst2", "--output", str(tmp_path / "o"), "--workers", "2", "--workers-on", "cpu"]
@@ -106,8 +106,10 @@ def test_workers_run_the_tools_config_as_ray_train_workers(tool, tmp_path, monke
     assert done.value.code == 0
     from distill.cli import distill as distill_tool
     from distill.cli import finetune as finetune_tool
+    from distill.cli import supernet as supernet_tool
 
-    expected = {"finetune": finetune_tool, "distill": distill_tool}[tool].config(nas.cli.parse(argv))
+    tools = {"finetune": finetune_tool, "distill": distill_tool, "supernet": supernet_tool}
+    expected = tools[tool].config(nas.cli.parse(argv))
     assert seen == {"cfg": expected, "output": str(tmp_path / "o"), "workers": 2, "resume": False, "use_gpu": False,
                     "use_tpu": False}
     assert seen["cfg"].loop.packing == "off"  # rows split over processes: never packed
