@@ -4,10 +4,11 @@ worker per host (or several CPU processes on one machine), each feeding its rows
 
 `run_on_workers(cfg, output, workers)` runs `distill.run.finetune` (a `FinetuneConfig`), `distill.run.distill`
 (a `DistillConfig`) or `distill.run.train_supernet` (a `SupernetConfig`) in `workers` Ray Train workers and
-returns rank 0's results; the run's files are rank
-0's, in `output`. On GPUs and TPUs (`use_gpu` / `use_tpu`) Ray's `JaxConfig` initialises
-`jax.distributed`; on CPUs each worker does, from its rank and the address rank 0 broadcasts. The cache is
-not used across processes (every process must train, and label its teacher's outputs).
+returns rank 0's results; the run's files are rank 0's, in `output`. On GPUs and TPUs (`use_gpu` / `use_tpu`) Ray's `JaxConfig` initialises
+`jax.distributed`; on CPUs each worker does, from its rank and the address rank 0 broadcasts. The run cache
+is not used across processes (every process must train, and label its teacher's outputs; a teacher that is
+not fine-tuned yet is fine-tuned again), the compilation cache is; importance scores are rank 0's in every
+process (`distill.train.multihost.rank_zero_values`).
 """
 
 from __future__ import annotations
@@ -41,12 +42,15 @@ def _worker(config: dict) -> None:
 
 
 RUN_NAMES = {FinetuneConfig: "finetune", DistillConfig: "distill", SupernetConfig: "supernet"}
+"""The Ray Train run's name for each config type that runs across processes (`distill.run.processes.RUNS`)."""
 
 
 def run_on_workers(cfg: FinetuneConfig | DistillConfig | SupernetConfig, output: str | Path, workers: int, *,
                    use_gpu: bool = False, use_tpu: bool = False, resume: bool = False) -> dict:
-    """Fine-tune, distil or train a supernet (`cfg`'s type) across `workers` Ray Train workers (local Ray unless $RAY_ADDRESS);
-    rank 0's results."""
+    """Fine-tune, distil or train a supernet (`cfg`'s type) across `workers` Ray Train workers (local Ray
+    unless $RAY_ADDRESS); rank 0's results."""
+    if type(cfg) not in RUN_NAMES:  # before Ray starts
+        raise TypeError(f"run_on_workers: one of {', '.join(c.__name__ for c in RUN_NAMES)}, not {type(cfg).__name__}")
     output = Path(output).absolute()
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if not (use_gpu or use_tpu):

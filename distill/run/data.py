@@ -18,6 +18,7 @@ from distill.kd.outputs import OutputCache, cached_teacher_outputs
 from distill.model.bert import in_precision
 from distill.model.store import LoadedBert, weights_fingerprint
 from distill.run.config import DistillConfig
+from distill.train.multihost import rank_zero_values
 from tasks.base import Task
 from tasks.errors import UserError
 from tasks.features import Features, encode
@@ -70,9 +71,11 @@ def training_features(cfg: DistillConfig, task: Task, teacher: LoadedBert, train
 
 
 def teacher_importance(cfg: DistillConfig, task: Task, teacher: LoadedBert, train: Features) -> Scores:
-    """The teacher's importance scores on the run's training features (cached; see `cached_importance`)."""
-    return cached_importance(teacher, train, task.name, task.kind, seed=cfg.loop.seed,
-                             num_batches=cfg.init.importance_batches)
+    """The teacher's importance scores on the run's training features (cached; see `cached_importance`);
+    across processes, process 0's in every one."""
+    scores = cached_importance(teacher, train, task.name, task.kind, seed=cfg.loop.seed,
+                               num_batches=cfg.init.importance_batches)
+    return rank_zero_values(scores)
 
 
 def label_prefixes(train: Features, original: np.ndarray | None, copies: int) -> tuple[int, ...]:

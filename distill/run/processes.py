@@ -12,6 +12,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from distill.files import enable_compilation_cache
 from distill.run.config import DistillConfig, FinetuneConfig, SupernetConfig
 from distill.run.distillation import distill
 from distill.run.finetuning import finetune
@@ -31,6 +32,7 @@ def run_process(cfg: FinetuneConfig | DistillConfig | SupernetConfig, output: st
     if type(cfg) not in RUNS:
         raise TypeError(f"run_process: one of {', '.join(c.__name__ for c in RUNS)}, not {type(cfg).__name__}")
     run = RUNS[type(cfg)]
+    enable_compilation_cache()  # this worker's, under the same cache root: shapes compile once per machine
     if coordinator is not None:
         multihost.initialize(rank, world, coordinator)
     out = multihost.output_dir(output, rank)

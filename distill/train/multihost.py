@@ -22,6 +22,8 @@ import tempfile
 from pathlib import Path
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 CPU_COLLECTIVES = "gloo"
 
@@ -32,6 +34,15 @@ def initialize(rank: int, world: int, coordinator: str) -> None:
         return
     jax.config.update("jax_cpu_collectives_implementation", CPU_COLLECTIVES)
     jax.distributed.initialize(coordinator, num_processes=world, process_id=rank)
+
+
+def rank_zero_values(tree):
+    """`tree` (host arrays) as process 0 holds it, in every process; `tree` itself in a one-process run. For
+    what each process computes apart but must agree on exactly (importance scores decide the rewiring and the
+    students' first weights, and GPUs need not reduce in the same order on every host)."""
+    if jax.process_count() == 1:
+        return tree
+    return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
 
 
 def shutdown() -> None:

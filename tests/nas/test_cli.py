@@ -116,13 +116,15 @@ def test_workers_run_the_tools_config_as_ray_train_workers(tool, tmp_path, monke
     assert '"accuracy": 1.0' in capsys.readouterr().out
 
 
-def test_a_tools_own_main_refuses_workers(tmp_path):
+@pytest.mark.parametrize("tool", ["distill", "supernet"])
+def test_a_tools_own_main_refuses_workers(tool, tmp_path):
     from distill.cli import distill as distill_tool
+    from distill.cli import supernet as supernet_tool
     from tasks.errors import UserError
 
-    args = nas.cli.parse(["distill", "--task", "sst2", "--output", str(tmp_path / "o"), "--workers", "2"])
-    with pytest.raises(UserError, match="--workers: run it through `bertnas distill`"):
-        distill_tool.main(args)
+    args = nas.cli.parse([tool, "--task", "sst2", "--output", str(tmp_path / "o"), "--workers", "2"])
+    with pytest.raises(UserError, match=f"--workers: run it through `bertnas {tool}`"):
+        {"distill": distill_tool, "supernet": supernet_tool}[tool].main(args)
     assert not (tmp_path / "o").exists()
 
 
