@@ -89,7 +89,8 @@ def compare(summaries: dict[str, dict], targets: tuple[float, ...]) -> dict:
                 "export": best["export"],
             }
         per_target.append(row)
-    strategies = {name: {"candidates": s["candidates"], "distinct": s.get("distinct_candidates"), "seconds": s["seconds"].get("total"),
+    strategies = {name: {"candidates": s["candidates"], "distinct": s.get("distinct_candidates"),
+                         "seconds": s["seconds"].get("total"),
                          "teacher_dev": s["teacher"]["dev_metric"], **ranking_quality(s),
                          "supernet_cached": bool((s.get("supernet") or {}).get("cached"))}
                   for name, s in summaries.items()}
@@ -208,8 +209,8 @@ def table(result: dict) -> str:
         cached = " (its supernet from the cache: trained by an earlier search, not in this budget)" \
             if info.get("supernet_cached") else ""
         distinct = "" if info.get("distinct") is None else f" ({info['distinct']} distinct)"
-        lines.append(f"{s}: {info['candidates']} candidates scored{distinct}, Spearman {rho} over {info['points']} exported "
-                     f"students, teacher dev {info['teacher_dev']:.4f}, {info['seconds'] or 0:.0f} s{cached}")
+        lines.append(f"{s}: {info['candidates']} candidates scored{distinct}, Spearman {rho} over {info['points']} "
+                     f"exported students, teacher dev {info['teacher_dev']:.4f}, {info['seconds'] or 0:.0f} s{cached}")
     return "\n".join(lines)
 
 

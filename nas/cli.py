@@ -179,7 +179,8 @@ def search_main(args: argparse.Namespace) -> int:
         summary = search(None, args.resume, resume=True)
     else:
         summary = search(config(args), args.output or f"runs/search-{args.task}")
-    brief = {k: summary.get(k) for k in ("task", "metric", "candidates", "distinct_candidates", "counts", "pareto", "seconds")}
+    brief = {k: summary.get(k) for k in ("task", "metric", "candidates", "distinct_candidates", "counts", "pareto",
+                                         "seconds")}
     final = summary.get("final")
     keys = ("arch", "speedup", "val_metric", "dev_metric", "steps", "export")
     brief["final"] = {k: final.get(k) for k in keys} if final else None

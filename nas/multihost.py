@@ -4,11 +4,11 @@ worker per host (or several CPU processes on one machine), each feeding its rows
 
 `run_on_workers(cfg, output, workers)` runs `distill.run.finetune` (a `FinetuneConfig`), `distill.run.distill`
 (a `DistillConfig`) or `distill.run.train_supernet` (a `SupernetConfig`) in `workers` Ray Train workers and
-returns rank 0's results; the run's files are rank 0's, in `output`. On GPUs and TPUs (`use_gpu` / `use_tpu`) Ray's `JaxConfig` initialises
-`jax.distributed`; on CPUs each worker does, from its rank and the address rank 0 broadcasts. The run cache
-is not used across processes (every process must train, and label its teacher's outputs; a teacher that is
-not fine-tuned yet is fine-tuned again), the compilation cache is; importance scores are rank 0's in every
-process (`distill.train.multihost.rank_zero_values`).
+returns rank 0's results; the run's files are rank 0's, in `output`. On GPUs and TPUs (`use_gpu` /
+`use_tpu`) Ray's `JaxConfig` initialises `jax.distributed`; on CPUs each worker does, from its rank and the
+address rank 0 broadcasts. The run cache is not used across processes (every process must train, and label
+its teacher's outputs; a teacher that is not fine-tuned yet is fine-tuned again), the compilation cache is;
+importance scores are rank 0's in every process (`distill.train.multihost.rank_zero_values`).
 """
 
 from __future__ import annotations
