@@ -140,12 +140,18 @@ def measure_in_child(arch: BertArch, head: str, num_labels: int, seq_len: int, b
 
 def measure_many_in_child(archs: list[BertArch], head: str, num_labels: int, seq_len: int, batches: list[int], *,
                           threads: int, repeats: int = 20, min_seconds: float = 0.25, timeout: float = 900,
-                          quantize: str | None = None) -> list[dict[int, tuple[float, float]]]:
+                          quantize: str | None = None,
+                          arch_batches: list[list[int]] | None = None) -> list[dict[int, tuple[float, float]]]:
     """`measure_in_child` for several architectures in one child process (JAX starts once); one
-    {batch: (median, p95)} per architecture. `timeout` is per architecture."""
+    {batch: (median, p95)} per architecture. `arch_batches`: each architecture's own batch sizes instead of
+    `batches`. `timeout` is per architecture."""
     request = {"archs": [a.to_dict() for a in archs], "head": head, "num_labels": num_labels, "seq_len": seq_len,
                "batches": list(batches), "threads": threads, "repeats": repeats, "min_seconds": min_seconds,
                "quantize": quantize}
+    if arch_batches is not None:
+        if len(arch_batches) != len(archs):
+            raise ValueError(f"arch_batches: {len(arch_batches)} lists for {len(archs)} architectures")
+        request["arch_batches"] = [list(b) for b in arch_batches]
     root = str(Path(__file__).resolve().parent.parent)
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run([sys.executable, "-m", "nas.latency_child", json.dumps(request)], capture_output=True,
@@ -197,6 +203,16 @@ class CostModel:
         self._measure(archs, [1, self.batch_size])
         return [self._cost(a) for a in archs]
 
+    def costs_beside(self, archs: list[BertArch], reference: BertArch) -> tuple[list[Cost], list[float]]:
+        """`costs` of `archs`, and two batch-1 latencies (medians, ms) of `reference`, measured again (never
+        cached) before and after them in the same child process. A speedup divides by one teacher latency,
+        and on the 2-core Xeon the teacher's median moved between 9.1 and 11.3 ms from one measurement to the
+        next, once to 7.4 (its compute-bound layers share a core with whatever else runs on it), while a
+        student's stayed within 5%: one teacher measurement moved every speedup of a search by up to 20%.
+        Each call adds two samples to take the median of."""
+        again = self._measure(archs, [1, self.batch_size], reference=reference)
+        return [self._cost(a) for a in archs], again
+
     def _cost(self, arch: BertArch) -> Cost:
         median, p95 = self._latency(arch, 1)
         batch_median, _ = self._latency(arch, self.batch_size)
@@ -206,32 +222,47 @@ class CostModel:
             self.seq_len, latency_ms=median, latency_ms_p95=p95, batch_latency_ms=batch_median,
             throughput=self.batch_size * 1e3 / batch_median, batch_size=self.batch_size)
 
-    def _measure(self, archs: list[BertArch], batches: list[int]) -> None:
-        """Measure, in one child process, the batch sizes of `archs` not cached yet (threads > 0 only)."""
+    def _measure(self, archs: list[BertArch], batches: list[int], reference: BertArch | None = None) -> list[float]:
+        """Measure, in one child process, the batch sizes of `archs` not cached yet (threads > 0 only; else
+        `_latency` measures them when asked); with a `reference`, its batch-1 median before and after them
+        (in this process when threads is 0), returned."""
         def missing(arch):
             return [b for b in dict.fromkeys(batches) if self.key(arch, b) not in self._entries]
 
         if any(missing(a) for a in archs):
             self._entries.update(self._read())  # another process may have measured them
-        todo = list({a.to_json(): a for a in archs if missing(a)}.values())
-        if not self.threads or not todo:
-            return
+        todo = list({a.to_json(): a for a in archs if missing(a)}.values()) if self.threads else []
+        again = [reference, reference] if reference is not None else []
+        if not self.threads:
+            return [self._measure_here(a, 1)[0] for a in again]
+        if not todo and not again:
+            return []
         sizes = sorted({b for a in todo for b in missing(a)})
-        measured = measure_many_in_child(todo, self.head, self.num_labels, self.seq_len, sizes, threads=self.threads,
-                                         repeats=self.repeats, min_seconds=self.min_seconds, quantize=self.quantize)
+        measured = measure_many_in_child(again[:1] + todo + again[1:], self.head, self.num_labels, self.seq_len,
+                                         sizes, threads=self.threads, repeats=self.repeats,
+                                         min_seconds=self.min_seconds, quantize=self.quantize,
+                                         arch_batches=[[1]] * len(again[:1]) + [sizes] * len(todo)
+                                         + [[1]] * len(again[1:]))
+        if again:
+            first, *measured, last = measured
+            again = [first[1][0], last[1][0]]
         for arch, entry in zip(todo, measured):
             for b, (median, p95) in entry.items():
                 self._write(self.key(arch, b), {"median_ms": median, "p95_ms": p95, "repeats": self.repeats,
                                                 "min_seconds": self.min_seconds, "threads": self.threads,
                                                 "time": time.time()})
+        return again
+
+    def _measure_here(self, arch: BertArch, batch: int) -> tuple[float, float]:
+        return measure_latency(arch, self.head, self.num_labels, self.seq_len, batch, repeats=self.repeats,
+                               min_seconds=self.min_seconds, quantize=self.quantize)
 
     def _latency(self, arch: BertArch, batch: int) -> tuple[float, float]:
         key = self.key(arch, batch)
         if key not in self._entries:
             self._entries.update(self._read())  # another process may have measured it
         if key not in self._entries:
-            median, p95 = measure_latency(arch, self.head, self.num_labels, self.seq_len, batch,
-                                          repeats=self.repeats, min_seconds=self.min_seconds, quantize=self.quantize)
+            median, p95 = self._measure_here(arch, batch)
             self._write(key, {"median_ms": median, "p95_ms": p95, "repeats": self.repeats,
                               "min_seconds": self.min_seconds, "time": time.time()})
         entry = self._entries[key]

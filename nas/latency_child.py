@@ -4,7 +4,8 @@
                                "seq_len": 40, "batches": [1, 32], "threads": 1, "repeats": 20,
                                "min_seconds": 0.25}'
 
-Before JAX loads, the process pins itself to `threads` of its CPUs and, for
+With "arch_batches" (one list of batch sizes per architecture), each
+architecture is measured at its own. Before JAX loads, the process pins itself to `threads` of its CPUs and, for
 one thread, turns off XLA's multi-threaded CPU kernels; then it measures
 each batch size of each architecture with `nas.cost.measure_latency` and prints
 one JSON line: [{"<batch>": [median_ms, p95_ms], ...}, ...], one entry per
@@ -42,20 +43,21 @@ def main(argv: list[str]) -> None:
     from distill.model.bert import build_model
     from nas.cost import measure_latency, timing_params
 
-    def measured(spec: dict) -> dict:
+    def measured(spec: dict, batches: list[int]) -> dict:
         arch = BertArch.from_dict(spec)
         params = timing_params(build_model(arch, request["head"], request["num_labels"]))  # one set, every batch
         return {
             str(b): measure_latency(arch, request["head"], request["num_labels"], request["seq_len"], b,
                                     repeats=request["repeats"], min_seconds=request["min_seconds"],
                                     quantize=request.get("quantize"), params=params)
-            for b in request["batches"]
+            for b in batches
         }
 
     if "archs" in request:
-        print(json.dumps([measured(a) for a in request["archs"]]), flush=True)
+        batches = request.get("arch_batches") or [request["batches"]] * len(request["archs"])
+        print(json.dumps([measured(a, b) for a, b in zip(request["archs"], batches)]), flush=True)
     else:
-        print(json.dumps(measured(request["arch"])), flush=True)
+        print(json.dumps(measured(request["arch"], request["batches"])), flush=True)
 
 
 if __name__ == "__main__":

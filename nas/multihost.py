@@ -25,7 +25,7 @@ from ray.train import RunConfig, ScalingConfig
 from ray.train.collective import broadcast_from_rank_zero
 from ray.train.v2.jax import JaxConfig, JaxTrainer
 
-from distill.run import DistillConfig, FinetuneConfig, SupernetConfig, free_address, run_process
+from distill.run import RUNS, DistillConfig, FinetuneConfig, SupernetConfig, free_address, run_process
 from nas.tune import ray_kwargs, start_ray, worker_host_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,16 +41,12 @@ def _worker(config: dict) -> None:
                 resume=config["resume"])
 
 
-RUN_NAMES = {FinetuneConfig: "finetune", DistillConfig: "distill", SupernetConfig: "supernet"}
-"""The Ray Train run's name for each config type that runs across processes (`distill.run.processes.RUNS`)."""
-
-
 def run_on_workers(cfg: FinetuneConfig | DistillConfig | SupernetConfig, output: str | Path, workers: int, *,
                    use_gpu: bool = False, use_tpu: bool = False, resume: bool = False) -> dict:
     """Fine-tune, distil or train a supernet (`cfg`'s type) across `workers` Ray Train workers (local Ray
     unless $RAY_ADDRESS); rank 0's results."""
-    if type(cfg) not in RUN_NAMES:  # before Ray starts
-        raise TypeError(f"run_on_workers: one of {', '.join(c.__name__ for c in RUN_NAMES)}, not {type(cfg).__name__}")
+    if type(cfg) not in RUNS:  # before Ray starts
+        raise TypeError(f"run_on_workers: one of {', '.join(c.__name__ for c in RUNS)}, not {type(cfg).__name__}")
     output = Path(output).absolute()
     env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     if not (use_gpu or use_tpu):
@@ -68,7 +64,7 @@ def run_on_workers(cfg: FinetuneConfig | DistillConfig | SupernetConfig, output:
             jax_config=JaxConfig(use_tpu=use_tpu, use_gpu=use_gpu),
             scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu, use_tpu=use_tpu,
                                          resources_per_worker=None if (use_gpu or use_tpu) else {"CPU": 1}),
-            run_config=RunConfig(name=RUN_NAMES[type(cfg)], storage_path=storage),
+            run_config=RunConfig(name=RUNS[type(cfg)].__name__, storage_path=storage),
         )
         trainer.fit()
     finally:

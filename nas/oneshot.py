@@ -16,7 +16,8 @@ slice, the teacher's labels and cost), `nas.tune` runs these stages:
      validation slice and predicts its latency; a candidate that breaks a constraint is rejected unscored
      (`score_rows` turns the results into rows);
   4. `measure_front`: every candidate on the front is measured for real and the front taken again,
-     until all its members' latencies are measured;
+     until all its members' latencies are measured; the teacher is measured again beside each round,
+     and every speedup divides by the median of its measurements;
   5. `train_targets`: for each target speedup, the most accurate measured candidate at or above it is
      distilled further from its supernet weights (`InitConfig.source`), on augmented data, in a share of
      the time left that grows with its distance from the teacher (`final_weights`).
@@ -75,7 +76,6 @@ from tasks.registry import saved_task
 log = logging.getLogger(__name__)
 
 SUPERNET = "supernet"
-KNOB_COLUMNS = KNOBS
 
 
 # ------------------------------------------------------------------ 1. the supernet
@@ -95,6 +95,9 @@ NUM_SAMPLED = 2
 MIN_SECONDS = 120.0
 """The supernet's time when the budget has (almost) none left for it: a warning, and a short supernet."""
 SUPERNET_PLAN = "supernet_plan.json"
+TEACHER_LATENCY = "teacher_latency.json"
+"""OUTPUT/teacher_latency.json: the teacher latencies `measure_front` took and their median (a resumed
+search divides by the same)."""
 
 
 def plan_supernet(cfg: SearchConfig, choices: SubnetChoices, teacher: BertArch, seq_len: int, seconds: float,
@@ -288,7 +291,7 @@ def score_rows(results, setup: ScoreSetup) -> tuple[list[dict], dict[str, dict]]
         row = {"trial_id": tid, "kind": "supernet", "latency_source": "predicted", "steps": 0,
                "seconds": m.get("time_total_s"), "pareto": False,
                **{k: m.get(k) for k in ("arch", "params", "flops", "latency_ms", "speedup")},
-               **{k: config.get(k) for k in KNOB_COLUMNS}}
+               **{k: config.get(k) for k in KNOBS}}
         row["status"], row["error"] = trial_status(result, setup.metric, has_config=has_config, done="scored")
         row["val_metric"] = m.get(setup.metric) if row["status"] == "scored" else None
         rows.append(row)
@@ -299,21 +302,41 @@ def score_rows(results, setup: ScoreSetup) -> tuple[list[dict], dict[str, dict]]
 
 # ------------------------------------------------------------------ 4. the front, measured
 def measure_front(rows: list[dict], configs: dict[str, dict], setup: TrialSetup, space: SearchSpace,
-                  constraints: Constraints, teacher_latency_ms: float) -> dict:
-    """Measure the front's predicted latencies until the front holds measured ones only; the predictor's
-    error against those measurements."""
+                  constraints: Constraints, teacher_ms: list[float], *, again: bool = True) -> dict:
+    """Measure the front's predicted latencies, round by round, until the front holds measured ones only,
+    with the teacher measured `again` beside each round (`CostModel.costs_beside`; alone when no round is
+    needed and `teacher_ms` holds a single measurement). Every speedup then divides by the median of the
+    teacher's latencies (`teacher_ms` and these), and measured candidates that break a constraint at
+    that speedup are rejected. Returns the predictor's error against the measurements and the teacher's
+    latency: its median and samples."""
     model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads)
-    errors = []
-    while todo := [r for r in report.pareto_front(rows) if r.get("latency_source") == "predicted"]:
-        costs = model.costs([space.arch(configs[r["trial_id"]], setup.teacher_arch) for r in todo])  # one child
-        for r, cost in zip(todo, costs):
-            cost = dataclasses.replace(cost, speedup=teacher_latency_ms / cost.latency_ms)
+    errors, teacher, costs = [], list(teacher_ms), {}
+    while (todo := [r for r in report.pareto_front(rows) if r.get("latency_source") == "predicted"]) \
+            or (again and len(teacher) == 1):
+        archs = [space.arch(configs[r["trial_id"]], setup.teacher_arch) for r in todo]
+        measured, more = model.costs_beside(archs, setup.teacher_arch) if again else (model.costs(archs), [])
+        teacher += more  # measured in the round's one child process
+        for r, cost in zip(todo, measured):
             errors.append(abs(r["latency_ms"] - cost.latency_ms) / cost.latency_ms)
             r.update(predicted_latency_ms=r["latency_ms"], latency_ms=cost.latency_ms,
-                     batch_latency_ms=cost.batch_latency_ms, speedup=cost.speedup, latency_source="measured")
+                     batch_latency_ms=cost.batch_latency_ms, latency_source="measured")
+            costs[r["trial_id"]] = cost
+        _against_teacher(rows, costs, constraints, float(np.median(teacher)))
+    return {"measured": len(errors), "error": float(np.mean(errors)) if errors else None,
+            "teacher_latency_ms": float(np.median(teacher)), "teacher_samples_ms": teacher}
+
+
+def _against_teacher(rows: list[dict], costs: dict[str, Cost], constraints: Constraints, teacher_ms: float) -> None:
+    """Every row's speedup over a teacher of `teacher_ms`; the scored rows measured (`costs`, by trial id)
+    that break a constraint at it rejected."""
+    for r in rows:
+        if report.finite(r.get("latency_ms")):
+            r["speedup"] = teacher_ms / r["latency_ms"]
+    for r in rows:
+        if r["status"] == "scored" and r["trial_id"] in costs:
+            cost = dataclasses.replace(costs[r["trial_id"]], speedup=r["speedup"])
             if violations := constraints.violations(cost):
                 r.update(status="rejected", error="measured: " + "; ".join(violations), val_metric=None)
-    return {"measured": len(errors), "error": float(np.mean(errors)) if errors else None}
 
 
 FRONT_PER_SQRT = 2.5
@@ -464,7 +487,7 @@ def _train_final(setup: TrialSetup, plan: dict, root: Path, rows: list[dict], *,
     source = next(r for r in rows if r["trial_id"] == plan["trial_id"])
     return {
         **{k: source.get(k) for k in ("params", "flops", "latency_ms", "batch_latency_ms", "speedup",
-                                      "latency_source", *KNOB_COLUMNS)},
+                                      "latency_source", *KNOBS)},
         "learning_rate": dcfg.optimizer.learning_rate,
         "trial_id": f"final-{plan['trial_id']}", "status": "final", "kind": "final", "from_trial": plan["trial_id"],
         "targets": plan["targets"], "arch": result["student"], "supernet_metric": source["val_metric"],

@@ -73,7 +73,7 @@ from nas.config import Constraints, SearchConfig
 from nas.cost import Cost, CostModel, device_name, typical_length
 from nas.exports import front_readme, onnx_copies
 from nas.final import quantized_rows, train_final
-from nas.space import KNOBS, SearchSpace, SpaceError, get_space
+from nas.space import SearchSpace, SpaceError, get_space
 from nas.trial import OBJECTIVE_LATENCY, TrialSetup, result_trial_id, run_trial, sampled_arch, trial_status
 from tasks.errors import UserError
 from tasks.features import encode
@@ -99,7 +99,7 @@ class Sampler:
     def candidate(self, config: dict) -> tuple:
         """Which candidate a sampled `config` is: its student's name and its knobs (as
         `report.distinct_candidates` counts them)."""
-        return (self.space.arch(config, self.teacher_arch).name, *(config[k] for k in KNOBS))
+        return (self.space.arch(config, self.teacher_arch).name, *self.space.knobs(config).values())
 
 
 def save_config(out: Path, cfg: SearchConfig) -> None:
@@ -204,6 +204,7 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
     deadline = start + cfg.budget_minutes * 60 - 60  # a minute for the front's export
     stages = _oneshot_stages if cfg.strategy == "supernet" else _trial_stages
     rows, handles, finals, extra = stages(cfg, setup, prep, out, deadline=deadline, resume=resume, seconds=seconds)
+    prep = _with_teacher_latency(prep, extra.get("teacher_latency"))
     t0 = time.perf_counter()
     rows, front, exported = _front_and_exports(cfg, setup, prep, rows, handles, out)
     seconds["export"] = time.perf_counter() - t0
@@ -216,6 +217,18 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
         write_json(out / "results.json", {**json.loads((out / "results.json").read_text()), "hub": summary["hub"]})
         log.info("pushed the exported front to %s", summary["hub"])
     return summary
+
+
+def _with_teacher_latency(prep: Prepared, latency: dict | None) -> Prepared:
+    """`prep` with the teacher's batch-1 latency the stages divided the speedups by (the supernet strategy:
+    the median of its measurements, `latency`), for the exports, int8 copies and reports; as it was
+    without one."""
+    if not latency:
+        return prep
+    ms = latency["latency_ms"]
+    return dataclasses.replace(prep, teacher_cost=dataclasses.replace(prep.teacher_cost, latency_ms=ms),
+                               teacher_row={**prep.teacher_row, "latency_ms": ms,
+                                            "latency_samples_ms": latency["samples_ms"]})
 
 
 def _trial_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Path, *, deadline: float, resume: bool,
@@ -275,7 +288,11 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
     rows, configs = oneshot.score_rows(grid, score_setup)
     seconds["scoring"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    measured = oneshot.measure_front(rows, configs, setup, space, cfg.constraints, prep.teacher_cost.latency_ms)
+    record = out / oneshot.TEACHER_LATENCY  # a resumed search divides by the same latency: its picks are the same
+    known = json.loads(record.read_text())["samples_ms"] if resume and record.is_file() else None
+    measured = oneshot.measure_front(rows, configs, setup, space, cfg.constraints,
+                                     known or [prep.teacher_cost.latency_ms], again=known is None)
+    write_json(record, {"latency_ms": measured["teacher_latency_ms"], "samples_ms": measured["teacher_samples_ms"]})
     seconds["measure_front"] = time.perf_counter() - t0
     finals = []
     if cfg.final_steps:
@@ -291,6 +308,8 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
                                                      "cached")}, "plan": plan},
         "latency_predictor": {"design": predictor.measured, "loo_error": predictor.error,
                               "front_measured": measured["measured"], "front_error": measured["error"]},
+        "teacher_latency": {"latency_ms": measured["teacher_latency_ms"],
+                            "samples_ms": measured["teacher_samples_ms"]},
     }
     return rows + finals, handles, finals, extra
 

@@ -34,7 +34,7 @@ from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task, 
 from distill.run.finetuning import finetune
 from distill.run.onnx_export import export_onnx_run
 from distill.run.prediction import predict_lines, predict_table
-from distill.run.processes import free_address, run_process
+from distill.run.processes import RUNS, free_address, run_process
 from distill.run.quantization import compare, compare_models, quantize_run
 from distill.run.speed import Speed, training_speed
 from distill.run.supernet import export_subnet, score_subnets, scoring_batches, supernet_layer_map, train_supernet
@@ -44,8 +44,10 @@ from distill.train.optim import OptimizerConfig
 
 __all__ = [
     "AugmentConfig", "DistillConfig", "FinetuneConfig", "InitConfig", "LoopConfig", "LossConfig", "OptimizerConfig",
-    "Stage", "Subnet", "SubnetChoices", "SupernetConfig", "compare", "compare_models", "distill", "evaluate_dir",
-    "evaluate_model", "export_onnx_run", "export_subnet", "fine_tuned_teacher", "finetune", "free_address", "load_for_task", "loss_layer_map",
-    "predict_features", "predict_lines", "predict_table", "quantize_run", "run_process", "read_data", "score_subnets", "scoring_batches", "split_predictions", "supernet_layer_map", "teacher_importance",
-    "teacher_labels", "train_supernet", "training_features", "training_speed", "Speed",
+    "RUNS", "Speed", "Stage", "Subnet", "SubnetChoices", "SupernetConfig", "compare", "compare_models", "distill",
+    "evaluate_dir", "evaluate_model", "export_onnx_run", "export_subnet", "fine_tuned_teacher", "finetune",
+    "free_address", "load_for_task", "loss_layer_map", "predict_features", "predict_lines", "predict_table",
+    "quantize_run", "read_data", "run_process", "score_subnets", "scoring_batches", "split_predictions",
+    "supernet_layer_map", "teacher_importance", "teacher_labels", "train_supernet", "training_features",
+    "training_speed",
 ]

@@ -319,3 +319,35 @@ def test_costs_measure_many_students_in_one_child(tmp_path, monkeypatch):
     assert model.cost(TINY) == costs[0]
     entries = json.loads((tmp_path / "lat.json").read_text())["entries"]
     assert len(entries) == 6 and all(e["threads"] == 1 for e in entries.values())
+
+
+def test_costs_beside_measure_the_reference_again_around_the_students(tmp_path, monkeypatch):
+    """`CostModel.costs_beside`: the reference (the search's teacher) is measured at batch 1 before and after
+    the students not cached yet, in their one child process, and never cached; a later call measures it
+    again (and only it, the students being cached); without a thread count it is measured in this process."""
+    calls = []
+    real_run = subprocess.run
+
+    def counting_run(cmd, **kw):
+        calls.append(json.loads(cmd[-1]))
+        return real_run(cmd, **kw)
+
+    monkeypatch.setattr(nas.cost, "subprocess", types.SimpleNamespace(run=counting_run))
+    path = tmp_path / "lat.json"
+    model = CostModel("classification", 2, 7, batch_size=3, cache_path=path, repeats=3, min_seconds=0.01, threads=1)
+    small = TINY.replace(num_layers=1, num_heads=(3,), ffn_sizes=(37,))
+    wide = TINY.replace(ffn_sizes=(64, 64))
+    costs, again = model.costs_beside([small, wide], TINY)
+    assert len(calls) == 1 and calls[0]["archs"] == [a.to_dict() for a in (TINY, small, wide, TINY)]
+    assert calls[0]["arch_batches"] == [[1], [1, 3], [1, 3], [1]]
+    assert len(again) == 2 and all(ms > 0 for ms in again)
+    entries = json.loads(path.read_text())["entries"]
+    assert sorted(entries) == sorted(model.key(a, b) for a in (small, wide) for b in (1, 3))  # no teacher
+    assert model.costs([small, wide]) == costs and len(calls) == 1
+    costs_later, later = model.costs_beside([wide], TINY)
+    assert costs_later == costs[1:] and len(later) == 2 and len(calls) == 2
+    assert calls[1]["archs"] == [TINY.to_dict()] * 2 and calls[1]["arch_batches"] == [[1], [1]]
+    here = CostModel("classification", 2, 7, batch_size=3, cache_path=tmp_path / "here.json", repeats=3,
+                     min_seconds=0.01, threads=0)
+    _, measured_here = here.costs_beside([small], TINY)
+    assert len(measured_here) == 2 and all(ms > 0 for ms in measured_here) and len(calls) == 2
