@@ -9,15 +9,15 @@ slice, the teacher's labels and cost), `nas.tune` runs these stages:
      second search on the same task and space starts from it);
   2. `fit_latency`: a design set of sub-networks (the largest, the smallest and random ones) measured
      by the cost model (cached per device) and a `LatencyPredictor` fitted on them, with its
-     leave-one-out error;
+     leave-one-out error; the teacher is measured again before and after them, and every speedup of the
+     search divides by the median of its latencies (`record_teacher_latency`);
   3. Ray Tune + Optuna over the space (multi-objective: validation metric up, latency down): a trial
      (`score_trial`) takes its candidate's weights from the supernet and runs it stage by stage
      (`distill.model.infer.staged_logits`: each layer compiled once per width), scores it on the
      validation slice and predicts its latency; a candidate that breaks a constraint is rejected unscored
      (`score_rows` turns the results into rows);
   4. `measure_front`: every candidate on the front is measured for real and the front taken again,
-     until all its members' latencies are measured; the teacher is measured again beside each round,
-     and every speedup divides by the median of its measurements;
+     until all its members' latencies are measured;
   5. `train_targets`: for each target speedup, the most accurate measured candidate at or above it is
      distilled further from its supernet weights (`InitConfig.source`), on augmented data, in a share of
      the time left that grows with its distance from the teacher (`final_weights`).
@@ -58,7 +58,7 @@ from distill.run import (
 )
 from nas import report
 from nas.config import Constraints, SearchConfig
-from nas.cost import Cost, CostModel, LatencyPredictor
+from nas.cost import Cost, CostModel, LatencyPredictor, device_name
 from nas.final import budget_final, final_config
 from nas.space import KNOBS, SearchSpace
 from nas.trial import (
@@ -96,8 +96,8 @@ MIN_SECONDS = 120.0
 """The supernet's time when the budget has (almost) none left for it: a warning, and a short supernet."""
 SUPERNET_PLAN = "supernet_plan.json"
 TEACHER_LATENCY = "teacher_latency.json"
-"""OUTPUT/teacher_latency.json: the teacher latencies `measure_front` took and their median (a resumed
-search divides by the same)."""
+"""OUTPUT/teacher_latency.json: the teacher's latencies, their median and the device (a resumed search on
+the same device divides by the same)."""
 
 
 def plan_supernet(cfg: SearchConfig, choices: SubnetChoices, teacher: BertArch, seq_len: int, seconds: float,
@@ -190,15 +190,42 @@ def design_set(choices: SubnetChoices, space: SearchSpace, teacher: BertArch, n:
     return list(archs)
 
 
-def fit_latency(cfg: SearchConfig, setup: TrialSetup, space: SearchSpace, choices: SubnetChoices) -> LatencyPredictor:
-    """Stage 2: measure the design set (cached per device) and fit the predictor that screens candidates."""
+def fit_latency(cfg: SearchConfig, setup: TrialSetup, space: SearchSpace, choices: SubnetChoices,
+                teacher_ms: list[float], *, again: bool) -> tuple[LatencyPredictor, list[float]]:
+    """Stage 2: measure the design set (cached per device), with the teacher measured `again` before and
+    after it in the same child process, and fit the predictor that screens candidates; returns it and the
+    teacher's latencies (`teacher_ms` and these), whose median every speedup of the search divides by."""
     model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads)
     archs = design_set(choices, space, setup.teacher_arch, cfg.latency_design, cfg.seed)
-    latencies = [c.latency_ms for c in model.costs(archs)]  # one child process for the whole design set
-    predictor = LatencyPredictor.fit(archs, latencies, setup.seq_len)
-    log.info("latency predictor: fitted on %d measured candidates, leave-one-out error %.1f%%", len(archs),
-             100 * predictor.error)
-    return predictor
+    costs, more = model.costs_beside(archs, setup.teacher_arch) if again else (model.costs(archs), [])
+    predictor = LatencyPredictor.fit(archs, [c.latency_ms for c in costs], setup.seq_len)
+    teacher_ms = [*teacher_ms, *more]
+    log.info("latency predictor: fitted on %d measured candidates, leave-one-out error %.1f%%; teacher %.2f ms "
+             "(median of %s)", len(archs), 100 * predictor.error, np.median(teacher_ms),
+             ", ".join(f"{t:.2f}" for t in teacher_ms))
+    return predictor, teacher_ms
+
+
+def teacher_samples(out: Path, first_ms: float, *, resume: bool) -> tuple[list[float], bool]:
+    """The teacher latencies the search starts from, and whether to measure the teacher again: a resumed
+    search's recorded ones (`TEACHER_LATENCY`, on this device), as they were; a search from before that
+    record which planned its finals, the one latency it divided by then; else `first_ms`, and again."""
+    path = out / TEACHER_LATENCY
+    if resume and path.is_file():
+        record = json.loads(path.read_text())
+        if record.get("device") == device_name():
+            return [float(t) for t in record["samples_ms"]], False
+    if resume and any((out / "final").glob("*/plan.json")):
+        return [first_ms], False
+    return [first_ms], True
+
+
+def record_teacher_latency(out: Path, samples_ms: list[float]) -> dict:
+    """Write `TEACHER_LATENCY` (the samples, their median, this device) before any speedup is taken; the
+    record's latency and samples."""
+    latency = {"latency_ms": float(np.median(samples_ms)), "samples_ms": [float(t) for t in samples_ms]}
+    write_json(out / TEACHER_LATENCY, {**latency, "device": device_name()})
+    return latency
 
 
 # ------------------------------------------------------------------ 3. scoring trials
@@ -302,41 +329,21 @@ def score_rows(results, setup: ScoreSetup) -> tuple[list[dict], dict[str, dict]]
 
 # ------------------------------------------------------------------ 4. the front, measured
 def measure_front(rows: list[dict], configs: dict[str, dict], setup: TrialSetup, space: SearchSpace,
-                  constraints: Constraints, teacher_ms: list[float], *, again: bool = True) -> dict:
-    """Measure the front's predicted latencies, round by round, until the front holds measured ones only,
-    with the teacher measured `again` beside each round (`CostModel.costs_beside`; alone when no round is
-    needed and `teacher_ms` holds a single measurement). Every speedup then divides by the median of the
-    teacher's latencies (`teacher_ms` and these), and measured candidates that break a constraint at
-    that speedup are rejected. Returns the predictor's error against the measurements and the teacher's
-    latency: its median and samples."""
+                  constraints: Constraints, teacher_latency_ms: float) -> dict:
+    """Measure the front's predicted latencies until the front holds measured ones only; the predictor's
+    error against those measurements."""
     model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads)
-    errors, teacher, costs = [], list(teacher_ms), {}
-    while (todo := [r for r in report.pareto_front(rows) if r.get("latency_source") == "predicted"]) \
-            or (again and len(teacher) == 1):
-        archs = [space.arch(configs[r["trial_id"]], setup.teacher_arch) for r in todo]
-        measured, more = model.costs_beside(archs, setup.teacher_arch) if again else (model.costs(archs), [])
-        teacher += more  # measured in the round's one child process
-        for r, cost in zip(todo, measured):
+    errors = []
+    while todo := [r for r in report.pareto_front(rows) if r.get("latency_source") == "predicted"]:
+        costs = model.costs([space.arch(configs[r["trial_id"]], setup.teacher_arch) for r in todo])  # one child
+        for r, cost in zip(todo, costs):
+            cost = dataclasses.replace(cost, speedup=teacher_latency_ms / cost.latency_ms)
             errors.append(abs(r["latency_ms"] - cost.latency_ms) / cost.latency_ms)
             r.update(predicted_latency_ms=r["latency_ms"], latency_ms=cost.latency_ms,
-                     batch_latency_ms=cost.batch_latency_ms, latency_source="measured")
-            costs[r["trial_id"]] = cost
-        _against_teacher(rows, costs, constraints, float(np.median(teacher)))
-    return {"measured": len(errors), "error": float(np.mean(errors)) if errors else None,
-            "teacher_latency_ms": float(np.median(teacher)), "teacher_samples_ms": teacher}
-
-
-def _against_teacher(rows: list[dict], costs: dict[str, Cost], constraints: Constraints, teacher_ms: float) -> None:
-    """Every row's speedup over a teacher of `teacher_ms`; the scored rows measured (`costs`, by trial id)
-    that break a constraint at it rejected."""
-    for r in rows:
-        if report.finite(r.get("latency_ms")):
-            r["speedup"] = teacher_ms / r["latency_ms"]
-    for r in rows:
-        if r["status"] == "scored" and r["trial_id"] in costs:
-            cost = dataclasses.replace(costs[r["trial_id"]], speedup=r["speedup"])
+                     batch_latency_ms=cost.batch_latency_ms, speedup=cost.speedup, latency_source="measured")
             if violations := constraints.violations(cost):
                 r.update(status="rejected", error="measured: " + "; ".join(violations), val_metric=None)
+    return {"measured": len(errors), "error": float(np.mean(errors)) if errors else None}
 
 
 FRONT_PER_SQRT = 2.5

@@ -270,13 +270,15 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
     supernet = oneshot.train_stage(cfg, prep.base, choices, plan, out, resume=resume)
     seconds["supernet"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    predictor = oneshot.fit_latency(cfg, setup, space, choices)
+    first, again = oneshot.teacher_samples(out, prep.teacher_cost.latency_ms, resume=resume)
+    predictor, teacher_ms = oneshot.fit_latency(cfg, setup, space, choices, first, again=again)
+    teacher_latency = oneshot.record_teacher_latency(out, teacher_ms)
     seconds["latency_design"] = time.perf_counter() - t0
     score_setup = oneshot.ScoreSetup(
         space=space, choices=choices, teacher_arch=teacher_arch, supernet_dir=supernet["supernet_dir"],
         task=prep.task.name, val_examples=tuple(prep.val_examples), constraints=cfg.constraints,
         metric=setup.metric, task_metric=setup.task_metric, predictor=predictor,
-        teacher_latency_ms=prep.teacher_cost.latency_ms, head=setup.head, num_labels=setup.num_labels,
+        teacher_latency_ms=teacher_latency["latency_ms"], head=setup.head, num_labels=setup.num_labels,
         seq_len=setup.seq_len, eval_batch_size=prep.base.eval_batch_size, cache_root=setup.cache_root,
         precision=cfg.precision,
     )
@@ -288,11 +290,7 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
     rows, configs = oneshot.score_rows(grid, score_setup)
     seconds["scoring"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    record = out / oneshot.TEACHER_LATENCY  # a resumed search divides by the same latency: its picks are the same
-    known = json.loads(record.read_text())["samples_ms"] if resume and record.is_file() else None
-    measured = oneshot.measure_front(rows, configs, setup, space, cfg.constraints,
-                                     known or [prep.teacher_cost.latency_ms], again=known is None)
-    write_json(record, {"latency_ms": measured["teacher_latency_ms"], "samples_ms": measured["teacher_samples_ms"]})
+    measured = oneshot.measure_front(rows, configs, setup, space, cfg.constraints, teacher_latency["latency_ms"])
     seconds["measure_front"] = time.perf_counter() - t0
     finals = []
     if cfg.final_steps:
@@ -308,8 +306,7 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
                                                      "cached")}, "plan": plan},
         "latency_predictor": {"design": predictor.measured, "loo_error": predictor.error,
                               "front_measured": measured["measured"], "front_error": measured["error"]},
-        "teacher_latency": {"latency_ms": measured["teacher_latency_ms"],
-                            "samples_ms": measured["teacher_samples_ms"]},
+        "teacher_latency": teacher_latency,
     }
     return rows + finals, handles, finals, extra
 

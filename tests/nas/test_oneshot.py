@@ -31,7 +31,9 @@ def searched(tmp_path_factory):
         algorithm="random", seed=0, final_steps=16, final_augment=1,
     )
     try:
-        summary = search(cfg, root / "out")
+        with pytest.MonkeyPatch.context() as mp:  # its own cache (ROOT/cache), which a resume test reuses
+            mp.setenv("BERTNAS_CACHE", str(root / "cache"))
+            summary = search(cfg, root / "out")
     finally:
         ray.shutdown()
     return root / "out", summary, data
@@ -101,12 +103,15 @@ def test_targets_are_trained_further_from_the_supernet(searched):
 
 
 def test_speedups_divide_by_the_median_of_the_teachers_measurements(searched):
-    """The teacher is measured again beside each round of the front's measurements: every speedup, the
-    teacher's row and `teacher_latency.json` use the median of its latencies."""
+    from nas.cost import device_name
+
+    """The teacher is measured again before and after the latency design set, in its child process: every
+    speedup (scored, measured, finals), the teacher's row and `teacher_latency.json` use the median of its
+    latencies."""
     out, summary, _ = searched
     latency = summary["teacher_latency"]
     assert len(latency["samples_ms"]) >= 3 and latency["latency_ms"] == float(np.median(latency["samples_ms"]))
-    assert json.loads((out / "teacher_latency.json").read_text()) == latency
+    assert json.loads((out / "teacher_latency.json").read_text()) == {**latency, "device": device_name()}
     results = json.loads((out / "results.json").read_text())
     assert results["teacher"]["latency_ms"] == latency["latency_ms"]
     assert results["teacher"]["latency_samples_ms"] == latency["samples_ms"]
@@ -125,6 +130,7 @@ def test_a_resumed_search_divides_by_the_same_teacher_latency_and_trains_nothing
     out, summary, _ = searched
     runs = sorted((out / "final").glob("*/run/results.json"))
     before = {p: p.stat().st_mtime for p in runs}
+    monkeypatch.setenv("BERTNAS_CACHE", str(out.parent / "cache"))  # the search's own: its latencies, teacher
     monkeypatch.setattr(nas.cost.CostModel, "costs_beside", lambda *a, **k: pytest.fail("teacher measured again"))
     try:
         again = search(None, out, resume=True)

@@ -107,3 +107,27 @@ def test_finals_share_time_by_their_distance_from_the_teacher():
     assert weights[0] == pytest.approx(0.5 * (0.0795 + 0.1315) / 3) and weights[1:] == pytest.approx([0.0795, 0.1315])
     assert oneshot.final_weights(rows, picks, None) == [1.0, 1.0, 1.0]
     assert oneshot.final_weights(rows, {}, 0.9755) == []
+
+
+def test_teacher_latencies_a_resumed_search_starts_from(tmp_path):
+    """A new search measures the teacher again; a resumed one reuses the latencies it recorded on this device
+    and measures nothing; one from before the record that planned finals keeps the one latency it divided
+    by; a record from another device is ignored."""
+    from nas.cost import device_name
+
+    out = tmp_path / "search"
+    out.mkdir()
+    assert oneshot.teacher_samples(out, 11.0, resume=False) == ([11.0], True)
+    assert oneshot.teacher_samples(out, 11.0, resume=True) == ([11.0], True)  # killed before the record
+    latency = oneshot.record_teacher_latency(out, [11.0, 9.5, 10.25])
+    assert latency == {"latency_ms": 10.25, "samples_ms": [11.0, 9.5, 10.25]}
+    assert json.loads((out / oneshot.TEACHER_LATENCY).read_text())["device"] == device_name()
+    assert oneshot.teacher_samples(out, 12.0, resume=True) == ([11.0, 9.5, 10.25], False)
+    assert oneshot.teacher_samples(out, 12.0, resume=False) == ([12.0], True)
+    record = json.loads((out / oneshot.TEACHER_LATENCY).read_text())
+    (out / oneshot.TEACHER_LATENCY).write_text(json.dumps({**record, "device": "another-machine"}))
+    assert oneshot.teacher_samples(out, 12.0, resume=True) == ([12.0], True)
+    (out / oneshot.TEACHER_LATENCY).unlink()
+    (out / "final" / "1a2b3c4d").mkdir(parents=True)
+    (out / "final" / "1a2b3c4d" / "plan.json").write_text("{}")  # a search from before the record, finals planned
+    assert oneshot.teacher_samples(out, 12.0, resume=True) == ([12.0], False)

@@ -1,6 +1,7 @@
 """Child process of test_data_parallel.py: runs on as many (virtual CPU) devices as XLA_FLAGS gives it.
 
-  python data_parallel_worker.py compare ROOT   fine-tune and distil on 1 and on 4 devices, in ROOT
+  python data_parallel_worker.py compare ROOT   fine-tune, distil and train a supernet on 1 and on 4 devices,
+                                                in ROOT
   python data_parallel_worker.py resume ROOT    resume, on this process's devices, a fine-tune that
                                                 `compare` checkpointed on 4 devices
 
@@ -24,10 +25,12 @@ from helpers import write_sst2, write_tiny_teacher  # noqa: E402
 from safetensors.numpy import load_file  # noqa: E402
 
 from distill.kd.objective import LossConfig  # noqa: E402
+from distill.kd.supernet import SubnetChoices  # noqa: E402
 from distill.model.sharding import data_parallel  # noqa: E402
-from distill.run.config import DistillConfig, FinetuneConfig  # noqa: E402
+from distill.run.config import DistillConfig, FinetuneConfig, SupernetConfig  # noqa: E402
 from distill.run.distillation import distill  # noqa: E402
 from distill.run.finetuning import finetune  # noqa: E402
+from distill.run.supernet import train_supernet  # noqa: E402
 from distill.train.loop import LoopConfig  # noqa: E402
 from distill.train.optim import OptimizerConfig  # noqa: E402
 
@@ -86,6 +89,22 @@ def compare(root: Path) -> dict:
         out[f"distill_{n}"] = {"losses": train_losses(root / f"distill-{n}"), "best": r["best"],
                                "devices": r["devices"]}
     out["distill_weights_gap"] = weights_gap(root / "distill-1" / "export", root / "distill-4" / "export")
+    out.update(supernets(root, teacher))
+    return out
+
+
+def supernets(root: Path, teacher: Path) -> dict:
+    """The sandwich rule on 1 and on 4 devices: every step's sub-networks trained on the whole batch, split."""
+    out, dirs = {}, {}
+    for n in (1, 4):
+        cfg = SupernetConfig(task="sst2", teacher=str(teacher), data_dir=str(root / "data"),
+                             choices=SubnetChoices(layers=(1, 2), hidden=(24, 36), heads=(1, 3), ffn=(7, 37)),
+                             optimizer=OptimizerConfig(learning_rate=3e-3), loop=loop(n))
+        r = train_supernet(cfg, root / f"supernet-{n}", use_cache=False)
+        out[f"supernet_{n}"] = {"losses": train_losses(root / f"supernet-{n}"), "best": r["best"],
+                                "devices": r["devices"], "mesh": r["mesh"]}
+        dirs[n] = Path(r["supernet_dir"])
+    out["supernet_weights_gap"] = weights_gap(dirs[1], dirs[4])
     return out
 
 

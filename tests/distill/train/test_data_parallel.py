@@ -2,9 +2,9 @@
 
 The multi-device runs need a process started with 4 virtual CPU devices
 (`--xla_force_host_platform_device_count=4`), so they run in a child process
-(`data_parallel_worker.py`): a fine-tune and a distillation on 4 devices follow
-the 1-device loss curve step by step and export the same weights, so does a
-fine-tune with the parameters split too (`--fsdp`); a checkpoint
+(`data_parallel_worker.py`): a fine-tune, a distillation and a supernet's
+training on 4 devices follow the 1-device loss curve step by step and export
+the same weights, so does a fine-tune with the parameters split too (`--fsdp`); a checkpoint
 written on 4 devices resumes in a 1-device process and continues the 4-device
 run's curve. Each check allows 1e-4 relative (measured: about 1e-6, from the
 order of the cross-device sums).
@@ -61,6 +61,19 @@ def test_four_devices_train_as_one(runs):
         assert one["best"]["step"] == four["best"]["step"] and one["best"]["accuracy"] == four["best"]["accuracy"]
         assert compare[f"{job}_weights_gap"] < TOLERANCE, job
     assert compare["finetune_4"]["mesh"] == {"data": 4} and compare["finetune_4"]["precision"] == "fp32"
+
+
+def test_four_devices_train_a_supernet_as_one(runs):
+    """Supernet training (the sandwich rule: the largest, the smallest and sampled sub-networks each step) on
+    4 devices follows the 1-device curve, picks the same best step and ends with the same weights."""
+    compare, _ = runs
+    one, four = compare["supernet_1"], compare["supernet_4"]
+    assert (one["devices"], four["devices"]) == (1, 4) and four["mesh"] == {"data": 4}
+    assert len(one["losses"]) == 20 and relative_gap(one["losses"], four["losses"]) < TOLERANCE
+    assert one["best"]["step"] == four["best"]["step"]
+    assert one["best"]["smallest_accuracy"] == four["best"]["smallest_accuracy"]
+    assert four["best"]["score"] == pytest.approx(one["best"]["score"], rel=TOLERANCE)
+    assert compare["supernet_weights_gap"] < TOLERANCE
 
 
 def test_fsdp_splits_the_parameters_and_trains_as_one_device(runs):
