@@ -205,11 +205,15 @@ class CostModel:
 
     def costs_beside(self, archs: list[BertArch], reference: BertArch) -> tuple[list[Cost], list[float]]:
         """`costs` of `archs`, and two batch-1 latencies (medians, ms) of `reference`, measured again (never
-        cached) before and after them in the same child process. A speedup divides by one teacher latency,
-        and on the 2-core Xeon the teacher's median moved between 9.1 and 11.3 ms from one measurement to the
-        next, once to 7.4 (its compute-bound layers share a core with whatever else runs on it), while a
-        student's stayed within 5%: one teacher measurement moved every speedup of a search by up to 20%.
-        Each call adds two samples to take the median of."""
+        cached) before and after them in the same child process (in this process when `threads` is 0). A
+        speedup divides by one teacher latency, and on the 2-core Xeon the teacher's median moved between 9.1
+        and 11.3 ms from one measurement to the next, once to 7.4 (its compute-bound layers share a core with
+        whatever else runs on it), while a student's stayed within 5%: one measurement moved every speedup
+        of a search by up to 20%. Each call adds two samples to take the median of."""
+        if not self.threads:  # in this process: the students (measured when first read) between its two
+            before = self._measure_here(reference, 1)[0]
+            costs = [self._cost(a) for a in archs]
+            return costs, [before, self._measure_here(reference, 1)[0]]
         again = self._measure(archs, [1, self.batch_size], reference=reference)
         return [self._cost(a) for a in archs], again
 
@@ -225,16 +229,16 @@ class CostModel:
     def _measure(self, archs: list[BertArch], batches: list[int], reference: BertArch | None = None) -> list[float]:
         """Measure, in one child process, the batch sizes of `archs` not cached yet (threads > 0 only; else
         `_latency` measures them when asked); with a `reference`, its batch-1 median before and after them
-        (in this process when threads is 0), returned."""
+        in the same child, returned."""
         def missing(arch):
             return [b for b in dict.fromkeys(batches) if self.key(arch, b) not in self._entries]
 
         if any(missing(a) for a in archs):
             self._entries.update(self._read())  # another process may have measured them
-        todo = list({a.to_json(): a for a in archs if missing(a)}.values()) if self.threads else []
-        again = [reference, reference] if reference is not None else []
         if not self.threads:
-            return [self._measure_here(a, 1)[0] for a in again]
+            return []
+        todo = list({a.to_json(): a for a in archs if missing(a)}.values())
+        again = [reference, reference] if reference is not None else []
         if not todo and not again:
             return []
         sizes = sorted({b for a in todo for b in missing(a)})

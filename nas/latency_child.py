@@ -4,16 +4,17 @@
                                "seq_len": 40, "batches": [1, 32], "threads": 1, "repeats": 20,
                                "min_seconds": 0.25}'
 
-With "arch_batches" (one list of batch sizes per architecture), each
-architecture is measured at its own. Before JAX loads, the process pins itself to `threads` of its CPUs and, for
+Before JAX loads, the process pins itself to `threads` of its CPUs and, for
 one thread, turns off XLA's multi-threaded CPU kernels; then it measures
-each batch size of each architecture with `nas.cost.measure_latency` and prints
-one JSON line: [{"<batch>": [median_ms, p95_ms], ...}, ...], one entry per
-architecture (a request with a single "arch" prints that entry alone). One
-child measures many architectures, so the search pays JAX's start once per
-batch of measurements, not once per student. XLA sizes its CPU thread pools
-when the backend starts, so a thread count cannot be set for one call in a
-process that is already running JAX (a search trial, which trains on all CPUs).
+each batch size of each architecture with `nas.cost.measure_latency` (with
+"arch_batches", one list of batch sizes per architecture, each at its own)
+and prints one JSON line: [{"<batch>": [median_ms, p95_ms], ...}, ...], one
+entry per architecture (a request with a single "arch" prints that entry
+alone). One child measures many architectures, so the search pays JAX's
+start once per batch of measurements, not once per student. XLA sizes its
+CPU thread pools when the backend starts, so a thread count cannot be set
+for one call in a process that is already running JAX (a search trial,
+which trains on all CPUs).
 """
 
 from __future__ import annotations

@@ -206,16 +206,18 @@ def fit_latency(cfg: SearchConfig, setup: TrialSetup, space: SearchSpace, choice
     return predictor, teacher_ms
 
 
-def teacher_samples(out: Path, first_ms: float, *, resume: bool) -> tuple[list[float], bool]:
+def teacher_samples(out: Path, first_ms: float, *, resume: bool, scored: bool = False) -> tuple[list[float], bool]:
     """The teacher latencies the search starts from, and whether to measure the teacher again: a resumed
-    search's recorded ones (`TEACHER_LATENCY`, on this device), as they were; a search from before that
-    record which planned its finals, the one latency it divided by then; else `first_ms`, and again."""
+    search's recorded ones (`TEACHER_LATENCY`, on this device), as they were; a resumed search that scored
+    candidates (`scored`: its Tune experiment restores) or planned finals without a record of this device
+    (one from before the record, or moved to another machine), the one latency (`first_ms`) its speedups
+    were divided by; else `first_ms`, and measured again."""
     path = out / TEACHER_LATENCY
     if resume and path.is_file():
         record = json.loads(path.read_text())
         if record.get("device") == device_name():
             return [float(t) for t in record["samples_ms"]], False
-    if resume and any((out / "final").glob("*/plan.json")):
+    if resume and (scored or any((out / "final").glob("*/plan.json"))):
         return [first_ms], False
     return [first_ms], True
 

@@ -225,7 +225,7 @@ def _with_teacher_latency(prep: Prepared, latency: dict | None) -> Prepared:
     without one."""
     if not latency:
         return prep
-    ms = latency["latency_ms"]
+    ms = latency["latency_ms"]  # batch-1 only: its p95 and batch latency stay the preparation's measurement
     return dataclasses.replace(prep, teacher_cost=dataclasses.replace(prep.teacher_cost, latency_ms=ms),
                                teacher_row={**prep.teacher_row, "latency_ms": ms,
                                             "latency_samples_ms": latency["samples_ms"]})
@@ -270,7 +270,8 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
     supernet = oneshot.train_stage(cfg, prep.base, choices, plan, out, resume=resume)
     seconds["supernet"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    first, again = oneshot.teacher_samples(out, prep.teacher_cost.latency_ms, resume=resume)
+    first, again = oneshot.teacher_samples(out, prep.teacher_cost.latency_ms, resume=resume,
+                                           scored=resume and _restorable(cfg, out))
     predictor, teacher_ms = oneshot.fit_latency(cfg, setup, space, choices, first, again=again)
     teacher_latency = oneshot.record_teacher_latency(out, teacher_ms)
     seconds["latency_design"] = time.perf_counter() - t0
@@ -566,6 +567,18 @@ def trial_device_env(gpus_per_trial: float, environ=os.environ) -> dict[str, str
     return {k: v for k, v in env.items() if k not in environ}
 
 
+def _experiment_path(cfg: SearchConfig, out: Path) -> str:
+    """Where Tune keeps the search's experiment (in `--storage-path`, default OUTPUT/ray)."""
+    return f"{(cfg.storage_path or str(out / 'ray')).rstrip('/')}/{EXPERIMENT}"
+
+
+def _restorable(cfg: SearchConfig, out: Path) -> bool:
+    """Whether the search's Tune experiment exists to restore (its trials ran)."""
+    from ray import tune  # with Ray Tune, as `_run_tune`
+
+    return tune.Tuner.can_restore(_experiment_path(cfg, out))
+
+
 def _run_tune(cfg: SearchConfig, trainable, setup: TrialSetup, out: Path, *, resume: bool, time_budget_s: float,
               asha: bool, reuse_actors: bool = False):
     """Tune with Optuna over the space; `reuse_actors`: a worker process runs trial after trial (a scoring
@@ -579,7 +592,7 @@ def _run_tune(cfg: SearchConfig, trainable, setup: TrialSetup, out: Path, *, res
     # a partial result as if the search had ended. Its state on disk resumes either way (`--resume`).
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     storage = cfg.storage_path or str(out / "ray")
-    path = f"{storage.rstrip('/')}/{EXPERIMENT}"
+    path = _experiment_path(cfg, out)
     if resume and tune.Tuner.can_restore(path):
         log.info("resuming the search in %s", path)
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)

@@ -349,5 +349,9 @@ def test_costs_beside_measure_the_reference_again_around_the_students(tmp_path, 
     assert calls[1]["archs"] == [TINY.to_dict()] * 2 and calls[1]["arch_batches"] == [[1], [1]]
     here = CostModel("classification", 2, 7, batch_size=3, cache_path=tmp_path / "here.json", repeats=3,
                      min_seconds=0.01, threads=0)
+    order = []
+    measure_here = here._measure_here
+    monkeypatch.setattr(here, "_measure_here", lambda arch, batch: order.append(arch.name) or measure_here(arch, batch))
     _, measured_here = here.costs_beside([small], TINY)
     assert len(measured_here) == 2 and all(ms > 0 for ms in measured_here) and len(calls) == 2
+    assert order == [TINY.name, small.name, small.name, TINY.name]  # the student's two batches between

@@ -103,11 +103,11 @@ def test_targets_are_trained_further_from_the_supernet(searched):
 
 
 def test_speedups_divide_by_the_median_of_the_teachers_measurements(searched):
-    from nas.cost import device_name
-
     """The teacher is measured again before and after the latency design set, in its child process: every
     speedup (scored, measured, finals), the teacher's row and `teacher_latency.json` use the median of its
     latencies."""
+    from nas.cost import device_name
+
     out, summary, _ = searched
     latency = summary["teacher_latency"]
     assert len(latency["samples_ms"]) >= 3 and latency["latency_ms"] == float(np.median(latency["samples_ms"]))
@@ -117,29 +117,6 @@ def test_speedups_divide_by_the_median_of_the_teachers_measurements(searched):
     assert results["teacher"]["latency_samples_ms"] == latency["samples_ms"]
     rows = [t for t in results["trials"] if t.get("latency_ms")]
     assert rows and all(t["speedup"] == pytest.approx(latency["latency_ms"] / t["latency_ms"]) for t in rows)
-
-
-def test_a_resumed_search_divides_by_the_same_teacher_latency_and_trains_nothing_again(searched, monkeypatch):
-    """A finished supernet search resumed: the teacher is not measured again (its samples come from
-    `teacher_latency.json`), the targets pick the same candidates and no final trains again."""
-    import ray
-
-    import nas.cost
-    from nas.tune import search
-
-    out, summary, _ = searched
-    runs = sorted((out / "final").glob("*/run/results.json"))
-    before = {p: p.stat().st_mtime for p in runs}
-    monkeypatch.setenv("BERTNAS_CACHE", str(out.parent / "cache"))  # the search's own: its latencies, teacher
-    monkeypatch.setattr(nas.cost.CostModel, "costs_beside", lambda *a, **k: pytest.fail("teacher measured again"))
-    try:
-        again = search(None, out, resume=True)
-    finally:
-        ray.shutdown()
-    assert again["teacher_latency"] == summary["teacher_latency"]
-    assert [f["from_trial"] for f in again["finals"]] == [f["from_trial"] for f in summary["finals"]]
-    assert [f["val_metric"] for f in again["finals"]] == [f["val_metric"] for f in summary["finals"]]
-    assert runs and {p: p.stat().st_mtime for p in runs} == before
 
 
 def test_a_space_the_supernet_cannot_hold_is_refused_before_any_training(tmp_path):
@@ -216,3 +193,27 @@ def test_a_front_member_whose_export_fails_costs_only_itself(searched, tmp_path)
     assert Path(front[1]["export"]).is_dir() and front[1]["dev_metric"] is not None
     card = (Path(front[1]["export"]) / "README.md").read_text()  # with what the search measured
     assert "2.50x faster than the teacher" in card and "1.25 ms per example at batch 1" in card
+
+
+def test_a_resumed_search_divides_by_the_same_teacher_latency_and_trains_nothing_again(searched, monkeypatch):
+    """A finished supernet search resumed (last: it writes the fixture's output again): the teacher is not
+    measured again (its samples come from `teacher_latency.json`), the targets pick the same candidates and
+    no final trains again."""
+    import ray
+
+    import nas.cost
+    from nas.tune import search
+
+    out, summary, _ = searched
+    runs = sorted((out / "final").glob("*/run/results.json"))
+    before = {p: p.stat().st_mtime for p in runs}
+    monkeypatch.setenv("BERTNAS_CACHE", str(out.parent / "cache"))  # the search's own: its latencies, teacher
+    monkeypatch.setattr(nas.cost.CostModel, "costs_beside", lambda *a, **k: pytest.fail("teacher measured again"))
+    try:
+        again = search(None, out, resume=True)
+    finally:
+        ray.shutdown()
+    assert again["teacher_latency"] == summary["teacher_latency"]
+    assert [f["from_trial"] for f in again["finals"]] == [f["from_trial"] for f in summary["finals"]]
+    assert [f["val_metric"] for f in again["finals"]] == [f["val_metric"] for f in summary["finals"]]
+    assert runs and {p: p.stat().st_mtime for p in runs} == before

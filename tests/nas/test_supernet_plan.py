@@ -127,7 +127,10 @@ def test_teacher_latencies_a_resumed_search_starts_from(tmp_path):
     record = json.loads((out / oneshot.TEACHER_LATENCY).read_text())
     (out / oneshot.TEACHER_LATENCY).write_text(json.dumps({**record, "device": "another-machine"}))
     assert oneshot.teacher_samples(out, 12.0, resume=True) == ([12.0], True)
-    (out / oneshot.TEACHER_LATENCY).unlink()
+    # a search from before the record that scored candidates: its scored rows' speedups divide by its latency
+    assert oneshot.teacher_samples(out, 12.0, resume=True, scored=True) == ([12.0], False)
     (out / "final" / "1a2b3c4d").mkdir(parents=True)
-    (out / "final" / "1a2b3c4d" / "plan.json").write_text("{}")  # a search from before the record, finals planned
+    (out / "final" / "1a2b3c4d" / "plan.json").write_text("{}")  # ... or planned finals (another device's too)
+    assert oneshot.teacher_samples(out, 12.0, resume=True) == ([12.0], False)
+    (out / oneshot.TEACHER_LATENCY).unlink()
     assert oneshot.teacher_samples(out, 12.0, resume=True) == ([12.0], False)
