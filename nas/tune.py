@@ -593,7 +593,7 @@ def _run_tune(cfg: SearchConfig, trainable, setup: TrialSetup, out: Path, *, res
     os.environ.setdefault("TUNE_DISABLE_SIGINT_HANDLER", "1")
     storage = cfg.storage_path or str(out / "ray")
     path = _experiment_path(cfg, out)
-    if resume and tune.Tuner.can_restore(path):
+    if resume and _restorable(cfg, out):
         log.info("resuming the search in %s", path)
         tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=False)
         return tuner.fit()

@@ -297,9 +297,9 @@ def test_latency_predictor_recovers_a_linear_cost_and_reports_its_error():
         LatencyPredictor.fit(archs[:2], exact[:2], 16)
 
 
-def test_costs_measure_many_students_in_one_child(tmp_path, monkeypatch):
-    """`CostModel.costs`: the students not cached yet go to one child process (JAX starts once), each gets
-    its own entries, a repeat measures nothing, and the figures are what `cost` reads back."""
+@pytest.fixture
+def child_requests(monkeypatch) -> list[dict]:
+    """The requests `nas.cost` sends to latency child processes (which still run), in order."""
     calls = []
     real_run = subprocess.run
 
@@ -308,6 +308,13 @@ def test_costs_measure_many_students_in_one_child(tmp_path, monkeypatch):
         return real_run(cmd, **kw)
 
     monkeypatch.setattr(nas.cost, "subprocess", types.SimpleNamespace(run=counting_run))
+    return calls
+
+
+def test_costs_measure_many_students_in_one_child(tmp_path, child_requests):
+    """`CostModel.costs`: the students not cached yet go to one child process (JAX starts once), each gets
+    its own entries, a repeat measures nothing, and the figures are what `cost` reads back."""
+    calls = child_requests
     model = CostModel("classification", 2, 7, batch_size=3, cache_path=tmp_path / "lat.json", repeats=3,
                       min_seconds=0.01, threads=1)
     small = TINY.replace(num_layers=1, num_heads=(3,), ffn_sizes=(37,))
@@ -321,18 +328,11 @@ def test_costs_measure_many_students_in_one_child(tmp_path, monkeypatch):
     assert len(entries) == 6 and all(e["threads"] == 1 for e in entries.values())
 
 
-def test_costs_beside_measure_the_reference_again_around_the_students(tmp_path, monkeypatch):
+def test_costs_beside_measure_the_reference_again_around_the_students(tmp_path, monkeypatch, child_requests):
     """`CostModel.costs_beside`: the reference (the search's teacher) is measured at batch 1 before and after
     the students not cached yet, in their one child process, and never cached; a later call measures it
     again (and only it, the students being cached); without a thread count it is measured in this process."""
-    calls = []
-    real_run = subprocess.run
-
-    def counting_run(cmd, **kw):
-        calls.append(json.loads(cmd[-1]))
-        return real_run(cmd, **kw)
-
-    monkeypatch.setattr(nas.cost, "subprocess", types.SimpleNamespace(run=counting_run))
+    calls = child_requests
     path = tmp_path / "lat.json"
     model = CostModel("classification", 2, 7, batch_size=3, cache_path=path, repeats=3, min_seconds=0.01, threads=1)
     small = TINY.replace(num_layers=1, num_heads=(3,), ffn_sizes=(37,))
