@@ -160,7 +160,8 @@ def supernet_config(cfg: SearchConfig, base: DistillConfig, choices: SubnetChoic
     steps = plan["steps"]
     every = max(1, steps // 4)
     return SupernetConfig(
-        task=cfg.task, teacher=base.teacher, data_dir=base.data_dir, data=base.data, choices=choices, num_sampled=NUM_SAMPLED,
+        task=cfg.task, teacher=base.teacher, data_dir=base.data_dir, data=base.data, choices=choices,
+        num_sampled=NUM_SAMPLED,
         loss=LossConfig(hard_weight=0.5), augment=base.augment, optimizer=OptimizerConfig(learning_rate=1e-4),
         loop=base.loop.stage(epochs=1, max_steps=steps, batch_size=cfg.batch_size, eval_every=every,
                              checkpoint_every=every, log_every=min(50, every), max_seconds=plan["seconds"]),
@@ -212,14 +213,31 @@ def teacher_samples(out: Path, first_ms: float, *, resume: bool, scored: bool = 
     candidates (`scored`: its Tune experiment restores) or planned finals without a record of this device
     (one from before the record, or moved to another machine), the one latency (`first_ms`) its speedups
     were divided by; else `first_ms`, and measured again."""
-    path = out / TEACHER_LATENCY
-    if resume and path.is_file():
-        record = json.loads(path.read_text())
-        if record.get("device") == device_name():
-            return [float(t) for t in record["samples_ms"]], False
+    record = _teacher_record(out / TEACHER_LATENCY) if resume else None
+    if record is not None and record.get("device") == device_name():
+        return [float(t) for t in record["samples_ms"]], False
     if resume and (scored or any((out / "final").glob("*/plan.json"))):
         return [first_ms], False
     return [first_ms], True
+
+
+def _teacher_record(path: Path) -> dict | None:
+    """`TEACHER_LATENCY` as recorded, or None where there is none or it cannot be read (warned: a damaged
+    record is treated as a missing one, and the search's own next record replaces it)."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        samples = record["samples_ms"]
+        if not (isinstance(samples, list) and samples
+                and all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+                        for t in samples)):
+            raise ValueError(f"samples_ms must be a non-empty list of positive latencies, got {samples!r}")
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+        log.warning("%s: damaged teacher latency record (%s); ignored, the teacher is measured again where the "
+                    "search has divided by none yet", path, str(e)[:200] or type(e).__name__)
+        return None
+    return record
 
 
 def record_teacher_latency(out: Path, samples_ms: list[float]) -> dict:

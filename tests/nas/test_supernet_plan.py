@@ -134,3 +134,24 @@ def test_teacher_latencies_a_resumed_search_starts_from(tmp_path):
     assert oneshot.teacher_samples(out, 12.0, resume=True) == ([12.0], False)
     (out / oneshot.TEACHER_LATENCY).unlink()
     assert oneshot.teacher_samples(out, 12.0, resume=True) == ([12.0], False)
+
+
+@pytest.mark.parametrize("text", [
+    b"\xff\xfe garbage", "{\"latency_ms\": 10.2, \"samples_ms\": [11.0, 9.", "[11.0, 9.5]", "{}",
+    "{\"samples_ms\": []}", "{\"samples_ms\": [11.0, NaN]}", "{\"samples_ms\": [11.0, -1]}",
+    "{\"samples_ms\": \"11\"}", "{\"samples_ms\": [true]}",
+])
+def test_a_damaged_teacher_latency_record_counts_as_missing(tmp_path, caplog, text):
+    """A resumed search whose teacher latency record cannot be read (hand-edited, truncated) warns, naming
+    the file, and goes on as without one: measured again where nothing was divided by it yet, else the one
+    latency its speedups used; a new record then replaces the damaged one."""
+    out = tmp_path / "search"
+    out.mkdir()
+    path = out / oneshot.TEACHER_LATENCY
+    path.write_bytes(text) if isinstance(text, bytes) else path.write_text(text)
+    with caplog.at_level("WARNING", logger="nas.oneshot"):
+        assert oneshot.teacher_samples(out, 12.0, resume=True) == ([12.0], True)
+        assert oneshot.teacher_samples(out, 12.0, resume=True, scored=True) == ([12.0], False)
+    assert f"{path}: damaged teacher latency record" in caplog.text
+    oneshot.record_teacher_latency(out, [12.0, 11.0, 10.0])
+    assert oneshot.teacher_samples(out, 13.0, resume=True) == ([12.0, 11.0, 10.0], False)
