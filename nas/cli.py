@@ -105,6 +105,9 @@ def _final_arguments(p) -> None:
                    help="supernet strategy: speedups over the teacher; the best candidate at each is trained further")
     p.add_argument("--supernet-steps", type=cli.at_least(1), default=20000,
                    help="supernet strategy: at most this many supernet training steps (the budget plans fewer)")
+    p.add_argument("--local-rounds", type=cli.at_least(0), default=3,
+                   help="supernet strategy: rounds of a local search around each target (mutations of the best "
+                   "candidates near it, scored with the supernet's weights; 0: none)")
     p.add_argument("--latency-design", type=cli.at_least(3), default=12,
                    help="supernet strategy: candidates measured to fit the latency predictor")
 
@@ -158,7 +161,8 @@ def config(args: argparse.Namespace) -> SearchConfig:
         tpus_per_trial=args.tpus_per_trial,
         optuna_storage=args.optuna_storage,
         latency_threads=args.latency_threads, target_speedup=args.target_speedup, final_steps=args.final_steps,
-        final_augment=args.final_augment, final_share=args.final_share, final_lr=args.final_lr, teacher_epochs=args.teacher_epochs,
+        final_augment=args.final_augment, final_share=args.final_share, final_lr=args.final_lr,
+        local_rounds=args.local_rounds, teacher_epochs=args.teacher_epochs,
         train_limit=args.train_limit, dev_limit=args.dev_limit, seed=args.seed, quantize=args.quantize, crf=args.crf,
         export_onnx=args.export_onnx, hf_layout=args.hf_layout, push_to_hub=args.push_to_hub,
         precision=cli.precision(args.precision), attention_dropout=cli.attention_dropout(args.attention_dropout),

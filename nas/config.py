@@ -126,6 +126,9 @@ class SearchConfig:
     """The supernet strategy's finals: their learning rate (None: the space's first choice, as the trials
     strategy's final takes its trial's). They continue from trained supernet weights, and lower rates scored
     higher on SST-2 dev: 5x final, same steps, 5e-4 84.63, 2e-4 85.89, 1e-4 86.93, 5e-5 87.39 (session 15)."""
+    local_rounds: int = 3
+    """The supernet strategy's local search around each target (`nas.local`): rounds of single mutations
+    of the best candidates near it (0: none)."""
     teacher_epochs: int = 2
     train_limit: int | None = None
     dev_limit: int | None = None
@@ -189,6 +192,8 @@ class SearchConfig:
             raise UserError("final_steps / final_augment: must be >= 0")
         if self.final_lr is not None and not self.final_lr > 0:
             raise UserError(f"final_lr: must be > 0, got {self.final_lr}")
+        if self.local_rounds < 0:
+            raise UserError(f"local_rounds: must be >= 0, got {self.local_rounds}")
         if not 0 <= self.final_share < 1:
             raise UserError(f"final_share: must be in [0, 1), got {self.final_share}")
         if self.target_speedup <= 0:
@@ -233,4 +238,5 @@ def smoke(cfg: SearchConfig) -> SearchConfig:
         final_steps=48,
         final_augment=1,
         final_lr=None,  # the smoke space's own rate: its tiny finals train from a briefly trained supernet
+        local_rounds=1,
     )

@@ -17,7 +17,8 @@ slice, the teacher's labels and cost), `nas.tune` runs these stages:
      validation slice and predicts its latency; a candidate that breaks a constraint is rejected unscored
      (`score_rows` turns the results into rows);
   4. `measure_front`: every candidate on the front is measured for real and the front taken again,
-     until all its members' latencies are measured;
+     until all its members' latencies are measured; then `nas.local` searches around each target (single
+     mutations of the best candidates near it, scored as in 3) and the front is measured again;
   5. `train_targets`: for each target speedup, the most accurate measured candidate at or above it is
      distilled further from its supernet weights (`InitConfig.source`), on augmented data, in a share of
      the time left that grows with its distance from the teacher (`final_weights`).

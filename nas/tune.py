@@ -68,7 +68,7 @@ from distill.run import (
     teacher_labels,
     training_features,
 )
-from nas import oneshot, report
+from nas import local, oneshot, report
 from nas.config import Constraints, SearchConfig
 from nas.cost import Cost, CostModel, device_name, typical_length
 from nas.exports import front_readme, onnx_copies
@@ -119,6 +119,7 @@ def load_config(out: Path) -> SearchConfig:
     d["data"] = DataSpec(**d.get("data", {}))  # searches from before the field read the benchmark files
     d.setdefault("strategy", "trials")  # searches from before the field (and the supernet default) were trials
     d.setdefault("final_lr", None)  # searches from before the field: the finals at the space's first choice
+    d.setdefault("local_rounds", 0)  # searches from before the field: their targets picked without one
     return SearchConfig(**d)
 
 
@@ -252,8 +253,9 @@ def _trial_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Pat
 
 def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Path, *, deadline: float,
                     resume: bool, seconds: dict) -> tuple[list[dict], dict[str, TrialHandle], list[dict], dict]:
-    """Stages of the supernet strategy (`nas.oneshot`): supernet, latency predictor, scoring trials, the
-    front measured, the targets trained. Candidates are architectures only: the knobs, which no supernet
+    """Stages of the supernet strategy (`nas.oneshot`, `nas.local`): supernet, latency predictor, scoring
+    trials, the front measured, a local search around each target (the front measured again), the targets
+    trained. Candidates are architectures only: the knobs, which no supernet
     score depends on, are each space's first choice (`SearchSpace.architecture_only`)."""
     setup = dataclasses.replace(setup, space=setup.space.architecture_only())
     space, teacher_arch = setup.space, prep.teacher.arch
@@ -293,6 +295,13 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
     t0 = time.perf_counter()
     measured = oneshot.measure_front(rows, configs, setup, space, cfg.constraints, teacher_latency["latency_ms"])
     seconds["measure_front"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    near, near_configs, near_summary = local.search_around_targets(
+        rows, score_setup, cfg.targets, rounds=cfg.local_rounds, out=out, resume=resume,
+        seconds=local.LOCAL_SHARE * max(0.0, deadline - time.time()))
+    rows, configs = rows + near, {**configs, **near_configs}
+    again = oneshot.measure_front(rows, configs, setup, space, cfg.constraints, teacher_latency["latency_ms"])
+    seconds["local_search"] = time.perf_counter() - t0
     finals = []
     if cfg.final_steps:
         t0 = time.perf_counter()
@@ -308,6 +317,7 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
         "latency_predictor": {"design": predictor.measured, "loo_error": predictor.error,
                               "front_measured": measured["measured"], "front_error": measured["error"]},
         "teacher_latency": teacher_latency,
+        "local_search": {**near_summary, "front_measured": again["measured"], "front_error": again["error"]},
     }
     return rows + finals, handles, finals, extra
 

@@ -41,12 +41,14 @@ def searched(tmp_path_factory):
 
 def test_every_candidate_is_scored_with_the_supernet(searched):
     out, summary, _ = searched
-    assert summary["strategy"] == "supernet" and summary["counts"]["scored"] == 16
+    near = summary["local_search"]["scored"]  # the local search's around the targets (`nas.local`)
+    assert summary["strategy"] == "supernet" and summary["counts"]["scored"] == 16 + near
     with open(out / "results.csv") as fh:
         rows = list(csv.DictReader(fh))
     estimates = [r for r in rows if r["kind"] == "supernet"]
-    assert len(estimates) == 16 and all(r["status"] == "scored" and r["steps"] == "0" for r in estimates)
-    assert len({r["arch"] for r in estimates}) == 16 == summary["distinct_candidates"]  # none scored twice
+    assert len(estimates) == 16 + near and all(r["status"] == "scored" and r["steps"] == "0" for r in estimates)
+    assert sum(r["trial_id"].startswith("local-") for r in estimates) == near
+    assert len({r["arch"] for r in estimates}) == 16 + near == summary["distinct_candidates"]  # none scored twice
     # architectures only: the tiny space's temperatures (1, 2) are not sampled, every row has the first
     assert {(float(r["temperature"]), float(r["learning_rate"])) for r in estimates} == {(1.0, 0.001)}
     assert {float(r["learning_rate"]) for r in rows if r["kind"] == "final"} == {5e-5}  # `final_lr`
