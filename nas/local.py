@@ -33,8 +33,9 @@ from pathlib import Path
 from distill.arch import BertArch, parse_arch_name
 from distill.files import write_json
 from nas.cost import LatencyPredictor
-from nas.oneshot import ScoreSetup, score_candidate
+from nas.oneshot import MEASURE_SECONDS, ScoreSetup, score_candidate
 from nas.space import KNOBS, SearchSpace
+from nas.trial import error_line
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,16 @@ BEAM = 3
 49-82 neighbours a target in 3 rounds)."""
 MIN_FIT = 8
 """Measured latencies below which the stage keeps the design set's predictor."""
+LOCAL_SHARE = 0.12
+"""The stage's share of the time left after the front's first measurement (the finals get the rest; the
+front's second measurement comes out of it too, `measure_reserve`)."""
 
 
 def neighbours(space: SearchSpace, teacher: BertArch, arch: BertArch) -> list[BertArch]:
     """The students one step from `arch` in `space`: one layer's heads or FFN size to the next smaller or
-    larger choice, one layer dropped (each in turn, down to the space's fewest), the hidden size to the
+    larger choice (every layer's at once in a space that is not `heterogeneous`), the next smaller layer
+    count (each layer's widths left out in turn, or, several layers fewer, each run of layers kept: which
+    supernet layers a depth runs is the space's layer map's, not the mutation's), the hidden size to the
     next choice (heads capped at what fits it). Distinct, in a fixed order, `arch` itself excluded."""
     head_size = space.resolved_head_size(teacher)
     out: dict[str, BertArch] = {}
@@ -61,15 +67,19 @@ def neighbours(space: SearchSpace, teacher: BertArch, arch: BertArch) -> list[Be
             out.setdefault(a.name, a)
 
     fit = [h for h in space.heads if h * head_size <= arch.hidden_size]
-    for i in range(arch.num_layers):
-        for h in _adjacent(fit, arch.num_heads[i]):
-            add(arch.replace(num_heads=_put(arch.num_heads, i, h)))
-        for f in _adjacent(space.ffn, arch.ffn_sizes[i]):
-            add(arch.replace(ffn_sizes=_put(arch.ffn_sizes, i, f)))
-    if arch.num_layers > min(space.layers):
-        for i in range(arch.num_layers):
-            add(arch.replace(num_layers=arch.num_layers - 1, num_heads=_drop(arch.num_heads, i),
-                             ffn_sizes=_drop(arch.ffn_sizes, i)))
+    n = arch.num_layers
+    for layers in [(i,) for i in range(n)] if space.heterogeneous else [tuple(range(n))]:
+        for h in _adjacent(fit, arch.num_heads[layers[0]]):
+            add(arch.replace(num_heads=_put(arch.num_heads, layers, h)))
+        for f in _adjacent(space.ffn, arch.ffn_sizes[layers[0]]):
+            add(arch.replace(ffn_sizes=_put(arch.ffn_sizes, layers, f)))
+    fewer = max((c for c in space.layers if c < n), default=None)
+    if fewer is not None:
+        kept = ([[j for j in range(n) if j != i] for i in range(n)] if fewer == n - 1
+                else [list(range(s, s + fewer)) for s in range(n - fewer + 1)])
+        for keep in kept:
+            add(arch.replace(num_layers=fewer, num_heads=tuple(arch.num_heads[j] for j in keep),
+                             ffn_sizes=tuple(arch.ffn_sizes[j] for j in keep)))
     for hidden in _adjacent(space.hidden, arch.hidden_size):
         most = max((h for h in space.heads if h * head_size <= hidden), default=None)
         if most is not None:
@@ -83,22 +93,27 @@ def _adjacent(choices, value) -> list:
     return ([max(below)] if below else []) + ([min(above)] if above else [])
 
 
-def _put(values: tuple, i: int, v) -> tuple:
-    return values[:i] + (v,) + values[i + 1:]
+def _put(values: tuple, layers: tuple[int, ...], v) -> tuple:
+    return tuple(v if i in layers else x for i, x in enumerate(values))
 
 
-def _drop(values: tuple, i: int) -> tuple:
-    return values[:i] + values[i + 1:]
-
-
-def local_predictor(rows: list[dict], teacher: BertArch, seq_len: int, fallback: LatencyPredictor) -> LatencyPredictor:
-    """A predictor fitted on the search's measured latencies (`MIN_FIT` of them at least, else `fallback`)."""
+def local_predictor(rows: list[dict], teacher: BertArch, seq_len: int, fallback: LatencyPredictor,
+                    fallback_error: float | None = None) -> LatencyPredictor:
+    """A predictor fitted on the search's measured latencies, where there are `MIN_FIT` of them and its
+    leave-one-out error is below `fallback_error` (the design set's predictor's error on the same
+    measurements, `measure_front`'s), else `fallback`."""
     measured = [r for r in rows if r.get("latency_source") == "measured" and r.get("kind") == "supernet"
                 and r.get("latency_ms") and r.get("arch")]
     if len(measured) < MIN_FIT:
         return fallback
-    return LatencyPredictor.fit([parse_arch_name(r["arch"], teacher) for r in measured],
-                                [r["latency_ms"] for r in measured], seq_len)
+    fitted = LatencyPredictor.fit([parse_arch_name(r["arch"], teacher) for r in measured],
+                                  [r["latency_ms"] for r in measured], seq_len)
+    return fitted if fallback_error is None or fitted.error < fallback_error else fallback
+
+
+def measure_reserve(targets: tuple[float, ...]) -> float:
+    """Seconds the stage leaves for measuring what it adds to the front: a beam's worth a target."""
+    return MEASURE_SECONDS * BEAM * len(targets)
 
 
 def config_of(space: SearchSpace, arch: BertArch) -> dict:
@@ -109,26 +124,24 @@ def config_of(space: SearchSpace, arch: BertArch) -> dict:
 
 
 def trial_id(arch: BertArch) -> str:
+    """A local candidate's trial id: `local-` and a digest of its name (Tune's ids are 8 hex digits)."""
     return "local-" + hashlib.sha1(arch.name.encode()).hexdigest()[:8]
 
 
-LOCAL_SHARE = 0.12
-"""The stage's share of the time left after the front's first measurement (the finals get the rest)."""
-
-
 def search_around_targets(rows: list[dict], setup: ScoreSetup, targets: tuple[float, ...], *, rounds: int,
-                          seconds: float, out: Path, resume: bool) -> tuple[list[dict], dict[str, dict], dict]:
+                          seconds: float, out: Path, resume: bool,
+                          design_error: float | None = None) -> tuple[list[dict], dict[str, dict], dict]:
     """Stage 4b: the rows and sampled configs of the candidates scored around each target, `rounds` rounds
-    at most and `seconds` in all (shared by the targets in turn, what one leaves going to the next), and the
-    stage's summary. A resumed search reuses OUTPUT/local_search.json; one that planned finals without it
-    (from before the stage) runs none, so that its targets pick as they did."""
+    at most, scoring for `seconds` (shared by the targets in turn, what one leaves going to the next), and
+    the stage's summary. A resumed search reuses OUTPUT/local_search.json; one that planned finals with no
+    such file (from before the stage) runs none, so that its targets pick as they did."""
     path = out / LOCAL_SEARCH
     if resume and (saved := _saved(path)) is not None:
         return saved["rows"], saved["configs"], saved["summary"]
-    if rounds == 0 or (resume and any((out / "final").glob("*/plan.json"))):
+    if rounds == 0 or (resume and not path.exists() and any((out / "final").glob("*/plan.json"))):
         return [], {}, {"scored": 0, "rounds": 0, "targets": {}}
     t0 = time.perf_counter()
-    predictor = local_predictor(rows, setup.teacher_arch, setup.seq_len, setup.predictor)
+    predictor = local_predictor(rows, setup.teacher_arch, setup.seq_len, setup.predictor, design_error)
     setup = dataclasses.replace(setup, predictor=predictor)
     seen = {r["arch"] for r in rows if r.get("arch")}
     deadline, found, per_target = time.time() + seconds, [], {}
@@ -146,6 +159,9 @@ def search_around_targets(rows: list[dict], setup: ScoreSetup, targets: tuple[fl
     return found, configs, summary
 
 
+ROW_KEYS = frozenset({"trial_id", "arch", "status", "kind", "latency_source", "latency_ms", "speedup", "val_metric"})
+
+
 def _saved(path: Path) -> dict | None:
     """OUTPUT/local_search.json as written, or None where there is none or it cannot be read (warned: the
     stage runs again and replaces it)."""
@@ -153,8 +169,10 @@ def _saved(path: Path) -> dict | None:
         return None
     try:
         saved = json.loads(path.read_text())
-        if not (isinstance(saved["rows"], list) and isinstance(saved["configs"], dict)
-                and all(r["trial_id"] in saved["configs"] for r in saved["rows"]) and "scored" in saved["summary"]):
+        rows, configs = saved["rows"], saved["configs"]
+        if not (isinstance(rows, list) and isinstance(configs, dict) and isinstance(saved["summary"], dict)
+                and "scored" in saved["summary"]
+                and all(isinstance(r, dict) and ROW_KEYS <= r.keys() and r["trial_id"] in configs for r in rows)):
             raise ValueError("rows, configs or summary missing or inconsistent")
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
         log.warning("%s: damaged local search record (%s); the local search runs again", path,
@@ -165,12 +183,17 @@ def _saved(path: Path) -> dict | None:
 
 def _around(target: float, rows: list[dict], setup: ScoreSetup, seen: set[str], *, rounds: int,
             until: float) -> tuple[list[dict], dict]:
-    """One target's beam: its scored rows and a summary (seeds, candidates scored, the best found)."""
+    """One target's beam: its rows (scored, rejected or failed) and a summary (seeds, candidates scored,
+    the best estimate at or above the target, seeds included)."""
     space, teacher = setup.space, setup.teacher_arch
-    speedup = lambda a: setup.teacher_latency_ms / setup.predictor.predict(a)  # noqa: E731
-    near = [r for r in rows if r["status"] == "scored" and r.get("latency_source") == "measured"
-            and target / BAND <= r["speedup"] <= BAND * target]
-    ranked = sorted(near, key=lambda r: (-r["val_metric"], r["arch"]))[:BEAM]
+
+    def speedup(a: BertArch) -> float:
+        return setup.teacher_latency_ms / setup.predictor.predict(a)
+
+    near = {r["arch"]: r for r in sorted(rows, key=lambda r: (-(r.get("val_metric") or 0.0), r.get("arch") or ""))
+            if r["status"] == "scored" and r.get("latency_source") == "measured"
+            and target / BAND <= r["speedup"] <= BAND * target}  # one row an architecture: TPE's repeats
+    ranked = list(near.values())[:BEAM]
     seeds = [(r["val_metric"], parse_arch_name(r["arch"], teacher)) for r in ranked]
     pool = [(v, a) for (v, a), r in zip(seeds, ranked) if r["speedup"] >= target]
     beam, found = seeds, []
@@ -181,23 +204,31 @@ def _around(target: float, rows: list[dict], setup: ScoreSetup, seen: set[str], 
             if time.time() > until:
                 break
             seen.add(b.name)
-            found.append(_row(b, score_candidate(config_of(space, b), setup), setup))
+            found.append(_score(b, setup))
             if found[-1]["status"] == "scored":
                 pool.append((found[-1]["val_metric"], b))
         beam = sorted(pool, key=lambda p: (-p[0], p[1].name))[:BEAM]
         if not todo or time.time() > until or not beam:
             break
-    best = beam[0] if beam else None
-    return found, {"seeds": [a.name for _, a in seeds], "scored": len(found),
+    best = min(pool, key=lambda p: (-p[0], p[1].name), default=None)
+    return found, {"seeds": [a.name for _, a in seeds], "scored": sum(r["status"] == "scored" for r in found),
+                   "rejected": sum(r["status"] == "rejected" for r in found),
+                   "failed": sum(r["status"] == "failed" for r in found),
                    "best": best and best[1].name, "best_val": best and best[0]}
 
 
-def _row(arch: BertArch, report: dict, setup: ScoreSetup) -> dict:
-    """A local candidate's row, as `nas.oneshot.score_rows` makes a scoring trial's."""
+def _score(arch: BertArch, setup: ScoreSetup) -> dict:
+    """A local candidate's row, as `nas.oneshot.score_rows` makes a scoring trial's: scored, rejected by a
+    constraint, or failed (the error's line; the search goes on, as it does past a failed Tune trial)."""
+    row = {"trial_id": trial_id(arch), "kind": "supernet", "latency_source": "predicted", "steps": 0,
+           "pareto": False, "arch": arch.name, **{k: getattr(setup.space, k)[0] for k in KNOBS}}
+    try:
+        report = score_candidate(config_of(setup.space, arch), setup)
+    except Exception as e:  # one candidate's failure (XLA, memory) costs only itself
+        log.warning("local search: scoring %s failed: %s", arch.name, error_line(e))
+        return {**row, "latency_ms": None, "speedup": None, "seconds": None, "status": "failed",
+                "error": error_line(e), "val_metric": None}
     scored = report["status"] == "scored"
-    return {"trial_id": trial_id(arch), "kind": "supernet", "latency_source": "predicted", "steps": 0,
-            "seconds": report.get("score_seconds"), "pareto": False,
-            **{k: report.get(k) for k in ("arch", "params", "flops", "latency_ms", "speedup")},
-            **{k: getattr(setup.space, k)[0] for k in KNOBS},
-            "status": report["status"], "error": None if scored else report.get("reason"),
-            "val_metric": report[setup.metric] if scored else None}
+    return {**row, **{k: report.get(k) for k in ("params", "flops", "latency_ms", "speedup")},
+            "seconds": report.get("score_seconds"), "status": report["status"],
+            "error": None if scored else report.get("reason"), "val_metric": report[setup.metric] if scored else None}

@@ -234,7 +234,7 @@ def _teacher_record(path: Path) -> dict | None:
                 and all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
                         for t in samples)):
             raise ValueError(f"samples_ms must be a non-empty list of positive latencies, got {samples!r}")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError) as e:
         log.warning("%s: damaged teacher latency record (%s); ignored, the teacher is measured again where the "
                     "search has divided by none yet", path, str(e)[:200] or type(e).__name__)
         return None

@@ -296,11 +296,8 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
     measured = oneshot.measure_front(rows, configs, setup, space, cfg.constraints, teacher_latency["latency_ms"])
     seconds["measure_front"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    near, near_configs, near_summary = local.search_around_targets(
-        rows, score_setup, cfg.targets, rounds=cfg.local_rounds, out=out, resume=resume,
-        seconds=local.LOCAL_SHARE * max(0.0, deadline - time.time()))
-    rows, configs = rows + near, {**configs, **near_configs}
-    again = oneshot.measure_front(rows, configs, setup, space, cfg.constraints, teacher_latency["latency_ms"])
+    rows, configs, near = _local_stage(cfg, setup, score_setup, rows, configs, out, deadline=deadline,
+                                       resume=resume, design_error=measured["error"])
     seconds["local_search"] = time.perf_counter() - t0
     finals = []
     if cfg.final_steps:
@@ -317,9 +314,23 @@ def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: P
         "latency_predictor": {"design": predictor.measured, "loo_error": predictor.error,
                               "front_measured": measured["measured"], "front_error": measured["error"]},
         "teacher_latency": teacher_latency,
-        "local_search": {**near_summary, "front_measured": again["measured"], "front_error": again["error"]},
+        "local_search": near,
     }
     return rows + finals, handles, finals, extra
+
+
+def _local_stage(cfg: SearchConfig, setup: TrialSetup, score_setup: oneshot.ScoreSetup, rows: list[dict],
+                 configs: dict[str, dict], out: Path, *, deadline: float, resume: bool,
+                 design_error: float | None) -> tuple[list[dict], dict[str, dict], dict]:
+    """The local search around the targets (`nas.local`) and the front measured again with its candidates:
+    the rows and configs with theirs, and the stage's summary."""
+    budget = local.LOCAL_SHARE * max(0.0, deadline - time.time()) - local.measure_reserve(cfg.targets)
+    near, near_configs, summary = local.search_around_targets(
+        rows, score_setup, cfg.targets, rounds=cfg.local_rounds, seconds=max(0.0, budget), out=out, resume=resume,
+        design_error=design_error)
+    rows, configs = rows + near, {**configs, **near_configs}
+    again = oneshot.measure_front(rows, configs, setup, setup.space, cfg.constraints, score_setup.teacher_latency_ms)
+    return rows, configs, {**summary, "front_measured": again["measured"], "front_error": again["error"]}
 
 
 def optuna_storage(url: str):

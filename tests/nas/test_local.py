@@ -43,6 +43,24 @@ def test_neighbours_are_one_step_away_in_the_space():
     assert "1L-24-H2-F16" in {n.name for n in local.neighbours(SPACE, TEACHER, wide)}
 
 
+def test_neighbours_stay_in_spaces_with_gaps_and_uniform_ones():
+    """Layer counts with a gap (4 -> 2: each run of two layers kept, not a 3-layer student the supernet never
+    trained) and a uniform space (every layer's heads or FFN at once: its students stay uniform)."""
+    teacher = BertArch.uniform(4, 36, 3, 37, vocab_size=64)
+    gaps = dataclasses.replace(SPACE, layers=(2, 4))
+    a = parse_arch_name("4L-36-H1,2,3,1-F16,37,16,37", teacher)
+    moved = local.neighbours(gaps, teacher, a)
+    assert {n.num_layers for n in moved} == {2, 4}
+    assert sorted((n.num_heads, n.ffn_sizes) for n in moved if n.num_layers == 2) == [
+        ((1, 2), (16, 37)), ((2, 3), (37, 16)), ((3, 1), (16, 37))]
+    uniform = dataclasses.replace(SPACE, layers=(1, 2), heterogeneous=False)
+    b = parse_arch_name("2L-36-H2-F16-D12", TEACHER)
+    names = sorted(n.name for n in local.neighbours(uniform, TEACHER, b))
+    assert all(n.is_uniform for n in local.neighbours(uniform, TEACHER, b))
+    assert names == sorted(parse_arch_name(f"{n}-D12", TEACHER).name
+                           for n in ["2L-36-H1-F16", "2L-36-H3-F16", "2L-36-H2-F37", "1L-36-H2-F16", "2L-24-H2-F16"])
+
+
 def test_a_predictor_of_the_measured_latencies_where_enough_were_measured():
     archs = [parse_arch_name(n, TEACHER) for n in ("1L-24-H1-F16", "1L-24-H2-F37", "1L-36-H3-F37", "2L-24-H1-F16",
                                                    "2L-24-H2-F37", "2L-36-H3-F37", "2L-36-H1-F16", "1L-36-H1-F16")]
@@ -51,6 +69,10 @@ def test_a_predictor_of_the_measured_latencies_where_enough_were_measured():
     fitted = local.local_predictor(rows, TEACHER, 7, PREDICTOR)
     assert fitted.measured == 8 and fitted.error < 1e-6
     assert local.local_predictor(rows[:7], TEACHER, 7, PREDICTOR) is PREDICTOR
+    assert local.local_predictor(rows, TEACHER, 7, PREDICTOR, fallback_error=0.05) is not PREDICTOR
+    worse = [dict(r, latency_ms=r["latency_ms"] * (1.5 if i % 2 else 0.7)) for i, r in enumerate(rows)]
+    noisy = local.local_predictor(worse, TEACHER, 7, PREDICTOR)  # fitted, but worse than the design set's
+    assert local.local_predictor(worse, TEACHER, 7, PREDICTOR, fallback_error=noisy.error / 2) is PREDICTOR
     predicted = [dict(r, latency_source="predicted") for r in rows]
     assert local.local_predictor(predicted, TEACHER, 7, PREDICTOR) is PREDICTOR
 
@@ -138,3 +160,30 @@ def test_a_rejected_neighbour_is_a_row_with_its_reason(setup, tmp_path):
     above = [r for r in rows if TARGET <= r["speedup"] <= local.BAND * TARGET]  # seeds: the only candidates
     assert summary["scored"] == 0 and summary["targets"]["2"]["best"] == max(
         above, key=lambda r: r["val_metric"], default={"arch": None})["arch"]
+
+
+def test_targets_share_the_time_and_never_score_one_candidate_twice(setup, tmp_path):
+    rows = [_seed(setup, n, v) for n, v in SEEDS]
+    found, _, summary = local.search_around_targets(rows, setup, (1.6, TARGET), rounds=3, seconds=600,
+                                                    out=tmp_path, resume=False)
+    assert len({r["arch"] for r in found}) == len(found) and set(summary["targets"]) == {"1.6", "2"}
+    assert sum(t["scored"] for t in summary["targets"].values()) == summary["scored"] == len(found)
+
+
+def test_a_candidate_whose_scoring_fails_costs_only_itself(setup, tmp_path, monkeypatch, caplog):
+    rows = [_seed(setup, n, v) for n, v in SEEDS]
+    calls = []
+
+    def flaky(config, s):
+        calls.append(config)
+        if len(calls) == 1:
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory while compiling")
+        return oneshot.score_candidate(config, s)
+
+    monkeypatch.setattr(local, "score_candidate", flaky)
+    with caplog.at_level("WARNING", logger="nas.local"):
+        found, _, summary = local.search_around_targets(rows, setup, (TARGET,), rounds=1, seconds=600,
+                                                        out=tmp_path, resume=False)
+    assert found[0]["status"] == "failed" and "RESOURCE_EXHAUSTED" in found[0]["error"]
+    assert found[0]["val_metric"] is None and "scoring" in caplog.text and len(found) == len(calls) > 1
+    assert summary["targets"]["2"]["failed"] == 1 and summary["scored"] == len(found) - 1

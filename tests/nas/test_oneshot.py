@@ -199,11 +199,12 @@ def test_a_front_member_whose_export_fails_costs_only_itself(searched, tmp_path)
 
 def test_a_resumed_search_divides_by_the_same_teacher_latency_and_trains_nothing_again(searched, monkeypatch):
     """A finished supernet search resumed (last: it writes the fixture's output again): the teacher is not
-    measured again (its samples come from `teacher_latency.json`), the targets pick the same candidates and
-    no final trains again."""
+    measured again (its samples come from `teacher_latency.json`), no local candidate is scored again (they
+    come from `local_search.json`), the targets pick the same candidates and no final trains again."""
     import ray
 
     import nas.cost
+    import nas.local
     from nas.tune import search
 
     out, summary, _ = searched
@@ -211,11 +212,14 @@ def test_a_resumed_search_divides_by_the_same_teacher_latency_and_trains_nothing
     before = {p: p.stat().st_mtime for p in runs}
     monkeypatch.setenv("BERTNAS_CACHE", str(out.parent / "cache"))  # the search's own: its latencies, teacher
     monkeypatch.setattr(nas.cost.CostModel, "costs_beside", lambda *a, **k: pytest.fail("teacher measured again"))
+    monkeypatch.setattr(nas.local, "score_candidate", lambda *a, **k: pytest.fail("local candidate scored again"))
     try:
         again = search(None, out, resume=True)
     finally:
         ray.shutdown()
     assert again["teacher_latency"] == summary["teacher_latency"]
+    saved = {k: v for k, v in summary["local_search"].items() if not k.startswith("front_")}
+    assert {k: v for k, v in again["local_search"].items() if not k.startswith("front_")} == saved
     assert [f["from_trial"] for f in again["finals"]] == [f["from_trial"] for f in summary["finals"]]
     assert [f["val_metric"] for f in again["finals"]] == [f["val_metric"] for f in summary["finals"]]
     assert runs and {p: p.stat().st_mtime for p in runs} == before
