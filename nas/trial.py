@@ -61,6 +61,9 @@ class TrialSetup:
     label_rate: float | None = None
     """Teacher forwards per second when labelling (measured, or estimated from the teacher's cost): the
     final runs plan their augmented copies' labelling with it."""
+    teacher_latency_ms: float | None = None
+    """The teacher's batch-1 latency every speedup divides by (the median of its measurements,
+    `nas.oneshot.teacher_samples`); None: the cost model's cached one."""
 
 
 def sampled_arch(space: SearchSpace, config: dict, teacher: BertArch) -> BertArch | None:
@@ -133,7 +136,10 @@ def trial_distill_config(setup: TrialSetup, sample: dict, student_file: str) -> 
 def candidate_cost(setup: TrialSetup, arch: BertArch):
     """Analytic size and measured latency of `arch` and its speedup over the teacher (this device)."""
     model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads)
-    return model.cost(arch).with_speedup(model.cost(setup.teacher_arch))
+    cost = model.cost(arch)
+    if setup.teacher_latency_ms is not None:
+        return dataclasses.replace(cost, speedup=setup.teacher_latency_ms / cost.latency_ms)
+    return cost.with_speedup(model.cost(setup.teacher_arch))
 
 
 def _trial_dir(ctx) -> Path:

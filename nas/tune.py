@@ -221,9 +221,8 @@ def _search(cfg: SearchConfig, out: Path, *, resume: bool) -> dict[str, Any]:
 
 
 def _with_teacher_latency(prep: Prepared, latency: dict | None) -> Prepared:
-    """`prep` with the teacher's batch-1 latency the stages divided the speedups by (the supernet strategy:
-    the median of its measurements, `latency`), for the exports, int8 copies and reports; as it was
-    without one."""
+    """`prep` with the teacher's batch-1 latency the stages divided the speedups by (the median of its
+    measurements, `latency`), for the exports, int8 copies and reports; as it was without one."""
     if not latency:
         return prep
     ms = latency["latency_ms"]  # batch-1 only: its p95 and batch latency stay the preparation's measurement
@@ -236,6 +235,9 @@ def _trial_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Pat
                   seconds: dict) -> tuple[list[dict], dict[str, TrialHandle], list[dict], dict]:
     """Stages 4-5 of the trials strategy: every candidate distilled for a few hundred steps, then the chosen
     one trained longer. Returns the rows, their handles, the final rows and what the summary adds."""
+    t0 = time.perf_counter()
+    setup, teacher_latency = _trials_teacher_latency(cfg, setup, prep, out, resume=resume)
+    seconds["teacher_latency"] = time.perf_counter() - t0
     budget = _trial_budget(cfg, deadline)
     t0 = time.perf_counter()
     trainable = tune_trainable(cfg, run_trial, setup)
@@ -248,7 +250,22 @@ def _trial_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Pat
         final = _final(cfg, setup, rows, handles, out, deadline=deadline, resume=resume)
         seconds["final"] = time.perf_counter() - t0
         finals = [final] if final is not None else []
-    return rows + finals, handles, finals, {}
+    return rows + finals, handles, finals, {"teacher_latency": teacher_latency}
+
+
+def _trials_teacher_latency(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Path, *,
+                            resume: bool) -> tuple[TrialSetup, dict]:
+    """The trials strategy's teacher latency, as the supernet strategy takes it (`nas.oneshot.fit_latency`):
+    the teacher measured twice more in one child process, the median of the three with the preparation's
+    (a resumed search's recorded ones, `nas.oneshot.teacher_samples`); `setup` with it, and the record."""
+    first, again = oneshot.teacher_samples(out, prep.teacher_cost.latency_ms, resume=resume,
+                                           scored=resume and _restorable(cfg, out))
+    model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads)
+    more = model.costs_beside([], setup.teacher_arch)[1] if again else []
+    latency = oneshot.record_teacher_latency(out, [*first, *more])
+    log.info("teacher latency: %.2f ms (median of %s)", latency["latency_ms"],
+             ", ".join(f"{t:.2f}" for t in latency["samples_ms"]))
+    return dataclasses.replace(setup, teacher_latency_ms=latency["latency_ms"]), latency
 
 
 def _oneshot_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Path, *, deadline: float,

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import sst2_training_left, write_sst2, write_tiny_teacher
 
@@ -85,6 +86,10 @@ def test_search_writes_every_output(searched, env):
     space = get_space("tiny")
     teacher = json.loads((out / "results.json").read_text())["teacher"]
     assert teacher["latency_ms"] > 0 and 0 <= teacher["dev_metric"] <= 1
+    # every speedup divides by the median of three teacher measurements, as the supernet strategy's do
+    latency = summary["teacher_latency"]
+    assert len(latency["samples_ms"]) == 3 and teacher["latency_samples_ms"] == latency["samples_ms"]
+    assert teacher["latency_ms"] == latency["latency_ms"] == float(np.median(latency["samples_ms"]))
     for r in json.loads((out / "results.json").read_text())["trials"]:
         if r["status"] == "final":
             continue
@@ -203,16 +208,18 @@ def test_failing_candidates_are_recorded_and_the_search_goes_on(env, ray_local, 
 
 
 def test_resume_of_a_finished_search_reruns_nothing(searched, env, monkeypatch):
+    import nas.cost
     from nas.tune import search
 
     monkeypatch.setenv("BERTNAS_CACHE", str(env["cache"]))  # the search's own cache: nothing is recomputed
+    monkeypatch.setattr(nas.cost.CostModel, "costs_beside", lambda *a, **k: pytest.fail("teacher measured again"))
 
     out, summary = searched
     runs = [*(out / "ray" / "search").glob("*/run/results.json"), out / "final" / "run" / "results.json"]
     before = {p: p.stat().st_mtime for p in runs}
     again = search(None, out, resume=True)
     after = {p: p.stat().st_mtime for p in runs}
-    assert before == after
+    assert before == after and again["teacher_latency"] == summary["teacher_latency"]
     assert again["pareto"] == summary["pareto"]
     assert again["final"]["val_metric"] == summary["final"]["val_metric"]
     assert len(_rows(out)) == 4 and len(_rows(out, final=True)) == 5
@@ -459,9 +466,11 @@ def test_search_as_a_ray_job_on_a_local_cluster(env, tmp_path):
                 break
             time.sleep(3)
         head.wait(timeout=60)
-    # the default strategy: a supernet, 16 candidates scored with its weights (the smoke run's), the front
-    rows = [r for r in _rows(out) if r["kind"] == "supernet"]
-    assert len(rows) == 16 and all(row["status"] == "scored" for row in rows)
-    assert (out / "pareto.png").is_file() and any((out / "export").iterdir())
+    # the default strategy: a supernet, 16 candidates scored with its weights (the smoke run's) and those of
+    # its local search around the targets, the front
     summary = json.loads((out / "results.json").read_text())
-    assert summary["strategy"] == "supernet" and summary["counts"]["scored"] == 16
+    near = summary["local_search"]["scored"]
+    rows = [r for r in _rows(out) if r["kind"] == "supernet"]
+    assert len(rows) == 16 + near and all(row["status"] == "scored" for row in rows)
+    assert (out / "pareto.png").is_file() and any((out / "export").iterdir())
+    assert summary["strategy"] == "supernet" and summary["counts"]["scored"] == 16 + near
