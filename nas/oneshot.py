@@ -211,13 +211,13 @@ def fit_latency(cfg: SearchConfig, setup: TrialSetup, space: SearchSpace, choice
 def teacher_samples(out: Path, first_ms: float, *, resume: bool, scored: bool = False) -> tuple[list[float], bool]:
     """The teacher latencies the search starts from, and whether to measure the teacher again: a resumed
     search's recorded ones (`TEACHER_LATENCY`, on this device), as they were; a resumed search that scored
-    candidates (`scored`: its Tune experiment restores) or planned finals without a record of this device
-    (one from before the record, or moved to another machine), the one latency (`first_ms`) its speedups
-    were divided by; else `first_ms`, and measured again."""
+    candidates (`scored`: its Tune experiment restores) or planned finals (the trials strategy's one too)
+    without a record of this device (one from before the record, or moved to another machine), the one
+    latency (`first_ms`) its speedups were divided by; else `first_ms`, and measured again."""
     record = _teacher_record(out / TEACHER_LATENCY) if resume else None
     if record is not None and record.get("device") == device_name():
         return [float(t) for t in record["samples_ms"]], False
-    if resume and (scored or any((out / "final").glob("*/plan.json"))):
+    if resume and (scored or any((out / "final").glob("*/plan.json")) or (out / "final" / "plan.json").is_file()):
         return [first_ms], False
     return [first_ms], True
 

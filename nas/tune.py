@@ -250,14 +250,18 @@ def _trial_stages(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Pat
         final = _final(cfg, setup, rows, handles, out, deadline=deadline, resume=resume)
         seconds["final"] = time.perf_counter() - t0
         finals = [final] if final is not None else []
-    return rows + finals, handles, finals, {"teacher_latency": teacher_latency}
+    return rows + finals, handles, finals, {"teacher_latency": teacher_latency} if teacher_latency else {}
 
 
 def _trials_teacher_latency(cfg: SearchConfig, setup: TrialSetup, prep: Prepared, out: Path, *,
-                            resume: bool) -> tuple[TrialSetup, dict]:
-    """The trials strategy's teacher latency, as the supernet strategy takes it (`nas.oneshot.fit_latency`):
-    the teacher measured twice more in one child process, the median of the three with the preparation's
-    (a resumed search's recorded ones, `nas.oneshot.teacher_samples`); `setup` with it, and the record."""
+                            resume: bool) -> tuple[TrialSetup, dict | None]:
+    """The trials strategy's teacher latency where its trials measure on this machine's kind of device (CPU
+    trials of a local Ray): the teacher measured twice more in one child process, the median of the three
+    with the preparation's (a resumed search's recorded ones, `nas.oneshot.teacher_samples`); `setup` with
+    it, and the record. Elsewhere (a cluster, GPU or TPU trials) each trial divides by the teacher measured
+    on its own device, and `setup` is returned as it was, with None."""
+    if cfg.address is not None or cfg.gpus_per_trial or cfg.tpus_per_trial:
+        return setup, None
     first, again = oneshot.teacher_samples(out, prep.teacher_cost.latency_ms, resume=resume,
                                            scored=resume and _restorable(cfg, out))
     model = CostModel(setup.head, setup.num_labels, setup.seq_len, threads=setup.latency_threads)

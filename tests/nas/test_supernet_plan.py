@@ -134,6 +134,9 @@ def test_teacher_latencies_a_resumed_search_starts_from(tmp_path):
     assert oneshot.teacher_samples(out, 12.0, resume=True) == ([12.0], False)
     (out / oneshot.TEACHER_LATENCY).unlink()
     assert oneshot.teacher_samples(out, 12.0, resume=True) == ([12.0], False)
+    (out / "final" / "1a2b3c4d" / "plan.json").unlink()
+    (out / "final" / "plan.json").write_text("{}")  # the trials strategy's one final
+    assert oneshot.teacher_samples(out, 12.0, resume=True) == ([12.0], False)
 
 
 @pytest.mark.parametrize("text", [

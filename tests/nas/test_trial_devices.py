@@ -69,3 +69,17 @@ def test_every_ray_worker_of_a_gpu_search_gets_the_memory_settings(monkeypatch):
         ray.shutdown()
     assert seen == {"XLA_CLIENT_MEM_FRACTION": trial_device_env(0.25, environ={})["XLA_CLIENT_MEM_FRACTION"],
                     "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+
+
+@pytest.mark.parametrize("where", [{"address": "auto"}, {"gpus_per_trial": 0.5}, {"tpus_per_trial": 4}])
+def test_trials_on_other_devices_divide_by_their_own_teacher_latency(tmp_path, monkeypatch, where):
+    """Trials on a cluster or on accelerators measure the teacher on their own device: the driver's CPU
+    median would mix devices in one speedup, so it is neither measured nor handed to them."""
+    import nas.cost
+    from nas import tune
+
+    monkeypatch.setattr(nas.cost.CostModel, "costs_beside", lambda *a, **k: pytest.fail("teacher measured"))
+    setup = object()  # returned as it came: no teacher latency set on it
+    cfg = SearchConfig(strategy="trials", **where)
+    assert tune._trials_teacher_latency(cfg, setup, None, tmp_path, resume=False) == (setup, None)
+    assert not any(tmp_path.iterdir())  # no teacher_latency.json either
