@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -110,6 +110,22 @@ def write_json(path: os.PathLike, obj: Any) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise write_error(path, e) from None
+
+
+def read_record(path: os.PathLike, check: Callable[[Any], None], what: str, then: str) -> Any | None:
+    """A JSON record a run wrote for itself (to resume from): None where there is none, and None, warned
+    with the file's name (`damaged <what> (<why>); <then>`), where it cannot be read or `check` raises on it
+    (ValueError, KeyError, TypeError): a damaged record counts as a missing one."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        check(record)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError) as e:
+        log.warning("%s: damaged %s (%s); %s", path, what, str(e)[:200] or type(e).__name__, then)
+        return None
+    return record
 
 
 def write_error(path: os.PathLike, e: OSError) -> UserError:

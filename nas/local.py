@@ -25,15 +25,15 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 from distill.arch import BertArch, parse_arch_name
-from distill.files import write_json
+from distill.files import read_record, write_json
 from nas.cost import LatencyPredictor
-from nas.oneshot import MEASURE_SECONDS, ScoreSetup, score_candidate
+from nas.oneshot import MEASURE_SECONDS, ScoreSetup, estimate_row, score_candidate
 from nas.space import KNOBS, SearchSpace
 from nas.trial import error_line
 
@@ -165,20 +165,15 @@ ROW_KEYS = frozenset({"trial_id", "arch", "status", "kind", "latency_source", "l
 def _saved(path: Path) -> dict | None:
     """OUTPUT/local_search.json as written, or None where there is none or it cannot be read (warned: the
     stage runs again and replaces it)."""
-    if not path.is_file():
-        return None
-    try:
-        saved = json.loads(path.read_text())
-        rows, configs = saved["rows"], saved["configs"]
-        if not (isinstance(rows, list) and isinstance(configs, dict) and isinstance(saved["summary"], dict)
-                and "scored" in saved["summary"]
-                and all(isinstance(r, dict) and ROW_KEYS <= r.keys() and r["trial_id"] in configs for r in rows)):
-            raise ValueError("rows, configs or summary missing or inconsistent")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as e:
-        log.warning("%s: damaged local search record (%s); the local search runs again", path,
-                    str(e)[:200] or type(e).__name__)
-        return None
-    return saved
+    return read_record(path, _check_saved, "local search record", "the local search runs again")
+
+
+def _check_saved(saved: Any) -> None:
+    rows, configs = saved["rows"], saved["configs"]
+    if not (isinstance(rows, list) and isinstance(configs, dict) and isinstance(saved["summary"], dict)
+            and "scored" in saved["summary"]
+            and all(isinstance(r, dict) and ROW_KEYS <= r.keys() and r["trial_id"] in configs for r in rows)):
+        raise ValueError("rows, configs or summary missing or inconsistent")
 
 
 def _around(target: float, rows: list[dict], setup: ScoreSetup, seen: set[str], *, rounds: int,
@@ -218,17 +213,16 @@ def _around(target: float, rows: list[dict], setup: ScoreSetup, seen: set[str], 
 
 
 def _score(arch: BertArch, setup: ScoreSetup) -> dict:
-    """A local candidate's row, as `nas.oneshot.score_rows` makes a scoring trial's: scored, rejected by a
+    """A local candidate's row (`nas.oneshot.estimate_row`, as a scoring trial's): scored, rejected by a
     constraint, or failed (the error's line; the search goes on, as it does past a failed Tune trial)."""
-    row = {"trial_id": trial_id(arch), "kind": "supernet", "latency_source": "predicted", "steps": 0,
-           "pareto": False, "arch": arch.name, **{k: getattr(setup.space, k)[0] for k in KNOBS}}
+    config = config_of(setup.space, arch)
     try:
-        report = score_candidate(config_of(setup.space, arch), setup)
+        report = score_candidate(config, setup)
     except Exception as e:  # one candidate's failure (XLA, memory) costs only itself
         log.warning("local search: scoring %s failed: %s", arch.name, error_line(e))
-        return {**row, "latency_ms": None, "speedup": None, "seconds": None, "status": "failed",
-                "error": error_line(e), "val_metric": None}
+        return estimate_row(trial_id(arch), {"arch": arch.name}, config, status="failed", error=error_line(e),
+                            metric=setup.metric, seconds=None)
     scored = report["status"] == "scored"
-    return {**row, **{k: report.get(k) for k in ("params", "flops", "latency_ms", "speedup")},
-            "seconds": report.get("score_seconds"), "status": report["status"],
-            "error": None if scored else report.get("reason"), "val_metric": report[setup.metric] if scored else None}
+    return estimate_row(trial_id(arch), report, config, status=report["status"],
+                        error=None if scored else report.get("reason"), metric=setup.metric,
+                        seconds=report.get("score_seconds"))

@@ -42,7 +42,7 @@ import jax
 import numpy as np
 
 from distill.arch import BertArch
-from distill.files import enable_compilation_cache, write_json
+from distill.files import enable_compilation_cache, read_record, write_json
 from distill.model.store import load_bert
 from distill.run import (
     DistillConfig,
@@ -225,20 +225,16 @@ def teacher_samples(out: Path, first_ms: float, *, resume: bool, scored: bool = 
 def _teacher_record(path: Path) -> dict | None:
     """`TEACHER_LATENCY` as recorded, or None where there is none or it cannot be read (warned: a damaged
     record is treated as a missing one, and the search's own next record replaces it)."""
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-        samples = record["samples_ms"]
-        if not (isinstance(samples, list) and samples
-                and all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
-                        for t in samples)):
-            raise ValueError(f"samples_ms must be a non-empty list of positive latencies, got {samples!r}")
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, OverflowError) as e:
-        log.warning("%s: damaged teacher latency record (%s); ignored, the teacher is measured again where the "
-                    "search has divided by none yet", path, str(e)[:200] or type(e).__name__)
-        return None
-    return record
+    return read_record(path, _check_teacher_record, "teacher latency record",
+                       "ignored, the teacher is measured again where the search has divided by none yet")
+
+
+def _check_teacher_record(record: Any) -> None:
+    samples = record["samples_ms"]
+    if not (isinstance(samples, list) and samples
+            and all(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0
+                    for t in samples)):
+        raise ValueError(f"samples_ms must be a non-empty list of positive latencies, got {samples!r}")
 
 
 def record_teacher_latency(out: Path, samples_ms: list[float]) -> dict:
@@ -336,16 +332,24 @@ def score_rows(results, setup: ScoreSetup) -> tuple[list[dict], dict[str, dict]]
         config, m = result.config or {}, result.metrics or {}
         tid = result_trial_id(result)
         has_config = sampled_arch(setup.space, config, setup.teacher_arch) is not None
-        row = {"trial_id": tid, "kind": "supernet", "latency_source": "predicted", "steps": 0,
-               "seconds": m.get("time_total_s"), "pareto": False,
-               **{k: m.get(k) for k in ("arch", "params", "flops", "latency_ms", "speedup")},
-               **{k: config.get(k) for k in KNOBS}}
-        row["status"], row["error"] = trial_status(result, setup.metric, has_config=has_config, done="scored")
-        row["val_metric"] = m.get(setup.metric) if row["status"] == "scored" else None
-        rows.append(row)
+        status, error = trial_status(result, setup.metric, has_config=has_config, done="scored")
+        rows.append(estimate_row(tid, m, config, status=status, error=error, metric=setup.metric,
+                                 seconds=m.get("time_total_s")))
         if has_config:
             configs[tid] = config
     return rows, configs
+
+
+def estimate_row(trial_id: str, report: dict, config: dict, *, status: str, error: str | None, metric: str,
+                 seconds: float | None) -> dict:
+    """A candidate's row with the supernet's weights (`kind` 'supernet', its latency predicted until
+    measured), from its report (`score_candidate`'s) and sampled config; a score only where `status` is
+    'scored'. Scoring trials' rows (`score_rows`) and the local search's (`nas.local`) alike."""
+    return {"trial_id": trial_id, "kind": "supernet", "latency_source": "predicted", "steps": 0,
+            "seconds": seconds, "pareto": False,
+            **{k: report.get(k) for k in ("arch", "params", "flops", "latency_ms", "speedup")},
+            **{k: config.get(k) for k in KNOBS},
+            "status": status, "error": error, "val_metric": report.get(metric) if status == "scored" else None}
 
 
 # ------------------------------------------------------------------ 4. the front, measured
