@@ -22,6 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from distill.arch import BertArch
+from distill.cli.host import cpu_info, cpu_threads  # noqa: F401 - the benchmarks' record of the host
 
 HEAD, NUM_LABELS = "classification", 2
 """Every compared model is a sequence classifier with two labels."""
@@ -84,9 +85,6 @@ def child_main(measure: Callable[[dict], dict], argv: list[str]) -> None:
     Path(argv[1]).write_text(json.dumps(result, default=str))
 
 
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile")
-
-
 def read_json(path: Path) -> dict:
     """`path`'s JSON object, {} when there is no such file."""
     return json.loads(path.read_text()) if path.is_file() else {}
@@ -107,29 +105,6 @@ def float_students(ctx) -> tuple[dict, list[Path]]:
     if not students:
         raise Skip("no float32 students: pass --student DIR or a search with exported students")
     return results, students
-
-
-def cpu_info() -> dict:
-    """The CPU's model name and the vector / matrix extensions that decide which kernels run (Linux)."""
-    info = {"model": None, "flags": []}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return info
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name" and info["model"] is None:
-            info["model"] = value.strip()
-        if key.strip() == "flags":
-            present = set(value.split())
-            info["flags"] = [f for f in CPU_FLAGS if f in present]
-            break
-    return info
-
-
-def cpu_threads() -> int:
-    """CPUs this process may run on (what XLA's CPU client uses by default; PyTorch is set to match)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def make_batch(batch: int, seq: int, vocab: int) -> dict:

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from distill.cli.host import retain_freed_memory_env
+from distill.cli.host import cpu_info, retain_freed_memory_env
 from distill.export.card import check_hub, command_line, push_to_hub, write_card
 from distill.export.onnx import require as require_onnx
 from distill.files import (
@@ -553,6 +553,7 @@ def _summary(prep: Prepared, space: SearchSpace, rows: list[dict], front: list[d
         "counts": {s: sum(r["status"] == s for r in rows) for s in statuses},
         "seconds": seconds,
         "teacher_forwards": _forwards(prep.forwards, finals),
+        "host": cpu_info(),  # the driver's CPU: its budget's steps and a local search's latencies depend on it
     }
 
 

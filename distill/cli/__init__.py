@@ -2,8 +2,8 @@
 `quantize`, `export`), each with `add_arguments(parser)`, the mapping of its flags to its one run config, and
 `main(args)`; `nas.cli` gathers them (and `search`) under the `bertnas` command.
 
-This file holds their shared plumbing: logging, errors and exit codes (and `host`, the host allocator's
-settings that the `bertnas` command and the search's CPU workers start with). A `UserError` (bad file, flag,
+This file holds their shared plumbing: logging, errors and exit codes (and `host`: the CPU a run records, and the
+host allocator's settings that the `bertnas` command and the search's CPU workers start with). A `UserError` (bad file, flag,
 directory or name) prints one line, `error: <message>`, and exits with status 2; an interrupted run
 exits with 130. Anything else is a bug: one line naming the log file that holds its traceback, exit 70.
 
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Callable
 
 from distill.arch import PRECISIONS
+from distill.cli import host
 from distill.export.scheme import SCHEMES
 from distill.files import cache_root
 from tasks.errors import UserError
@@ -355,13 +356,8 @@ BF16_CPU_FLAGS = frozenset({"amx_bf16", "avx512_bf16"})
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags (Linux's /proc/cpuinfo; empty elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((v for k, _, v in (ln.partition(":") for ln in text.splitlines()) if k.strip() == "flags"), "")
-    return set(line.split())
+    """The CPU's feature flags (`host.cpu_flags`; empty off Linux)."""
+    return host.cpu_flags()
 
 
 def add_quantize_arg(p) -> None:

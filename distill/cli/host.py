@@ -1,6 +1,12 @@
-"""The host's memory allocator in the tools' processes: keep freed memory for the next train step.
+"""The host the tools run on: its CPU as runs record it (`cpu_info`), and its memory allocator in the tools'
+processes (keep freed memory for the next train step).
 
 Imports nothing of ours.
+
+Every figure a search takes (training steps in its budget, batch-1 latencies, so the speedups its targets pick
+by) depends on the CPU: the same command gave a 5x student 7,042 training steps on a 2-core AMD EPYC (Zen 5)
+and 3,110 on a 2-core Intel Xeon (session 26 and 25). `cpu_info()` is what a search's results.json and the
+benchmarks record of it.
 
 XLA:CPU allocates each execution's buffers anew (one block for all of a train step's temporaries: about
 200 MB for the teacher at batch 32) through glibc's `posix_memalign`, from the worker thread that runs it.
@@ -23,6 +29,48 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from pathlib import Path
+
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_int8", "amx_tile")
+"""The CPU features `cpu_info` reports: the vector and matrix extensions that decide which kernels XLA and
+PyTorch run."""
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def cpu_flags(text: str | None = None) -> set[str]:
+    """The CPU's feature flags (Linux's /proc/cpuinfo, or its `text`; empty elsewhere)."""
+    return _cpuinfo(text)[1]
+
+
+def cpu_info(text: str | None = None) -> dict:
+    """The CPU's model name (None where unknown), the `CPU_FLAGS` it has, and the CPUs this process may run
+    on (`cpu_threads`): what a run records of its host. `text`: /proc/cpuinfo's, read when None."""
+    model, flags = _cpuinfo(text)
+    return {"model": model, "flags": [f for f in CPU_FLAGS if f in flags], "threads": cpu_threads()}
+
+
+def cpu_threads() -> int:
+    """CPUs this process may run on (what XLA's CPU client uses by default)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _cpuinfo(text: str | None) -> tuple[str | None, set[str]]:
+    """The first processor's model name and flags in /proc/cpuinfo's `text` (read when None)."""
+    if text is None:
+        try:
+            text = CPUINFO.read_text()
+        except OSError:
+            return None, set()
+    model, flags = None, None
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model is None:
+            model = value.strip() or None
+        elif key.strip() == "flags" and flags is None:
+            flags = set(value.split())
+        if model is not None and flags is not None:
+            break
+    return model, flags or set()
 
 M_TRIM_THRESHOLD, M_MMAP_MAX, M_ARENA_MAX = -1, -4, -8  # glibc's malloc.h
 TRIM_THRESHOLD = 2**31 - 1

@@ -22,6 +22,8 @@ import numpy as np
 import pytest
 from helpers import sst2_training_left, write_sst2, write_tiny_teacher
 
+from distill.cli.host import cpu_info
+
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,6 +88,7 @@ def test_search_writes_every_output(searched, env):
     space = get_space("tiny")
     teacher = json.loads((out / "results.json").read_text())["teacher"]
     assert teacher["latency_ms"] > 0 and 0 <= teacher["dev_metric"] <= 1
+    assert json.loads((out / "results.json").read_text())["host"] == cpu_info()  # the CPU the figures came from
     # every speedup divides by the median of three teacher measurements, as the supernet strategy's do
     latency = summary["teacher_latency"]
     assert len(latency["samples_ms"]) == 3 and teacher["latency_samples_ms"] == latency["samples_ms"]
