@@ -187,6 +187,9 @@ def add_run_args(p, *, lr: float, epochs: int) -> None:
     p.add_argument("--max-grad-norm", type=number(low=0), default=1.0)
     p.add_argument("--layer-lr-decay", type=number(above=0, high=1), default=1.0, help="layer-wise LR decay factor (1: off)")
     p.add_argument("--freeze-embeddings", action="store_true")
+    p.add_argument("--ema", type=number(low=0, below=1), default=0.0, metavar="DECAY",
+                   help="evaluate and export a moving average of the weights with this decay (0.999: about the "
+                   "last 1,000 steps; 0: the weights themselves)")
     p.add_argument("--eval-every", type=at_least(0), default=0, help="also evaluate every N steps")
     p.add_argument("--patience", type=at_least(0), default=0, help="early stopping after N evaluations without gain")
     p.add_argument("--train-limit", type=at_least(1), default=None, help="first N training examples only")
@@ -426,6 +429,7 @@ def optimizer_from_args(args):
         max_grad_norm=args.max_grad_norm,
         layer_lr_decay=args.layer_lr_decay,
         freeze_embeddings=args.freeze_embeddings,
+        ema=args.ema,
     )
 
 

@@ -12,7 +12,7 @@ re-exports; the modules behind it:
                 `score_subnets`: sub-networks scored with the supernet's weights (on `scoring_batches`);
                 `export_subnet`
   evaluation    `evaluate_dir`, `evaluate_model`, `load_for_task`; `split_predictions` (per example, for
-                paired comparisons)
+                paired comparisons); `paired_comparison` (a model against another on the same examples)
   prediction    `predict_lines`, `predict_table`
   speed         `training_speed` (-> `Speed`): a run's steps and evaluation timed on its own batches before it starts
   quantization  `quantize_run`, `compare`, `compare_models`
@@ -30,7 +30,14 @@ from distill.kd.supernet import Subnet, SubnetChoices
 from distill.run.config import DistillConfig, FinetuneConfig, SupernetConfig
 from distill.run.data import Stage, read_data, teacher_importance, teacher_labels, training_features
 from distill.run.distillation import distill, loss_layer_map
-from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task, predict_features, split_predictions
+from distill.run.evaluation import (
+    evaluate_dir,
+    evaluate_model,
+    load_for_task,
+    paired_comparison,
+    predict_features,
+    split_predictions,
+)
 from distill.run.finetuning import finetune
 from distill.run.onnx_export import export_onnx_run
 from distill.run.prediction import predict_lines, predict_table
@@ -46,8 +53,8 @@ __all__ = [
     "AugmentConfig", "DistillConfig", "FinetuneConfig", "InitConfig", "LoopConfig", "LossConfig", "OptimizerConfig",
     "RUNS", "Speed", "Stage", "Subnet", "SubnetChoices", "SupernetConfig", "compare", "compare_models", "distill",
     "evaluate_dir", "evaluate_model", "export_onnx_run", "export_subnet", "fine_tuned_teacher", "finetune",
-    "free_address", "load_for_task", "loss_layer_map", "predict_features", "predict_lines", "predict_table",
-    "quantize_run", "read_data", "run_process", "score_subnets", "scoring_batches", "split_predictions",
-    "supernet_layer_map", "teacher_importance", "teacher_labels", "train_supernet", "training_features",
-    "training_speed",
+    "free_address", "load_for_task", "loss_layer_map", "paired_comparison", "predict_features", "predict_lines",
+    "predict_table", "quantize_run", "read_data", "run_process", "score_subnets", "scoring_batches",
+    "split_predictions", "supernet_layer_map", "teacher_importance", "teacher_labels", "train_supernet",
+    "training_features", "training_speed",
 ]

@@ -73,7 +73,7 @@ class FinetuneConfig:
         loop = self.loop
         d = {
             "task": self.task, "epochs": loop.epochs, "max_steps": loop.max_steps, "batch_size": loop.batch_size,
-            "optimizer": self.optimizer, "reinit_top_layers": self.reinit_top_layers,
+            "optimizer": self.optimizer.key_settings(), "reinit_top_layers": self.reinit_top_layers,
             "eval_every": loop.eval_every, "patience": loop.patience, "train_limit": self.train_limit,
             "dev_limit": self.dev_limit, "seed": loop.seed,
         }
@@ -203,8 +203,9 @@ class SupernetConfig:
         loop = self.loop
         return {
             "task": self.task, "choices": self.choices, "num_sampled": self.num_sampled, "loss": self.loss,
-            "augment": self.augment, "optimizer": self.optimizer, "epochs": loop.epochs, "max_steps": loop.max_steps,
-            "batch_size": loop.batch_size, "seed": loop.seed, "eval_every": loop.eval_every,
+            "augment": self.augment, "optimizer": self.optimizer.key_settings(), "epochs": loop.epochs,
+            "max_steps": loop.max_steps, "batch_size": loop.batch_size, "seed": loop.seed,
+            "eval_every": loop.eval_every,
             "patience": loop.patience, "importance_batches": self.importance_batches,
             "train_limit": self.train_limit, "dev_limit": self.dev_limit, "validation": self.validation,
             "teacher_epochs": self.teacher_epochs,

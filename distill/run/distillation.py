@@ -53,6 +53,7 @@ from distill.run.evaluation import evaluate_model
 from distill.run.teacher import fine_tuned_teacher
 from distill.train.checkpoint import Checkpointer
 from distill.train.loop import Evaluation, StepSchedule, TrainData, devices_record, fit
+from distill.train.optim import averaged, keeps_average
 from distill.train.runlog import RunLog
 from distill.train.steps import TrainState, make_train_step
 from tasks.base import Task
@@ -168,6 +169,7 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
     settings["loop"].update(cfg.loop.packing_key())  # likewise
     if settings["crf"] is None:  # runs from before the flag keep their key
         settings.pop("crf")
+    settings["optimizer"] = cfg.optimizer.key_settings()  # likewise (no `ema` when it is off)
     settings.pop("hf_layout")  # how the export is written, not what is trained
     source = settings["init"].pop("source")  # likewise; a supernet counts by its weights, wherever it lies
     if source is not None:
@@ -231,7 +233,7 @@ def _distill(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool,
     log.info("teacher %s %s=%.4f", prep.eval_split, prep.task.metric, teacher_dev[prep.task.metric])
     export_meta = {"teacher": str(prep.teacher.path), "teacher_dev": teacher_dev, "eval_split": prep.eval_split}
     state, progress = train_student(cfg, prep, extras, export_meta, report=report, resume=resume)
-    export = ensure_export(prep.out / "export", prep.out, prep.student, prep.task, state.params, progress.best,
+    export = ensure_export(prep.out / "export", prep.out, prep.student, prep.task, state, progress.best,
                            prep.teacher.tokenizer, export_meta, hf_layout=cfg.hf_layout)
     results = {**run_results(prep, teacher_dev, progress, export), **devices_record(cfg.loop, prep.train)}
     write_json(prep.out / "results.json", results)
@@ -361,9 +363,10 @@ def run_results(prep: Prepared, teacher_dev: dict, progress, export: dict) -> di
     }
 
 
-def ensure_export(export_dir: Path, out: Path, student: BertArch, task: Task, params_like, best, tokenizer, meta, *,
-                  hf_layout: bool = False) -> dict:
-    """The export holds `best`: after a resume it may not (killed between export and checkpoint), so re-export it."""
+def ensure_export(export_dir: Path, out: Path, student: BertArch, task: Task, state_like: TrainState, best, tokenizer,
+                  meta, *, hf_layout: bool = False) -> dict:
+    """The export holds `best`: after a resume it may not (killed between export and checkpoint), so re-export it
+    (the weights the evaluation saw: their moving average where the optimizer keeps one, `averaged`)."""
     if best is None:
         return {}
     recorded = None
@@ -373,7 +376,11 @@ def ensure_export(export_dir: Path, out: Path, student: BertArch, task: Task, pa
         log.warning("export %s does not hold the best step %d; re-exporting it from its checkpoint", export_dir, best["step"])
         ckpt = Checkpointer(out / "checkpoints")
         try:
-            params = ckpt.restore_params(best["step"], params_like)
+            if keeps_average(state_like.opt_state):
+                params, opt_state, _ = ckpt.restore(best["step"], state_like.params, state_like.opt_state)
+                params = averaged(params, opt_state)
+            else:
+                params = ckpt.restore_params(best["step"], state_like.params)
         finally:
             ckpt.close()
         export_model(export_dir, student, jax.device_get(student_params(params)), tokenizer, task,

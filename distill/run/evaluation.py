@@ -131,13 +131,39 @@ def evaluate_dir(
 
 
 def split_predictions(model_dir: str | Path, task_name: str | None = None, *, data_dir: str | None = None,
-                      split: str = "dev", batch_size: int = 128, spec: DataSpec | None = None):
+                      split: str = "dev", batch_size: int = 128, spec: DataSpec | None = None,
+                      limit: int | None = None):
     """A saved model's predictions on `split` of its task, one per example, with the gold references and
     the task (`tasks.metrics.predictions`): what a paired comparison of two models reads."""
-    loaded, task, examples, features = _split_features(model_dir, task_name, data_dir, split, None, spec)
+    loaded, task, examples, features = _split_features(model_dir, task_name, data_dir, split, limit, spec)
     outputs = task_outputs(loaded.model, loaded.params, task, features, batch_size)
     preds, refs = metrics.predictions(task, features, examples, outputs)
     return task, preds, refs
+
+
+def paired_comparison(model_dir: str | Path, reference_dir: str | Path, task_name: str | None = None, *,
+                      data_dir: str | None = None, split: str = "dev", limit: int | None = None,
+                      batch_size: int = 128, spec: DataSpec | None = None, samples: int = 1000) -> dict[str, Any]:
+    """`model_dir` against `reference_dir` (a student against its teacher, two students) on the same examples
+    of `split` of the model's task: each one's metric, their difference (model - reference) with its 95%
+    interval and two-sided p-value from a paired bootstrap over the examples (`tasks.metrics.paired_bootstrap`,
+    `samples` resamplings), and the share of examples on which their predictions agree (None for scores)."""
+    task, a, refs = split_predictions(model_dir, task_name, data_dir=data_dir, split=split, batch_size=batch_size,
+                                      spec=spec, limit=limit)
+    theirs, b, _ = split_predictions(reference_dir, task.name, data_dir=data_dir, split=split, batch_size=batch_size,
+                                     spec=spec, limit=limit)
+    if tuple(theirs.labels) != tuple(task.labels):
+        raise UserError(f"--against {reference_dir}: its labels {list(theirs.labels)} are not the model's "
+                        f"{list(task.labels)}; their predictions cannot be compared")
+    metric = metrics.get_metric(task.kind, task.metric)
+    test = metrics.paired_bootstrap(metric, a, b, refs, samples=samples)
+    agree = None if task.kind == "regression" else float(np.mean([bool(x == y) for x, y in zip(a, b)]))
+    return {
+        "task": task.name, "split": split, "metric": task.metric, "examples": len(refs),
+        "model": float(metric(a, refs)), "reference": float(metric(b, refs)), "difference": test.difference,
+        "low": test.low, "high": test.high, "level": test.level, "p_value": test.p_value, "samples": test.samples,
+        "agreement": agree,
+    }
 
 
 def _split_features(model_dir, task_name, data_dir, split, limit, spec):

@@ -10,7 +10,9 @@ what, as flax's `examples/sst2/train.py` hands `train_epoch` its `train_step`:
               the step's extra arguments (e.g. the teacher's cached outputs);
   evaluation  `Evaluation`: how to score the params, which metric decides the
               best, what to do with a new best (export it) and whom to tell
-              after each evaluation (a search trial's report).
+              after each evaluation (a search trial's report). The params it
+              gets are the optimizer's moving average of the weights where it
+              keeps one (`optim.averaged`), else the weights.
 
 It shows a progress bar with the loss and examples/s, logs every `log_every`
 steps, evaluates at each epoch end and every `eval_every` steps, stops early
@@ -40,6 +42,7 @@ from distill.files import write_json
 from distill.kd.objective import TeacherOutputs
 from distill.model.sharding import DataParallel, data_parallel
 from distill.train.checkpoint import CheckpointConfig, Checkpointer
+from distill.train.optim import averaged
 from distill.train.profile import summarize
 from distill.train.runlog import RunLog
 from distill.train.steps import TrainState
@@ -465,7 +468,7 @@ class _Run:
     def evaluate(self, state: TrainState, epochs: Epochs) -> bool:
         """Evaluate, keep the best, checkpoint, report; True when early stopping says stop."""
         ev, progress = self.evaluation, self.progress
-        params = self.dp.local(state.params)  # each process evaluates (and exports) its own copy
+        params = averaged(self.dp.local(state.params), self.dp.local(state.opt_state))  # each process its own copy
         result = ev.evaluate(params)
         result["epoch"] = round(epochs.fraction(progress.step), 3)
         progress.history.append({"step": progress.step, **result})

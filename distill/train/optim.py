@@ -3,13 +3,15 @@
 `OptimizerConfig.build(params, total_steps, num_layers)` returns an optax
 transformation with: gradient clipping, warm-up then decay, AdamW or LAMB
 (no weight decay on biases and LayerNorm), optional layer-wise learning-rate
-decay and frozen embeddings.
+decay and frozen embeddings, and optionally an exponential moving average of
+the weights kept in the optimizer state (`averaged` reads it), which is what
+is evaluated and exported.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +42,11 @@ class OptimizerConfig:
     layer_lr_decay: float = 1.0
     """Layer-wise LR decay: layer i of L gets lr * decay**(L - i), embeddings decay**(L + 1)."""
     freeze_embeddings: bool = False
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights (0: none), kept in the optimizer state (so
+    checkpoints and resumes carry it); evaluations and exports take the average instead of the weights.
+    Step t uses min(ema, (1 + t) / (10 + t)), so the first steps' average is not the initial weights'. A
+    two-stage distillation keeps one average over both stages."""
 
     def __post_init__(self):
         if self.name not in OPTIMIZERS:
@@ -52,6 +59,16 @@ class OptimizerConfig:
             raise UserError(f"warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
         if not 0 < self.layer_lr_decay <= 1:
             raise UserError(f"layer_lr_decay: must be in (0, 1], got {self.layer_lr_decay}")
+        if not 0 <= self.ema < 1:
+            raise UserError(f"ema: must be in [0, 1), got {self.ema}")
+
+    def key_settings(self) -> dict[str, Any]:
+        """The fields, for the cache and run keys: without `ema` when it is off, so the keys of runs and
+        cached teachers and supernets from before the field stay valid."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if not self.ema:
+            del d["ema"]
+        return d
 
     def schedule_fn(self, total_steps: int) -> optax.Schedule:
         warmup = int(self.warmup_ratio * total_steps)
@@ -86,6 +103,8 @@ class OptimizerConfig:
                 lambda path, _: "frozen" if path[0] == "embeddings" else "train", params
             )
             tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+        if self.ema:
+            tx = optax.chain(tx, average_weights(self.ema))
         return tx
 
 
@@ -103,6 +122,57 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
         return jax.tree.map(lambda t: t * scale.astype(t.dtype), updates), state
 
     return optax.GradientTransformation(optax.init_empty_state, update)
+
+
+class AverageState(NamedTuple):
+    """`average_weights`' state: the updates applied so far and the average of the weights after each."""
+
+    count: jax.Array
+    average: Any
+
+
+def average_weights(decay: float) -> optax.GradientTransformation:
+    """A last link of an optimizer chain that passes its updates through unchanged and keeps an exponential
+    moving average of the weights they lead to (`params + updates`, what `optax.apply_updates` gives), in
+    float32, at decay min(`decay`, (1 + t) / (10 + t)) for the t-th update (t from 0; TensorFlow's
+    `ExponentialMovingAverage` with `num_updates`). Polyak averaging as BERT fine-tuning uses it against
+    the spread between seeds; `averaged` reads it."""
+
+    def init(params):
+        # A copy, never the weights' own buffer: a step donates both.
+        return AverageState(jnp.zeros((), jnp.int32), jax.tree.map(lambda p: jnp.array(p, jnp.float32, copy=True),
+                                                                   params))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("average_weights needs the parameters")
+        t = state.count.astype(jnp.float32)
+        d = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+        average = jax.tree.map(lambda a, p, u: d * a + (1.0 - d) * (p + u).astype(jnp.float32),
+                               state.average, params, updates)
+        return updates, AverageState(state.count + 1, average)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _average_state(opt_state: Any) -> AverageState | None:
+    found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: isinstance(x, AverageState))
+             if isinstance(s, AverageState)]
+    return found[0] if found else None
+
+
+def keeps_average(opt_state: Any) -> bool:
+    """Whether the optimizer state holds a moving average of the weights (`average_weights`)."""
+    return _average_state(opt_state) is not None
+
+
+def averaged(params: Any, opt_state: Any) -> Any:
+    """The weights to evaluate and export: the moving average in `opt_state` (`average_weights`), cast to
+    `params`' dtypes, where the optimizer keeps one; else `params` themselves."""
+    state = _average_state(opt_state)
+    if state is None:
+        return params
+    return jax.tree.map(lambda a, p: a.astype(p.dtype), state.average, params)
 
 
 def _decay_mask(params: Any) -> Any:

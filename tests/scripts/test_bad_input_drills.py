@@ -234,6 +234,12 @@ def unknown_split(tmp, env):
     return "evaluate.py", args, ["no split 'nope'"], None
 
 
+def against_without_weights(tmp, env):
+    bare = copy_model(env["model"], tmp / "reference", skip=("model.safetensors",))
+    args = ["--model", str(env["model"]), "--against", str(bare), "--data-dir", str(env["data"])]
+    return "evaluate.py", args, [f"{bare}: no weights (model.safetensors not found)"], None
+
+
 def negative_limit(tmp, env):
     args = ["--model", str(env["model"]), "--data-dir", str(env["data"]), "--limit", "-3"]
     return "evaluate.py", args, ["argument --limit: must be >= 0, got -3"], None
@@ -283,7 +289,7 @@ CASES = [
     space_file_malformed_yaml, space_file_unknown_field, space_wider_than_teacher, search_teacher_config_not_bert,
     resume_of_a_directory_that_is_no_search, min_speedup_negative, search_output_climbs_out,
     export_without_weights, export_with_truncated_weights, export_without_tokenizer, head_does_not_fit_the_task,
-    unknown_split, negative_limit, quantize_model_missing, quantize_batch_size_zero,
+    unknown_split, against_without_weights, negative_limit, quantize_model_missing, quantize_batch_size_zero,
     input_file_missing, input_not_utf8, pair_given_to_a_single_sentence_task,
 ]
 

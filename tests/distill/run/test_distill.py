@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
@@ -24,13 +26,15 @@ from distill.model.bert import abstract_params
 from distill.model.store import load_bert
 from distill.run.config import DistillConfig, FinetuneConfig
 from distill.run.distillation import distill, ensure_export
-from distill.run.evaluation import predict_features
+from distill.run.evaluation import evaluate_dir, paired_comparison, predict_features, split_predictions
 from distill.run.finetuning import finetune
 from distill.train.checkpoint import Checkpointer
 from distill.train.loop import LoopConfig
-from distill.train.optim import OptimizerConfig
+from distill.train.optim import OptimizerConfig, averaged
+from distill.train.steps import TrainState
 from tasks.errors import UserError
 from tasks.features import encode
+from tasks.metrics import entity_f1
 from tasks.readers import read_split
 from tasks.registry import get_task
 
@@ -132,11 +136,50 @@ def test_export_is_redone_when_it_misses_the_best_step(sst2_run, tmp_path):
     config_file.write_text(json.dumps(meta))
     loaded = load_export(out / "export")
     like = {**abstract_params(loaded.model), PROJ: {"kernel": np.zeros((24, 36)), "bias": np.zeros(36)}}
-    summary = ensure_export(run / "export", run, loaded.arch, get_task("sst2"), like, results["best"], loaded.tokenizer, {})
+    summary = ensure_export(run / "export", run, loaded.arch, get_task("sst2"), state_like(cfg, like), results["best"],
+                            loaded.tokenizer, {})
     assert json.loads(config_file.read_text())["bertnas"]["dev"]["step"] == results["best"]["step"]
     assert summary["num_params"] == results["student_params"]
     again = load_export(run / "export")
     for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(again.params)):
+        np.testing.assert_array_equal(a, b)
+
+
+def state_like(cfg: DistillConfig, like) -> TrainState:
+    """A train state of `cfg`'s optimizer over parameters shaped as `like` (to restore checkpoints onto)."""
+    params = jax.tree.map(lambda x: np.zeros(x.shape, np.float32), like)
+    return TrainState.create(params, cfg.optimizer.build(params, 100, 2))
+
+
+def test_a_moving_average_is_what_is_evaluated_and_exported(sst2, tmp_path):
+    """`ema`: the export holds the average the optimizer state carries at the best step (not the weights),
+    the evaluation that chose it saw that average, and a stale export is redone from it."""
+    data, teacher = sst2
+    cfg = config(teacher, data, loss=LossConfig(hard_weight=0.5),
+                 optimizer=OptimizerConfig(learning_rate=3e-3, ema=0.9), loop=LoopConfig(epochs=2, batch_size=16))
+    results = distill(cfg, tmp_path / "run")
+    assert results["best"]["accuracy"] >= 0.85  # chance is 0.5
+    loaded = load_export(tmp_path / "run" / "export")
+    dev = encode(get_task("sst2"), read_split(get_task("sst2"), "dev", data), loaded.tokenizer)
+    assert (predict_features(loaded.model, loaded.params, dev).argmax(-1) == dev.labels).mean() == \
+        results["best"]["accuracy"]
+
+    like = state_like(cfg, abstract_params(loaded.model))
+    ckpt = Checkpointer(tmp_path / "run" / "checkpoints")
+    params, opt_state, _ = ckpt.restore(results["best"]["step"], like.params, like.opt_state)
+    ckpt.close()
+    average = averaged(params, opt_state)
+    for a, e in zip(jax.tree.leaves(average), jax.tree.leaves(loaded.params)):
+        np.testing.assert_array_equal(e, a)
+    assert not all(np.allclose(w, e) for w, e in zip(jax.tree.leaves(params), jax.tree.leaves(loaded.params)))
+
+    meta_file = tmp_path / "run" / "export" / "config.json"
+    meta = json.loads(meta_file.read_text())
+    meta["bertnas"]["dev"]["step"] = -1  # as if the export came from another step
+    meta_file.write_text(json.dumps(meta))
+    ensure_export(tmp_path / "run" / "export", tmp_path / "run", loaded.arch, get_task("sst2"), like,
+                  results["best"], loaded.tokenizer, {})
+    for a, b in zip(jax.tree.leaves(loaded.params), jax.tree.leaves(load_export(tmp_path / "run" / "export").params)):
         np.testing.assert_array_equal(a, b)
 
 
@@ -249,3 +292,51 @@ def test_a_bf16_student_learns_as_well_and_keeps_its_own_run_key(sst2_run, sst2,
     assert all(p.dtype == np.float32 for p in jax.tree.leaves(exported.params))
     with pytest.raises(UserError, match="settings"):
         distill(cfg, tmp_path / "bf16", resume=True)
+
+
+def test_a_student_is_compared_with_its_teacher_on_the_same_examples(sst2_run, sst2):
+    """`paired_comparison`: each model's metric as `evaluate_dir` gives it, their difference inside its own
+    bootstrap interval, the share of equal predictions; a model against itself differs by exactly 0."""
+    _, out, _ = sst2_run
+    data, teacher = sst2
+    export = out / "export"
+    result = paired_comparison(export, teacher, data_dir=str(data), samples=200)
+    ours, theirs = evaluate_dir(export, data_dir=str(data)), evaluate_dir(teacher, data_dir=str(data))
+    assert (result["model"], result["reference"]) == (ours["accuracy"], theirs["accuracy"])
+    assert result["difference"] == pytest.approx(ours["accuracy"] - theirs["accuracy"])
+    assert result["low"] <= result["difference"] <= result["high"] and 0 <= result["p_value"] <= 1
+    _, a, refs = split_predictions(export, data_dir=str(data))
+    _, b, _ = split_predictions(teacher, data_dir=str(data))
+    assert result["agreement"] == np.mean(a == b) and result["examples"] == len(refs) == 40
+    itself = paired_comparison(export, export, data_dir=str(data), samples=50)
+    assert (itself["difference"], itself["low"], itself["high"], itself["p_value"], itself["agreement"]) == \
+        (0.0, 0.0, 0.0, 1.0, 1.0)
+
+
+def test_paired_comparisons_of_taggers_and_regressors(tmp_path):
+    """Tagging: the difference is of entity F1 over the same sentences, agreement is whole tag sequences;
+    regression: no agreement (scores are never equal)."""
+    conll = write_conll(tmp_path / "conll", n_dev=12)
+    a, b = (write_task_teacher(tmp_path / f"ner{i}", "conll2003", seed=i) for i in (0, 1))
+    result = paired_comparison(a, b, data_dir=str(conll), samples=50)
+    _, pa, refs = split_predictions(a, data_dir=str(conll))
+    _, pb, _ = split_predictions(b, data_dir=str(conll))
+    assert result["difference"] == pytest.approx(entity_f1(pa, refs) - entity_f1(pb, refs))
+    assert result["agreement"] == np.mean([x == y for x, y in zip(pa, pb)]) and result["examples"] == 12
+    stsb = write_stsb(tmp_path / "stsb", n_dev=10)
+    a, b = (write_task_teacher(tmp_path / f"sts{i}", "stsb", seed=i) for i in (0, 1))
+    result = paired_comparison(a, b, data_dir=str(stsb), samples=50)
+    assert result["metric"] == "pearson" and result["agreement"] is None and result["difference"] != 0
+
+
+def test_evaluate_against_prints_the_comparison(sst2_run, sst2):
+    _, out, _ = sst2_run
+    data, teacher = sst2
+    script = Path(__file__).resolve().parents[3] / "scripts" / "evaluate.py"
+    proc = subprocess.run([sys.executable, str(script), "--model", str(out / "export"), "--against", str(teacher),
+                           "--data-dir", str(data), "--samples", "100", "--json"], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    shown = json.loads(proc.stdout.strip().splitlines()[-1])
+    direct = paired_comparison(out / "export", teacher, data_dir=str(data), samples=100)
+    assert shown == pytest.approx(direct)

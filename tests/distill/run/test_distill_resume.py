@@ -1,4 +1,5 @@
-"""A distillation run killed with SIGKILL resumes with --resume and ends with the same student as an uninterrupted run."""
+"""A distillation run killed with SIGKILL resumes with --resume and ends with the same student as an uninterrupted run
+(its moving average of the weights, which the export holds, included)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def _cmd(teacher, data, out, *extra):
         "--task", "sst2", "--teacher", str(teacher), "--data-dir", str(data), "--output", str(out),
         "--student", "2L-24-H3-F30-D8", "--epochs", "3", "--batch-size", "8", "--lr", "1e-3",
         "--hard-weight", "0.5", "--hidden-weight", "1", "--checkpoint-every", "5", "--eval-every", "10",
-        "--packing", "on", "--devices", "1", *extra,
+        "--packing", "on", "--devices", "1", "--ema", "0.9", *extra,
     ]
 
 

@@ -1,4 +1,5 @@
-"""Optimizer config: schedules, layer-wise LR decay, frozen embeddings, weight-decay mask, LAMB."""
+"""Optimizer config: schedules, layer-wise LR decay, frozen embeddings, weight-decay mask, LAMB, the moving
+average of the weights."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from flax import traverse_util
 
 from distill.arch import BertArch
 from distill.model.bert import abstract_params, build_model
-from distill.train.optim import OptimizerConfig, clip_by_global_norm, layer_lr_scales
+from distill.train.optim import OptimizerConfig, averaged, clip_by_global_norm, layer_lr_scales
 from tasks.errors import UserError
 
 ARCH = BertArch.uniform(2, 36, 3, 37, vocab_size=41, max_position_embeddings=16)
@@ -180,9 +181,65 @@ def test_lamb_reduces_a_simple_loss():
         ({"warmup_ratio": 1.0}, "warmup_ratio"),
         ({"layer_lr_decay": 0.0}, "layer_lr_decay"),
         ({"layer_lr_decay": 1.5}, "layer_lr_decay"),
+        ({"ema": 1.0}, "ema"),
+        ({"ema": -0.5}, "ema"),
     ],
 )
 def test_invalid_settings_raise_user_error(kw, field):
     with pytest.raises(UserError) as err:
         OptimizerConfig(**kw)
     assert str(err.value).startswith(field)
+
+
+def train(cfg: OptimizerConfig, params, steps: int):
+    """`steps` AdamW updates with random gradients (the same for every config); (params after each, state)."""
+    tx = cfg.build(params, 20, ARCH.num_layers)
+    state, history, rng = tx.init(params), [], np.random.default_rng(2)
+    for _ in range(steps):
+        grads = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+        updates, state = tx.update(grads, state, params)
+        params = optax.apply_updates(params, updates)
+        history.append(params)
+    return history, state
+
+
+@pytest.mark.parametrize("freeze", [False, True])
+def test_the_moving_average_follows_its_recurrence_and_leaves_training_alone(freeze):
+    """With `ema`, training takes the same steps as without (the average rides along in the optimizer
+    state) and `averaged` gives a_t = d_t a_(t-1) + (1 - d_t) p_t from a_0 = the initial weights, d_t =
+    min(decay, (1 + t) / (10 + t)); frozen embeddings stay their own average."""
+    params, decay = tiny_params(), 0.6
+    base = dict(learning_rate=1e-2, warmup_ratio=0.0, freeze_embeddings=freeze)
+    plain, plain_state = train(OptimizerConfig(**base), params, 6)
+    history, state = train(OptimizerConfig(**base, ema=decay), params, 6)
+    for a, b in zip(jax.tree.leaves(plain[-1]), jax.tree.leaves(history[-1])):
+        np.testing.assert_array_equal(a, b)
+    assert averaged(plain[-1], plain_state) is plain[-1]  # no average kept: the weights themselves
+
+    expect = flat(params)
+    for t, p in enumerate(history):
+        d = min(decay, (1 + t) / (10 + t))
+        expect = {k: d * v + (1 - d) * flat(p)[k] for k, v in expect.items()}
+    got = flat(averaged(history[-1], state))
+    for path, want in expect.items():
+        np.testing.assert_allclose(got[path], want, rtol=1e-5, atol=1e-6, err_msg=str(path))
+        assert got[path].dtype == np.float32
+        if freeze and path[0] == "embeddings":
+            np.testing.assert_allclose(got[path], flat(params)[path], rtol=1e-6, err_msg=str(path))
+        else:  # the average lags the weights
+            assert not np.allclose(got[path], flat(history[-1])[path]), path
+
+
+def test_the_average_is_cast_to_the_weights_dtypes():
+    params = jax.tree.map(lambda x: x.astype(jnp.bfloat16), tiny_params())
+    history, state = train(OptimizerConfig(learning_rate=1e-2, ema=0.9), params, 2)
+    assert {x.dtype for x in jax.tree.leaves(averaged(history[-1], state))} == {jnp.dtype(jnp.bfloat16)}
+
+
+def test_the_average_starts_as_its_own_buffers():
+    """A train step donates the weights and the optimizer state together: the average must not start out as
+    the weights' own arrays (jnp.asarray of a float32 array would return it)."""
+    params = jax.tree.map(jnp.asarray, tiny_params())
+    state = OptimizerConfig(ema=0.9).build(params, 10, ARCH.num_layers).init(params)
+    ours = {x.unsafe_buffer_pointer() for x in jax.tree.leaves(params)}
+    assert not ours & {x.unsafe_buffer_pointer() for x in jax.tree.leaves(averaged(params, state))}
