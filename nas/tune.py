@@ -133,6 +133,8 @@ def base_distill_config(cfg: SearchConfig, data_dir: Path | None) -> DistillConf
         loss=LossConfig(hard_weight=0.5),
         augment=AugmentConfig(copies=cfg.augment, seed=cfg.seed),
         optimizer=OptimizerConfig(learning_rate=2e-4),
+        # Trials and finals read the labels the search planned and paid for (its budget times cached steps).
+        teacher_outputs="cached",
         loop=LoopConfig(
             epochs=1, max_steps=cfg.trial_steps, batch_size=cfg.batch_size, eval_every=cfg.eval_every,
             checkpoint_every=cfg.eval_every, log_every=min(50, cfg.eval_every), seed=cfg.seed,

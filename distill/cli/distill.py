@@ -81,6 +81,10 @@ def _loss_arguments(g) -> None:
     g.add_argument("--hard-weight", type=cli.number(low=0), default=0.0, help="task loss on gold labels")
     g.add_argument("--hidden-weight", type=cli.number(low=0), default=0.0)
     g.add_argument("--attention-weight", type=cli.number(low=0), default=0.0, help="> 0 runs the teacher online")
+    g.add_argument("--teacher-outputs", default="auto", choices=["auto", "cached", "online"],
+                   help="cached: the teacher labels the training set once (on disk under $BERTNAS_CACHE, reused by "
+                   "later runs); online: it runs in every step; auto: cached, unless attention scores are distilled "
+                   "or the hidden states the losses read would take over 2 GiB")
     g.add_argument("--embedding-weight", type=cli.number(low=0), default=0.0)
     g.add_argument(
         "--layer-map", default=None, help="teacher layer matched by each student layer (default: those of --layers)"
@@ -133,6 +137,7 @@ def config(args: argparse.Namespace):
         teacher_epochs=args.teacher_epochs,
         crf=args.crf,
         hf_layout=args.hf_layout,
+        teacher_outputs=args.teacher_outputs,
     )
 
 

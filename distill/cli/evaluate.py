@@ -16,6 +16,7 @@ import argparse
 import json
 
 from distill import cli
+from tasks.errors import UserError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +30,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--against", default=None, metavar="REFERENCE",
                    help="compare with this model on the same examples (a student with its teacher): the difference "
                    "of the task's metric, its 95%% interval and p-value (paired bootstrap), the agreement")
-    p.add_argument("--samples", type=cli.at_least(1), default=1000, help="--against: bootstrap resamplings")
+    p.add_argument("--samples", type=cli.at_least(1), default=None,
+                   help="--against: bootstrap resamplings (default 1000)")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON line")
     p.add_argument("-v", "--verbose", action="store_true")
 
@@ -37,10 +39,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace) -> int:
     from distill.run import evaluate_dir, paired_comparison
 
+    if args.samples is not None and not args.against:
+        raise UserError("--samples: only with --against (the paired bootstrap's resamplings)")
     common = dict(data_dir=args.data_dir, split=args.split, limit=args.limit, batch_size=args.batch_size,
                   spec=cli.data_from_args(args))
     if args.against:
-        result = paired_comparison(args.model, args.against, args.task, samples=args.samples, **common)
+        samples = {} if args.samples is None else {"samples": args.samples}
+        result = paired_comparison(args.model, args.against, args.task, **common, **samples)
     else:
         result = evaluate_dir(args.model, args.task, **common)
     if args.json:

@@ -89,6 +89,9 @@ class FinetuneConfig:
         return d
 
 
+TEACHER_OUTPUTS = ("auto", "cached", "online")
+
+
 @dataclasses.dataclass(frozen=True)
 class DistillConfig:
     """Distil a fine-tuned teacher into a student on one task (`distill.run.distillation.distill`)."""
@@ -121,9 +124,20 @@ class DistillConfig:
     hf_layout: bool = False
     """Export a shared-layer student with every layer's weights written out (transformers' plain BERT
     layout, which it loads) instead of once per group; nothing else changes, so not part of the run key."""
+    teacher_outputs: str = "auto"
+    """How the losses get the teacher's outputs: 'cached' (it labels the training set once, on disk under
+    $BERTNAS_CACHE for later runs too), 'online' (it runs forward in every step) or 'auto': cached, unless a
+    loss needs attention scores (too big to cache) or the hidden states it needs would exceed
+    `distill.run.distillation.ONLINE_ABOVE` bytes. Not part of the run key: the objective is the same."""
 
     def __post_init__(self):
         _check_data(self)
+        if self.teacher_outputs not in TEACHER_OUTPUTS:
+            raise UserError(f"teacher_outputs (--teacher-outputs): {self.teacher_outputs!r}; valid: "
+                            f"{', '.join(TEACHER_OUTPUTS)}")
+        if self.teacher_outputs == "cached" and self.loss.attention_weight:
+            raise UserError("teacher_outputs (--teacher-outputs): 'cached' cannot hold attention scores "
+                            "(--attention-weight > 0); use online or auto")
         if isinstance(self.validation, bool) or not isinstance(self.validation, int) or self.validation < 0:
             raise UserError(f"validation: must be >= 0 examples, got {self.validation!r}")
         if self.teacher_epochs < 1:

@@ -7,7 +7,8 @@
      and the task's data encoded with augmented copies (`distill.run.data`);
   2. `batch_extras`: the teacher labels the training features once
      (`distill.kd.outputs`, cached on disk, so later runs and search trials
-     skip it), or runs in the step when attention scores are distilled;
+     skip it), or runs in the step (`teacher_online`: attention scores, or
+     hidden states too big to cache);
   3. `train_student`: the student initialised from the teacher
      (`distill.kd.init`) and distilled (`distill.kd.objective`,
      `distill.train.steps.make_train_step`, `distill.train.loop.fit`),
@@ -62,6 +63,9 @@ from tasks.features import Features, encode
 from tasks.readers import load_task
 
 log = logging.getLogger(__name__)
+ONLINE_ABOVE = 2 * 1024**3
+"""`teacher_outputs='auto'` runs the teacher in the step when the hidden states its losses read would take more
+than this on disk (bfloat16, every real token of every training feature)."""
 
 
 def loss_layer_map(cfg: DistillConfig, teacher: BertArch, student: BertArch) -> tuple[int, ...]:
@@ -171,6 +175,7 @@ def run_key(cfg: DistillConfig, teacher: LoadedBert, train: Features) -> str:
         settings.pop("crf")
     settings["optimizer"] = cfg.optimizer.key_settings()  # likewise (no `ema` when it is off)
     settings.pop("hf_layout")  # how the export is written, not what is trained
+    settings.pop("teacher_outputs")  # where the teacher's outputs come from, not what they are
     source = settings["init"].pop("source")  # likewise; a supernet counts by its weights, wherever it lies
     if source is not None:
         settings["init"]["source"] = weights_fingerprint(resolve_model_dir(source))
@@ -198,6 +203,8 @@ class Prepared:
     times: Stage
     crf: bool
     """Whether the student has a CRF (as configured, else as the teacher)."""
+    teacher_online: bool
+    """Whether the teacher runs in every step rather than from its cached outputs (`teacher_online`)."""
 
 
 def distill(
@@ -260,21 +267,44 @@ def prepare(cfg: DistillConfig, out: Path, *, resume: bool, use_cache: bool) -> 
         check_compatible(student, teacher.arch, cfg.init)
     layer_map = loss_layer_map(cfg, teacher.arch, student)  # a bad --layer-map fails before the data work
     train, original, num_augmented = training_features(cfg, task, teacher, train_ex, times)
+    online = teacher_online(cfg, layer_map, train, teacher.arch.hidden_size)
     return Prepared(
         out=out, task=task, teacher=teacher, student=student, layer_map=layer_map,
         train=train, original=original, num_augmented=num_augmented, dev=encode(task, dev_ex, teacher.tokenizer),
-        dev_ex=dev_ex, eval_split=eval_split, times=times, crf=student_crf(cfg, teacher),
+        dev_ex=dev_ex, eval_split=eval_split, times=times, crf=student_crf(cfg, teacher), teacher_online=online,
     )
+
+
+def teacher_online(cfg: DistillConfig, layer_map: tuple[int, ...], train: Features, hidden_size: int) -> bool:
+    """Whether the teacher runs in the step rather than from its cached outputs (`DistillConfig.teacher_outputs`).
+    'auto' decides by size alone: a cache entry already on disk does not count."""
+    if cfg.teacher_outputs != "auto":
+        return cfg.teacher_outputs == "online"
+    if cfg.loss.attention_weight:
+        return True
+    size = hidden_cache_bytes(train, len(cfg.loss.teacher_hidden_layers(layer_map)), hidden_size)
+    if size > ONLINE_ABOVE:
+        log.info("the teacher's hidden states would take %.1f GiB on disk (over %.1f): it runs in every step",
+                 size / 1024**3, ONLINE_ABOVE / 1024**3)
+        return True
+    return False
+
+
+def hidden_cache_bytes(train: Features, layers: int, hidden_size: int) -> int:
+    """What `layers` cached teacher hidden states of `train` take on disk (bfloat16, real tokens only)."""
+    return int(np.sum(train.lengths, dtype=np.int64)) * hidden_size * 2 * layers
 
 
 def batch_extras(cfg: DistillConfig, prep: Prepared, teacher_params, use_cache: bool) -> Callable:
     """`extras(batch) -> (batch, step args)`: the teacher's cached outputs for the batch (labelled here, once,
-    through the cache), or its parameters when a loss needs the attention scores (too big to cache: the
-    teacher then runs in the step); augmented runs also flag each row's original examples."""
+    through the cache), or its parameters when it runs in the step (`teacher_online`); augmented runs also flag
+    each row's original examples."""
     hidden_layers = cfg.loss.teacher_hidden_layers(prep.layer_map)
-    online = bool(cfg.loss.attention_weight)
+    online = prep.teacher_online
     cache = None
-    if not online:
+    if online:
+        log.info("the teacher runs in every step (teacher outputs: %s)", cfg.teacher_outputs)
+    else:
         cache = teacher_labels(
             cfg, prep.task, prep.teacher, prep.train, hidden_layers=hidden_layers, use_cache=use_cache,
             params=teacher_params, original=prep.original,
@@ -360,6 +390,7 @@ def run_results(prep: Prepared, teacher_dev: dict, progress, export: dict) -> di
         "augmented_examples": prep.num_augmented, "steps": progress.step,
         "train_examples_per_second": progress.examples_seen / max(progress.train_seconds, 1e-9),
         "seconds": dataclasses.asdict(prep.times), "export": export,
+        "teacher_outputs": "online" if prep.teacher_online else "cached",
     }
 
 

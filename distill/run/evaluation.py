@@ -135,9 +135,8 @@ def split_predictions(model_dir: str | Path, task_name: str | None = None, *, da
                       limit: int | None = None):
     """A saved model's predictions on `split` of its task, one per example, with the gold references and
     the task (`tasks.metrics.predictions`): what a paired comparison of two models reads."""
-    loaded, task, examples, features = _split_features(model_dir, task_name, data_dir, split, limit, spec)
-    outputs = task_outputs(loaded.model, loaded.params, task, features, batch_size)
-    preds, refs = metrics.predictions(task, features, examples, outputs)
+    loaded, task = load_for_task(model_dir, task_name, spec)
+    preds, refs = _predictions(loaded, task, data_dir, split, limit, batch_size)
     return task, preds, refs
 
 
@@ -147,14 +146,15 @@ def paired_comparison(model_dir: str | Path, reference_dir: str | Path, task_nam
     """`model_dir` against `reference_dir` (a student against its teacher, two students) on the same examples
     of `split` of the model's task: each one's metric, their difference (model - reference) with its 95%
     interval and two-sided p-value from a paired bootstrap over the examples (`tasks.metrics.paired_bootstrap`,
-    `samples` resamplings), and the share of examples on which their predictions agree (None for scores)."""
-    task, a, refs = split_predictions(model_dir, task_name, data_dir=data_dir, split=split, batch_size=batch_size,
-                                      spec=spec, limit=limit)
-    theirs, b, _ = split_predictions(reference_dir, task.name, data_dir=data_dir, split=split, batch_size=batch_size,
-                                     spec=spec, limit=limit)
+    `samples` resamplings), and the share of examples on which their predictions agree (None for scores).
+    A reference whose labels are not the model's is refused before either model predicts."""
+    model, task = load_for_task(model_dir, task_name, spec)
+    reference, theirs = load_for_task(reference_dir, task.name, spec)
     if tuple(theirs.labels) != tuple(task.labels):
         raise UserError(f"--against {reference_dir}: its labels {list(theirs.labels)} are not the model's "
                         f"{list(task.labels)}; their predictions cannot be compared")
+    a, refs = _predictions(model, task, data_dir, split, limit, batch_size)
+    b, _ = _predictions(reference, theirs, data_dir, split, limit, batch_size)
     metric = metrics.get_metric(task.kind, task.metric)
     test = metrics.paired_bootstrap(metric, a, b, refs, samples=samples)
     agree = None if task.kind == "regression" else float(np.mean([bool(x == y) for x, y in zip(a, b)]))
@@ -166,8 +166,20 @@ def paired_comparison(model_dir: str | Path, reference_dir: str | Path, task_nam
     }
 
 
+def _predictions(loaded, task, data_dir, split: str, limit: int | None, batch_size: int):
+    """(predictions, references) of a loaded model on `split`'s examples, one per example."""
+    examples, features = _encoded(loaded, task, data_dir, split, limit)
+    outputs = task_outputs(loaded.model, loaded.params, task, features, batch_size)
+    return metrics.predictions(task, features, examples, outputs)
+
+
 def _split_features(model_dir, task_name, data_dir, split, limit, spec):
     """A saved model, its task, and `split`'s examples encoded with its tokenizer."""
     loaded, task = load_for_task(model_dir, task_name, spec)
+    return loaded, task, *_encoded(loaded, task, data_dir, split, limit)
+
+
+def _encoded(loaded, task, data_dir, split: str, limit: int | None):
+    """`split`'s examples and their features, encoded with the model's tokenizer."""
     examples = read_split(task, split, data_dir, limit=limit)
-    return loaded, task, examples, encode(task, examples, loaded.tokenizer)
+    return examples, encode(task, examples, loaded.tokenizer)

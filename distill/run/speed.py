@@ -5,7 +5,7 @@ decays to zero at the last step. An estimate from FLOPs misses the per-step cost
 the student (the embedding table's gradient and update, the host's batch assembly), so a small student's
 planned steps ran out at half its time (session 14: 3L-192 estimated at 14 steps/s, 30 measured) while a
 larger one overran. `training_speed` runs the step the run will run, on the run's own first batches
-(packing, cached teacher outputs, precision as the run has them), and one evaluation, and times them. The
+(packing, teacher outputs cached or online, precision as the run has them), and one evaluation, and times them. The
 evaluation's compilation is then served to the run by the persistent cache; the step's is not (its schedule's
 step count, which this measurement decides, is compiled into it): a few seconds more per run.
 """

@@ -20,7 +20,7 @@ import pytest
 from helpers import write_sst2, write_task_teacher, write_tiny_teacher
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow  # 35 script runs, about a minute of CPU in all (the first case waits for them)
+pytestmark = pytest.mark.slow  # 38 script runs, about a minute of CPU in all (the first case waits for them)
 
 
 @pytest.fixture(scope="module")
@@ -124,6 +124,11 @@ def dev_limit_zero(tmp, env):
 
 def learning_rate_infinite(tmp, env):
     return "distill_student.py", _distill(tmp, env, "--lr", "inf"), ["argument --lr: must be a finite number"], tmp / "out"
+
+
+def cached_attention_scores(tmp, env):
+    args = _distill(tmp, env, "--attention-weight", "1", "--teacher-outputs", "cached")
+    return "distill_student.py", args, ["--teacher-outputs", "'cached' cannot hold attention scores"], tmp / "out"
 
 
 def temperature_infinite(tmp, env):
@@ -240,6 +245,11 @@ def against_without_weights(tmp, env):
     return "evaluate.py", args, [f"{bare}: no weights (model.safetensors not found)"], None
 
 
+def samples_without_against(tmp, env):
+    args = ["--model", str(env["model"]), "--data-dir", str(env["data"]), "--samples", "500"]
+    return "evaluate.py", args, ["--samples: only with --against"], None
+
+
 def negative_limit(tmp, env):
     args = ["--model", str(env["model"]), "--data-dir", str(env["data"]), "--limit", "-3"]
     return "evaluate.py", args, ["argument --limit: must be >= 0, got -3"], None
@@ -284,13 +294,14 @@ CASES = [
     ft_teacher_config_not_an_object, ft_output_climbs_out,
     student_name_unparsable, student_file_not_json, student_wider_than_teacher, layers_flag_not_a_layer_list,
     student_with_zero_heads, student_with_a_trailing_comma, student_with_absurd_layers, train_limit_negative,
-    validation_negative, dev_limit_zero, learning_rate_infinite, temperature_infinite, output_is_an_existing_file,
+    validation_negative, dev_limit_zero, learning_rate_infinite, temperature_infinite, cached_attention_scores,
+    output_is_an_existing_file,
     teacher_config_with_a_bad_value, distill_output_climbs_out,
     space_file_malformed_yaml, space_file_unknown_field, space_wider_than_teacher, search_teacher_config_not_bert,
     resume_of_a_directory_that_is_no_search, min_speedup_negative, search_output_climbs_out,
     export_without_weights, export_with_truncated_weights, export_without_tokenizer, head_does_not_fit_the_task,
-    unknown_split, against_without_weights, negative_limit, quantize_model_missing, quantize_batch_size_zero,
-    input_file_missing, input_not_utf8, pair_given_to_a_single_sentence_task,
+    unknown_split, against_without_weights, samples_without_against, negative_limit, quantize_model_missing,
+    quantize_batch_size_zero, input_file_missing, input_not_utf8, pair_given_to_a_single_sentence_task,
 ]
 
 

@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -24,8 +25,9 @@ from distill.kd.init import InitConfig
 from distill.kd.objective import PROJ, LossConfig
 from distill.model.bert import abstract_params
 from distill.model.store import load_bert
+from distill.run import distillation
 from distill.run.config import DistillConfig, FinetuneConfig
-from distill.run.distillation import distill, ensure_export
+from distill.run.distillation import distill, ensure_export, hidden_cache_bytes, teacher_online
 from distill.run.evaluation import evaluate_dir, paired_comparison, predict_features, split_predictions
 from distill.run.finetuning import finetune
 from distill.train.checkpoint import Checkpointer
@@ -191,6 +193,55 @@ def test_teacher_outputs_are_cached_across_runs(sst2_run, sst2, tmp_path, monkey
     assert first["seconds"]["labelling"] > 0
     assert again["seconds"]["labelling"] == 0  # logits come from the cache written by the first run
     assert again["steps"] == 3
+
+
+def test_an_online_teacher_trains_as_its_cached_outputs_do(sst2_run, tmp_path, monkeypatch):
+    """`teacher_outputs='online'`: the teacher runs in every step instead of labelling the training set once;
+    the losses are the cached run's (whose hidden states were stored in bfloat16), nothing is labelled or
+    cached, results.json says which it was, and the run resumes as a cached one (the same run key)."""
+    cfg, out, cached = sst2_run
+    monkeypatch.setenv("BERTNAS_CACHE", str(tmp_path / "cache"))
+    online = distill(dataclasses.replace(cfg, teacher_outputs="online"), tmp_path / "online")
+    assert (cached["teacher_outputs"], online["teacher_outputs"]) == ("cached", "online")
+    assert online["seconds"]["labelling"] == 0 and not (tmp_path / "cache" / "outputs").exists()
+
+    def first_record(run: Path) -> dict:
+        return next(r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "train_loss" in r)
+
+    a, b = first_record(out), first_record(tmp_path / "online")
+    assert a["step"] == b["step"]
+    for term in ("train_logits", "train_hard", "train_hidden"):
+        assert b[term] == pytest.approx(a[term], rel=1e-2), term
+    assert online["best"]["accuracy"] >= 0.85  # the cached run's bar
+    again = distill(dataclasses.replace(cfg, teacher_outputs="cached"), tmp_path / "online", resume=True)
+    assert again["teacher_outputs"] == "cached" and again["best"] == online["best"]
+
+
+def test_auto_runs_the_teacher_online_where_its_hidden_states_would_not_fit(sst2_run, tmp_path, monkeypatch):
+    """`teacher_outputs='auto'`: cached below `ONLINE_ABOVE` bytes of hidden states (the size the cache really
+    takes), online above it or for attention scores; 'cached' with attention scores is refused."""
+    cfg, out, _ = sst2_run  # hidden_weight 1: two teacher layers' hidden states, width 36
+    entry = next(e for e in (out.parent / "cache" / "outputs").iterdir() if list(e.glob("hidden_*.npy")))
+    stored = [np.load(f, mmap_mode="r") for f in sorted(entry.glob("hidden_*.npy"))]
+    features = SimpleNamespace(lengths=np.diff(np.load(entry / "offsets.npy")))
+    assert hidden_cache_bytes(features, len(stored), 36) == sum(h.nbytes for h in stored)
+
+    train = SimpleNamespace(lengths=np.full(1000, 20))  # 2.9 MB of hidden states
+    assert not teacher_online(cfg, (0, 1), train, 36)
+    assert teacher_online(dataclasses.replace(cfg, loss=LossConfig(attention_weight=1.0)), (0, 1), train, 36)
+    assert not teacher_online(dataclasses.replace(cfg, loss=LossConfig(hard_weight=0.5)), (), train, 36)  # logits
+    monkeypatch.setattr(distillation, "ONLINE_ABOVE", 2_000_000)
+    assert teacher_online(cfg, (0, 1), train, 36)
+    assert not teacher_online(dataclasses.replace(cfg, teacher_outputs="cached"), (0, 1), train, 36)
+    with pytest.raises(UserError, match="teacher_outputs .*'cached' cannot hold attention scores"):
+        dataclasses.replace(cfg, loss=LossConfig(attention_weight=1.0), teacher_outputs="cached")
+    with pytest.raises(UserError, match="teacher_outputs .*'disk'"):
+        dataclasses.replace(cfg, teacher_outputs="disk")
+
+    monkeypatch.setattr(distillation, "ONLINE_ABOVE", 0)  # a whole run decides so too
+    monkeypatch.setenv("BERTNAS_CACHE", str(tmp_path / "cache"))
+    short = distill(dataclasses.replace(cfg, loop=dataclasses.replace(cfg.loop, max_steps=3)), tmp_path / "auto")
+    assert short["teacher_outputs"] == "online" and short["seconds"]["labelling"] == 0
 
 
 def test_random_init_and_augmentation(sst2, tmp_path):

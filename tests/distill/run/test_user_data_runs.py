@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,14 +21,15 @@ from helpers import write_tiny_teacher
 
 from distill.export.int8 import quantize_export
 from distill.export.scheme import QuantConfig
-from distill.run import compare
+from distill.run import compare, evaluation
 from distill.run.config import DistillConfig, FinetuneConfig
 from distill.run.distillation import distill
-from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task, split_predictions
+from distill.run.evaluation import evaluate_dir, evaluate_model, load_for_task, paired_comparison, split_predictions
 from distill.run.finetuning import finetune
 from distill.run.prediction import predict_lines
 from distill.train.loop import LoopConfig
 from distill.train.optim import OptimizerConfig
+from tasks.errors import UserError
 from tasks.features import encode
 from tasks.metrics import entity_f1, pearson
 from tasks.readers import load_task, read_split
@@ -70,7 +72,7 @@ def same_metrics_as_benchmark(model_dir, spec, bench_name, bench_dir, n_dev):
     return ours
 
 
-def test_sst2_csv_fine_tunes_distils_evaluates_and_predicts(teacher, tmp_path):
+def test_sst2_csv_fine_tunes_distils_evaluates_and_predicts(teacher, tmp_path, monkeypatch):
     glue = get_task("sst2")
     train, dev = (read_split(glue, s, SHARED / "glue" / "SST-2", limit=n) for s, n in (("train", 16), ("dev", 12)))
     for name, rows in (("train", train), ("dev", dev)):
@@ -92,6 +94,17 @@ def test_sst2_csv_fine_tunes_distils_evaluates_and_predicts(teacher, tmp_path):
     assert evaluated["accuracy"] == results["best"]["accuracy"] and evaluated["examples"] == 12
     records = predict_lines(export, ["a gorgeous , witty , seductive movie .", "dull"])
     assert {r["label"] for r in records} <= {"neg", "pos"} and set(records[0]["probabilities"]) == {"neg", "pos"}
+
+    # a reference whose labels are the model's in another order is refused, naming it, before either predicts
+    renamed = tmp_path / "renamed"
+    shutil.copytree(export, renamed)
+    config = json.loads((renamed / "config.json").read_text())
+    config["bertnas"]["labels"] = ["pos", "neg"]
+    (renamed / "config.json").write_text(json.dumps(config))
+    with monkeypatch.context() as m:
+        m.setattr(evaluation, "task_outputs", lambda *a, **k: pytest.fail("a model predicted"))
+        with pytest.raises(UserError, match=rf"--against {renamed}: its labels \['pos', 'neg'\] are not the model's"):
+            paired_comparison(export, renamed, spec=DataSpec(dev_file=spec.dev_file))
 
     # quantize --evaluate on the same CSV: both models scored on its rows, the int8 one as `evaluate` scores it
     quantize_export(export, tmp_path / "int8", QuantConfig())
