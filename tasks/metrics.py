@@ -229,8 +229,9 @@ def predictions(task: Task, features: Features, examples: Sequence, outputs) -> 
 @dataclasses.dataclass(frozen=True)
 class PairedTest:
     """Two systems' predictions on the same examples compared by a paired bootstrap: `difference` is
-    metric(a) - metric(b); `low`, `high` bound its central `level` interval over resamplings of the examples;
-    `p_value` is two-sided (the share of resampled differences on the far side of zero, doubled)."""
+    metric(a) - metric(b) (`metric_a`, `metric_b` on all the examples); `low`, `high` bound its central `level`
+    interval over resamplings of the examples; `p_value` is two-sided (the share of resampled differences on
+    the far side of zero, doubled)."""
 
     difference: float
     low: float
@@ -238,6 +239,8 @@ class PairedTest:
     p_value: float
     samples: int
     level: float
+    metric_a: float
+    metric_b: float
 
     def winner(self) -> str:
         """'a' or 'b' where the interval excludes zero, else 'tie'."""
@@ -264,8 +267,9 @@ def paired_bootstrap(metric: MetricFn, a: Sequence, b: Sequence, references: Seq
     diffs = np.nan_to_num(diffs, nan=0.0)  # a resample on which a correlation is undefined counts as no change
     tail = (1 - level) / 2
     p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
-    return PairedTest(float(metric(a, references) - metric(b, references)), float(np.quantile(diffs, tail)),
-                      float(np.quantile(diffs, 1 - tail)), p, samples, level)
+    whole_a, whole_b = float(metric(a, references)), float(metric(b, references))
+    return PairedTest(whole_a - whole_b, float(np.quantile(diffs, tail)), float(np.quantile(diffs, 1 - tail)), p,
+                      samples, level, whole_a, whole_b)
 
 
 def _taker(values: Sequence) -> Callable[[np.ndarray], Sequence]:

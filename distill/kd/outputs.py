@@ -222,6 +222,12 @@ def _allocate(directory, features, offsets, token_level: bool, width: tuple, hid
     return logits, hidden
 
 
+def hidden_bytes(features: Features, layers: int, width: int) -> int:
+    """What `layers` cached hidden states of `features` take (`_hidden_array`: one bfloat16 row per real
+    token), without computing them: how a caller tells whether caching them pays."""
+    return int(np.sum(features.lengths, dtype=np.int64)) * width * np.dtype(np.uint16).itemsize * layers
+
+
 def _hidden_array(directory: Path | None, layer: int, shape: tuple[int, int]) -> np.ndarray:
     if directory is None:
         return np.zeros(shape, ml_dtypes.bfloat16)

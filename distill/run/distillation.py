@@ -44,6 +44,7 @@ from distill.files import config_key, features_fingerprint, owned_output, write_
 from distill.kd.init import check_compatible, fit_to, hidden_map, init_student, map_hidden, slice_hidden
 from distill.kd.layers import teacher_layers
 from distill.kd.objective import PROJ, init_projection
+from distill.kd.outputs import hidden_bytes
 from distill.kd.supernet import check_student, student_from_supernet
 from distill.model.bert import abstract_params, build_model, in_precision
 from distill.model.crf import check_crf
@@ -282,17 +283,12 @@ def teacher_online(cfg: DistillConfig, layer_map: tuple[int, ...], train: Featur
         return cfg.teacher_outputs == "online"
     if cfg.loss.attention_weight:
         return True
-    size = hidden_cache_bytes(train, len(cfg.loss.teacher_hidden_layers(layer_map)), hidden_size)
+    size = hidden_bytes(train, len(cfg.loss.teacher_hidden_layers(layer_map)), hidden_size)
     if size > ONLINE_ABOVE:
         log.info("the teacher's hidden states would take %.1f GiB on disk (over %.1f): it runs in every step",
                  size / 1024**3, ONLINE_ABOVE / 1024**3)
         return True
     return False
-
-
-def hidden_cache_bytes(train: Features, layers: int, hidden_size: int) -> int:
-    """What `layers` cached teacher hidden states of `train` take on disk (bfloat16, real tokens only)."""
-    return int(np.sum(train.lengths, dtype=np.int64)) * hidden_size * 2 * layers
 
 
 def batch_extras(cfg: DistillConfig, prep: Prepared, teacher_params, use_cache: bool) -> Callable:

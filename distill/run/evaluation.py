@@ -155,12 +155,11 @@ def paired_comparison(model_dir: str | Path, reference_dir: str | Path, task_nam
                         f"{list(task.labels)}; their predictions cannot be compared")
     a, refs = _predictions(model, task, data_dir, split, limit, batch_size)
     b, _ = _predictions(reference, theirs, data_dir, split, limit, batch_size)
-    metric = metrics.get_metric(task.kind, task.metric)
-    test = metrics.paired_bootstrap(metric, a, b, refs, samples=samples)
+    test = metrics.paired_bootstrap(metrics.get_metric(task.kind, task.metric), a, b, refs, samples=samples)
     agree = None if task.kind == "regression" else float(np.mean([bool(x == y) for x, y in zip(a, b)]))
     return {
         "task": task.name, "split": split, "metric": task.metric, "examples": len(refs),
-        "model": float(metric(a, refs)), "reference": float(metric(b, refs)), "difference": test.difference,
+        "model": test.metric_a, "reference": test.metric_b, "difference": test.difference,
         "low": test.low, "high": test.high, "level": test.level, "p_value": test.p_value, "samples": test.samples,
         "agreement": agree,
     }

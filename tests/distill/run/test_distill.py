@@ -23,11 +23,12 @@ from distill.export.load import load_export
 from distill.kd.augment import AugmentConfig
 from distill.kd.init import InitConfig
 from distill.kd.objective import PROJ, LossConfig
+from distill.kd.outputs import hidden_bytes
 from distill.model.bert import abstract_params
 from distill.model.store import load_bert
 from distill.run import distillation
 from distill.run.config import DistillConfig, FinetuneConfig
-from distill.run.distillation import distill, ensure_export, hidden_cache_bytes, teacher_online
+from distill.run.distillation import distill, ensure_export, teacher_online
 from distill.run.evaluation import evaluate_dir, paired_comparison, predict_features, split_predictions
 from distill.run.finetuning import finetune
 from distill.train.checkpoint import Checkpointer
@@ -224,7 +225,7 @@ def test_auto_runs_the_teacher_online_where_its_hidden_states_would_not_fit(sst2
     entry = next(e for e in (out.parent / "cache" / "outputs").iterdir() if list(e.glob("hidden_*.npy")))
     stored = [np.load(f, mmap_mode="r") for f in sorted(entry.glob("hidden_*.npy"))]
     features = SimpleNamespace(lengths=np.diff(np.load(entry / "offsets.npy")))
-    assert hidden_cache_bytes(features, len(stored), 36) == sum(h.nbytes for h in stored)
+    assert hidden_bytes(features, len(stored), 36) == sum(h.nbytes for h in stored)
 
     train = SimpleNamespace(lengths=np.full(1000, 20))  # 2.9 MB of hidden states
     assert not teacher_online(cfg, (0, 1), train, 36)
