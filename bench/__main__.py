@@ -64,12 +64,18 @@ def _accelerator(ctx) -> dict:
     from bench import accelerator
 
     out = ctx.out / "accelerator.json"
-    accelerator.main(["--out", str(out)] + (["--quick"] if ctx.quick else []))
+    quick = ["--quick", "--label-limit", "512"] if ctx.quick else []
+    accelerator.main(["--out", str(out), "--data-root", str(ctx.data_root), *quick])
     result = json.loads(out.read_text())
     if "skipped" in result:
         raise Skip(result["skipped"].removeprefix("accelerator bench skipped: "))
     ratios = [{"name": c["key"], "ours": c["ours_examples_per_s"], "reference": c["torch_examples_per_s"],
                "unit": "ex/s", "ratio": c["ratio"], "ratio_is": "ours / torch"} for c in result["comparison"]]
+    label = result.get("label") or {}
+    if label.get("ratio"):
+        ratios.append({"name": f"label {label['task']} train", "ours": label["ours"]["examples_per_s"],
+                       "reference": label["torch"]["examples_per_s"], "unit": "ex/s", "ratio": label["ratio"],
+                       "ratio_is": "ours / torch"})
     return {**result, "ratios": ratios}
 
 

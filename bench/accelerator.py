@@ -14,6 +14,13 @@ skipped and say so; bfloat16 cases come before float32 ones):
   on the BERT-base shape (12L-768, 12 heads, FFN 3072), batch 128 and 32;
 - infer: forward only, deterministic, on BERT-base, the teacher (6L-384,
   FFN 1536) and a student (4L-312, FFN 1200) shape, batch 128 and 1;
+- data parallel, where JAX sees several local devices (`--devices`, default
+  all): the first train case and the teacher's first inference case with
+  their batch split over the devices as the tools split it
+  (`distill.model.sharding.data_parallel`: batch on the mesh's data axis,
+  state replicated), each device given its one-device twin's batch; MFU is
+  per device, and `scaling` in the JSON is examples/s over devices x the
+  twin's (ours only: PyTorch's would take DDP's processes);
 - last, diagnostic runs of the first bfloat16 train case (`VARIANTS`, ours
   only): float32 matmul results and GELU inputs, the CPU form (what the
   accelerators' bfloat16 results are worth; `distill.model.bert.bf16_results`),
@@ -27,7 +34,13 @@ skipped and say so; bfloat16 cases come before float32 ones):
 - the same train and infer cases with transformers'
   `BertForSequenceClassification` (random init, eager; AdamW, fused on CUDA,
   and `clip_grad_norm_`; inference in `torch.inference_mode`), if torch is
-  installed; ratio = our examples/s over PyTorch's.
+  installed; ratio = our examples/s over PyTorch's;
+- then, outside the time budget, the teacher (`--label-teacher`, default
+  minilm) labelling `--label-task`'s training sentences (default SST-2, all
+  of them, from `--data-root`), ours and PyTorch's: `bench.realdata`'s label
+  workload (`labelling`). A teacher directory with a config and tokenizer
+  but no weights gets random ones (the speed does not depend on them), so a
+  machine without the model can still measure it.
 
 Ours is the model the tools train on the device: `in_precision(model,
 precision, attention_dropout=...)` as `--precision` and `--attention-dropout
@@ -77,7 +90,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository root importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import SHAPES, hf_bert_kwargs, make_batch, shape_arch, time_steps  # noqa: E402
+from bench import realdata  # noqa: E402
+from bench.common import SHAPES, hf_bert_kwargs, make_batch, shape_arch, speed_model_dir, time_steps  # noqa: E402
 from distill.arch import BertArch  # noqa: E402
 
 DEFAULT_OUT = Path("bench/results/accelerator.json")
@@ -113,10 +127,12 @@ class Case:
     batch: int
     dtype: str  # "bfloat16" or "float32"
     variant: str = ""  # our side only: one of VARIANTS
+    devices: int = 1  # above 1, our side only: the batch (`batch` in all) split over this many local devices
 
     @property
     def key(self) -> str:
-        return "/".join(filter(None, (self.mode, self.shape, f"b{self.batch}", self.dtype, self.variant)))
+        spread = f"d{self.devices}" if self.devices > 1 else ""
+        return "/".join(filter(None, (self.mode, self.shape, f"b{self.batch}", self.dtype, self.variant, spread)))
 
     def fields(self) -> dict:
         return dataclasses.asdict(self) | {"key": self.key}
@@ -149,21 +165,36 @@ VARIANTS = {
 def plan(args) -> list[Case]:
     """Every case, most important first (the time budget cuts from the end).
 
-    bfloat16 (train, then inference) before float32; the diagnostic
-    variants last.
+    bfloat16 (train, then inference) before float32, the data-parallel cases
+    right after the first dtype's; the diagnostic variants last.
     """
     train_batches = sorted(args.train_batches, reverse=True)
+    infer_batches = sorted(args.infer_batches, reverse=True)
+    dtypes = sorted(args.dtypes, key=lambda d: d != "bfloat16")
     cases = []
-    for dtype in sorted(args.dtypes, key=lambda d: d != "bfloat16"):
+    for dtype in dtypes:
         cases += [Case("train", "base", b, dtype) for b in train_batches]
-        cases += [Case("infer", s, b, dtype) for s in INFER_SHAPES for b in sorted(args.infer_batches, reverse=True)]
+        cases += [Case("infer", s, b, dtype) for s in INFER_SHAPES for b in infer_batches]
+        if dtype == dtypes[0] and args.devices > 1:
+            cases += spread_cases(args.devices, dtype, train_batches[0], infer_batches[0] if infer_batches else 0)
     if "bfloat16" in args.dtypes and not args.no_variants:
         cases += [Case("train", "base", train_batches[0], "bfloat16", v) for v in args.variants]
     return cases
 
 
+def spread_cases(devices: int, dtype: str, train_batch: int, infer_batch: int) -> list[Case]:
+    """The data-parallel cases over `devices` local devices, each device given the batch its one-device
+    twin has (so examples/s over devices x the twin's is the scaling efficiency): the BERT-base train step,
+    and the teacher's forward (labelling) where there is inference."""
+    cases = [Case("train", "base", train_batch * devices, dtype, devices=devices)]
+    if infer_batch:
+        cases.append(Case("infer", "teacher", infer_batch * devices, dtype, devices=devices))
+    return cases
+
+
 def _table_order(row: dict) -> tuple:
-    return (row["mode"] != "train", row["variant"], INFER_SHAPES.index(row["shape"]), row["dtype"], -row["batch"])
+    return (row["mode"] != "train", row["variant"], row.get("devices", 1), INFER_SHAPES.index(row["shape"]),
+            row["dtype"], -row["batch"])
 
 
 def _timing(args) -> dict:
@@ -221,6 +252,7 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
     from distill.model import bert
     from distill.model.bert import build_model, in_precision, init_params
     from distill.model.infer import logits_step
+    from distill.model.sharding import data_parallel
     from distill.train.optim import OptimizerConfig
     from distill.train.steps import TrainState, make_supervised_step
 
@@ -254,12 +286,16 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
         # float32 parameters whatever the compute dtype; the float32 model's init is compiled once per shape.
         params = init_params(base, jax.random.key(0))
         batch = make_batch(case.batch, args.seq, arch.vocab_size)
+        # As the tools place a step's arrays (`distill.train.loop`): the batch split over the devices, the
+        # state and key replicated. One device: the batch put there once.
+        dp = data_parallel(case.batch, case.devices)
+        place = dp.shard if dp.size > 1 else jax.device_put
         if case.mode == "train":
             tx = OptimizerConfig().build(params, 10_000, arch.num_layers)
             step = make_supervised_step(model, tx, HEAD)
-            batch = jax.device_put(batch)
-            rng = jax.random.key(0, impl="unsafe_rbg" if case.variant == "rbg" else None)
-            state = TrainState.create(params, tx)
+            batch = place(batch)
+            rng = dp.replicate(jax.random.key(0, impl="unsafe_rbg" if case.variant == "rbg" else None))
+            state = dp.place_state(TrainState.create(params, tx))
             with _patched(case.variant, bert):  # read when the step is traced, at its first call
                 timed = time_steps(lambda st: step(st, batch, rng), state, jax.block_until_ready, **timing)
             if args.profile and case == profiled:
@@ -272,8 +308,9 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
         else:
             if dtype != jnp.float32:  # serve from bfloat16 weights
                 params = jax.tree.map(lambda p: p.astype(dtype), params)
+            params = dp.replicate(params)
             forward = jax.jit(functools.partial(logits_step, model=model))
-            batch = jax.device_put({k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")})
+            batch = place({k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")})
             timed = time_steps(lambda c: (c, forward(params, batch)), None, jax.block_until_ready, **timing)
         return _result(case, arch, args.seq, timed, **info, attention=model.attention,
                        attention_dropout=model.attention_dropout)
@@ -389,7 +426,8 @@ def _torch_side(args, rows: _Rows, deadline: float) -> None:
         if device == "cuda":
             torch.cuda.empty_cache()
 
-    _run_cases([c for c in plan(args) if not c.variant], measure, rows, "torch", deadline, cleanup)
+    # Ours only: the diagnostic variants, and the data-parallel cases (PyTorch would need DDP's processes).
+    _run_cases([c for c in plan(args) if not c.variant and c.devices == 1], measure, rows, "torch", deadline, cleanup)
 
 
 # ------------------------------------------------------------------- parent
@@ -423,10 +461,10 @@ def _add_utilisation(rows: list[dict], backend: str, nominal: dict) -> dict:
     for r in rows:
         if r.get("mode") not in ("train", "infer") or "tflops" not in r:
             continue
-        same_device = r["device_type"] == backend
+        same_device, n = r["device_type"] == backend, r.get("devices", 1)  # a data-parallel row: per device
         peak = nominal.get(r["dtype"])
-        r["mfu"] = r["tflops"] / peak if same_device and peak else None
-        r["mfu_measured"] = r["tflops"] / peaks[r["dtype"]] if same_device and r["dtype"] in peaks else None
+        r["mfu"] = r["tflops"] / n / peak if same_device and peak else None
+        r["mfu_measured"] = r["tflops"] / n / peaks[r["dtype"]] if same_device and r["dtype"] in peaks else None
     return peaks
 
 
@@ -434,7 +472,7 @@ def _compare(rows: list[dict]) -> list[dict]:
     torch_rows = {r["key"]: r for r in rows if r.get("side") == "torch" and "examples_per_s" in r}
     out = []
     for r in rows:
-        if r.get("side") != "ours" or "examples_per_s" not in r or r["variant"]:
+        if r.get("side") != "ours" or "examples_per_s" not in r or r["variant"] or r.get("devices", 1) > 1:
             continue
         ref = torch_rows.get(r["key"])
         out.append(
@@ -448,13 +486,28 @@ def _compare(rows: list[dict]) -> list[dict]:
     return out
 
 
+def _scaling(rows: list[dict]) -> list[dict]:
+    """Each data-parallel case against its one-device twin (`spread_cases`: the same batch per device):
+    efficiency = examples/s over devices x the twin's (1.0: perfect scaling)."""
+    ours = {(r["mode"], r["shape"], r["dtype"], r["batch"], r.get("devices", 1)): r for r in rows
+            if r.get("side") == "ours" and "examples_per_s" in r and not r["variant"]}
+    out = []
+    for (mode, shape, dtype, batch, n), r in ours.items():
+        one = ours.get((mode, shape, dtype, batch // n, 1)) if n > 1 else None
+        if one:
+            out.append({"key": r["key"], "devices": n, "examples_per_s": r["examples_per_s"],
+                        "one_device_examples_per_s": one["examples_per_s"],
+                        "efficiency": r["examples_per_s"] / (n * one["examples_per_s"])})
+    return out
+
+
 def _summary(rows: list[dict], comparison: list[dict]) -> dict:
     train = [
         r
         for r in rows
         if r.get("side") == "ours" and r.get("mode") == "train" and r.get("shape") == "base" and r.get("mfu")
     ]
-    bf16 = [r for r in train if r["dtype"] == "bfloat16" and not r["variant"]]
+    bf16 = [r for r in train if r["dtype"] == "bfloat16" and not r["variant"] and r.get("devices", 1) == 1]
     best = max(bf16, key=lambda r: r["mfu"], default=None)
     ratios = [c["ratio"] for c in comparison if c["ratio"]]
     return {
@@ -495,6 +548,10 @@ def _print_table(result: dict) -> None:
             f" {r['tflops']:8.2f} {mfu} {_fmt(ref and ref['examples_per_s'], '.1f', 10)}"
             f" {_fmt(ref and r['examples_per_s'] / ref['examples_per_s'], '.2f', 6)}"
         )
+    for r in result["scaling"]:
+        print(f"{r['key']}: {r['examples_per_s']:.1f} ex/s on {r['devices']} devices, {r['efficiency']:.2f} of "
+              f"{r['devices']} x one device's {r['one_device_examples_per_s']:.1f}")
+    _print_label(result.get("label") or {})
     for r in result["rows"]:
         if r.get("side") == "torch" and ("error" in r or "skipped" in r):
             print(f"torch {r['key']}: {r.get('error') or r.get('skipped')}")
@@ -511,6 +568,18 @@ def _print_table(result: dict) -> None:
         verdict = "meets" if s["meets_goal"] else "misses"
         mfu, key = 100 * s["best_bf16_train_mfu"], s["best_bf16_train_key"]
         print(f"bf16 train MFU {mfu:.1f}% ({key}): {verdict} the >= {100 * MFU_GOAL:.0f}% goal")
+
+
+def _print_label(label: dict) -> None:
+    if "ours" not in label:
+        print(f"labelling: {label.get('skipped', 'not run')}")
+        return
+    ours, ref = label["ours"], label["torch"]
+    line = (f"labelling {label['task']} train ({label['sentences']:,} sentences, teacher {label['teacher']}, "
+            f"{label['weights']} weights): ours {ours['examples_per_s']:,.0f} ex/s")
+    if label["ratio"]:
+        line += f", PyTorch {ref['examples_per_s']:,.0f}, ratio {label['ratio']:.2f}"
+    print(line + (f" ({ref['skipped']})" if "skipped" in ref else ""))
 
 
 def _write(path: Path, result: dict) -> None:
@@ -535,8 +604,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-variants", action="store_true", help="skip the diagnostic runs (VARIANTS)")
     p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
                    help="which diagnostic runs (default: all)")
-    p.add_argument("--profile", metavar="DIR", 
+    p.add_argument("--profile", metavar="DIR",
                    help="trace the first bfloat16 train case into DIR; its op times go in the JSON")
+    p.add_argument("--devices", type=int, default=0,
+                   help="data-parallel cases over this many local devices (default 0: all, where there are "
+                   "several; 1: none)")
+    p.add_argument("--label-task", default="sst2", choices=[*realdata.TASKS, "none"],
+                   help="the teacher labels this task's training set, ours and PyTorch (default %(default)s)")
+    p.add_argument("--label-teacher", default="minilm",
+                   help="its teacher (default %(default)s); a directory with a config and tokenizer but no "
+                   "weights gets random ones")
+    p.add_argument("--label-limit", type=int, default=0, help="the first N training sentences (default 0: all)")
+    p.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data",
+                   help="where the task's data is (default: ../shared/data)")
     p.add_argument("--side", choices=["jax", "torch"], help=argparse.SUPPRESS)
     p.add_argument("--rows", help=argparse.SUPPRESS)
     p.add_argument("--deadline", type=float, help=argparse.SUPPRESS)
@@ -573,10 +653,16 @@ def main(argv: list[str] | None = None) -> int:
         _write(args.out, {"skipped": reason, "backend": backend, "device_kind": kind})
         return 0
 
-    rows, children, messages = [], [], []
+    if args.devices < 0 or args.devices > jax.local_device_count():
+        print(f"--devices: {args.devices} asked for, this machine has {jax.local_device_count()}", file=sys.stderr)
+        return 2
+    argv += ["--devices", str(args.devices or jax.local_device_count())]  # the children plan the same cases
+    args = _parse(argv)
+    rows, children, messages, label = [], [], [], {}
 
     def finish() -> dict:  # written after each child, so a cut-off run still leaves results
         result = _assemble(args, jax, backend, kind, rows, children, messages, time.time() - t0)
+        result["label"] = label
         _write(args.out, result)
         return result
 
@@ -588,9 +674,35 @@ def main(argv: list[str] | None = None) -> int:
         messages.append("PyTorch side skipped: torch is not installed")
     else:
         _run_side("torch", argv, max(t0 + args.budget_s, time.time() + 90), 120, rows, children, messages)
+    finish()
+    label.update(labelling(args))
     _print_table(finish())
     print(f"wrote {args.out}")
     return 0
+
+
+def labelling(args) -> dict:
+    """The teacher labelling `--label-task`'s training sentences on this device, ours and PyTorch's: the label
+    workload of `bench.realdata` (ours: the tools' batches, buckets fitted to the data, in bfloat16 where
+    the bench measures it; PyTorch: length-sorted batches of 128 padded per batch, under bfloat16 autocast
+    on a GPU). It runs after the cases, outside `--budget-s`: one pass each side."""
+    if args.label_task == "none":
+        return {"skipped": "--label-task none"}
+    bf16 = "bfloat16" in args.dtypes
+    strategy = "after-bf16" if bf16 else "after"
+    with tempfile.TemporaryDirectory(prefix="bench-teacher-") as tmp:
+        try:
+            teacher, weights = speed_model_dir(args.label_teacher, Path(tmp))
+            run = realdata.run(args.label_task, args.data_root, steps=1, label_limit=args.label_limit,
+                               limit=args.label_limit or None, teacher=str(teacher), strategies=(strategy,),
+                               torch_precision="bf16" if bf16 else "fp32", workloads=("label",),
+                               reference=not args.no_torch)
+        except Exception as e:  # noqa: BLE001 - the cases already measured must still be written
+            return {"skipped": f"{type(e).__name__}: {str(e)[:800]}"}
+    ours, ref = run["ours"][strategy]["label"], run["torch"].get("label") or {}
+    return {"task": args.label_task, "teacher": args.label_teacher, "weights": weights, "strategy": strategy,
+            "sentences": ours["examples"], "ours": ours, "torch": ref or run["torch"],
+            "ratio": ours["examples_per_s"] / ref["examples_per_s"] if ref else None}
 
 
 def _run_side(side, argv, deadline, grace_s, rows: list, children: list, messages: list) -> None:
@@ -631,11 +743,13 @@ def _assemble(args, jax, backend: str, kind: str, rows, children, messages, elap
             "num_labels": NUM_LABELS,
             "timing": _timing(args),
             "budget_s": args.budget_s,
+            "devices": args.devices,
             "shapes": {s: arch_for(s, args.quick).name for s in SHAPES},
         },
         "peak": {"matmul_size": args.matmul_size, "measured_tflops": peaks, "nominal_tflops": nominal},
         "rows": [r for r in rows if r.get("mode") not in ("torch_info", "torch_skipped")],
         "comparison": comparison,
+        "scaling": _scaling(rows),
         "summary": _summary(rows, comparison),
         "messages": list(messages),
         "children": list(children),

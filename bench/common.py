@@ -185,3 +185,21 @@ def time_steps(
         "steps_per_repeat": k,
         "repeats": repeats,
     }
+
+
+def speed_model_dir(spec: str, tmp: Path) -> tuple[Path, str]:
+    """`spec`'s model directory and "trained"; where it holds no weights (its config and tokenizer copied to
+    a machine without the model's weights), a copy in `tmp` with random weights and "random": the teacher of
+    a speed benchmark, whose speed does not depend on its weights."""
+    import jax
+
+    from distill.model.bert import build_model, init_params
+    from distill.model.modeldir import weight_files
+    from distill.model.store import load_tokenizer, read_arch, resolve_model_dir, save_bert
+
+    path = resolve_model_dir(spec)
+    if weight_files(path):
+        return path, "trained"
+    arch = read_arch(path)
+    params = jax.device_get(init_params(build_model(arch, "none", 0), jax.random.key(0)))
+    return save_bert(tmp / "random-weights", arch, params, load_tokenizer(path), head="none"), "random"

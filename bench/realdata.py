@@ -2,6 +2,7 @@
 
   python -m bench --only realdata                       # SST-2, STS-B, CoNLL-2003; the minilm teacher
   python -m bench.realdata --task sst2 --steps 300      # one task, printed as a table
+  python -m bench.realdata --task sst2 --workloads label --label-limit 0   # labelling all of SST-2 train only
 
 Workloads, each on the task's real training sentences with the `minilm` teacher (6L-384) and the same
 tokenized features on both sides, each side in its own child process pinned to the same CPUs:
@@ -106,15 +107,21 @@ def _ours(request: dict) -> dict:
         label = _first(features, request["label_limit"])
         tokens = None if strategy == "before" else token_cap()  # the tools' labelling batches (`_labelling_batches`)
         label = _packed(label, 128, False) if packed else _bucketed(label, 128, buckets, strategy == "before", tokens)
-        out[strategy] = {"buckets": list(buckets), "precision": precision,
-                         "finetune": _timed_steps(step, fresh, train[: request["steps"]], jax.random.key(0)),
-                         "distill": _timed_distill(task, teacher.arch, features, train[: request["steps"]],
+        timed = {"finetune": lambda: _timed_steps(step, fresh, train[: request["steps"]], jax.random.key(0)),
+                 "distill": lambda: _timed_distill(task, teacher.arch, features, train[: request["steps"]],
                                                    precision, dropout),
-                         "label": _timed_labelling(in_precision(teacher.model, precision), teacher.params, label)}
+                 "label": lambda: _timed_labelling(in_precision(teacher.model, precision), teacher.params, label)}
+        out[strategy] = {"buckets": list(buckets), "precision": precision,
+                         **{w: timed[w]() for w in _workloads(request)}}
     # what the training tools' `--packing auto` picks for these features (on one CPU device, batch 32)
     auto = "packed" if packable(features) and packing_pays(features, 32) else "after"
     return {"side": "ours", "device": jax.devices()[0].device_kind, "attention_dropout": dropout,
             "packing_auto": auto, **out}
+
+
+def _workloads(request: dict) -> tuple[str, ...]:
+    """The workloads a request asks for, in `WORKLOADS` order (all of them by default)."""
+    return tuple(w for w in WORKLOADS if w in (request.get("workloads") or WORKLOADS))
 
 
 def _timed_distill(task, teacher_arch, features, batches: list[tuple], precision: str, dropout: bool) -> dict:
@@ -229,7 +236,7 @@ def _first(features, n: int):
 def _rates(batches: list[tuple], seconds: float) -> dict:
     examples = sum(len(lengths) for _, _, lengths, _ in batches)
     real = sum(int(lengths.sum()) for _, _, lengths, _ in batches)
-    return {"examples_per_s": examples / seconds, "seconds": seconds, "batches": len(batches),
+    return {"examples_per_s": examples / seconds, "examples": examples, "seconds": seconds, "batches": len(batches),
             "tokens_per_real_token": sum(b[3] for b in batches) / real, "shapes": len({b[0] for b in batches})}
 
 
@@ -253,14 +260,14 @@ def _torch(request: dict) -> dict:
     model = cls.from_pretrained(request["teacher_dir"], num_labels=num_labels, **extra).to("cuda" if cuda else "cpu")
     bf16 = cuda or request.get("torch_precision") == "bf16"
     autocast = functools.partial(torch_autocast, torch, bf16, "cuda" if cuda else "cpu")
-    train = _torch_finetune(model, features, request["steps"], torch, autocast)
-    label = _torch_label(model, _first_torch(features, request["label_limit"]), torch, autocast)
-    student = _torch_student(cls, model.config, num_labels, torch)
-    distill = _torch_distill(student, task, features, request["steps"], torch, autocast)
+    timed = {"finetune": lambda: _torch_finetune(model, features, request["steps"], torch, autocast),
+             "label": lambda: _torch_label(model, _first_torch(features, request["label_limit"]), torch, autocast),
+             "distill": lambda: _torch_distill(_torch_student(cls, model.config, num_labels, torch), task, features,
+                                               request["steps"], torch, autocast)}
     return {"side": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
             "device": torch.cuda.get_device_name() if cuda else "cpu", "precision": "bf16" if bf16 else "fp32",
-            "attn_implementation": model.config._attn_implementation, "finetune": train, "distill": distill,
-            "label": label}
+            "attn_implementation": model.config._attn_implementation,
+            **{w: timed[w]() for w in ("finetune", "label", "distill") if w in _workloads(request)}}
 
 
 def _torch_student(cls, teacher_config, num_labels: int, torch):
@@ -406,7 +413,7 @@ def _torch_label(model, data, torch, autocast) -> dict:
             real += int(batch["attention_mask"].sum())
     _sync(torch)
     seconds = time.perf_counter() - t0
-    return {"examples_per_s": len(ids) / seconds, "seconds": seconds, "batches": len(plan),
+    return {"examples_per_s": len(ids) / seconds, "examples": len(ids), "seconds": seconds, "batches": len(plan),
             "tokens_per_real_token": computed / real}
 
 
@@ -419,20 +426,22 @@ def measure(request: dict) -> dict:
 
 def run(task: str, data_root: Path, *, steps: int, label_limit: int, limit: int | None = None,
         threads: int | None = None, teacher: str = "minilm", strategies: tuple[str, ...] = STRATEGIES,
-        torch_precision: str = "fp32") -> dict:
-    """Both sides on one task; the ratios of ours (each bucket strategy) over PyTorch."""
+        torch_precision: str = "fp32", workloads: tuple[str, ...] = WORKLOADS, reference: bool = True) -> dict:
+    """Both sides on one task (PyTorch's only with `reference`); the ratios of ours (each bucket strategy)
+    over PyTorch, for each of `workloads`."""
     from distill.model.store import resolve_model_dir
 
+    label_limit = label_limit or 2**62  # 0: every training sentence
     data_dir = data_root / TASKS[task]
     if not data_dir.is_dir():
         raise Skip(f"no {task} data at {data_dir}")
     request = {"task": task, "data_dir": str(data_dir), "teacher_dir": str(resolve_model_dir(teacher)),
                "steps": steps, "label_limit": label_limit, "limit": limit, "threads": threads or cpu_threads(),
                "accelerator": True,  # ours on a GPU where there is one, as the tools run
-               "strategies": list(strategies), "torch_precision": torch_precision}
+               "strategies": list(strategies), "torch_precision": torch_precision, "workloads": list(workloads)}
     ours = run_child("bench.realdata", {**request, "side": "ours"})
     try:
-        torch = run_child("bench.realdata", {**request, "side": "torch"})
+        torch = run_child("bench.realdata", {**request, "side": "torch"}) if reference else {"skipped": "not asked for"}
     except Skip as e:
         torch = {"skipped": str(e)}
     return {"task": task, "request": request, "cpu": cpu_info(), "ours": ours, "torch": torch,
@@ -475,7 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--task", default="sst2", choices=sorted(TASKS))
     p.add_argument("--data-root", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data")
     p.add_argument("--steps", type=int, default=300)
-    p.add_argument("--label-limit", type=int, default=4096)
+    p.add_argument("--label-limit", type=int, default=4096, help="sentences labelled (0: all; default %(default)s)")
     p.add_argument("--limit", type=int, default=None, help="the first N training sentences only")
     p.add_argument("--teacher", default="minilm", help="teacher model directory or alias (default %(default)s)")
     p.add_argument("--strategies", default=",".join(STRATEGIES),
@@ -483,13 +492,19 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--torch-precision", default="fp32", choices=["fp32", "bf16"],
                    help="PyTorch's compute on the CPU: fp32 (default, the plain loop) or bf16 (torch.autocast to "
                    "bfloat16, float32 weights and AdamW); on a GPU it always runs under bfloat16 autocast")
+    p.add_argument("--workloads", default=",".join(WORKLOADS),
+                   help=f"which workloads, comma-separated (default all: {','.join(WORKLOADS)})")
     p.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     strategies = tuple(s for s in args.strategies.split(",") if s)
     if not strategies or set(strategies) - set(STRATEGIES):
         p.error(f"--strategies: choose among {','.join(STRATEGIES)}")
+    workloads = tuple(w for w in args.workloads.split(",") if w)
+    if not workloads or set(workloads) - set(WORKLOADS):
+        p.error(f"--workloads: choose among {','.join(WORKLOADS)}")
     result = run(args.task, args.data_root, steps=args.steps, label_limit=args.label_limit, limit=args.limit,
-                 teacher=args.teacher, strategies=strategies, torch_precision=args.torch_precision)
+                 teacher=args.teacher, strategies=strategies, torch_precision=args.torch_precision,
+                 workloads=workloads)
     print(f"{'workload':<34} {'ours ex/s':>10} {'torch ex/s':>10} {'ratio':>6} {'tok/real':>8} {'torch':>6}")
     for r in result["ratios"]:
         ref = f"{r['reference']:10.1f}" if r["reference"] else f"{'-':>10}"
