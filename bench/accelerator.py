@@ -249,12 +249,8 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
     import jax
     import jax.numpy as jnp
 
-    from distill.model import bert
-    from distill.model.bert import build_model, in_precision, init_params
-    from distill.model.infer import logits_step
+    from distill.model.bert import init_params
     from distill.model.sharding import data_parallel
-    from distill.train.optim import OptimizerConfig
-    from distill.train.steps import TrainState, make_supervised_step
 
     timing = _timing(args)
     backend = jax.default_backend()
@@ -272,50 +268,86 @@ def _jax_side(args, rows: _Rows, deadline: float) -> None:
     profiled = next((c for c in plan(args) if c.mode == "train" and c.dtype == "bfloat16"), None)
 
     def measure(case: Case) -> dict:
-        arch = arch_for(case.shape, args.quick)
-        if case.variant == "no-dropout":
-            arch = dataclasses.replace(arch, hidden_dropout=0.0, attention_dropout=0.0)
-        dtype = jnp.dtype(case.dtype)
-        base = build_model(arch, HEAD, NUM_LABELS)
-        # The tools' model on this device: `--precision` and `--attention-dropout auto` (off on accelerators,
-        # where bfloat16 attention is cuDNN's fused kernel on NVIDIA GPUs), unless a variant says otherwise.
-        dropout = case.variant == "attn-dropout" or backend == "cpu"
-        model = in_precision(base, "bf16" if dtype == jnp.bfloat16 else "fp32", attention_dropout=dropout)
-        if case.variant == "xla-attn":
-            model = model.clone(attention="xla")
+        arch, base, model = _our_model(case, args.quick, backend)
         # float32 parameters whatever the compute dtype; the float32 model's init is compiled once per shape.
         params = init_params(base, jax.random.key(0))
         batch = make_batch(case.batch, args.seq, arch.vocab_size)
-        # As the tools place a step's arrays (`distill.train.loop`): the batch split over the devices, the
-        # state and key replicated. One device: the batch put there once.
         dp = data_parallel(case.batch, case.devices)
-        place = dp.shard if dp.size > 1 else jax.device_put
         if case.mode == "train":
-            tx = OptimizerConfig().build(params, 10_000, arch.num_layers)
-            step = make_supervised_step(model, tx, HEAD)
-            batch = place(batch)
-            rng = dp.replicate(jax.random.key(0, impl="unsafe_rbg" if case.variant == "rbg" else None))
-            state = dp.place_state(TrainState.create(params, tx))
-            with _patched(case.variant, bert):  # read when the step is traced, at its first call
-                timed = time_steps(lambda st: step(st, batch, rng), state, jax.block_until_ready, **timing)
-            if args.profile and case == profiled:
-                fresh = TrainState.create(init_params(base, jax.random.key(0)), tx)  # the first was donated
-                try:  # a failed trace must not lose the timing
-                    profile = profile_ops(lambda st: step(st, batch, rng), fresh, case, args.profile)
-                    rows.add({**profile, "side": "ours"})
-                except Exception as e:
-                    rows.add({**case.fields(), "mode": "profile", "side": "ours", "error": f"{type(e).__name__}: {e}"})
+            profile = args.profile if case == profiled else None
+            timed = _our_train_step(case, base, model, params, batch, dp, timing, rows, profile)
         else:
-            if dtype != jnp.float32:  # serve from bfloat16 weights
-                params = jax.tree.map(lambda p: p.astype(dtype), params)
-            params = dp.replicate(params)
-            forward = jax.jit(functools.partial(logits_step, model=model))
-            batch = place({k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")})
-            timed = time_steps(lambda c: (c, forward(params, batch)), None, jax.block_until_ready, **timing)
+            timed = _our_forward(case, model, params, batch, dp, timing)
         return _result(case, arch, args.seq, timed, **info, attention=model.attention,
                        attention_dropout=model.attention_dropout)
 
     _run_cases(plan(args), measure, rows, "ours", deadline, gc.collect)
+
+
+def _our_model(case: Case, quick: bool, backend: str) -> tuple:
+    """(arch, the float32 model, the model the tools train or serve on this device): `--precision` and
+    `--attention-dropout auto` (off on accelerators, where bfloat16 attention is cuDNN's fused kernel on
+    NVIDIA GPUs), unless the case's variant says otherwise."""
+    from distill.model.bert import build_model, in_precision
+
+    arch = arch_for(case.shape, quick)
+    if case.variant == "no-dropout":
+        arch = dataclasses.replace(arch, hidden_dropout=0.0, attention_dropout=0.0)
+    base = build_model(arch, HEAD, NUM_LABELS)
+    dropout = case.variant == "attn-dropout" or backend == "cpu"
+    model = in_precision(base, "bf16" if case.dtype == "bfloat16" else "fp32", attention_dropout=dropout)
+    if case.variant == "xla-attn":
+        model = model.clone(attention="xla")
+    return arch, base, model
+
+
+def _place(dp, tree):
+    """As the tools place a step's batch (`distill.train.loop`): split over the devices; on one device put
+    there once."""
+    import jax
+
+    return dp.shard(tree) if dp.size > 1 else jax.device_put(tree)
+
+
+def _our_train_step(case: Case, base, model, params, batch, dp, timing: dict, rows: _Rows, profile: str | None):
+    """The train step timed (state and key replicated over `dp`'s devices, as the tools place them), and
+    with `profile` a trace of a few more steps added to `rows`."""
+    import jax
+
+    from distill.model import bert
+    from distill.model.bert import init_params
+    from distill.train.optim import OptimizerConfig
+    from distill.train.steps import TrainState, make_supervised_step
+
+    tx = OptimizerConfig().build(params, 10_000, base.arch.num_layers)
+    step = make_supervised_step(model, tx, HEAD)
+    batch = _place(dp, batch)
+    rng = dp.replicate(jax.random.key(0, impl="unsafe_rbg" if case.variant == "rbg" else None))
+    state = dp.place_state(TrainState.create(params, tx))
+    with _patched(case.variant, bert):  # read when the step is traced, at its first call
+        timed = time_steps(lambda st: step(st, batch, rng), state, jax.block_until_ready, **timing)
+    if profile:
+        fresh = dp.place_state(TrainState.create(init_params(base, jax.random.key(0)), tx))  # the first was donated
+        try:  # a failed trace must not lose the timing
+            rows.add({**profile_ops(lambda st: step(st, batch, rng), fresh, case, profile), "side": "ours"})
+        except Exception as e:
+            rows.add({**case.fields(), "mode": "profile", "side": "ours", "error": f"{type(e).__name__}: {e}"})
+    return timed
+
+
+def _our_forward(case: Case, model, params, batch, dp, timing: dict) -> dict:
+    """The forward timed, from bfloat16 weights in a bfloat16 case (parameters replicated over `dp`)."""
+    import jax
+    import jax.numpy as jnp
+
+    from distill.model.infer import logits_step
+
+    if case.dtype != "float32":  # serve from bfloat16 weights
+        params = jax.tree.map(lambda p: p.astype(jnp.dtype(case.dtype)), params)
+    params = dp.replicate(params)
+    forward = jax.jit(functools.partial(logits_step, model=model))
+    batch = _place(dp, {k: batch[k] for k in ("input_ids", "token_type_ids", "attention_mask")})
+    return time_steps(lambda c: (c, forward(params, batch)), None, jax.block_until_ready, **timing)
 
 
 def _patched(variant: str, bert):
@@ -699,10 +731,16 @@ def labelling(args) -> dict:
                                reference=not args.no_torch)
         except Exception as e:  # noqa: BLE001 - the cases already measured must still be written
             return {"skipped": f"{type(e).__name__}: {str(e)[:800]}"}
-    ours, ref = run["ours"][strategy]["label"], run["torch"].get("label") or {}
+    ours, ref = run["ours"][strategy]["label"], run["torch"].get("label")
     return {"task": args.label_task, "teacher": args.label_teacher, "weights": weights, "strategy": strategy,
-            "sentences": ours["examples"], "ours": ours, "torch": ref or run["torch"],
+            "sentences": ours["examples"], "ours": ours, "ours_side": _without(run["ours"], strategy),
+            "torch": ref or run["torch"], "torch_side": _without(run["torch"], "label"),
             "ratio": ours["examples_per_s"] / ref["examples_per_s"] if ref else None}
+
+
+def _without(side: dict, key: str) -> dict:
+    """What a `bench.realdata` side says of itself (device, precision, versions), without its figures."""
+    return {k: v for k, v in side.items() if k != key}
 
 
 def _run_side(side, argv, deadline, grace_s, rows: list, children: list, messages: list) -> None:

@@ -444,6 +444,8 @@ def run(task: str, data_root: Path, *, steps: int, label_limit: int, limit: int 
         torch = run_child("bench.realdata", {**request, "side": "torch"}) if reference else {"skipped": "not asked for"}
     except Skip as e:
         torch = {"skipped": str(e)}
+    except Exception as e:  # noqa: BLE001 - a failed reference must not lose our side's figures
+        torch = {"skipped": f"PyTorch side failed: {type(e).__name__}: {str(e)[:800]}"}
     return {"task": task, "request": request, "cpu": cpu_info(), "ours": ours, "torch": torch,
             "ratios": ratio_rows(task, ours, torch)}
 

@@ -99,7 +99,9 @@ def test_quick_forced_run_writes_every_case(tmp_path):
     else:
         assert all(r > 0 for r in ratios.values()) and label["ratio"] > 0
         assert {r["key"] for r in result["rows"] if r["side"] == "torch"} == single
-    assert "labelling sst2 train (40 sentences" in run.stdout and "0 of 4 x one device" not in run.stdout
+    assert all(s["efficiency"] > 0 for s in scaling.values())
+    assert "labelling sst2 train (40 sentences" in run.stdout and "on 4 devices" in run.stdout
+    assert label["torch_side"]["side"] == "torch" or "skipped" in label["torch"]
 
 
 @cpu_only
