@@ -2,8 +2,8 @@
 
   python data_parallel_worker.py compare ROOT   fine-tune, distil and train a supernet on 1 and on 4 devices,
                                                 in ROOT
-  python data_parallel_worker.py resume ROOT    resume, on this process's devices, a fine-tune that
-                                                `compare` checkpointed on 4 devices
+  python data_parallel_worker.py resume ROOT    resume, on this process's devices, the fine-tunes that
+                                                `compare` checkpointed on 4 devices (replicated, FSDP)
 
 Prints one JSON line (the last line of stdout) for the test to read.
 """
@@ -109,14 +109,18 @@ def supernets(root: Path, teacher: Path) -> dict:
 
 
 def resume(root: Path) -> dict:
-    """Resume `finetune-4` (saved on 4 devices) from its step-10 checkpoint, here."""
-    run = root / "resumed"
-    shutil.copytree(root / "finetune-4", run)
-    shutil.rmtree(run / "checkpoints" / str(STEPS))
-    (run / "results.json").unlink()
-    r = finetune(finetune_config(root, 0), run, use_cache=False, resume=True)
-    return {"device_count": jax.device_count(), "losses": train_losses(run), "best": r["best"],
-            "history": r["history"], "devices": r["devices"]}
+    """Resume `finetune-4` (saved on 4 devices, state replicated) and `finetune-fsdp` (state split over the
+    4 devices) from their step-10 checkpoints, here."""
+    out = {"device_count": jax.device_count()}
+    for name, fsdp in (("finetune-4", False), ("finetune-fsdp", True)):
+        run = root / f"resumed-{name}"
+        shutil.copytree(root / name, run)
+        shutil.rmtree(run / "checkpoints" / str(STEPS))
+        (run / "results.json").unlink()
+        r = finetune(finetune_config(root, 0, fsdp), run, use_cache=False, resume=True)
+        out[name] = {"losses": train_losses(run), "best": r["best"], "history": r["history"],
+                     "devices": r["devices"]}
+    return out
 
 
 if __name__ == "__main__":

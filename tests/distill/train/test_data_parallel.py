@@ -5,8 +5,8 @@ The multi-device runs need a process started with 4 virtual CPU devices
 (`data_parallel_worker.py`): a fine-tune, a distillation and a supernet's
 training on 4 devices follow the 1-device loss curve step by step and export
 the same weights, so does a fine-tune with the parameters split too (`--fsdp`); a checkpoint
-written on 4 devices resumes in a 1-device process and continues the 4-device
-run's curve. Each check allows 1e-4 relative (measured: about 1e-6, from the
+written on 4 devices, state replicated or split, resumes in a 1-device process and continues
+the 4-device run's curve. Each check allows 1e-4 relative (measured: about 1e-6, from the
 order of the cross-device sums).
 """
 
@@ -85,13 +85,17 @@ def test_fsdp_splits_the_parameters_and_trains_as_one_device(runs):
     assert fsdp["weights_gap"] < TOLERANCE
 
 
-def test_checkpoint_from_four_devices_resumes_on_one(runs):
+@pytest.mark.parametrize("name, losses", [("finetune-4", "finetune_4"), ("finetune-fsdp", "finetune_fsdp")],
+                         ids=["replicated", "fsdp"])
+def test_checkpoint_from_four_devices_resumes_on_one(runs, name, losses):
+    """A checkpoint of a 4-device run, its state replicated or split over the devices (`--fsdp`), resumes in
+    a 1-device process and continues the 4-device curve."""
     compare, resumed = runs
-    assert resumed["device_count"] == 1 and resumed["devices"] == 1
-    after = {k: v for k, v in resumed["losses"].items() if int(k) > 10}
+    assert resumed["device_count"] == 1 and resumed[name]["devices"] == 1
+    after = {k: v for k, v in resumed[name]["losses"].items() if int(k) > 10}
     assert len(after) == 10
-    assert relative_gap({k: compare["finetune_4"]["losses"][k] for k in after}, after) < TOLERANCE
-    assert [h["step"] for h in resumed["history"]] == [10, 20]
+    assert relative_gap({k: compare[losses]["losses"][k] for k in after}, after) < TOLERANCE
+    assert [h["step"] for h in resumed[name]["history"]] == [10, 20]
 
 
 def test_a_batch_size_the_devices_do_not_divide_is_refused(monkeypatch):
