@@ -690,11 +690,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     argv += ["--devices", str(args.devices or jax.local_device_count())]  # the children plan the same cases
     args = _parse(argv)
-    rows, children, messages, label = [], [], [], {}
+    rows, children, messages = [], [], []
 
-    def finish() -> dict:  # written after each child, so a cut-off run still leaves results
+    def finish(label: dict | None = None) -> dict:  # written after each child, so a cut-off run still leaves results
         result = _assemble(args, jax, backend, kind, rows, children, messages, time.time() - t0)
-        result["label"] = label
+        result["label"] = label or {}
         _write(args.out, result)
         return result
 
@@ -707,8 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         _run_side("torch", argv, max(t0 + args.budget_s, time.time() + 90), 120, rows, children, messages)
     finish()
-    label.update(labelling(args))
-    _print_table(finish())
+    _print_table(finish(labelling(args)))
     print(f"wrote {args.out}")
     return 0
 

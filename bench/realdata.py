@@ -103,13 +103,14 @@ def _ours(request: dict) -> dict:
         precision = "bf16" if strategy.endswith("bf16") else "fp32"
         step = make_supervised_step(in_precision(teacher.model, precision, attention_dropout=dropout), tx, task.kind)
         fresh = lambda: TrainState.create(jax.device_put(teacher.params), tx)  # noqa: E731
-        train = _packed(features, 32, True) if packed else _bucketed(features, 32, buckets, True)
+        # the training batches are planned over every sentence: only for the workloads that train
+        train = functools.cache(lambda: (_packed(features, 32, True) if packed
+                                         else _bucketed(features, 32, buckets, True))[: request["steps"]])
         label = _first(features, request["label_limit"])
         tokens = None if strategy == "before" else token_cap()  # the tools' labelling batches (`_labelling_batches`)
         label = _packed(label, 128, False) if packed else _bucketed(label, 128, buckets, strategy == "before", tokens)
-        timed = {"finetune": lambda: _timed_steps(step, fresh, train[: request["steps"]], jax.random.key(0)),
-                 "distill": lambda: _timed_distill(task, teacher.arch, features, train[: request["steps"]],
-                                                   precision, dropout),
+        timed = {"finetune": lambda: _timed_steps(step, fresh, train(), jax.random.key(0)),
+                 "distill": lambda: _timed_distill(task, teacher.arch, features, train(), precision, dropout),
                  "label": lambda: _timed_labelling(in_precision(teacher.model, precision), teacher.params, label)}
         out[strategy] = {"buckets": list(buckets), "precision": precision,
                          **{w: timed[w]() for w in _workloads(request)}}
